@@ -1,0 +1,391 @@
+//! Embedders, double and single stream blocks and the final layer of FLUX.1, in the structure and
+//! with the tensor names of candle-transformers' `flux/model.rs` (BFL names), plus the hook seam.
+
+use candle_core::{DType, Result, Tensor, D};
+use candle_nn::{LayerNorm, Linear, RmsNorm, VarBuilder};
+use candle_transformers::models::flux::model::EmbedNd;
+
+use super::attention::block_attention;
+use super::hook::{reborrow, AttentionHook, BlockCtx, BlockKind};
+use super::FluxConfig;
+
+fn layer_norm(dim: usize, vb: &VarBuilder) -> Result<LayerNorm> {
+    let ones = Tensor::ones(dim, vb.dtype(), vb.device())?;
+    Ok(LayerNorm::new_no_bias(ones, 1e-6))
+}
+
+/// Sinusoidal embedding of t in [0, 1] (times 1000), `[cos | sin]`; the same arithmetic as
+/// candle's `timestep_embedding`, which is crate-private there.
+pub fn timestep_embedding(t: &Tensor, dim: usize, dtype: DType) -> Result<Tensor> {
+    const TIME_FACTOR: f64 = 1000.;
+    const MAX_PERIOD: f64 = 10000.;
+    let half = dim / 2;
+    let t = (t * TIME_FACTOR)?;
+    let arange = Tensor::arange(0, half as u32, t.device())?.to_dtype(DType::F32)?;
+    let freqs = (arange * (-MAX_PERIOD.ln() / half as f64))?.exp()?;
+    let args = t
+        .unsqueeze(1)?
+        .to_dtype(DType::F32)?
+        .broadcast_mul(&freqs.unsqueeze(0)?)?;
+    Tensor::cat(&[args.cos()?, args.sin()?], D::Minus1)?.to_dtype(dtype)
+}
+
+struct MlpEmbedder {
+    in_layer: Linear,
+    out_layer: Linear,
+}
+
+impl MlpEmbedder {
+    fn new(in_sz: usize, h_sz: usize, vb: VarBuilder) -> Result<Self> {
+        Ok(Self {
+            in_layer: candle_nn::linear(in_sz, h_sz, vb.pp("in_layer"))?,
+            out_layer: candle_nn::linear(h_sz, h_sz, vb.pp("out_layer"))?,
+        })
+    }
+
+    fn forward(&self, xs: &Tensor) -> Result<Tensor> {
+        xs.apply(&self.in_layer)?.silu()?.apply(&self.out_layer)
+    }
+}
+
+struct QkNorm {
+    query: RmsNorm,
+    key: RmsNorm,
+}
+
+impl QkNorm {
+    fn new(dim: usize, vb: VarBuilder) -> Result<Self> {
+        Ok(Self {
+            query: RmsNorm::new(vb.get(dim, "query_norm.scale")?, 1e-6),
+            key: RmsNorm::new(vb.get(dim, "key_norm.scale")?, 1e-6),
+        })
+    }
+}
+
+/// Shift, scale and gate of one adaLN modulation.
+struct Modulation {
+    shift: Tensor,
+    scale: Tensor,
+    gate: Tensor,
+}
+
+impl Modulation {
+    fn scale_shift(&self, xs: &Tensor) -> Result<Tensor> {
+        xs.broadcast_mul(&(&self.scale + 1.)?)?.broadcast_add(&self.shift)
+    }
+
+    fn gate(&self, xs: &Tensor) -> Result<Tensor> {
+        self.gate.broadcast_mul(xs)
+    }
+}
+
+/// `lin(silu(vec))` split into `n` modulations of (shift, scale, gate).
+fn modulations(lin: &Linear, vec_: &Tensor, n: usize) -> Result<Vec<Modulation>> {
+    let ys = vec_.silu()?.apply(lin)?.unsqueeze(1)?.chunk(3 * n, D::Minus1)?;
+    Ok(ys
+        .chunks(3)
+        .map(|c| Modulation {
+            shift: c[0].clone(),
+            scale: c[1].clone(),
+            gate: c[2].clone(),
+        })
+        .collect())
+}
+
+/// Splits fused (b, l, 3*hidden) projections into q, k, v of shape (b, heads, l, head_dim),
+/// with q and k RMS-normalised.
+fn split_qkv(qkv: &Tensor, heads: usize, norm: &QkNorm) -> Result<(Tensor, Tensor, Tensor)> {
+    let (b, l, _) = qkv.dims3()?;
+    let qkv = qkv.reshape((b, l, 3, heads, ()))?;
+    let part = |i: usize| qkv.get_on_dim(2, i)?.transpose(1, 2);
+    let q = part(0)?.apply(&norm.query)?;
+    let k = part(1)?.apply(&norm.key)?;
+    Ok((q, k, part(2)?))
+}
+
+struct Mlp {
+    lin1: Linear,
+    lin2: Linear,
+}
+
+impl Mlp {
+    fn new(in_sz: usize, mlp_sz: usize, vb: VarBuilder) -> Result<Self> {
+        Ok(Self {
+            lin1: candle_nn::linear(in_sz, mlp_sz, vb.pp("0"))?,
+            lin2: candle_nn::linear(mlp_sz, in_sz, vb.pp("2"))?,
+        })
+    }
+
+    fn forward(&self, xs: &Tensor) -> Result<Tensor> {
+        xs.apply(&self.lin1)?.gelu()?.apply(&self.lin2)
+    }
+}
+
+/// The image or text half of a double block.
+struct Stream {
+    modulation: Linear,
+    norm1: LayerNorm,
+    qkv: Linear,
+    qk_norm: QkNorm,
+    proj: Linear,
+    norm2: LayerNorm,
+    mlp: Mlp,
+}
+
+impl Stream {
+    fn new(cfg: &FluxConfig, vb: &VarBuilder, name: &str) -> Result<Self> {
+        let h = cfg.hidden_size;
+        let mlp_sz = (h as f64 * cfg.mlp_ratio) as usize;
+        let attn = vb.pp(format!("{name}_attn"));
+        Ok(Self {
+            modulation: candle_nn::linear(h, 6 * h, vb.pp(format!("{name}_mod.lin")))?,
+            norm1: layer_norm(h, vb)?,
+            qkv: candle_nn::linear_b(h, 3 * h, cfg.qkv_bias, attn.pp("qkv"))?,
+            qk_norm: QkNorm::new(h / cfg.num_heads, attn.pp("norm"))?,
+            proj: candle_nn::linear(h, h, attn.pp("proj"))?,
+            norm2: layer_norm(h, vb)?,
+            mlp: Mlp::new(h, mlp_sz, vb.pp(format!("{name}_mlp")))?,
+        })
+    }
+
+    /// Modulations and (q, k, v) of this stream's tokens.
+    fn pre_attention(
+        &self,
+        xs: &Tensor,
+        vec_: &Tensor,
+        heads: usize,
+    ) -> Result<(Vec<Modulation>, (Tensor, Tensor, Tensor))> {
+        let mods = modulations(&self.modulation, vec_, 2)?;
+        let x = mods[0].scale_shift(&xs.apply(&self.norm1)?)?.apply(&self.qkv)?;
+        let qkv = split_qkv(&x, heads, &self.qk_norm)?;
+        Ok((mods, qkv))
+    }
+
+    fn post_attention(&self, xs: &Tensor, attn: &Tensor, mods: &[Modulation]) -> Result<Tensor> {
+        let xs = (xs + mods[0].gate(&attn.apply(&self.proj)?)?)?;
+        let mlp = self.mlp.forward(&mods[1].scale_shift(&xs.apply(&self.norm2)?)?)?;
+        &xs + mods[1].gate(&mlp)?
+    }
+}
+
+struct DoubleStreamBlock {
+    img: Stream,
+    txt: Stream,
+    heads: usize,
+}
+
+impl DoubleStreamBlock {
+    fn new(cfg: &FluxConfig, vb: VarBuilder) -> Result<Self> {
+        Ok(Self {
+            img: Stream::new(cfg, &vb, "img")?,
+            txt: Stream::new(cfg, &vb, "txt")?,
+            heads: cfg.num_heads,
+        })
+    }
+
+    fn forward(
+        &self,
+        img: &Tensor,
+        txt: &Tensor,
+        vec_: &Tensor,
+        pe: &Tensor,
+        ctx: &BlockCtx,
+        hook: Option<&mut dyn AttentionHook>,
+    ) -> Result<(Tensor, Tensor)> {
+        let (img_mods, (img_q, img_k, img_v)) = self.img.pre_attention(img, vec_, self.heads)?;
+        let (txt_mods, (txt_q, txt_k, txt_v)) = self.txt.pre_attention(txt, vec_, self.heads)?;
+        let q = Tensor::cat(&[txt_q, img_q], 2)?;
+        let k = Tensor::cat(&[txt_k, img_k], 2)?;
+        let v = Tensor::cat(&[txt_v, img_v], 2)?;
+        let attn = block_attention(&q, &k, &v, pe, ctx, hook)?;
+        let txt_len = txt.dim(1)?;
+        let txt_attn = attn.narrow(1, 0, txt_len)?;
+        let img_attn = attn.narrow(1, txt_len, attn.dim(1)? - txt_len)?;
+        Ok((
+            self.img.post_attention(img, &img_attn, &img_mods)?,
+            self.txt.post_attention(txt, &txt_attn, &txt_mods)?,
+        ))
+    }
+}
+
+struct SingleStreamBlock {
+    linear1: Linear,
+    linear2: Linear,
+    qk_norm: QkNorm,
+    pre_norm: LayerNorm,
+    modulation: Linear,
+    hidden: usize,
+    heads: usize,
+}
+
+impl SingleStreamBlock {
+    fn new(cfg: &FluxConfig, vb: VarBuilder) -> Result<Self> {
+        let h = cfg.hidden_size;
+        let mlp_sz = (h as f64 * cfg.mlp_ratio) as usize;
+        Ok(Self {
+            linear1: candle_nn::linear(h, 3 * h + mlp_sz, vb.pp("linear1"))?,
+            linear2: candle_nn::linear(h + mlp_sz, h, vb.pp("linear2"))?,
+            qk_norm: QkNorm::new(h / cfg.num_heads, vb.pp("norm"))?,
+            pre_norm: layer_norm(h, &vb)?,
+            modulation: candle_nn::linear(h, 3 * h, vb.pp("modulation.lin"))?,
+            hidden: h,
+            heads: cfg.num_heads,
+        })
+    }
+
+    fn forward(
+        &self,
+        xs: &Tensor,
+        vec_: &Tensor,
+        pe: &Tensor,
+        ctx: &BlockCtx,
+        hook: Option<&mut dyn AttentionHook>,
+    ) -> Result<Tensor> {
+        let m = modulations(&self.modulation, vec_, 1)?.remove(0);
+        let x = m.scale_shift(&xs.apply(&self.pre_norm)?)?.apply(&self.linear1)?;
+        let qkv = x.narrow(D::Minus1, 0, 3 * self.hidden)?;
+        let mlp = x.narrow(D::Minus1, 3 * self.hidden, x.dim(D::Minus1)? - 3 * self.hidden)?;
+        let (q, k, v) = split_qkv(&qkv, self.heads, &self.qk_norm)?;
+        let attn = block_attention(&q, &k, &v, pe, ctx, hook)?;
+        let out = Tensor::cat(&[attn, mlp.gelu()?], 2)?.apply(&self.linear2)?;
+        xs + m.gate(&out)?
+    }
+}
+
+struct LastLayer {
+    norm_final: LayerNorm,
+    linear: Linear,
+    ada_ln_modulation: Linear,
+}
+
+impl LastLayer {
+    fn new(cfg: &FluxConfig, vb: VarBuilder) -> Result<Self> {
+        let h = cfg.hidden_size;
+        Ok(Self {
+            norm_final: layer_norm(h, &vb)?,
+            linear: candle_nn::linear(h, cfg.in_channels, vb.pp("linear"))?,
+            ada_ln_modulation: candle_nn::linear(h, 2 * h, vb.pp("adaLN_modulation.1"))?,
+        })
+    }
+
+    fn forward(&self, xs: &Tensor, vec_: &Tensor) -> Result<Tensor> {
+        // BFL order: shift first, then scale.
+        let chunks = vec_.silu()?.apply(&self.ada_ln_modulation)?.chunk(2, 1)?;
+        let (shift, scale) = (&chunks[0], &chunks[1]);
+        xs.apply(&self.norm_final)?
+            .broadcast_mul(&(scale.unsqueeze(1)? + 1.0)?)?
+            .broadcast_add(&shift.unsqueeze(1)?)?
+            .apply(&self.linear)
+    }
+}
+
+/// Text length and image grid of one run; fixed for all its steps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TokenLayout {
+    pub txt_len: usize,
+    pub img_h: usize,
+    pub img_w: usize,
+}
+
+/// Everything the transformer reads at one step, apart from the timestep.
+pub struct StepInput<'a> {
+    /// Packed latents (b, img_h*img_w, in_channels).
+    pub img: &'a Tensor,
+    /// T5 hidden states (b, txt_len, context_in_dim).
+    pub txt: &'a Tensor,
+    /// CLIP pooled output (b, vec_in_dim).
+    pub pooled: &'a Tensor,
+    /// RoPE table from [`Flux::rope_table`]; built once per run.
+    pub pe: &'a Tensor,
+    pub layout: TokenLayout,
+}
+
+/// The hookable FLUX.1 transformer.
+pub struct Flux {
+    img_in: Linear,
+    txt_in: Linear,
+    time_in: MlpEmbedder,
+    vector_in: MlpEmbedder,
+    guidance_in: Option<MlpEmbedder>,
+    pe_embedder: EmbedNd,
+    double_blocks: Vec<DoubleStreamBlock>,
+    single_blocks: Vec<SingleStreamBlock>,
+    final_layer: LastLayer,
+    config: FluxConfig,
+}
+
+impl Flux {
+    pub fn new(cfg: &FluxConfig, vb: VarBuilder) -> Result<Self> {
+        let h = cfg.hidden_size;
+        let double_blocks = (0..cfg.depth)
+            .map(|i| DoubleStreamBlock::new(cfg, vb.pp("double_blocks").pp(i)))
+            .collect::<Result<_>>()?;
+        let single_blocks = (0..cfg.depth_single_blocks)
+            .map(|i| SingleStreamBlock::new(cfg, vb.pp("single_blocks").pp(i)))
+            .collect::<Result<_>>()?;
+        let guidance_in = match cfg.guidance_embed {
+            true => Some(MlpEmbedder::new(256, h, vb.pp("guidance_in"))?),
+            false => None,
+        };
+        Ok(Self {
+            img_in: candle_nn::linear(cfg.in_channels, h, vb.pp("img_in"))?,
+            txt_in: candle_nn::linear(cfg.context_in_dim, h, vb.pp("txt_in"))?,
+            time_in: MlpEmbedder::new(256, h, vb.pp("time_in"))?,
+            vector_in: MlpEmbedder::new(cfg.vec_in_dim, h, vb.pp("vector_in"))?,
+            guidance_in,
+            pe_embedder: EmbedNd::new(h / cfg.num_heads, cfg.theta, cfg.axes_dim.clone()),
+            double_blocks,
+            single_blocks,
+            final_layer: LastLayer::new(cfg, vb.pp("final_layer"))?,
+            config: cfg.clone(),
+        })
+    }
+
+    pub fn config(&self) -> &FluxConfig {
+        &self.config
+    }
+
+    /// The RoPE table of `[text | image]` for the given position ids, each (b, len, 3).
+    pub fn rope_table(&self, txt_ids: &Tensor, img_ids: &Tensor) -> Result<Tensor> {
+        Tensor::cat(&[txt_ids, img_ids], 1)?.apply(&self.pe_embedder)
+    }
+
+    /// One velocity prediction (b, img_len, in_channels) at timestep `t` (b,) in [0, 1].
+    pub fn forward(
+        &self,
+        input: &StepInput,
+        t: &Tensor,
+        guidance: Option<&Tensor>,
+        step: usize,
+        mut hook: Option<&mut dyn AttentionHook>,
+    ) -> Result<Tensor> {
+        let dtype = input.img.dtype();
+        let mut txt = input.txt.apply(&self.txt_in)?;
+        let mut img = input.img.apply(&self.img_in)?;
+        let mut vec_ = self.time_in.forward(&timestep_embedding(t, 256, dtype)?)?;
+        if let (Some(g_in), Some(g)) = (&self.guidance_in, guidance) {
+            vec_ = (vec_ + g_in.forward(&timestep_embedding(g, 256, dtype)?)?)?;
+        }
+        let vec_ = (vec_ + self.vector_in.forward(input.pooled)?)?;
+        let layout = input.layout;
+        let ctx = |kind, index| BlockCtx {
+            kind,
+            index,
+            step,
+            txt_len: layout.txt_len,
+            img_h: layout.img_h,
+            img_w: layout.img_w,
+        };
+        for (i, block) in self.double_blocks.iter().enumerate() {
+            let c = ctx(BlockKind::Double, i);
+            (img, txt) = block.forward(&img, &txt, &vec_, input.pe, &c, reborrow(&mut hook))?;
+        }
+        let mut xs = Tensor::cat(&[&txt, &img], 1)?;
+        for (i, block) in self.single_blocks.iter().enumerate() {
+            let c = ctx(BlockKind::Single, i);
+            xs = block.forward(&xs, &vec_, input.pe, &c, reborrow(&mut hook))?;
+        }
+        let img = xs.narrow(1, layout.txt_len, xs.dim(1)? - layout.txt_len)?;
+        self.final_layer.forward(&img, &vec_)
+    }
+}

@@ -1,0 +1,10 @@
+//! charaboard: consistent-character storyboards with FLUX.1 and CharaConsist.
+
+pub mod bench;
+pub mod device;
+pub mod flux;
+pub mod models;
+pub mod pipeline;
+pub mod sampler;
+pub mod text;
+pub mod vae;

@@ -1,0 +1,174 @@
+//! Memory-mapped safetensors shards with tensor-level error messages, and a VarBuilder backend
+//! that serves the names a model asks for from differently named (or fused) checkpoint tensors.
+
+use anyhow::{bail, Context, Result};
+use candle_core::safetensors::MmapedSafetensors;
+use candle_core::{DType, Device, Shape, Tensor};
+use candle_nn::var_builder::SimpleBackend;
+use candle_nn::{Init, VarBuilder};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use super::names::Source;
+
+/// The tensors of one checkpoint component, spread over one or more safetensors files.
+pub struct TensorStore {
+    files: Vec<(PathBuf, MmapedSafetensors)>,
+    /// Tensor name -> index into `files`.
+    index: HashMap<String, usize>,
+}
+
+impl TensorStore {
+    /// Maps every file and reads its header; a truncated or corrupt file is named in the error.
+    pub fn open(paths: &[PathBuf]) -> Result<Self> {
+        let mut files = Vec::with_capacity(paths.len());
+        let mut index = HashMap::new();
+        for path in paths {
+            // SAFETY: the file is only read; candle validates the header and the data offsets.
+            let st = unsafe { MmapedSafetensors::new(path) }.with_context(|| {
+                format!(
+                    "{} is not a readable safetensors file (truncated or corrupt?)",
+                    path.display()
+                )
+            })?;
+            for (name, _) in st.tensors() {
+                index.insert(name, files.len());
+            }
+            files.push((path.clone(), st));
+        }
+        Ok(Self { files, index })
+    }
+
+    pub fn contains(&self, name: &str) -> bool {
+        self.index.contains_key(name)
+    }
+
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.index.keys().map(String::as_str)
+    }
+
+    /// The file that holds `name`.
+    pub fn file_of(&self, name: &str) -> Option<&Path> {
+        self.index.get(name).map(|&i| self.files[i].0.as_path())
+    }
+
+    fn describe_files(&self) -> String {
+        let names: Vec<_> = self.files.iter().map(|(p, _)| p.display().to_string()).collect();
+        names.join(", ")
+    }
+
+    pub fn shape(&self, name: &str) -> Result<Shape> {
+        let &i = self.index.get(name).with_context(|| {
+            format!("tensor `{name}` is missing from {}", self.describe_files())
+        })?;
+        let view = self.files[i].1.get(name)?;
+        Ok(Shape::from(view.shape()))
+    }
+
+    /// Loads `name` and converts it to `dtype` on `dev`.
+    pub fn load(&self, name: &str, dtype: DType, dev: &Device) -> Result<Tensor> {
+        let &i = self.index.get(name).with_context(|| {
+            format!("tensor `{name}` is missing from {}", self.describe_files())
+        })?;
+        let (path, st) = &self.files[i];
+        let t = st
+            .load(name, dev)
+            .with_context(|| format!("cannot read tensor `{name}` from {}", path.display()))?;
+        Ok(t.to_dtype(dtype)?)
+    }
+
+    /// Loads `name` and checks that it has `expected` shape.
+    pub fn load_checked(&self, name: &str, expected: &Shape, dtype: DType, dev: &Device) -> Result<Tensor> {
+        let found = self.shape(name)?;
+        if &found != expected {
+            bail!(
+                "tensor `{name}` in {} has shape {:?}, expected {:?}",
+                self.file_of(name).map(|p| p.display().to_string()).unwrap_or_default(),
+                found.dims(),
+                expected.dims()
+            );
+        }
+        self.load(name, dtype, dev)
+    }
+}
+
+/// Serves each requested name through a [`Source`] rule over a [`TensorStore`].
+pub struct RemappedBackend {
+    store: TensorStore,
+    rule: Box<dyn Fn(&str) -> Source + Send + Sync>,
+}
+
+impl RemappedBackend {
+    pub fn new(store: TensorStore, rule: impl Fn(&str) -> Source + Send + Sync + 'static) -> Self {
+        Self {
+            store,
+            rule: Box::new(rule),
+        }
+    }
+
+    /// A VarBuilder over this backend.
+    pub fn into_var_builder(self, dtype: DType, dev: &Device) -> VarBuilder<'static> {
+        VarBuilder::from_backend(Box::new(self), dtype, dev.clone())
+    }
+
+    fn fetch(&self, wanted: &str, shape: &Shape, dtype: DType, dev: &Device) -> Result<Tensor> {
+        let source = (self.rule)(wanted);
+        let rows = |n: usize| -> Result<Shape> {
+            let mut dims = shape.dims().to_vec();
+            match dims.first_mut() {
+                Some(d) if *d % n == 0 => *d /= n,
+                _ => bail!("`{wanted}`: shape {:?} does not split into {n} parts", shape.dims()),
+            }
+            Ok(Shape::from(dims))
+        };
+        let t = match &source {
+            Source::Same(name) => self.store.load_checked(name, shape, dtype, dev)?,
+            Source::Rows(parts) => {
+                let mut tensors = Vec::with_capacity(parts.len());
+                let mut dims = shape.dims().to_vec();
+                for (name, len) in parts {
+                    dims[0] = *len;
+                    tensors.push(self.store.load_checked(name, &Shape::from(dims.clone()), dtype, dev)?);
+                }
+                Tensor::cat(&tensors, 0)?
+            }
+            Source::SwappedHalves(name) => {
+                let t = self.store.load_checked(name, shape, dtype, dev)?;
+                let half = rows(2)?.dims()[0];
+                Tensor::cat(&[t.narrow(0, half, half)?, t.narrow(0, 0, half)?], 0)?
+            }
+            Source::Squeezed(name) => {
+                let matrix = Shape::from(&shape.dims()[..2]);
+                let t = self.store.load_checked(name, &matrix, dtype, dev)?;
+                t.reshape(shape)?
+            }
+        };
+        Ok(t)
+    }
+}
+
+fn to_candle(e: anyhow::Error) -> candle_core::Error {
+    candle_core::Error::Msg(format!("{e:#}"))
+}
+
+impl SimpleBackend for RemappedBackend {
+    fn get(&self, s: Shape, name: &str, _: Init, dtype: DType, dev: &Device) -> candle_core::Result<Tensor> {
+        self.fetch(name, &s, dtype, dev).map_err(to_candle)
+    }
+
+    fn get_unchecked(&self, name: &str, dtype: DType, dev: &Device) -> candle_core::Result<Tensor> {
+        match (self.rule)(name) {
+            Source::Same(n) => self.store.load(&n, dtype, dev).map_err(to_candle),
+            _ => Err(candle_core::Error::Msg(format!("`{name}` needs a known shape to load"))),
+        }
+    }
+
+    fn contains_tensor(&self, name: &str) -> bool {
+        (self.rule)(name).names().all(|n| self.store.contains(n))
+    }
+}
+
+/// A VarBuilder that serves every name as it is stored.
+pub fn plain_var_builder(store: TensorStore, dtype: DType, dev: &Device) -> VarBuilder<'static> {
+    RemappedBackend::new(store, |name| Source::Same(name.to_string())).into_var_builder(dtype, dev)
+}

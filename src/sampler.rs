@@ -1,0 +1,237 @@
+//! The flow-matching schedule, initial noise, and the Euler loop with a per-step callback.
+
+use anyhow::{bail, Context, Result};
+use candle_core::{DType, Device, Tensor};
+use rand::SeedableRng;
+use rand_distr::{Distribution, StandardNormal};
+use serde::Deserialize;
+use std::path::Path;
+
+use crate::flux::hook::reborrow;
+use crate::flux::{AttentionHook, Flux, StepInput, TokenLayout};
+
+/// The shift parameters of diffusers' `FlowMatchEulerDiscreteScheduler` (scheduler_config.json).
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+pub struct SchedulerConfig {
+    #[serde(default = "d_base_len")]
+    pub base_image_seq_len: usize,
+    #[serde(default = "d_max_len")]
+    pub max_image_seq_len: usize,
+    #[serde(default = "d_base_shift")]
+    pub base_shift: f64,
+    #[serde(default = "d_max_shift")]
+    pub max_shift: f64,
+    #[serde(default = "d_shift")]
+    pub shift: f64,
+    #[serde(default)]
+    pub use_dynamic_shifting: bool,
+}
+
+fn d_base_len() -> usize {
+    256
+}
+fn d_max_len() -> usize {
+    4096
+}
+fn d_base_shift() -> f64 {
+    0.5
+}
+fn d_max_shift() -> f64 {
+    1.15
+}
+fn d_shift() -> f64 {
+    1.0
+}
+
+impl SchedulerConfig {
+    pub fn from_json(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+        serde_json::from_str(&text).with_context(|| format!("{} is not a scheduler config", path.display()))
+    }
+
+    /// FLUX.1-dev's scheduler: resolution-dependent shift from 0.5 (256 tokens) to 1.15 (4096).
+    pub fn dev() -> Self {
+        Self {
+            base_image_seq_len: 256,
+            max_image_seq_len: 4096,
+            base_shift: 0.5,
+            max_shift: 1.15,
+            shift: 3.0,
+            use_dynamic_shifting: true,
+        }
+    }
+
+    /// FLUX.1-schnell's scheduler: no shift.
+    pub fn schnell() -> Self {
+        Self {
+            shift: 1.0,
+            use_dynamic_shifting: false,
+            ..Self::dev()
+        }
+    }
+
+    /// `steps + 1` sigmas from 1 to 0: `linspace(1, 0, steps + 1)` with the resolution shift
+    /// `e^mu / (e^mu + 1/s - 1)` (as BFL, candle and diffusers), or the static shift.
+    pub fn sigmas(&self, steps: usize, image_seq_len: usize) -> Vec<f64> {
+        let linear = (0..=steps).rev().map(|i| i as f64 / steps as f64);
+        if self.use_dynamic_shifting {
+            let slope = (self.max_shift - self.base_shift)
+                / (self.max_image_seq_len as f64 - self.base_image_seq_len as f64);
+            let mu = self.base_shift + slope * (image_seq_len as f64 - self.base_image_seq_len as f64);
+            let e = mu.exp();
+            linear.map(|s| if s == 0.0 { 0.0 } else { e / (e + (1.0 / s - 1.0)) }).collect()
+        } else {
+            let k = self.shift;
+            linear.map(|s| k * s / (1.0 + (k - 1.0) * s)).collect()
+        }
+    }
+}
+
+/// Checks that an image size can be generated: positive multiples of 16.
+pub fn check_size(width: usize, height: usize) -> Result<()> {
+    for (what, v) in [("width", width), ("height", height)] {
+        if v == 0 || v % 16 != 0 {
+            bail!("{what} must be a positive multiple of 16, found {v}");
+        }
+    }
+    Ok(())
+}
+
+/// The latent shape of an image: (1, 16, H/8, W/8).
+pub fn latent_shape(width: usize, height: usize) -> (usize, usize, usize, usize) {
+    (1, 16, height / 8, width / 8)
+}
+
+/// Standard normal noise in the unpacked latent layout, from a seeded ChaCha8 generator: the same
+/// seed gives the same noise on every device and platform.
+pub fn seeded_noise(seed: u64, width: usize, height: usize) -> Result<Tensor> {
+    let shape = latent_shape(width, height);
+    let n = shape.1 * shape.2 * shape.3;
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+    let values: Vec<f32> = (0..n).map(|_| StandardNormal.sample(&mut rng)).collect();
+    Ok(Tensor::from_vec(values, shape, &Device::Cpu)?)
+}
+
+/// Noise from a safetensors file holding a tensor `noise` of shape (1, 16, H/8, W/8).
+pub fn load_noise(path: &Path, width: usize, height: usize) -> Result<Tensor> {
+    let tensors = candle_core::safetensors::load(path, &Device::Cpu)
+        .with_context(|| format!("cannot read noise file {}", path.display()))?;
+    let noise = tensors
+        .get("noise")
+        .with_context(|| format!("{} has no tensor `noise`", path.display()))?;
+    let expected = latent_shape(width, height);
+    if noise.dims4().ok() != Some(expected) {
+        bail!(
+            "tensor `noise` in {} has shape {:?}, expected {:?} for {width}x{height}",
+            path.display(),
+            noise.dims(),
+            [expected.0, expected.1, expected.2, expected.3]
+        );
+    }
+    Ok(noise.to_dtype(DType::F32)?)
+}
+
+/// What the loop tells its caller after each step.
+pub struct StepReport<'a> {
+    /// 0-based index of the step just taken.
+    pub step: usize,
+    pub steps: usize,
+    sigma: f64,
+    /// Packed latents before this step's update.
+    latents: &'a Tensor,
+    velocity: &'a Tensor,
+}
+
+impl StepReport<'_> {
+    /// The model's current estimate of the clean packed latents, `x - sigma * v`, for previews.
+    pub fn predicted_clean(&self) -> Result<Tensor> {
+        Ok((self.latents - (self.velocity * self.sigma)?)?)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StepControl {
+    Continue,
+    Cancel,
+}
+
+pub enum Denoised {
+    Done(Tensor),
+    /// Cancelled after this many steps.
+    Cancelled(usize),
+}
+
+/// The fixed inputs of one image's run: text, pooled vector, RoPE table, initial latents.
+pub struct RunInputs {
+    pub img: Tensor,
+    pub txt: Tensor,
+    pub pooled: Tensor,
+    pub pe: Tensor,
+    pub layout: TokenLayout,
+}
+
+impl RunInputs {
+    /// Packs unpacked noise (1, 16, H/8, W/8) into 2x2 patches and builds the position table.
+    pub fn new(model: &Flux, noise: &Tensor, txt: &Tensor, pooled: &Tensor, dtype: DType) -> Result<Self> {
+        let dev = txt.device();
+        let noise = noise.to_device(dev)?.to_dtype(dtype)?;
+        let (_, _, h8, w8) = noise.dims4()?;
+        let state = candle_transformers::models::flux::sampling::State::new(txt, pooled, &noise)?;
+        let pe = model.rope_table(&state.txt_ids, &state.img_ids)?;
+        Ok(Self {
+            img: state.img,
+            txt: state.txt,
+            pooled: state.vec,
+            pe,
+            layout: TokenLayout {
+                txt_len: txt.dim(1)?,
+                img_h: h8 / 2,
+                img_w: w8 / 2,
+            },
+        })
+    }
+
+    fn step_input<'a>(&'a self, img: &'a Tensor) -> StepInput<'a> {
+        StepInput {
+            img,
+            txt: &self.txt,
+            pooled: &self.pooled,
+            pe: &self.pe,
+            layout: self.layout,
+        }
+    }
+}
+
+/// Euler integration of the flow from sigma 1 to 0 over `sigmas`, calling `on_step` after every
+/// step; the loop of candle's `sampling::denoise` with a hook, progress and cancel.
+pub fn denoise(
+    model: &Flux,
+    run: &RunInputs,
+    sigmas: &[f64],
+    guidance: f64,
+    mut hook: Option<&mut dyn AttentionHook>,
+    on_step: &mut dyn FnMut(&StepReport) -> Result<StepControl>,
+) -> Result<Denoised> {
+    let dev = run.img.device();
+    let guidance = Tensor::full(guidance as f32, 1, dev)?;
+    let steps = sigmas.len().saturating_sub(1);
+    let mut img = run.img.clone();
+    for (step, pair) in sigmas.windows(2).enumerate() {
+        let (t_curr, t_prev) = (pair[0], pair[1]);
+        let t = Tensor::full(t_curr as f32, 1, dev)?;
+        let velocity = model.forward(&run.step_input(&img), &t, Some(&guidance), step, reborrow(&mut hook))?;
+        let report = StepReport {
+            step,
+            steps,
+            sigma: t_curr,
+            latents: &img,
+            velocity: &velocity,
+        };
+        let control = on_step(&report)?;
+        img = (&img + (velocity * (t_prev - t_curr))?)?;
+        if control == StepControl::Cancel {
+            return Ok(Denoised::Cancelled(step + 1));
+        }
+    }
+    Ok(Denoised::Done(img))
+}

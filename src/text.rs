@@ -1,0 +1,236 @@
+//! Prompts to tokens (the real T5 and CLIP vocabularies) and tokens to embeddings (T5-XXL hidden
+//! states and the CLIP-L pooled output), as FLUX.1 consumes them.
+
+use anyhow::{bail, Context, Result};
+use candle_core::{DType, Device, Tensor};
+use candle_nn::Module;
+use candle_transformers::models::clip::text_model::{Activation, ClipTextConfig, ClipTextTransformer};
+use candle_transformers::models::t5::{self, T5EncoderModel};
+use std::path::Path;
+use tokenizers::Tokenizer;
+
+use crate::models::layout::RepoLayout;
+use crate::models::store::TensorStore;
+
+/// The shipped tokenizers (assets/tokenizers, see its README): token counts work without a model.
+pub(crate) const T5_TOKENIZER_JSON: &[u8] = include_bytes!("../assets/tokenizers/t5-v1_1-xxl/tokenizer.json");
+pub(crate) const CLIP_TOKENIZER_JSON: &[u8] =
+    include_bytes!("../assets/tokenizers/clip-vit-large-patch14/tokenizer.json");
+
+/// CLIP's context length; prompts are truncated to it (start and end tokens included).
+pub const CLIP_MAX_TOKENS: usize = 77;
+/// T5 padding length of FLUX.1-dev, as the reference uses.
+pub const T5_LEN_DEV: usize = 512;
+/// T5 padding length commonly used with FLUX.1-schnell.
+pub const T5_LEN_SCHNELL: usize = 256;
+const T5_EOS: u32 = 1;
+
+/// T5 ids padded with 0 to the model's text length, and how many prompt tokens did not fit.
+#[derive(Debug, Clone, PartialEq)]
+pub struct T5Ids {
+    pub ids: Vec<u32>,
+    pub dropped: usize,
+}
+
+pub struct PromptTokenizers {
+    t5: Tokenizer,
+    clip: Tokenizer,
+    t5_len: usize,
+}
+
+fn tokenizer_from_bytes(bytes: &[u8], what: &str) -> Result<Tokenizer> {
+    Tokenizer::from_bytes(bytes).map_err(|e| anyhow::anyhow!("cannot read the {what} tokenizer: {e}"))
+}
+
+impl PromptTokenizers {
+    /// The tokenizers shipped in assets/, padding T5 to `t5_len`.
+    pub fn shipped(t5_len: usize) -> Result<Self> {
+        Ok(Self {
+            t5: tokenizer_from_bytes(T5_TOKENIZER_JSON, "T5")?,
+            clip: tokenizer_from_bytes(CLIP_TOKENIZER_JSON, "CLIP")?,
+            t5_len,
+        })
+    }
+
+    /// The tokenizers of a repository folder: `tokenizer_2/tokenizer.json` for T5 and
+    /// `tokenizer/` for CLIP (its vocab.json + merges.txt inside the shipped tokenizer's pipeline,
+    /// or a tokenizer.json); a folder without them falls back to the shipped ones.
+    pub fn from_repo(layout: &RepoLayout, t5_len: usize) -> Result<Self> {
+        let shipped = Self::shipped(t5_len)?;
+        let t5_json = layout.tokenizer_2.join("tokenizer.json");
+        let t5 = match t5_json.is_file() {
+            true => Tokenizer::from_file(&t5_json)
+                .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", t5_json.display()))?,
+            false => shipped.t5,
+        };
+        let clip = clip_from_folder(&layout.tokenizer)?.unwrap_or(shipped.clip);
+        Ok(Self { t5, clip, t5_len })
+    }
+
+    pub fn t5_len(&self) -> usize {
+        self.t5_len
+    }
+
+    /// T5 tokens of `text` without the closing `</s>`: the reference's token count.
+    pub fn t5_count(&self, text: &str) -> Result<usize> {
+        let enc = self.t5.encode(text, true).map_err(|e| anyhow::anyhow!("T5 tokenizer: {e}"))?;
+        Ok(enc.get_ids().iter().filter(|&&id| id != T5_EOS).count())
+    }
+
+    /// T5 ids as FLUX.1 sees them: truncated to the text length (keeping `</s>`), padded with 0.
+    pub fn t5_ids(&self, text: &str) -> Result<T5Ids> {
+        let enc = self.t5.encode(text, true).map_err(|e| anyhow::anyhow!("T5 tokenizer: {e}"))?;
+        let mut ids: Vec<u32> = enc.get_ids().iter().copied().filter(|&id| id != T5_EOS).collect();
+        let room = self.t5_len - 1;
+        let dropped = ids.len().saturating_sub(room);
+        ids.truncate(room);
+        ids.push(T5_EOS);
+        ids.resize(self.t5_len, 0);
+        Ok(T5Ids { ids, dropped })
+    }
+
+    /// CLIP ids, truncated to 77 with the start and end tokens kept; not padded (the pooled
+    /// output is read at the end token, which a causal encoder computes before any padding).
+    pub fn clip_ids(&self, text: &str) -> Result<Vec<u32>> {
+        let enc = self.clip.encode(text, true).map_err(|e| anyhow::anyhow!("CLIP tokenizer: {e}"))?;
+        let mut ids = enc.get_ids().to_vec();
+        if ids.len() > CLIP_MAX_TOKENS {
+            let end = *ids.last().unwrap_or(&0);
+            ids.truncate(CLIP_MAX_TOKENS - 1);
+            ids.push(end);
+        }
+        Ok(ids)
+    }
+}
+
+/// A CLIP tokenizer from a repository's `tokenizer/` folder, or `None` if it holds no vocabulary.
+fn clip_from_folder(dir: &Path) -> Result<Option<Tokenizer>> {
+    let json = dir.join("tokenizer.json");
+    if json.is_file() {
+        let t = Tokenizer::from_file(&json).map_err(|e| anyhow::anyhow!("cannot read {}: {e}", json.display()))?;
+        return Ok(Some(t));
+    }
+    let (vocab, merges) = (dir.join("vocab.json"), dir.join("merges.txt"));
+    if !vocab.is_file() || !merges.is_file() {
+        return Ok(None);
+    }
+    // The BPE model comes from the folder; normalizer, pre-tokenizer and post-processor from the
+    // shipped CLIP tokenizer, which is the same CLIP-L pipeline.
+    let mut template: serde_json::Value = serde_json::from_slice(CLIP_TOKENIZER_JSON)?;
+    let vocab_json: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&vocab)?)
+        .with_context(|| format!("{} is not a JSON vocabulary", vocab.display()))?;
+    let merge_lines = std::fs::read_to_string(&merges)?;
+    let merge_pairs: Vec<serde_json::Value> = merge_lines
+        .lines()
+        .filter(|l| !l.starts_with("#version") && !l.trim().is_empty())
+        .map(|l| match l.split_once(' ') {
+            Some((a, b)) => Ok(serde_json::json!([a, b])),
+            None => bail!("{}: bad merge line `{l}`", merges.display()),
+        })
+        .collect::<Result<_>>()?;
+    template["model"]["vocab"] = vocab_json;
+    template["model"]["merges"] = serde_json::Value::Array(merge_pairs);
+    let bytes = serde_json::to_vec(&template)?;
+    let t = Tokenizer::from_bytes(&bytes)
+        .map_err(|e| anyhow::anyhow!("cannot build a CLIP tokenizer from {}: {e}", dir.display()))?;
+    Ok(Some(t))
+}
+
+/// The fields of a Hugging Face `CLIPTextModel` config.json that define the architecture.
+#[derive(Debug, serde::Deserialize, serde::Serialize)]
+pub struct ClipJsonConfig {
+    pub vocab_size: usize,
+    pub hidden_size: usize,
+    pub intermediate_size: usize,
+    pub num_hidden_layers: usize,
+    pub num_attention_heads: usize,
+    pub max_position_embeddings: usize,
+    pub projection_dim: usize,
+    pub hidden_act: String,
+}
+
+impl ClipJsonConfig {
+    pub fn to_candle(&self, path: &Path) -> Result<ClipTextConfig> {
+        if self.hidden_act != "quick_gelu" {
+            bail!("{}: hidden_act `{}` is not supported (CLIP-L uses quick_gelu)", path.display(), self.hidden_act);
+        }
+        Ok(ClipTextConfig {
+            vocab_size: self.vocab_size,
+            embed_dim: self.hidden_size,
+            activation: Activation::QuickGelu,
+            intermediate_size: self.intermediate_size,
+            max_position_embeddings: self.max_position_embeddings,
+            pad_with: None,
+            num_hidden_layers: self.num_hidden_layers,
+            num_attention_heads: self.num_attention_heads,
+            projection_dim: self.projection_dim,
+        })
+    }
+}
+
+fn read_json<T: serde::de::DeserializeOwned>(path: &Path, what: &str) -> Result<T> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    serde_json::from_str(&text).with_context(|| format!("{} is not a {what} config", path.display()))
+}
+
+/// The two text encoders of FLUX.1.
+pub struct TextEncoders {
+    t5: T5EncoderModel,
+    clip: ClipTextTransformer,
+    dtype: DType,
+    device: Device,
+}
+
+/// A prompt as the transformer reads it.
+pub struct PromptEmbedding {
+    /// T5 hidden states (1, t5_len, d_model).
+    pub t5: Tensor,
+    /// CLIP pooled output (1, embed_dim).
+    pub pooled: Tensor,
+    /// Prompt tokens that did not fit into the T5 length.
+    pub dropped_tokens: usize,
+}
+
+impl PromptEmbedding {
+    pub fn into_dtype(self, dtype: DType) -> candle_core::Result<Self> {
+        Ok(Self {
+            t5: self.t5.to_dtype(dtype)?,
+            pooled: self.pooled.to_dtype(dtype)?,
+            dropped_tokens: self.dropped_tokens,
+        })
+    }
+}
+
+impl TextEncoders {
+    pub fn load(layout: &RepoLayout, dtype: DType, dev: &Device) -> Result<Self> {
+        let clip_json: ClipJsonConfig = read_json(&layout.text_encoder.config, "CLIP text")?;
+        let clip_cfg = clip_json.to_candle(&layout.text_encoder.config)?;
+        let clip_vb = crate::models::store::plain_var_builder(TensorStore::open(&layout.text_encoder.weights)?, dtype, dev);
+        let clip = ClipTextTransformer::new(clip_vb.pp("text_model"), &clip_cfg)
+            .with_context(|| format!("loading the CLIP text encoder from {}", layout.text_encoder.dir.display()))?;
+        let t5_cfg: t5::Config = read_json(&layout.text_encoder_2.config, "T5")?;
+        let t5_vb = crate::models::store::plain_var_builder(TensorStore::open(&layout.text_encoder_2.weights)?, dtype, dev);
+        let t5 = T5EncoderModel::load(t5_vb, &t5_cfg)
+            .with_context(|| format!("loading the T5 encoder from {}", layout.text_encoder_2.dir.display()))?;
+        Ok(Self {
+            t5,
+            clip,
+            dtype,
+            device: dev.clone(),
+        })
+    }
+
+    pub fn encode(&mut self, tokenizers: &PromptTokenizers, prompt: &str) -> Result<PromptEmbedding> {
+        let t5_ids = tokenizers.t5_ids(prompt)?;
+        let ids = Tensor::new(t5_ids.ids.as_slice(), &self.device)?.unsqueeze(0)?;
+        let t5 = self.t5.forward(&ids)?.to_dtype(self.dtype)?;
+        let clip_ids = tokenizers.clip_ids(prompt)?;
+        let ids = Tensor::new(clip_ids.as_slice(), &self.device)?.unsqueeze(0)?;
+        let pooled = self.clip.forward(&ids)?.to_dtype(self.dtype)?;
+        Ok(PromptEmbedding {
+            t5,
+            pooled,
+            dropped_tokens: t5_ids.dropped,
+        })
+    }
+}
