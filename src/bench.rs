@@ -2,7 +2,7 @@
 
 use anyhow::Result;
 use candle_core::{DType, Device, Tensor};
-use candle_nn::{VarBuilder, VarMap};
+use candle_nn::VarBuilder;
 use candle_transformers::models::flux::WithForward;
 use std::time::{Duration, Instant};
 
@@ -53,11 +53,13 @@ pub fn transformer_vs_candle(
     dtype: DType,
     dev: &Device,
 ) -> Result<TransformerTiming> {
-    let varmap = VarMap::new();
-    let vb = VarBuilder::from_varmap(&varmap, dtype, dev);
+    // Seeded weights with non-degenerate norms (a fresh VarMap zeroes the q/k norm scales).
+    let weights = crate::models::tiny::transformer_weights(cfg, 0)?;
+    let vb = VarBuilder::from_tensors(weights.into_iter().collect(), dtype, dev);
     let ours = Flux::new(cfg, vb.clone())?;
     let theirs = candle_transformers::models::flux::model::Flux::new(cfg, vb)?;
-    let img = Tensor::randn(0f32, 1., (1, img_side * img_side, cfg.in_channels), dev)?.to_dtype(dtype)?;
+    let img =
+        Tensor::randn(0f32, 1., (1, img_side * img_side, cfg.in_channels), dev)?.to_dtype(dtype)?;
     let txt = Tensor::randn(0f32, 1., (1, txt_len, cfg.context_in_dim), dev)?.to_dtype(dtype)?;
     let pooled = Tensor::randn(0f32, 1., (1, cfg.vec_in_dim), dev)?.to_dtype(dtype)?;
     let img_ids = crate::flux::rope::image_ids(img_side, img_side, dtype, dev)?;
@@ -81,10 +83,19 @@ pub fn transformer_vs_candle(
         };
         Ok(ours.forward(&input, &t, Some(&g), 0, None)?)
     };
-    let run_theirs = || -> Result<Tensor> { Ok(theirs.forward(&img, &img_ids, &txt, &txt_ids, &t, &pooled, Some(&g))?) };
+    let run_theirs = || -> Result<Tensor> {
+        Ok(theirs.forward(&img, &img_ids, &txt, &txt_ids, &t, &pooled, Some(&g))?)
+    };
     let a = run_ours()?;
     let b = run_theirs()?;
-    let max_abs_diff = (a - b)?.abs()?.flatten_all()?.max(0)?.to_dtype(DType::F32)?.to_scalar::<f32>()?;
+    let max_abs = |t: &Tensor| -> Result<f32> {
+        Ok(t.abs()?
+            .flatten_all()?
+            .to_dtype(DType::F32)?
+            .max(0)?
+            .to_scalar::<f32>()?)
+    };
+    let max_abs_diff = max_abs(&(&a - &b)?)?;
     let (mut ours_t, mut theirs_t) = (Vec::new(), Vec::new());
     for _ in 0..reps {
         let start = Instant::now();

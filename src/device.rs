@@ -11,7 +11,9 @@ pub fn parse_device(spec: Option<&str>) -> Result<Device> {
         Some("metal") => Ok(Device::new_metal(0)?),
         Some(s) if s == "cuda" || s.starts_with("cuda:") => {
             let ordinal = match s.strip_prefix("cuda:") {
-                Some(n) => n.parse().map_err(|_| anyhow::anyhow!("bad CUDA device `{s}`: expected cuda:N"))?,
+                Some(n) => n
+                    .parse()
+                    .map_err(|_| anyhow::anyhow!("bad CUDA device `{s}`: expected cuda:N"))?,
                 None => 0,
             };
             Ok(Device::new_cuda(ordinal)?)

@@ -10,7 +10,11 @@ use charaboard::pipeline::{generate, FluxModels, GenerateParams, NoiseSource};
 use charaboard::sampler::StepControl;
 
 #[derive(Parser)]
-#[command(name = "charaboard", version, about = "Consistent-character storyboards with FLUX.1")]
+#[command(
+    name = "charaboard",
+    version,
+    about = "Consistent-character storyboards with FLUX.1"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -84,9 +88,11 @@ fn main() {
 
 fn step_bar(steps: usize) -> ProgressBar {
     let bar = ProgressBar::new(steps as u64);
-    let style = ProgressStyle::with_template("{msg} [{bar:40}] step {pos}/{len} {elapsed_precise} ({per_sec})")
-        .map(|s| s.progress_chars("=> "))
-        .unwrap_or_else(|_| ProgressStyle::default_bar());
+    let style = ProgressStyle::with_template(
+        "{msg} [{bar:40}] step {pos}/{len} {elapsed_precise} ({per_sec})",
+    )
+    .map(|s| s.progress_chars("=> "))
+    .unwrap_or_else(|_| ProgressStyle::default_bar());
     bar.set_style(style);
     bar
 }
@@ -156,7 +162,11 @@ fn run(cli: Cli) -> Result<()> {
             charaboard::models::tiny::write_repo(&out, seed, schnell)?;
             eprintln!(
                 "wrote a tiny {} model with random weights to {}",
-                if schnell { "schnell-style" } else { "dev-style" },
+                if schnell {
+                    "schnell-style"
+                } else {
+                    "dev-style"
+                },
                 out.display()
             );
             Ok(())
@@ -171,7 +181,9 @@ fn run(cli: Cli) -> Result<()> {
             let device = parse_device(device.as_deref())?;
             let dtype = parse_dtype(dtype.as_deref(), &device)?;
             let cfg = charaboard::bench::medium_config();
-            let t = charaboard::bench::transformer_vs_candle(&cfg, img_side, txt_len, reps, dtype, &device)?;
+            let t = charaboard::bench::transformer_vs_candle(
+                &cfg, img_side, txt_len, reps, dtype, &device,
+            )?;
             println!(
                 "transformer, hooks off vs candle-transformers Flux (hidden {}, {}+{} blocks, {} image + {} text tokens, {dtype:?}, {device:?}, median of {reps}):",
                 cfg.hidden_size,

@@ -33,8 +33,14 @@ pub fn load_transformer(layout: &RepoLayout, dtype: DType, dev: &Device) -> Resu
         mlp: (cfg.hidden_size as f64 * cfg.mlp_ratio) as usize,
     };
     let store = TensorStore::open(&layout.transformer.weights)?;
-    let vb = RemappedBackend::new(store, move |n| transformer_source(n, dims)).into_var_builder(dtype, dev);
-    Flux::new(&cfg, vb).with_context(|| format!("loading the transformer from {}", layout.transformer.dir.display()))
+    let vb = RemappedBackend::new(store, move |n| transformer_source(n, dims))
+        .into_var_builder(dtype, dev);
+    Flux::new(&cfg, vb).with_context(|| {
+        format!(
+            "loading the transformer from {}",
+            layout.transformer.dir.display()
+        )
+    })
 }
 
 impl FluxModels {
@@ -46,7 +52,11 @@ impl FluxModels {
             false => T5_LEN_SCHNELL,
         };
         // T5 overflows in f16; it runs in bf16 then.
-        let text_dtype = if dtype == DType::F16 { DType::BF16 } else { dtype };
+        let text_dtype = if dtype == DType::F16 {
+            DType::BF16
+        } else {
+            dtype
+        };
         let text = TextEncoders::load(&layout, text_dtype, device)?;
         let tokenizers = PromptTokenizers::from_repo(&layout, t5_len)?;
         let vae = Vae::load(&layout, dtype, device)?;
@@ -142,15 +152,29 @@ pub fn generate(
     params.validate()?;
     let emb = models.encode(&params.prompt)?;
     let noise = params.noise.noise(params.width, params.height)?;
-    let run = RunInputs::new(&models.transformer, &noise, &emb.t5, &emb.pooled, models.dtype)?;
+    let run = RunInputs::new(
+        &models.transformer,
+        &noise,
+        &emb.t5,
+        &emb.pooled,
+        models.dtype,
+    )?;
     let sigmas = models
         .scheduler
         .sigmas(params.steps, run.layout.img_h * run.layout.img_w);
-    let packed = match sampler::denoise(&models.transformer, &run, &sigmas, params.guidance, hook, on_step)? {
+    let packed = match sampler::denoise(
+        &models.transformer,
+        &run,
+        &sigmas,
+        params.guidance,
+        hook,
+        on_step,
+    )? {
         Denoised::Done(img) => img,
         Denoised::Cancelled(_) => return Ok(None),
     };
-    let latents = candle_transformers::models::flux::sampling::unpack(&packed, params.height, params.width)?;
+    let latents =
+        candle_transformers::models::flux::sampling::unpack(&packed, params.height, params.width)?;
     let image = models.vae.decode(&latents, models.dtype)?;
     Ok(Some(Generated {
         image,

@@ -45,8 +45,10 @@ fn d_shift() -> f64 {
 
 impl SchedulerConfig {
     pub fn from_json(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
-        serde_json::from_str(&text).with_context(|| format!("{} is not a scheduler config", path.display()))
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read {}", path.display()))?;
+        serde_json::from_str(&text)
+            .with_context(|| format!("{} is not a scheduler config", path.display()))
     }
 
     /// FLUX.1-dev's scheduler: resolution-dependent shift from 0.5 (256 tokens) to 1.15 (4096).
@@ -77,9 +79,18 @@ impl SchedulerConfig {
         if self.use_dynamic_shifting {
             let slope = (self.max_shift - self.base_shift)
                 / (self.max_image_seq_len as f64 - self.base_image_seq_len as f64);
-            let mu = self.base_shift + slope * (image_seq_len as f64 - self.base_image_seq_len as f64);
+            let mu =
+                self.base_shift + slope * (image_seq_len as f64 - self.base_image_seq_len as f64);
             let e = mu.exp();
-            linear.map(|s| if s == 0.0 { 0.0 } else { e / (e + (1.0 / s - 1.0)) }).collect()
+            linear
+                .map(|s| {
+                    if s == 0.0 {
+                        0.0
+                    } else {
+                        e / (e + (1.0 / s - 1.0))
+                    }
+                })
+                .collect()
         } else {
             let k = self.shift;
             linear.map(|s| k * s / (1.0 + (k - 1.0) * s)).collect()
@@ -172,7 +183,13 @@ pub struct RunInputs {
 
 impl RunInputs {
     /// Packs unpacked noise (1, 16, H/8, W/8) into 2x2 patches and builds the position table.
-    pub fn new(model: &Flux, noise: &Tensor, txt: &Tensor, pooled: &Tensor, dtype: DType) -> Result<Self> {
+    pub fn new(
+        model: &Flux,
+        noise: &Tensor,
+        txt: &Tensor,
+        pooled: &Tensor,
+        dtype: DType,
+    ) -> Result<Self> {
         let dev = txt.device();
         let noise = noise.to_device(dev)?.to_dtype(dtype)?;
         let (_, _, h8, w8) = noise.dims4()?;
@@ -219,7 +236,13 @@ pub fn denoise(
     for (step, pair) in sigmas.windows(2).enumerate() {
         let (t_curr, t_prev) = (pair[0], pair[1]);
         let t = Tensor::full(t_curr as f32, 1, dev)?;
-        let velocity = model.forward(&run.step_input(&img), &t, Some(&guidance), step, reborrow(&mut hook))?;
+        let velocity = model.forward(
+            &run.step_input(&img),
+            &t,
+            Some(&guidance),
+            step,
+            reborrow(&mut hook),
+        )?;
         let report = StepReport {
             step,
             steps,

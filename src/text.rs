@@ -4,7 +4,9 @@
 use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device, Tensor};
 use candle_nn::Module;
-use candle_transformers::models::clip::text_model::{Activation, ClipTextConfig, ClipTextTransformer};
+use candle_transformers::models::clip::text_model::{
+    Activation, ClipTextConfig, ClipTextTransformer,
+};
 use candle_transformers::models::t5::{self, T5EncoderModel};
 use std::path::Path;
 use tokenizers::Tokenizer;
@@ -13,7 +15,8 @@ use crate::models::layout::RepoLayout;
 use crate::models::store::TensorStore;
 
 /// The shipped tokenizers (assets/tokenizers, see its README): token counts work without a model.
-pub(crate) const T5_TOKENIZER_JSON: &[u8] = include_bytes!("../assets/tokenizers/t5-v1_1-xxl/tokenizer.json");
+pub(crate) const T5_TOKENIZER_JSON: &[u8] =
+    include_bytes!("../assets/tokenizers/t5-v1_1-xxl/tokenizer.json");
 pub(crate) const CLIP_TOKENIZER_JSON: &[u8] =
     include_bytes!("../assets/tokenizers/clip-vit-large-patch14/tokenizer.json");
 
@@ -39,7 +42,8 @@ pub struct PromptTokenizers {
 }
 
 fn tokenizer_from_bytes(bytes: &[u8], what: &str) -> Result<Tokenizer> {
-    Tokenizer::from_bytes(bytes).map_err(|e| anyhow::anyhow!("cannot read the {what} tokenizer: {e}"))
+    Tokenizer::from_bytes(bytes)
+        .map_err(|e| anyhow::anyhow!("cannot read the {what} tokenizer: {e}"))
 }
 
 impl PromptTokenizers {
@@ -73,14 +77,25 @@ impl PromptTokenizers {
 
     /// T5 tokens of `text` without the closing `</s>`: the reference's token count.
     pub fn t5_count(&self, text: &str) -> Result<usize> {
-        let enc = self.t5.encode(text, true).map_err(|e| anyhow::anyhow!("T5 tokenizer: {e}"))?;
+        let enc = self
+            .t5
+            .encode(text, true)
+            .map_err(|e| anyhow::anyhow!("T5 tokenizer: {e}"))?;
         Ok(enc.get_ids().iter().filter(|&&id| id != T5_EOS).count())
     }
 
     /// T5 ids as FLUX.1 sees them: truncated to the text length (keeping `</s>`), padded with 0.
     pub fn t5_ids(&self, text: &str) -> Result<T5Ids> {
-        let enc = self.t5.encode(text, true).map_err(|e| anyhow::anyhow!("T5 tokenizer: {e}"))?;
-        let mut ids: Vec<u32> = enc.get_ids().iter().copied().filter(|&id| id != T5_EOS).collect();
+        let enc = self
+            .t5
+            .encode(text, true)
+            .map_err(|e| anyhow::anyhow!("T5 tokenizer: {e}"))?;
+        let mut ids: Vec<u32> = enc
+            .get_ids()
+            .iter()
+            .copied()
+            .filter(|&id| id != T5_EOS)
+            .collect();
         let room = self.t5_len - 1;
         let dropped = ids.len().saturating_sub(room);
         ids.truncate(room);
@@ -92,7 +107,10 @@ impl PromptTokenizers {
     /// CLIP ids, truncated to 77 with the start and end tokens kept; not padded (the pooled
     /// output is read at the end token, which a causal encoder computes before any padding).
     pub fn clip_ids(&self, text: &str) -> Result<Vec<u32>> {
-        let enc = self.clip.encode(text, true).map_err(|e| anyhow::anyhow!("CLIP tokenizer: {e}"))?;
+        let enc = self
+            .clip
+            .encode(text, true)
+            .map_err(|e| anyhow::anyhow!("CLIP tokenizer: {e}"))?;
         let mut ids = enc.get_ids().to_vec();
         if ids.len() > CLIP_MAX_TOKENS {
             let end = *ids.last().unwrap_or(&0);
@@ -107,7 +125,8 @@ impl PromptTokenizers {
 fn clip_from_folder(dir: &Path) -> Result<Option<Tokenizer>> {
     let json = dir.join("tokenizer.json");
     if json.is_file() {
-        let t = Tokenizer::from_file(&json).map_err(|e| anyhow::anyhow!("cannot read {}: {e}", json.display()))?;
+        let t = Tokenizer::from_file(&json)
+            .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", json.display()))?;
         return Ok(Some(t));
     }
     let (vocab, merges) = (dir.join("vocab.json"), dir.join("merges.txt"));
@@ -131,8 +150,9 @@ fn clip_from_folder(dir: &Path) -> Result<Option<Tokenizer>> {
     template["model"]["vocab"] = vocab_json;
     template["model"]["merges"] = serde_json::Value::Array(merge_pairs);
     let bytes = serde_json::to_vec(&template)?;
-    let t = Tokenizer::from_bytes(&bytes)
-        .map_err(|e| anyhow::anyhow!("cannot build a CLIP tokenizer from {}: {e}", dir.display()))?;
+    let t = Tokenizer::from_bytes(&bytes).map_err(|e| {
+        anyhow::anyhow!("cannot build a CLIP tokenizer from {}: {e}", dir.display())
+    })?;
     Ok(Some(t))
 }
 
@@ -152,7 +172,11 @@ pub struct ClipJsonConfig {
 impl ClipJsonConfig {
     pub fn to_candle(&self, path: &Path) -> Result<ClipTextConfig> {
         if self.hidden_act != "quick_gelu" {
-            bail!("{}: hidden_act `{}` is not supported (CLIP-L uses quick_gelu)", path.display(), self.hidden_act);
+            bail!(
+                "{}: hidden_act `{}` is not supported (CLIP-L uses quick_gelu)",
+                path.display(),
+                self.hidden_act
+            );
         }
         Ok(ClipTextConfig {
             vocab_size: self.vocab_size,
@@ -169,8 +193,10 @@ impl ClipJsonConfig {
 }
 
 fn read_json<T: serde::de::DeserializeOwned>(path: &Path, what: &str) -> Result<T> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
-    serde_json::from_str(&text).with_context(|| format!("{} is not a {what} config", path.display()))
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    serde_json::from_str(&text)
+        .with_context(|| format!("{} is not a {what} config", path.display()))
 }
 
 /// The two text encoders of FLUX.1.
@@ -205,13 +231,30 @@ impl TextEncoders {
     pub fn load(layout: &RepoLayout, dtype: DType, dev: &Device) -> Result<Self> {
         let clip_json: ClipJsonConfig = read_json(&layout.text_encoder.config, "CLIP text")?;
         let clip_cfg = clip_json.to_candle(&layout.text_encoder.config)?;
-        let clip_vb = crate::models::store::plain_var_builder(TensorStore::open(&layout.text_encoder.weights)?, dtype, dev);
-        let clip = ClipTextTransformer::new(clip_vb.pp("text_model"), &clip_cfg)
-            .with_context(|| format!("loading the CLIP text encoder from {}", layout.text_encoder.dir.display()))?;
+        let clip_vb = crate::models::store::plain_var_builder(
+            TensorStore::open(&layout.text_encoder.weights)?,
+            dtype,
+            dev,
+        );
+        let clip =
+            ClipTextTransformer::new(clip_vb.pp("text_model"), &clip_cfg).with_context(|| {
+                format!(
+                    "loading the CLIP text encoder from {}",
+                    layout.text_encoder.dir.display()
+                )
+            })?;
         let t5_cfg: t5::Config = read_json(&layout.text_encoder_2.config, "T5")?;
-        let t5_vb = crate::models::store::plain_var_builder(TensorStore::open(&layout.text_encoder_2.weights)?, dtype, dev);
-        let t5 = T5EncoderModel::load(t5_vb, &t5_cfg)
-            .with_context(|| format!("loading the T5 encoder from {}", layout.text_encoder_2.dir.display()))?;
+        let t5_vb = crate::models::store::plain_var_builder(
+            TensorStore::open(&layout.text_encoder_2.weights)?,
+            dtype,
+            dev,
+        );
+        let t5 = T5EncoderModel::load(t5_vb, &t5_cfg).with_context(|| {
+            format!(
+                "loading the T5 encoder from {}",
+                layout.text_encoder_2.dir.display()
+            )
+        })?;
         Ok(Self {
             t5,
             clip,
@@ -220,7 +263,11 @@ impl TextEncoders {
         })
     }
 
-    pub fn encode(&mut self, tokenizers: &PromptTokenizers, prompt: &str) -> Result<PromptEmbedding> {
+    pub fn encode(
+        &mut self,
+        tokenizers: &PromptTokenizers,
+        prompt: &str,
+    ) -> Result<PromptEmbedding> {
         let t5_ids = tokenizers.t5_ids(prompt)?;
         let ids = Tensor::new(t5_ids.ids.as_slice(), &self.device)?.unsqueeze(0)?;
         let t5 = self.t5.forward(&ids)?.to_dtype(self.dtype)?;

@@ -32,14 +32,24 @@ struct DiffusersVaeConfig {
 
 /// Reads `vae/config.json` into candle's autoencoder config.
 pub fn config_from_json(path: &Path) -> Result<AeConfig> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
-    let c: DiffusersVaeConfig =
-        serde_json::from_str(&text).with_context(|| format!("{} is not a VAE config", path.display()))?;
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let c: DiffusersVaeConfig = serde_json::from_str(&text)
+        .with_context(|| format!("{} is not a VAE config", path.display()))?;
     if c.use_quant_conv == Some(true) || c.use_post_quant_conv == Some(true) {
-        bail!("{}: a VAE with quant convolutions is not FLUX's VAE", path.display());
+        bail!(
+            "{}: a VAE with quant convolutions is not FLUX's VAE",
+            path.display()
+        );
     }
-    let ch = *c.block_out_channels.first().context("block_out_channels is empty")?;
-    if c.block_out_channels.iter().any(|b| b % ch != 0 || b % 32 != 0) {
+    let ch = *c
+        .block_out_channels
+        .first()
+        .context("block_out_channels is empty")?;
+    if c.block_out_channels
+        .iter()
+        .any(|b| b % ch != 0 || b % 32 != 0)
+    {
         bail!(
             "{}: block_out_channels {:?} must be multiples of 32 and of the first entry",
             path.display(),
@@ -91,7 +101,8 @@ impl Vae {
         let cfg = config_from_json(&layout.vae.config)?;
         let levels = cfg.ch_mult.len();
         let store = TensorStore::open(&layout.vae.weights)?;
-        let vb = RemappedBackend::new(store, move |name| vae_source(name, levels)).into_var_builder(dtype, dev);
+        let vb = RemappedBackend::new(store, move |name| vae_source(name, levels))
+            .into_var_builder(dtype, dev);
         let ae = AutoEncoder::new(&cfg, vb)
             .with_context(|| format!("loading the VAE from {}", layout.vae.dir.display()))?;
         Ok(Self { ae })

@@ -5,8 +5,8 @@ use candle_core::{DType, Device, Result, Tensor};
 use candle_nn::VarBuilder;
 use candle_transformers::models::flux::WithForward;
 use charaboard::flux::{
-    rope, AttentionHook, AttentionRequest, BlockCtx, BlockKind, ExtraKv, Flux, FluxConfig, QkvView, StepInput,
-    TokenLayout,
+    rope, AttentionHook, AttentionRequest, BlockCtx, BlockKind, ExtraKv, Flux, FluxConfig, QkvView,
+    StepInput, TokenLayout,
 };
 use charaboard::models::tiny;
 
@@ -73,13 +73,27 @@ impl Fixture {
     fn theirs(&self) -> Result<Tensor> {
         let t = Tensor::new(&[0.7f32], &Device::Cpu)?;
         let g = Tensor::new(&[3.5f32], &Device::Cpu)?;
-        self.theirs
-            .forward(&self.img, &self.img_ids, &self.txt, &self.txt_ids, &t, &self.pooled, Some(&g))
+        self.theirs.forward(
+            &self.img,
+            &self.img_ids,
+            &self.txt,
+            &self.txt_ids,
+            &t,
+            &self.pooled,
+            Some(&g),
+        )
     }
 }
 
 fn max_abs(t: &Tensor) -> f32 {
-    t.abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap()
+    t.abs()
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .max(0)
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap()
 }
 
 /// Max |a - b| relative to max |b|.
@@ -125,12 +139,21 @@ impl AttentionHook for ExtraKeys {
             3,
         )?;
         Ok(AttentionRequest {
-            extra: Some(ExtraKv { k, v, mask: Some(mask) }),
+            extra: Some(ExtraKv {
+                k,
+                v,
+                mask: Some(mask),
+            }),
             ..Default::default()
         })
     }
 
-    fn after_attention(&mut self, _: &BlockCtx, _: Option<Tensor>, img_out: Tensor) -> Result<Tensor> {
+    fn after_attention(
+        &mut self,
+        _: &BlockCtx,
+        _: Option<Tensor>,
+        img_out: Tensor,
+    ) -> Result<Tensor> {
         Ok(img_out)
     }
 }
@@ -139,13 +162,22 @@ impl AttentionHook for ExtraKeys {
 fn fully_masked_extra_keys_change_nothing() -> anyhow::Result<()> {
     let f = fixture(&tiny::flux_config(false))?;
     let plain = f.ours(None)?;
-    let mut masked = ExtraKeys { masked: true, calls: 0 };
+    let mut masked = ExtraKeys {
+        masked: true,
+        calls: 0,
+    };
     let with_masked = f.ours(Some(&mut masked))?;
     assert_eq!(masked.calls, 4, "one call per single block");
     assert!(rel_diff(&with_masked, &plain) <= 1e-6);
-    let mut open = ExtraKeys { masked: false, calls: 0 };
+    let mut open = ExtraKeys {
+        masked: false,
+        calls: 0,
+    };
     let with_open = f.ours(Some(&mut open))?;
-    assert!(rel_diff(&with_open, &plain) > 1e-3, "visible extra keys must change the output");
+    assert!(
+        rel_diff(&with_open, &plain) > 1e-3,
+        "visible extra keys must change the output"
+    );
     Ok(())
 }
 
@@ -165,12 +197,18 @@ impl AttentionHook for OutputHook {
         })
     }
 
-    fn after_attention(&mut self, ctx: &BlockCtx, probs: Option<Tensor>, img_out: Tensor) -> Result<Tensor> {
+    fn after_attention(
+        &mut self,
+        ctx: &BlockCtx,
+        probs: Option<Tensor>,
+        img_out: Tensor,
+    ) -> Result<Tensor> {
         let probs = probs.expect("text probabilities were asked for");
         let (_, heads, img, n) = probs.dims4()?;
         assert_eq!((img, n), (ctx.img_len(), ctx.txt_len - 2));
         let sums = probs.sum(3)?.flatten_all()?.to_vec1::<f32>()?;
-        self.prob_sums_ok &= sums.len() == heads * img && sums.iter().all(|s| (s - 1.0).abs() < 1e-5);
+        self.prob_sums_ok &=
+            sums.len() == heads * img && sums.iter().all(|s| (s - 1.0).abs() < 1e-5);
         self.seen.push((ctx.kind, ctx.index, ctx.step));
         img_out * self.scale
     }
@@ -187,7 +225,10 @@ fn output_hook_that_returns_its_input_changes_nothing() -> anyhow::Result<()> {
     };
     let out = f.ours(Some(&mut same))?;
     assert!(rel_diff(&out, &plain) <= 1e-6);
-    assert!(same.prob_sums_ok, "text probabilities must be a softmax over the asked-for keys");
+    assert!(
+        same.prob_sums_ok,
+        "text probabilities must be a softmax over the asked-for keys"
+    );
     let expected: Vec<_> = (0..2)
         .map(|i| (BlockKind::Double, i, 3))
         .chain((0..4).map(|i| (BlockKind::Single, i, 3)))
@@ -198,7 +239,10 @@ fn output_hook_that_returns_its_input_changes_nothing() -> anyhow::Result<()> {
         seen: vec![],
         prob_sums_ok: true,
     };
-    assert!(rel_diff(&f.ours(Some(&mut scaled))?, &plain) > 1e-3, "a replaced output must matter");
+    assert!(
+        rel_diff(&f.ours(Some(&mut scaled))?, &plain) > 1e-3,
+        "a replaced output must matter"
+    );
     Ok(())
 }
 
@@ -213,7 +257,10 @@ fn rope_at_gathered_positions_equals_rope_of_the_permuted_sequence() -> anyhow::
     let perm_t = Tensor::new(perm.as_slice(), &dev)?;
     let img_pe = f.pe.narrow(2, TXT, IMG_H * IMG_W)?;
     // Rotating the permuted rows at the gathered positions ...
-    let a = rope::apply_rope(&x.index_select(&perm_t, 2)?, &rope::gather_positions(&img_pe, &perm_t)?)?;
+    let a = rope::apply_rope(
+        &x.index_select(&perm_t, 2)?,
+        &rope::gather_positions(&img_pe, &perm_t)?,
+    )?;
     // ... equals permuting the rows rotated at their own positions.
     let b = rope::apply_rope(&x, &img_pe)?.index_select(&perm_t, 2)?;
     assert!(rel_diff(&a, &b) < 1e-6);

@@ -7,7 +7,12 @@ use super::rope::apply_rope;
 
 /// softmax(q k^T / sqrt(d) + mask) v for (b, heads, seq, d) inputs, returned as (b, seq_q, heads*d).
 /// Scaling q before the product costs seq_q*d multiplies instead of seq_q*seq_k.
-pub fn scaled_dot_product(q: &Tensor, k: &Tensor, v: &Tensor, mask: Option<&Tensor>) -> Result<Tensor> {
+pub fn scaled_dot_product(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    mask: Option<&Tensor>,
+) -> Result<Tensor> {
     let scale = 1.0 / (q.dim(D::Minus1)? as f64).sqrt();
     let logits = (q * scale)?.matmul(&k.t()?)?;
     let logits = match mask {
@@ -50,7 +55,10 @@ pub fn block_attention(
     let k = apply_rope(k, pe)?.contiguous()?;
     let (txt_len, img_len) = (ctx.txt_len, ctx.img_len());
     let probs = match probs_over {
-        Some(n) => Some(text_probs(&q.narrow(2, txt_len, img_len)?, &k.narrow(2, 0, n)?)?),
+        Some(n) => Some(text_probs(
+            &q.narrow(2, txt_len, img_len)?,
+            &k.narrow(2, 0, n)?,
+        )?),
         None => None,
     };
     let out = match extra {

@@ -37,7 +37,11 @@ pub fn from_diffusers_json(path: &Path) -> Result<FluxConfig> {
     let c: DiffusersTransformerConfig = serde_json::from_str(&text)
         .with_context(|| format!("{} is not a FLUX transformer config", path.display()))?;
     if c.patch_size != 1 {
-        bail!("{}: patch_size {} is not supported (FLUX.1 uses 1)", path.display(), c.patch_size);
+        bail!(
+            "{}: patch_size {} is not supported (FLUX.1 uses 1)",
+            path.display(),
+            c.patch_size
+        );
     }
     if c.axes_dims_rope.iter().sum::<usize>() != c.attention_head_dim {
         bail!(

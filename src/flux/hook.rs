@@ -84,7 +84,9 @@ pub trait AttentionHook {
 
 /// Lends an optional hook to one call; `Option::as_deref_mut` cannot shorten the trait object's
 /// lifetime, this coercion can.
-pub fn reborrow<'a>(hook: &'a mut Option<&mut dyn AttentionHook>) -> Option<&'a mut dyn AttentionHook> {
+pub fn reborrow<'a>(
+    hook: &'a mut Option<&mut dyn AttentionHook>,
+) -> Option<&'a mut dyn AttentionHook> {
     match hook {
         Some(h) => Some(&mut **h),
         None => None,

@@ -71,7 +71,8 @@ struct Modulation {
 
 impl Modulation {
     fn scale_shift(&self, xs: &Tensor) -> Result<Tensor> {
-        xs.broadcast_mul(&(&self.scale + 1.)?)?.broadcast_add(&self.shift)
+        xs.broadcast_mul(&(&self.scale + 1.)?)?
+            .broadcast_add(&self.shift)
     }
 
     fn gate(&self, xs: &Tensor) -> Result<Tensor> {
@@ -81,7 +82,11 @@ impl Modulation {
 
 /// `lin(silu(vec))` split into `n` modulations of (shift, scale, gate).
 fn modulations(lin: &Linear, vec_: &Tensor, n: usize) -> Result<Vec<Modulation>> {
-    let ys = vec_.silu()?.apply(lin)?.unsqueeze(1)?.chunk(3 * n, D::Minus1)?;
+    let ys = vec_
+        .silu()?
+        .apply(lin)?
+        .unsqueeze(1)?
+        .chunk(3 * n, D::Minus1)?;
     Ok(ys
         .chunks(3)
         .map(|c| Modulation {
@@ -156,14 +161,18 @@ impl Stream {
         heads: usize,
     ) -> Result<(Vec<Modulation>, (Tensor, Tensor, Tensor))> {
         let mods = modulations(&self.modulation, vec_, 2)?;
-        let x = mods[0].scale_shift(&xs.apply(&self.norm1)?)?.apply(&self.qkv)?;
+        let x = mods[0]
+            .scale_shift(&xs.apply(&self.norm1)?)?
+            .apply(&self.qkv)?;
         let qkv = split_qkv(&x, heads, &self.qk_norm)?;
         Ok((mods, qkv))
     }
 
     fn post_attention(&self, xs: &Tensor, attn: &Tensor, mods: &[Modulation]) -> Result<Tensor> {
         let xs = (xs + mods[0].gate(&attn.apply(&self.proj)?)?)?;
-        let mlp = self.mlp.forward(&mods[1].scale_shift(&xs.apply(&self.norm2)?)?)?;
+        let mlp = self
+            .mlp
+            .forward(&mods[1].scale_shift(&xs.apply(&self.norm2)?)?)?;
         &xs + mods[1].gate(&mlp)?
     }
 }
@@ -242,9 +251,15 @@ impl SingleStreamBlock {
         hook: Option<&mut dyn AttentionHook>,
     ) -> Result<Tensor> {
         let m = modulations(&self.modulation, vec_, 1)?.remove(0);
-        let x = m.scale_shift(&xs.apply(&self.pre_norm)?)?.apply(&self.linear1)?;
+        let x = m
+            .scale_shift(&xs.apply(&self.pre_norm)?)?
+            .apply(&self.linear1)?;
         let qkv = x.narrow(D::Minus1, 0, 3 * self.hidden)?;
-        let mlp = x.narrow(D::Minus1, 3 * self.hidden, x.dim(D::Minus1)? - 3 * self.hidden)?;
+        let mlp = x.narrow(
+            D::Minus1,
+            3 * self.hidden,
+            x.dim(D::Minus1)? - 3 * self.hidden,
+        )?;
         let (q, k, v) = split_qkv(&qkv, self.heads, &self.qk_norm)?;
         let attn = block_attention(&q, &k, &v, pe, ctx, hook)?;
         let out = Tensor::cat(&[attn, mlp.gelu()?], 2)?.apply(&self.linear2)?;

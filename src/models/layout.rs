@@ -33,7 +33,10 @@ pub struct RepoLayout {
 impl RepoLayout {
     pub fn open(root: &Path) -> Result<Self> {
         if !root.is_dir() {
-            bail!("model folder {} does not exist or is not a folder", root.display());
+            bail!(
+                "model folder {} does not exist or is not a folder",
+                root.display()
+            );
         }
         let index = root.join("model_index.json");
         let text = std::fs::read_to_string(&index).with_context(|| {
@@ -52,7 +55,10 @@ impl RepoLayout {
             vae: component(root, "vae")?,
             tokenizer: existing_dir(root, "tokenizer")?,
             tokenizer_2: existing_dir(root, "tokenizer_2")?,
-            scheduler_config: existing_file(&existing_dir(root, "scheduler")?, "scheduler_config.json")?,
+            scheduler_config: existing_file(
+                &existing_dir(root, "scheduler")?,
+                "scheduler_config.json",
+            )?,
         })
     }
 }
@@ -89,11 +95,18 @@ pub fn weight_files(dir: &Path) -> Result<Vec<PathBuf>> {
         .filter_map(|e| e.ok().map(|e| e.path()))
         .collect();
     entries.sort();
-    let is = |p: &Path, suffix: &str| p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.ends_with(suffix));
+    let is = |p: &Path, suffix: &str| {
+        p.file_name()
+            .and_then(|n| n.to_str())
+            .is_some_and(|n| n.ends_with(suffix))
+    };
     if let Some(index) = entries.iter().find(|p| is(p, ".safetensors.index.json")) {
         return shards_of_index(index);
     }
-    let files: Vec<PathBuf> = entries.into_iter().filter(|p| is(p, ".safetensors")).collect();
+    let files: Vec<PathBuf> = entries
+        .into_iter()
+        .filter(|p| is(p, ".safetensors"))
+        .collect();
     if files.is_empty() {
         bail!("no .safetensors weights in {}", dir.display());
     }
@@ -105,9 +118,14 @@ fn shards_of_index(index: &Path) -> Result<Vec<PathBuf>> {
     struct Index {
         weight_map: std::collections::HashMap<String, String>,
     }
-    let text = std::fs::read_to_string(index).with_context(|| format!("cannot read {}", index.display()))?;
-    let parsed: Index = serde_json::from_str(&text)
-        .with_context(|| format!("{} is not a safetensors index (no weight_map)", index.display()))?;
+    let text = std::fs::read_to_string(index)
+        .with_context(|| format!("cannot read {}", index.display()))?;
+    let parsed: Index = serde_json::from_str(&text).with_context(|| {
+        format!(
+            "{} is not a safetensors index (no weight_map)",
+            index.display()
+        )
+    })?;
     let dir = index.parent().unwrap_or(Path::new("."));
     let shards: BTreeSet<&String> = parsed.weight_map.values().collect();
     shards
@@ -116,7 +134,11 @@ fn shards_of_index(index: &Path) -> Result<Vec<PathBuf>> {
             let path = dir.join(name);
             match path.is_file() {
                 true => Ok(path),
-                false => bail!("shard {} listed in {} is missing", path.display(), index.display()),
+                false => bail!(
+                    "shard {} listed in {} is missing",
+                    path.display(),
+                    index.display()
+                ),
             }
         })
         .collect()

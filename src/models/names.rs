@@ -48,7 +48,12 @@ pub fn transformer_source(bfl: &str, dims: TransformerDims) -> Source {
         let p = format!("transformer_blocks.{i}");
         let (head, leaf) = rest.rsplit_once('.').unwrap_or((rest, ""));
         let rows = |names: [&str; 3]| {
-            Source::Rows(names.iter().map(|n| (format!("{p}.attn.{n}.{leaf}"), h)).collect())
+            Source::Rows(
+                names
+                    .iter()
+                    .map(|n| (format!("{p}.attn.{n}.{leaf}"), h))
+                    .collect(),
+            )
         };
         return match head {
             "img_mod.lin" => same(format!("{p}.norm1.linear.{leaf}")),
@@ -97,7 +102,9 @@ pub fn transformer_source(bfl: &str, dims: TransformerDims) -> Source {
         "guidance_in.in_layer" => top("time_text_embed.guidance_embedder.linear_1"),
         "guidance_in.out_layer" => top("time_text_embed.guidance_embedder.linear_2"),
         "final_layer.linear" => top("proj_out"),
-        "final_layer.adaLN_modulation.1" => Source::SwappedHalves(format!("norm_out.linear.{leaf}")),
+        "final_layer.adaLN_modulation.1" => {
+            Source::SwappedHalves(format!("norm_out.linear.{leaf}"))
+        }
         _ => same(bfl.to_string()),
     }
 }
@@ -145,14 +152,20 @@ pub fn vae_source(bfl: &str, levels: usize) -> Source {
     if let Some((i, tail)) = indexed(rest, "down") {
         return Source::Same(name(match indexed(tail, "block") {
             Some((j, r)) => format!("down_blocks.{i}.resnets.{j}.{}", resnet_part(r)),
-            None => format!("down_blocks.{i}.{}", tail.replacen("downsample", "downsamplers.0", 1)),
+            None => format!(
+                "down_blocks.{i}.{}",
+                tail.replacen("downsample", "downsamplers.0", 1)
+            ),
         }));
     }
     if let Some((i, tail)) = indexed(rest, "up") {
         let i = levels.saturating_sub(1 + i);
         return Source::Same(name(match indexed(tail, "block") {
             Some((j, r)) => format!("up_blocks.{i}.resnets.{j}.{}", resnet_part(r)),
-            None => format!("up_blocks.{i}.{}", tail.replacen("upsample", "upsamplers.0", 1)),
+            None => format!(
+                "up_blocks.{i}.{}",
+                tail.replacen("upsample", "upsamplers.0", 1)
+            ),
         }));
     }
     Source::Same(bfl.to_string())

@@ -53,7 +53,11 @@ impl TensorStore {
     }
 
     fn describe_files(&self) -> String {
-        let names: Vec<_> = self.files.iter().map(|(p, _)| p.display().to_string()).collect();
+        let names: Vec<_> = self
+            .files
+            .iter()
+            .map(|(p, _)| p.display().to_string())
+            .collect();
         names.join(", ")
     }
 
@@ -78,12 +82,20 @@ impl TensorStore {
     }
 
     /// Loads `name` and checks that it has `expected` shape.
-    pub fn load_checked(&self, name: &str, expected: &Shape, dtype: DType, dev: &Device) -> Result<Tensor> {
+    pub fn load_checked(
+        &self,
+        name: &str,
+        expected: &Shape,
+        dtype: DType,
+        dev: &Device,
+    ) -> Result<Tensor> {
         let found = self.shape(name)?;
         if &found != expected {
             bail!(
                 "tensor `{name}` in {} has shape {:?}, expected {:?}",
-                self.file_of(name).map(|p| p.display().to_string()).unwrap_or_default(),
+                self.file_of(name)
+                    .map(|p| p.display().to_string())
+                    .unwrap_or_default(),
                 found.dims(),
                 expected.dims()
             );
@@ -117,7 +129,10 @@ impl RemappedBackend {
             let mut dims = shape.dims().to_vec();
             match dims.first_mut() {
                 Some(d) if *d % n == 0 => *d /= n,
-                _ => bail!("`{wanted}`: shape {:?} does not split into {n} parts", shape.dims()),
+                _ => bail!(
+                    "`{wanted}`: shape {:?} does not split into {n} parts",
+                    shape.dims()
+                ),
             }
             Ok(Shape::from(dims))
         };
@@ -128,7 +143,12 @@ impl RemappedBackend {
                 let mut dims = shape.dims().to_vec();
                 for (name, len) in parts {
                     dims[0] = *len;
-                    tensors.push(self.store.load_checked(name, &Shape::from(dims.clone()), dtype, dev)?);
+                    tensors.push(self.store.load_checked(
+                        name,
+                        &Shape::from(dims.clone()),
+                        dtype,
+                        dev,
+                    )?);
                 }
                 Tensor::cat(&tensors, 0)?
             }
@@ -152,14 +172,23 @@ fn to_candle(e: anyhow::Error) -> candle_core::Error {
 }
 
 impl SimpleBackend for RemappedBackend {
-    fn get(&self, s: Shape, name: &str, _: Init, dtype: DType, dev: &Device) -> candle_core::Result<Tensor> {
+    fn get(
+        &self,
+        s: Shape,
+        name: &str,
+        _: Init,
+        dtype: DType,
+        dev: &Device,
+    ) -> candle_core::Result<Tensor> {
         self.fetch(name, &s, dtype, dev).map_err(to_candle)
     }
 
     fn get_unchecked(&self, name: &str, dtype: DType, dev: &Device) -> candle_core::Result<Tensor> {
         match (self.rule)(name) {
             Source::Same(n) => self.store.load(&n, dtype, dev).map_err(to_candle),
-            _ => Err(candle_core::Error::Msg(format!("`{name}` needs a known shape to load"))),
+            _ => Err(candle_core::Error::Msg(format!(
+                "`{name}` needs a known shape to load"
+            ))),
         }
     }
 

@@ -75,15 +75,23 @@ pub fn vae_config() -> AeConfig {
     }
 }
 
+/// Each component's weights are drawn from the repository seed plus its own offset.
+pub const VAE_SEED_OFFSET: u64 = 3;
+
 /// FNV-1a, so that every tensor's values depend on the seed and its name only.
 fn name_hash(name: &str) -> u64 {
-    name.bytes().fold(0xcbf29ce484222325, |h, b| (h ^ b as u64).wrapping_mul(0x100000001b3))
+    name.bytes().fold(0xcbf29ce484222325, |h, b| {
+        (h ^ b as u64).wrapping_mul(0x100000001b3)
+    })
 }
 
 /// Deterministic weights for every variable: N(0, 1/fan_in) matrices, norm scales near 1,
 /// small biases.
 fn seeded_weights(varmap: &VarMap, seed: u64) -> Result<BTreeMap<String, Tensor>> {
-    let vars = varmap.data().lock().map_err(|_| anyhow::anyhow!("poisoned VarMap"))?;
+    let vars = varmap
+        .data()
+        .lock()
+        .map_err(|_| anyhow::anyhow!("poisoned VarMap"))?;
     let mut out = BTreeMap::new();
     for (name, var) in vars.iter() {
         let dims = var.dims().to_vec();
@@ -105,7 +113,10 @@ fn seeded_weights(varmap: &VarMap, seed: u64) -> Result<BTreeMap<String, Tensor>
 }
 
 /// Builds a model on a VarMap to learn its tensor names and shapes, then fills them with seeded values.
-fn weights_of(seed: u64, build: impl FnOnce(VarBuilder) -> candle_core::Result<()>) -> Result<BTreeMap<String, Tensor>> {
+fn weights_of(
+    seed: u64,
+    build: impl FnOnce(VarBuilder) -> candle_core::Result<()>,
+) -> Result<BTreeMap<String, Tensor>> {
     let varmap = VarMap::new();
     build(VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu))?;
     seeded_weights(&varmap, seed)
@@ -116,8 +127,16 @@ pub fn transformer_weights(cfg: &FluxConfig, seed: u64) -> Result<BTreeMap<Strin
     weights_of(seed, |vb| Flux::new(cfg, vb).map(|_| ()))
 }
 
+/// Seeded random weights of a VAE under BFL names.
+pub fn vae_weights(cfg: &AeConfig, seed: u64) -> Result<BTreeMap<String, Tensor>> {
+    weights_of(seed, |vb| AutoEncoder::new(cfg, vb).map(|_| ()))
+}
+
 /// Rewrites BFL-named tensors under the diffusers names that `rule` maps them from.
-pub fn to_diffusers(bfl: &BTreeMap<String, Tensor>, rule: impl Fn(&str) -> Source) -> Result<BTreeMap<String, Tensor>> {
+pub fn to_diffusers(
+    bfl: &BTreeMap<String, Tensor>,
+    rule: impl Fn(&str) -> Source,
+) -> Result<BTreeMap<String, Tensor>> {
     let mut out = BTreeMap::new();
     for (name, t) in bfl {
         match rule(name) {
@@ -133,7 +152,10 @@ pub fn to_diffusers(bfl: &BTreeMap<String, Tensor>, rule: impl Fn(&str) -> Sourc
             }
             Source::SwappedHalves(n) => {
                 let half = t.dim(0)? / 2;
-                out.insert(n, Tensor::cat(&[t.narrow(0, half, half)?, t.narrow(0, 0, half)?], 0)?);
+                out.insert(
+                    n,
+                    Tensor::cat(&[t.narrow(0, half, half)?, t.narrow(0, 0, half)?], 0)?,
+                );
             }
             Source::Squeezed(n) => {
                 let (a, b) = (t.dim(0)?, t.dim(1)?);
@@ -145,12 +167,18 @@ pub fn to_diffusers(bfl: &BTreeMap<String, Tensor>, rule: impl Fn(&str) -> Sourc
 }
 
 fn write_json(path: &Path, value: &serde_json::Value) -> Result<()> {
-    std::fs::write(path, serde_json::to_string_pretty(value)?).with_context(|| format!("cannot write {}", path.display()))
+    std::fs::write(path, serde_json::to_string_pretty(value)?)
+        .with_context(|| format!("cannot write {}", path.display()))
 }
 
 /// Writes `tensors` as `stem.safetensors`, or as `shards` files `stem-0000i-of-0000n.safetensors`
 /// with the `stem.safetensors.index.json` that Hugging Face repositories use.
-fn write_weights(dir: &Path, stem: &str, tensors: &BTreeMap<String, Tensor>, shards: usize) -> Result<()> {
+fn write_weights(
+    dir: &Path,
+    stem: &str,
+    tensors: &BTreeMap<String, Tensor>,
+    shards: usize,
+) -> Result<()> {
     if shards <= 1 {
         let all: HashMap<&String, Tensor> = tensors.iter().map(|(n, t)| (n, t.clone())).collect();
         candle_core::safetensors::save(&all, dir.join(format!("{stem}.safetensors")))?;
@@ -161,7 +189,8 @@ fn write_weights(dir: &Path, stem: &str, tensors: &BTreeMap<String, Tensor>, sha
     let mut weight_map = serde_json::Map::new();
     for (i, chunk) in names.chunks(per_shard).enumerate() {
         let file = format!("{stem}-{:05}-of-{:05}.safetensors", i + 1, shards);
-        let part: HashMap<&String, Tensor> = chunk.iter().map(|n| (*n, tensors[*n].clone())).collect();
+        let part: HashMap<&String, Tensor> =
+            chunk.iter().map(|n| (*n, tensors[*n].clone())).collect();
         candle_core::safetensors::save(&part, dir.join(&file))?;
         for n in chunk {
             weight_map.insert((*n).clone(), file.clone().into());
@@ -188,9 +217,18 @@ fn write_clip_tokenizer_files(dir: &Path) -> Result<()> {
 /// Writes a complete tiny FLUX.1 repository (dev-style, or schnell-style without the guidance
 /// embedder) to `out`.
 pub fn write_repo(out: &Path, seed: u64, schnell: bool) -> Result<()> {
-    let dirs = ["transformer", "text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2", "vae", "scheduler"];
+    let dirs = [
+        "transformer",
+        "text_encoder",
+        "text_encoder_2",
+        "tokenizer",
+        "tokenizer_2",
+        "vae",
+        "scheduler",
+    ];
     for d in dirs {
-        std::fs::create_dir_all(out.join(d)).with_context(|| format!("cannot create {}", out.join(d).display()))?;
+        std::fs::create_dir_all(out.join(d))
+            .with_context(|| format!("cannot create {}", out.join(d).display()))?;
     }
     write_json(
         &out.join("model_index.json"),
@@ -215,12 +253,22 @@ pub fn write_repo(out: &Path, seed: u64, schnell: bool) -> Result<()> {
     };
     let bfl = transformer_weights(&cfg, seed)?;
     let diffusers = to_diffusers(&bfl, |n| transformer_source(n, dims))?;
-    write_json(&out.join("transformer/config.json"), &crate::flux::config::to_diffusers_json(&cfg))?;
-    write_weights(&out.join("transformer"), "diffusion_pytorch_model", &diffusers, 2)?;
+    write_json(
+        &out.join("transformer/config.json"),
+        &crate::flux::config::to_diffusers_json(&cfg),
+    )?;
+    write_weights(
+        &out.join("transformer"),
+        "diffusion_pytorch_model",
+        &diffusers,
+        2,
+    )?;
 
     let clip = clip_config();
     let clip_cfg = clip.to_candle(Path::new("tiny CLIP"))?;
-    let clip_weights = weights_of(seed + 1, |vb| ClipTextTransformer::new(vb.pp("text_model"), &clip_cfg).map(|_| ()))?;
+    let clip_weights = weights_of(seed + 1, |vb| {
+        ClipTextTransformer::new(vb.pp("text_model"), &clip_cfg).map(|_| ())
+    })?;
     let mut clip_json = serde_json::to_value(&clip)?;
     clip_json["architectures"] = serde_json::json!(["CLIPTextModel"]);
     clip_json["model_type"] = "clip_text_model".into();
@@ -232,24 +280,43 @@ pub fn write_repo(out: &Path, seed: u64, schnell: bool) -> Result<()> {
     let t5_weights = weights_of(seed + 2, |vb| {
         // The shared embedding is created first so that the encoder is built over `shared.weight`,
         // the name Hugging Face checkpoints use.
-        vb.get_with_hints((t5_cfg.vocab_size, t5_cfg.d_model), "shared.weight", candle_nn::Init::Const(0.))?;
+        vb.get_with_hints(
+            (t5_cfg.vocab_size, t5_cfg.d_model),
+            "shared.weight",
+            candle_nn::Init::Const(0.),
+        )?;
         T5EncoderModel::load(vb, &t5_cfg).map(|_| ())
     })?;
     write_json(&out.join("text_encoder_2/config.json"), &t5_json)?;
     write_weights(&out.join("text_encoder_2"), "model", &t5_weights, 2)?;
 
     write_clip_tokenizer_files(&out.join("tokenizer"))?;
-    std::fs::write(out.join("tokenizer_2/tokenizer.json"), crate::text::T5_TOKENIZER_JSON)?;
+    std::fs::write(
+        out.join("tokenizer_2/tokenizer.json"),
+        crate::text::T5_TOKENIZER_JSON,
+    )?;
 
     let ae = vae_config();
     let levels = ae.ch_mult.len();
-    let ae_bfl = weights_of(seed + 3, |vb| AutoEncoder::new(&ae, vb).map(|_| ()))?;
-    write_json(&out.join("vae/config.json"), &crate::vae::config_to_json(&ae))?;
-    write_weights(&out.join("vae"), "diffusion_pytorch_model", &to_diffusers(&ae_bfl, |n| vae_source(n, levels))?, 1)?;
+    let ae_bfl = vae_weights(&ae, seed + VAE_SEED_OFFSET)?;
+    write_json(
+        &out.join("vae/config.json"),
+        &crate::vae::config_to_json(&ae),
+    )?;
+    write_weights(
+        &out.join("vae"),
+        "diffusion_pytorch_model",
+        &to_diffusers(&ae_bfl, |n| vae_source(n, levels))?,
+        1,
+    )?;
 
     let sched = match schnell {
-        true => serde_json::json!({"_class_name": "FlowMatchEulerDiscreteScheduler", "base_image_seq_len": 256, "base_shift": 0.5, "max_image_seq_len": 4096, "max_shift": 1.15, "num_train_timesteps": 1000, "shift": 1.0, "use_dynamic_shifting": false}),
-        false => serde_json::json!({"_class_name": "FlowMatchEulerDiscreteScheduler", "base_image_seq_len": 256, "base_shift": 0.5, "max_image_seq_len": 4096, "max_shift": 1.15, "num_train_timesteps": 1000, "shift": 3.0, "use_dynamic_shifting": true}),
+        true => {
+            serde_json::json!({"_class_name": "FlowMatchEulerDiscreteScheduler", "base_image_seq_len": 256, "base_shift": 0.5, "max_image_seq_len": 4096, "max_shift": 1.15, "num_train_timesteps": 1000, "shift": 1.0, "use_dynamic_shifting": false})
+        }
+        false => {
+            serde_json::json!({"_class_name": "FlowMatchEulerDiscreteScheduler", "base_image_seq_len": 256, "base_shift": 0.5, "max_image_seq_len": 4096, "max_shift": 1.15, "num_train_timesteps": 1000, "shift": 3.0, "use_dynamic_shifting": true})
+        }
     };
     write_json(&out.join("scheduler/scheduler_config.json"), &sched)?;
     Ok(())
