@@ -1,10 +1,13 @@
 //! charaboard: consistent-character storyboards with FLUX.1 and CharaConsist.
 
 pub mod bench;
+pub mod consist;
 pub mod device;
+pub mod export;
 pub mod flux;
 pub mod models;
 pub mod pipeline;
+pub mod project;
 pub mod sampler;
 pub mod text;
 pub mod vae;

@@ -1,0 +1,1 @@
+//! Pictures made from rendered panels: overlays for inspection and contact sheets.

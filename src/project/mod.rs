@@ -1,0 +1,1 @@
+//! The storyboard document: a RON file beside the images rendered for it.
