@@ -5,7 +5,12 @@ use clap::{Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 use std::path::{Path, PathBuf};
 
+use charaboard::consist::session::{
+    Outcome, RenderEvent, RenderOptions, RenderRequest, Renderer, Target,
+};
 use charaboard::device::{parse_device, parse_dtype};
+use charaboard::export::files::{save_png, stem, write_dump, write_image};
+use charaboard::export::sheet::contact_sheet;
 use charaboard::pipeline::{generate, FluxModels, GenerateParams, NoiseSource};
 use charaboard::sampler::StepControl;
 
@@ -53,6 +58,36 @@ enum Command {
         #[arg(long)]
         out: PathBuf,
     },
+    /// Render a storyboard project: the identity, every panel, overlays and a contact sheet.
+    Render {
+        project: PathBuf,
+        /// A FLUX.1 folder [default: the project's settings.model].
+        #[arg(long)]
+        model: Option<PathBuf>,
+        /// Output folder [default: the images folder beside the project file].
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Initial noise from a safetensors file (tensor `noise`) instead of the project's seed.
+        #[arg(long)]
+        noise: Option<PathBuf>,
+        /// Also write each image's latents, mask and matches as safetensors.
+        #[arg(long)]
+        dump: bool,
+        #[arg(long)]
+        device: Option<String>,
+        #[arg(long)]
+        dtype: Option<String>,
+    },
+    /// Turn the reference implementation's prompt file (`background#character#action` lines,
+    /// groups separated by blank lines) into one project per group.
+    Import {
+        prompts: PathBuf,
+        #[arg(long)]
+        out: PathBuf,
+        /// Lock every scene's background (the reference's --share_bg).
+        #[arg(long)]
+        lock_background: bool,
+    },
     /// Write a tiny FLUX.1 model with random weights (abstract images) for tests and trying the app.
     TinyModel {
         #[arg(long)]
@@ -97,13 +132,108 @@ fn step_bar(steps: usize) -> ProgressBar {
     bar
 }
 
-/// Writes the PNG next to its destination first, so that a failure never leaves a partial file.
-fn save_png(image: &image::RgbImage, out: &Path) -> Result<()> {
-    let tmp = out.with_extension("png.partial");
-    image
-        .save_with_format(&tmp, image::ImageFormat::Png)
-        .with_context(|| format!("cannot write {}", tmp.display()))?;
-    std::fs::rename(&tmp, out).with_context(|| format!("cannot write {}", out.display()))
+#[allow(clippy::too_many_arguments)]
+fn render(
+    project_path: &Path,
+    model: Option<PathBuf>,
+    out: Option<PathBuf>,
+    noise: Option<PathBuf>,
+    dump: bool,
+    device: Option<String>,
+    dtype: Option<String>,
+) -> Result<()> {
+    let project = charaboard::project::io::load(project_path)?;
+    let model = model
+        .or_else(|| project.settings.model.as_ref().map(PathBuf::from))
+        .context("no model: pass --model DIR or set settings.model in the project")?;
+    let out = out.unwrap_or_else(|| charaboard::project::io::images_dir(project_path));
+    std::fs::create_dir_all(&out).with_context(|| format!("cannot create {}", out.display()))?;
+    let device = parse_device(device.as_deref())?;
+    let dtype = parse_dtype(dtype.as_deref(), &device)?;
+    eprintln!("loading {} ({dtype:?} on {device:?})", model.display());
+    let mut models = FluxModels::load(&model, dtype, &device)?;
+    let options = RenderOptions {
+        noise,
+        preview_every: None,
+    };
+    let mut renderer = Renderer::default();
+    let bar = step_bar(1);
+    let mut images: Vec<(Target, image::RgbImage)> = Vec::new();
+    let mut identity: Option<image::RgbImage> = None;
+    let mut failure: Option<anyhow::Error> = None;
+    let outcome = renderer.render(
+        &mut models,
+        &project,
+        RenderRequest::All,
+        &options,
+        &mut |event| {
+            match event {
+                RenderEvent::Step {
+                    target,
+                    phase,
+                    step,
+                    steps,
+                    ..
+                } => {
+                    bar.set_length(steps as u64);
+                    bar.set_message(format!("{} {phase:?}", stem(target)));
+                    bar.set_position((step + 1) as u64);
+                }
+                RenderEvent::Finished(output) => {
+                    let reference = identity.clone().unwrap_or_else(|| output.image.clone());
+                    let written = write_image(&out, output, &reference).and_then(|mut files| {
+                        if dump {
+                            files.push(write_dump(&out, output)?);
+                        }
+                        Ok(files)
+                    });
+                    match written {
+                        Ok(files) => bar.suspend(|| {
+                            eprintln!(
+                                "{} in {:.1} s: {}",
+                                stem(output.target),
+                                output.seconds,
+                                files
+                                    .iter()
+                                    .map(|f| f.display().to_string())
+                                    .collect::<Vec<_>>()
+                                    .join(", ")
+                            )
+                        }),
+                        Err(e) => failure = Some(e),
+                    }
+                    if output.target == Target::Identity {
+                        identity = Some(output.image.clone());
+                    }
+                    images.retain(|(t, _)| *t != output.target);
+                    images.push((output.target, output.image.clone()));
+                }
+            }
+            match failure {
+                Some(_) => StepControl::Cancel,
+                None => StepControl::Continue,
+            }
+        },
+    )?;
+    bar.finish_and_clear();
+    if let Some(e) = failure {
+        return Err(e);
+    }
+    if outcome == Outcome::Cancelled {
+        anyhow::bail!("rendering was cancelled");
+    }
+    images.sort_by_key(|(t, _)| *t);
+    let refs: Vec<&image::RgbImage> = images.iter().map(|(_, i)| i).collect();
+    let sheet = contact_sheet(&refs, 4, 256, 12)?;
+    let sheet_path = out.join("sheet.png");
+    save_png(&sheet, &sheet_path)?;
+    eprintln!(
+        "wrote {} (identity bank {:.1} MB, peak {:.1} MB)",
+        sheet_path.display(),
+        renderer.bank_bytes() as f64 / 1e6,
+        renderer.identity_peak_bytes().unwrap_or(0) as f64 / 1e6
+    );
+    Ok(())
 }
 
 fn run(cli: Cli) -> Result<()> {
@@ -156,6 +286,34 @@ fn run(cli: Cli) -> Result<()> {
             let generated = result.context("generation was cancelled")?;
             save_png(&generated.image, &out)?;
             eprintln!("wrote {}", out.display());
+            Ok(())
+        }
+        Command::Render {
+            project,
+            model,
+            out,
+            noise,
+            dump,
+            device,
+            dtype,
+        } => render(&project, model, out, noise, dump, device, dtype),
+        Command::Import {
+            prompts,
+            out,
+            lock_background,
+        } => {
+            let projects = charaboard::project::import::import_file(&prompts, lock_background)?;
+            std::fs::create_dir_all(&out)
+                .with_context(|| format!("cannot create {}", out.display()))?;
+            let stem = prompts
+                .file_stem()
+                .and_then(|s| s.to_str())
+                .unwrap_or("story");
+            for (k, project) in projects.iter().enumerate() {
+                let path = out.join(format!("{stem}-{:02}.ron", k + 1));
+                charaboard::project::io::save(project, &path)?;
+                println!("{}", path.display());
+            }
             Ok(())
         }
         Command::TinyModel { out, seed, schnell } => {

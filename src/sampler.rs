@@ -151,6 +151,8 @@ pub struct StepReport<'a> {
     /// Packed latents before this step's update.
     latents: &'a Tensor,
     velocity: &'a Tensor,
+    /// Packed latents after this step's update.
+    pub next: &'a Tensor,
 }
 
 impl StepReport<'_> {
@@ -226,14 +228,38 @@ pub fn denoise(
     run: &RunInputs,
     sigmas: &[f64],
     guidance: f64,
+    hook: Option<&mut dyn AttentionHook>,
+    on_step: &mut dyn FnMut(&StepReport) -> Result<StepControl>,
+) -> Result<Denoised> {
+    denoise_from(
+        model,
+        run,
+        sigmas,
+        0,
+        run.img.clone(),
+        guidance,
+        hook,
+        on_step,
+    )
+}
+
+/// [`denoise`] starting at step `first` from latents `img` (the state after step `first - 1`).
+#[allow(clippy::too_many_arguments)]
+pub fn denoise_from(
+    model: &Flux,
+    run: &RunInputs,
+    sigmas: &[f64],
+    first: usize,
+    img: Tensor,
+    guidance: f64,
     mut hook: Option<&mut dyn AttentionHook>,
     on_step: &mut dyn FnMut(&StepReport) -> Result<StepControl>,
 ) -> Result<Denoised> {
     let dev = run.img.device();
     let guidance = Tensor::full(guidance as f32, 1, dev)?;
     let steps = sigmas.len().saturating_sub(1);
-    let mut img = run.img.clone();
-    for (step, pair) in sigmas.windows(2).enumerate() {
+    let mut img = img;
+    for (step, pair) in sigmas.windows(2).enumerate().skip(first) {
         let (t_curr, t_prev) = (pair[0], pair[1]);
         let t = Tensor::full(t_curr as f32, 1, dev)?;
         let velocity = model.forward(
@@ -243,15 +269,17 @@ pub fn denoise(
             step,
             reborrow(&mut hook),
         )?;
+        let next = (&img + (&velocity * (t_prev - t_curr))?)?;
         let report = StepReport {
             step,
             steps,
             sigma: t_curr,
             latents: &img,
             velocity: &velocity,
+            next: &next,
         };
         let control = on_step(&report)?;
-        img = (&img + (velocity * (t_prev - t_curr))?)?;
+        img = next;
         if control == StepControl::Cancel {
             return Ok(Denoised::Cancelled(step + 1));
         }

@@ -1,4 +1,9 @@
 //! CharaConsist (ICCV 2025): consistent characters across panels without training.
 //! characonsist-spec.md describes the reference behaviour these modules reproduce.
 
+pub mod bank;
+pub mod mask;
+pub mod matching;
 pub mod recipe;
+pub mod session;
+pub mod steer;

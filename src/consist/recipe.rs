@@ -53,12 +53,18 @@ impl Default for Recipe {
         Self {
             fg_layer_every: 2,
             bg_layer_every: 1,
-            share_steps: StepWindow { start: 1.0 / 50.0, end: 41.0 / 50.0 },
+            share_steps: StepWindow {
+                start: 1.0 / 50.0,
+                end: 41.0 / 50.0,
+            },
             mask_step: 10.0 / 50.0,
             similarity_threshold: 0.5,
             token_merge: true,
             merge_weight: 0.8,
-            merge_steps: StepWindow { start: 1.0 / 50.0, end: 31.0 / 50.0 },
+            merge_steps: StepWindow {
+                start: 1.0 / 50.0,
+                end: 31.0 / 50.0,
+            },
             merge_decay_start: 11.0 / 50.0,
             erode: 3,
             dilate: 5,
@@ -109,7 +115,9 @@ impl Recipe {
     pub fn validate(&self) -> Result<()> {
         let fraction = |name: &str, v: f64| -> Result<()> {
             if !(0.0..=1.0).contains(&v) {
-                bail!("recipe.{name} must be a fraction of the schedule between 0 and 1, found {v}");
+                bail!(
+                    "recipe.{name} must be a fraction of the schedule between 0 and 1, found {v}"
+                );
             }
             Ok(())
         };
@@ -126,13 +134,22 @@ impl Recipe {
         fraction("mask_step", self.mask_step)?;
         fraction("merge_decay_start", self.merge_decay_start)?;
         if !(self.merge_steps.start..=self.merge_steps.end).contains(&self.merge_decay_start) {
-            bail!("recipe.merge_decay_start {} must lie within merge_steps", self.merge_decay_start);
+            bail!(
+                "recipe.merge_decay_start {} must lie within merge_steps",
+                self.merge_decay_start
+            );
         }
         if !(0.0..=1.0).contains(&self.similarity_threshold) {
-            bail!("recipe.similarity_threshold must be between 0 and 1, found {}", self.similarity_threshold);
+            bail!(
+                "recipe.similarity_threshold must be between 0 and 1, found {}",
+                self.similarity_threshold
+            );
         }
         if !(0.0..=1.0).contains(&self.merge_weight) {
-            bail!("recipe.merge_weight must be between 0 and 1, found {}", self.merge_weight);
+            bail!(
+                "recipe.merge_weight must be between 0 and 1, found {}",
+                self.merge_weight
+            );
         }
         if self.fg_layer_every == 0 || self.bg_layer_every == 0 {
             bail!("recipe.fg_layer_every and recipe.bg_layer_every must be at least 1");
@@ -173,11 +190,11 @@ impl Schedule {
     }
 
     pub fn is_fg_layer(&self, single_index: usize) -> bool {
-        single_index % self.fg_layer_every == 0
+        single_index.is_multiple_of(self.fg_layer_every)
     }
 
     pub fn is_bg_layer(&self, single_index: usize) -> bool {
-        single_index % self.bg_layer_every == 0
+        single_index.is_multiple_of(self.bg_layer_every)
     }
 
     /// The merge weight at `step`, 0 outside the merge window or with merging off.

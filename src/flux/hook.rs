@@ -80,6 +80,12 @@ pub trait AttentionHook {
         text_probs: Option<Tensor>,
         img_out: Tensor,
     ) -> Result<Tensor>;
+
+    /// Called once the step's forward pass is complete (masks and matches of that step are
+    /// final then).
+    fn end_step(&mut self, _step: usize) -> Result<()> {
+        Ok(())
+    }
 }
 
 /// Lends an optional hook to one call; `Option::as_deref_mut` cannot shorten the trait object's

@@ -401,6 +401,10 @@ impl Flux {
             xs = block.forward(&xs, &vec_, input.pe, &c, reborrow(&mut hook))?;
         }
         let img = xs.narrow(1, layout.txt_len, xs.dim(1)? - layout.txt_len)?;
-        self.final_layer.forward(&img, &vec_)
+        let out = self.final_layer.forward(&img, &vec_)?;
+        if let Some(hook) = hook {
+            hook.end_step(step)?;
+        }
+        Ok(out)
     }
 }

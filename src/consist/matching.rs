@@ -1,0 +1,115 @@
+//! Point matching between a panel and the identity (characonsist-spec.md §3): layer-averaged
+//! cosine similarity of attention outputs, argmax over identity tokens, then the foreground and
+//! threshold filter.
+
+use anyhow::{bail, Result};
+use candle_core::{DType, Tensor, D};
+
+/// Rows scaled to unit L2 norm (f32), (n, features).
+pub fn normalize_rows(x: &Tensor) -> Result<Tensor> {
+    let x = x.to_dtype(DType::F32)?;
+    let norm = x
+        .sqr()?
+        .sum_keepdim(D::Minus1)?
+        .sqrt()?
+        .clamp(1e-12, f64::MAX)?;
+    Ok(x.broadcast_div(&norm)?)
+}
+
+/// Sums per-layer cosine-similarity matrices (panel tokens x identity tokens).
+#[derive(Default)]
+pub struct MatchAccumulator {
+    sum: Option<Tensor>,
+    layers: usize,
+}
+
+impl MatchAccumulator {
+    /// Adds one layer: the panel's attention output (1, n_panel, hidden) against the identity's
+    /// normalized features (n_identity, hidden) of the same layer and step.
+    pub fn add(&mut self, panel_out: &Tensor, identity_features: &Tensor) -> Result<()> {
+        let p = normalize_rows(&panel_out.squeeze(0)?)?;
+        let s = p.matmul(&identity_features.to_dtype(DType::F32)?.t()?)?;
+        self.sum = Some(match self.sum.take() {
+            None => s,
+            Some(acc) => (acc + s)?,
+        });
+        self.layers += 1;
+        Ok(())
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.layers == 0
+    }
+
+    /// The matches: for every panel token its best identity token; kept where the panel token is
+    /// foreground, its match is identity foreground, and the mean similarity exceeds `threshold`.
+    pub fn finish(
+        &mut self,
+        panel_mask: &[bool],
+        identity_mask: &[bool],
+        threshold: f32,
+    ) -> Result<Matches> {
+        let Some(sum) = self.sum.take() else {
+            bail!("no attention outputs were collected for matching");
+        };
+        let mean = (sum / self.layers as f64)?;
+        self.layers = 0;
+        let best = mean.argmax(D::Minus1)?.to_vec1::<u32>()?;
+        let max_sim = mean.max(D::Minus1)?.to_vec1::<f32>()?;
+        Ok(Matches::filter(
+            &best,
+            max_sim,
+            panel_mask,
+            identity_mask,
+            threshold,
+        ))
+    }
+}
+
+/// Kept correspondences, in ascending panel-token order, plus the best similarity of every panel
+/// token (read by token merging).
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Matches {
+    pub panel_idx: Vec<u32>,
+    /// The identity token each kept panel token matched; may repeat.
+    pub identity_idx: Vec<u32>,
+    pub max_sim: Vec<f32>,
+}
+
+impl Matches {
+    pub fn filter(
+        best: &[u32],
+        max_sim: Vec<f32>,
+        panel_mask: &[bool],
+        identity_mask: &[bool],
+        threshold: f32,
+    ) -> Self {
+        let (panel_idx, identity_idx) = best
+            .iter()
+            .enumerate()
+            .filter(|&(c, &j)| panel_mask[c] && identity_mask[j as usize] && max_sim[c] > threshold)
+            .map(|(c, &j)| (c as u32, j))
+            .unzip();
+        Self {
+            panel_idx,
+            identity_idx,
+            max_sim,
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.panel_idx.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.panel_idx.is_empty()
+    }
+
+    /// The similarity of each kept match.
+    pub fn kept_sims(&self) -> Vec<f32> {
+        self.panel_idx
+            .iter()
+            .map(|&c| self.max_sim[c as usize])
+            .collect()
+    }
+}

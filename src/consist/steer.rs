@@ -1,0 +1,458 @@
+//! The CharaConsist attention hook: one per run, following the per-step control table of
+//! characonsist-spec.md §7. The identity run only reads (it stays plain FLUX); a panel's pre-run
+//! shares the locked background; its main run adds point-tracking attention on the identity's
+//! foreground and adaptive token merging.
+
+use anyhow::Context;
+use candle_core::{DType, Result, Tensor};
+
+use super::bank::{from_rows, to_rows, Bank, Recorder, TokenSubset};
+use super::mask::{Grid, MaskAccumulator, TextSpans};
+use super::matching::{normalize_rows, MatchAccumulator, Matches};
+use super::recipe::Schedule;
+use crate::flux::rope::{apply_rope, gather_positions};
+use crate::flux::{
+    AttentionHook, AttentionRequest, BlockCtx, BlockKind, ExtraKv, QkvView, TokenLayout,
+};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// Plain FLUX, recording into the bank.
+    Identity,
+    /// Steps 0..=mask step of a panel: layout, mask and matches before foreground sharing.
+    PreRun,
+    /// The panel itself.
+    Main,
+}
+
+/// What a panel run reads from earlier runs.
+#[derive(Clone, Copy)]
+pub struct References<'a> {
+    pub identity: &'a Bank,
+    /// Keys and values to lock the background onto (the identity's or the scene reference's).
+    pub background: Option<&'a TokenSubset>,
+}
+
+/// The matches driving foreground sharing, with their index tensors built once.
+struct ActiveMatches {
+    matches: Matches,
+    panel_idx: Tensor,
+    /// Joint-sequence positions of the matched panel tokens, for RoPE.
+    positions: Tensor,
+    /// Similarity of each kept match, (M, 1).
+    sims: Tensor,
+}
+
+impl ActiveMatches {
+    fn new(
+        matches: Matches,
+        txt_len: usize,
+        dtype: DType,
+        dev: &candle_core::Device,
+    ) -> Result<Self> {
+        let positions: Vec<u32> = matches
+            .panel_idx
+            .iter()
+            .map(|&c| c + txt_len as u32)
+            .collect();
+        let sims = matches.kept_sims();
+        let m = sims.len();
+        Ok(Self {
+            panel_idx: Tensor::new(matches.panel_idx.as_slice(), dev)?,
+            positions: Tensor::new(positions.as_slice(), dev)?,
+            sims: Tensor::from_vec(sims, (m, 1), dev)?.to_dtype(dtype)?,
+            matches,
+        })
+    }
+}
+
+fn to_candle(e: anyhow::Error) -> candle_core::Error {
+    candle_core::Error::Msg(format!("{e:#}"))
+}
+
+pub struct ConsistHook<'a> {
+    role: Role,
+    schedule: &'a Schedule,
+    spans: TextSpans,
+    layout: TokenLayout,
+    grid: Grid,
+    heads: usize,
+    dtype: DType,
+    refs: Option<References<'a>>,
+    recorder: Option<&'a mut Recorder>,
+    mask_acc: MaskAccumulator,
+    match_acc: MatchAccumulator,
+    /// The image's foreground mask from its latest finished step up to the mask step.
+    fg_mask: Option<Vec<bool>>,
+    active: Option<ActiveMatches>,
+    /// Per step: background tokens shared (reference background and not current foreground).
+    bg_tokens: Option<Vec<u32>>,
+    /// Per step: attention masks by (background keys, foreground keys).
+    extra_masks: Vec<((usize, usize), Tensor)>,
+    /// Outputs: the mask after step 0, and the mask and the matches of the mask step.
+    first_mask: Option<Vec<bool>>,
+    mask_at_match_step: Option<Vec<bool>>,
+    matches: Option<Matches>,
+}
+
+/// The result of a run's hook: its mask-step mask and, for panels, its mask-step matches.
+pub struct RunObservations {
+    pub mask: Option<Vec<bool>>,
+    pub matches: Option<Matches>,
+    /// The mask after step 0: a main run that starts from its pre-run's step 0 continues with it.
+    pub first_mask: Option<Vec<bool>>,
+}
+
+impl<'a> ConsistHook<'a> {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        role: Role,
+        schedule: &'a Schedule,
+        spans: TextSpans,
+        layout: TokenLayout,
+        heads: usize,
+        dtype: DType,
+        refs: Option<References<'a>>,
+        recorder: Option<&'a mut Recorder>,
+    ) -> Self {
+        Self {
+            role,
+            schedule,
+            spans,
+            layout,
+            grid: Grid {
+                rows: layout.img_h,
+                cols: layout.img_w,
+            },
+            heads,
+            dtype,
+            refs,
+            recorder,
+            mask_acc: MaskAccumulator::new(spans),
+            match_acc: MatchAccumulator::default(),
+            fg_mask: None,
+            active: None,
+            bg_tokens: None,
+            extra_masks: Vec::new(),
+            first_mask: None,
+            mask_at_match_step: None,
+            matches: None,
+        }
+    }
+
+    /// Starts a main run after its pre-run's step 0 (the two are identical up to there): the
+    /// pre-run's step-0 mask is the current one, and its matches drive the foreground until the
+    /// main run's own mask step.
+    pub fn resume_after_step0(
+        &mut self,
+        pre: &RunObservations,
+        dev: &candle_core::Device,
+    ) -> anyhow::Result<()> {
+        self.fg_mask = pre.first_mask.clone();
+        if let Some(m) = &pre.matches {
+            self.active = Some(ActiveMatches::new(
+                m.clone(),
+                self.layout.txt_len,
+                self.dtype,
+                dev,
+            )?);
+        }
+        Ok(())
+    }
+
+    pub fn observations(self) -> RunObservations {
+        RunObservations {
+            mask: self.mask_at_match_step,
+            matches: self.matches,
+            first_mask: self.first_mask,
+        }
+    }
+
+    fn wants_mask(&self, step: usize) -> bool {
+        match self.role {
+            Role::Identity => step == self.schedule.mask_step,
+            Role::PreRun | Role::Main => step <= self.schedule.mask_step,
+        }
+    }
+
+    fn wants_match_features(&self, step: usize) -> bool {
+        self.refs.is_some() && step == self.schedule.mask_step
+    }
+
+    fn fg_active(&self, ctx: &BlockCtx) -> bool {
+        self.role == Role::Main
+            && self.schedule.shares(ctx.step)
+            && self.schedule.is_fg_layer(ctx.index)
+            && self.active.as_ref().is_some_and(|a| !a.matches.is_empty())
+    }
+
+    fn bg_active(&self, ctx: &BlockCtx) -> bool {
+        self.role != Role::Identity
+            && self.schedule.shares(ctx.step)
+            && self.schedule.is_bg_layer(ctx.index)
+            && self.refs.is_some_and(|r| r.background.is_some())
+    }
+
+    fn merges(&self, ctx: &BlockCtx) -> bool {
+        self.fg_active(ctx) && self.schedule.merge_alpha(ctx.step) > 0.0
+    }
+
+    /// Background tokens shared at this step: in the reference background and not in the
+    /// panel's current foreground.
+    fn shared_bg_tokens(&mut self, background: &TokenSubset) -> Vec<u32> {
+        if self.bg_tokens.is_none() {
+            let fg = self.fg_mask.as_deref().unwrap_or(&[]);
+            let tokens = (0..self.grid.len() as u32)
+                .filter(|&t| {
+                    background.contains(t) && !fg.get(t as usize).copied().unwrap_or(false)
+                })
+                .collect();
+            self.bg_tokens = Some(tokens);
+        }
+        self.bg_tokens.clone().unwrap_or_default()
+    }
+
+    /// The additive mask over `[text | image | bg keys | fg keys]`: text queries see no borrowed
+    /// key; a foreground query sees only foreground keys, a background query only background keys.
+    fn extra_mask(
+        &mut self,
+        ctx: &BlockCtx,
+        n_bg: usize,
+        n_fg: usize,
+        dev: &candle_core::Device,
+    ) -> Result<Tensor> {
+        if let Some((_, m)) = self.extra_masks.iter().find(|(k, _)| *k == (n_bg, n_fg)) {
+            return Ok(m.clone());
+        }
+        let fg = self.fg_mask.as_deref().unwrap_or(&[]);
+        let q_class: Vec<u8> = (0..ctx.txt_len)
+            .map(|_| 2)
+            .chain((0..ctx.img_len()).map(|i| u8::from(fg.get(i).copied().unwrap_or(false))))
+            .collect();
+        let k_class: Vec<u8> = std::iter::repeat_n(0u8, n_bg)
+            .chain(std::iter::repeat_n(1u8, n_fg))
+            .collect();
+        let lq = q_class.len();
+        let n = n_bg + n_fg;
+        let allowed = Tensor::from_vec(q_class, (lq, 1), dev)?.broadcast_eq(&Tensor::from_vec(
+            k_class,
+            (1, n),
+            dev,
+        )?)?;
+        let zeros = Tensor::zeros((lq, n), self.dtype, dev)?;
+        let blocked = Tensor::full(f32::NEG_INFINITY, (lq, n), dev)?.to_dtype(self.dtype)?;
+        let extra = allowed.where_cond(&zeros, &blocked)?;
+        let mask = Tensor::cat(&[&Tensor::zeros((lq, lq), self.dtype, dev)?, &extra], 1)?
+            .reshape((1, 1, lq, lq + n))?;
+        self.extra_masks.push(((n_bg, n_fg), mask.clone()));
+        Ok(mask)
+    }
+
+    /// Borrowed keys (RoPE-encoded at the panel positions they serve) and values.
+    fn extras(&mut self, ctx: &BlockCtx, pe: &Tensor) -> Result<Option<ExtraKv>> {
+        let slot = (ctx.step, ctx.index);
+        let dev = pe.device().clone();
+        let (mut ks, mut vs, mut n_bg, mut n_fg) = (Vec::new(), Vec::new(), 0, 0);
+        let refs = self.refs;
+        if let Some(background) = refs
+            .and_then(|r| r.background)
+            .filter(|_| self.bg_active(ctx))
+        {
+            let tokens = self.shared_bg_tokens(background);
+            if !tokens.is_empty() {
+                if let Some((k, v)) = background.kv(slot, &tokens).map_err(to_candle)? {
+                    let positions: Vec<u32> =
+                        tokens.iter().map(|&t| t + ctx.txt_len as u32).collect();
+                    let pe_bg = gather_positions(pe, &Tensor::new(positions.as_slice(), &dev)?)?;
+                    ks.push(apply_rope(
+                        &from_rows(&k, self.heads).map_err(to_candle)?,
+                        &pe_bg,
+                    )?);
+                    vs.push(from_rows(&v, self.heads).map_err(to_candle)?);
+                    n_bg = tokens.len();
+                }
+            }
+        }
+        if self.fg_active(ctx) {
+            let identity = refs
+                .context("panel runs read the identity")
+                .map_err(to_candle)?
+                .identity;
+            let active = self.active.as_ref().context("matches").map_err(to_candle)?;
+            let fg = identity
+                .fg
+                .as_ref()
+                .context("the identity bank has no foreground")
+                .map_err(to_candle)?;
+            if let Some((k, v)) = fg
+                .kv(slot, &active.matches.identity_idx)
+                .map_err(to_candle)?
+            {
+                let pe_fg = gather_positions(pe, &active.positions)?;
+                ks.push(apply_rope(
+                    &from_rows(&k, self.heads).map_err(to_candle)?,
+                    &pe_fg,
+                )?);
+                vs.push(from_rows(&v, self.heads).map_err(to_candle)?);
+                n_fg = active.matches.len();
+            }
+        }
+        if n_bg + n_fg == 0 {
+            return Ok(None);
+        }
+        let mask = self.extra_mask(ctx, n_bg, n_fg, &dev)?;
+        Ok(Some(ExtraKv {
+            k: Tensor::cat(&ks, 2)?,
+            v: Tensor::cat(&vs, 2)?,
+            mask: Some(mask),
+        }))
+    }
+
+    /// Adaptive token merging (characonsist-spec.md §6): each matched panel token moves towards
+    /// its identity token's attention output by merge weight times match similarity.
+    fn merge(&self, ctx: &BlockCtx, img_out: Tensor) -> Result<Tensor> {
+        let (Some(refs), Some(active)) = (self.refs, self.active.as_ref()) else {
+            return Ok(img_out);
+        };
+        let Some(fg) = refs.identity.fg.as_ref() else {
+            return Ok(img_out);
+        };
+        let Some(id_out) = fg
+            .out((ctx.step, ctx.index), &active.matches.identity_idx)
+            .map_err(to_candle)?
+        else {
+            return Ok(img_out);
+        };
+        let rows = img_out.squeeze(0)?;
+        let current = rows.index_select(&active.panel_idx, 0)?;
+        let weight = (&active.sims * self.schedule.merge_alpha(ctx.step))?;
+        let delta = (id_out.to_dtype(current.dtype())? - &current)?.broadcast_mul(&weight)?;
+        rows.index_add(&active.panel_idx, &delta, 0)?.unsqueeze(0)
+    }
+}
+
+impl AttentionHook for ConsistHook<'_> {
+    fn before_attention(&mut self, ctx: &BlockCtx, qkv: QkvView<'_>) -> Result<AttentionRequest> {
+        let mut request = AttentionRequest::default();
+        if ctx.kind != BlockKind::Single {
+            return Ok(request);
+        }
+        let slot = (ctx.step, ctx.index);
+        if self.wants_mask(ctx.step) {
+            request.text_probs = Some(self.spans.real_len);
+        }
+        request.read_output = self.wants_match_features(ctx.step) || self.merges(ctx);
+        if let Some(recorder) = self.recorder.as_deref_mut() {
+            if recorder.wants_kv(slot) {
+                let k =
+                    to_rows(&qkv.k.narrow(2, ctx.txt_len, ctx.img_len())?).map_err(to_candle)?;
+                let v =
+                    to_rows(&qkv.v.narrow(2, ctx.txt_len, ctx.img_len())?).map_err(to_candle)?;
+                recorder.record_kv(slot, k, v).map_err(to_candle)?;
+            }
+            request.read_output |= recorder.wants_out(slot) || recorder.wants_features(ctx.step);
+        }
+        if self.fg_mask.is_some() {
+            request.extra = self.extras(ctx, qkv.pe)?;
+        }
+        Ok(request)
+    }
+
+    fn after_attention(
+        &mut self,
+        ctx: &BlockCtx,
+        text_probs: Option<Tensor>,
+        img_out: Tensor,
+    ) -> Result<Tensor> {
+        let slot = (ctx.step, ctx.index);
+        if let Some(probs) = text_probs {
+            self.mask_acc.add(&probs).map_err(to_candle)?;
+        }
+        if self.wants_match_features(ctx.step) {
+            let identity = self
+                .refs
+                .context("panel runs read the identity")
+                .map_err(to_candle)?
+                .identity;
+            let features = identity
+                .features
+                .get(&ctx.index)
+                .with_context(|| {
+                    format!(
+                        "the identity bank has no features of single block {}",
+                        ctx.index
+                    )
+                })
+                .map_err(to_candle)?;
+            self.match_acc.add(&img_out, features).map_err(to_candle)?;
+        }
+        let dtype = self.dtype;
+        if let Some(recorder) = self.recorder.as_deref_mut() {
+            if recorder.wants_features(ctx.step) {
+                let normalized = normalize_rows(&img_out.squeeze(0)?)
+                    .map_err(to_candle)?
+                    .to_dtype(dtype)?;
+                recorder.record_features(ctx.index, normalized);
+            }
+            if recorder.wants_out(slot) {
+                recorder
+                    .record_out(slot, img_out.squeeze(0)?)
+                    .map_err(to_candle)?;
+            }
+        }
+        match self.merges(ctx) {
+            true => self.merge(ctx, img_out),
+            false => Ok(img_out),
+        }
+    }
+
+    fn end_step(&mut self, step: usize) -> Result<()> {
+        self.bg_tokens = None;
+        self.extra_masks.clear();
+        if !self.mask_acc.is_empty() {
+            let s = self.schedule;
+            let mask = self
+                .mask_acc
+                .finish(self.grid, s.erode, s.dilate)
+                .map_err(to_candle)?;
+            if step == s.mask_step {
+                self.mask_at_match_step = Some(mask.clone());
+                if let Some(recorder) = self.recorder.as_deref_mut() {
+                    recorder.set_mask(mask.clone()).map_err(to_candle)?;
+                }
+            }
+            if step == 0 {
+                self.first_mask = Some(mask.clone());
+            }
+            self.fg_mask = Some(mask);
+        }
+        if !self.match_acc.is_empty() {
+            let identity = self
+                .refs
+                .context("panel runs read the identity")
+                .map_err(to_candle)?
+                .identity;
+            let panel_mask = self.fg_mask.as_deref().unwrap_or(&[]);
+            let matches = self
+                .match_acc
+                .finish(panel_mask, &identity.mask, self.schedule.threshold)
+                .map_err(to_candle)?;
+            if self.role == Role::Main {
+                let dev = identity
+                    .features
+                    .values()
+                    .next()
+                    .map(|t| t.device().clone());
+                let dev = dev.context("identity features").map_err(to_candle)?;
+                self.active = Some(ActiveMatches::new(
+                    matches.clone(),
+                    self.layout.txt_len,
+                    self.dtype,
+                    &dev,
+                )?);
+            }
+            self.matches = Some(matches);
+        }
+        Ok(())
+    }
+}

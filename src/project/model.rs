@@ -1,0 +1,231 @@
+//! What a storyboard is: one character, an identity shot, scenes and the panels set in them.
+//!
+//! Every type here is plain serde data so that the RON file is the whole document: nothing about
+//! a storyboard lives outside it except the rendered images (see [`super::io::images_dir`]).
+//! Optional fields carry serde defaults so that a hand-written file only needs `title`,
+//! `character`, `identity`, `scenes` and `panels`; unknown fields are rejected so that a typo
+//! such as `lock_backgound` is reported instead of silently ignored.
+
+use anyhow::{anyhow, bail, Result};
+use serde::{Deserialize, Serialize};
+
+use crate::consist::recipe::Recipe;
+
+/// A storyboard document.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Project {
+    pub title: String,
+    /// The character prompt, shared by every image.
+    pub character: String,
+    /// The identity shot: rendered first with plain FLUX; every panel's foreground follows it.
+    pub identity: IdentityShot,
+    pub scenes: Vec<Scene>,
+    pub panels: Vec<Panel>,
+    #[serde(default)]
+    pub settings: RenderSettings,
+}
+
+/// The image that defines the character's look. It is never shown as a panel, but every
+/// panel borrows its foreground from it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IdentityShot {
+    pub environment: String,
+    pub action: String,
+}
+
+/// A place. Panels in the same scene share its environment prompt, and with
+/// `lock_background` they also share one rendered background.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Scene {
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub name: String,
+    pub environment: String,
+    #[serde(default)]
+    pub lock_background: bool,
+    /// Per-scene size overrides, e.g. a portrait scene in a square storyboard; the reference's
+    /// "mix" mode changes resolution per scene the same way.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub width: Option<usize>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub height: Option<usize>,
+}
+
+/// One frame of the storyboard.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Panel {
+    /// Index into [`Project::scenes`].
+    pub scene: usize,
+    pub action: String,
+    /// Text shown under the panel on contact sheets; not part of the prompt.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub caption: String,
+    /// Overrides [`RenderSettings::seed`] for this panel only, to re-roll one panel. The
+    /// reference uses one seed for everything, which is what keeps layouts close.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seed: Option<u64>,
+}
+
+/// How images are rendered. Every field has a default, so the whole block may be left out.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RenderSettings {
+    /// The model folder; `None` leaves the choice to the app (command line or preferences).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model: Option<String>,
+    #[serde(default = "default_side")]
+    pub width: usize,
+    #[serde(default = "default_side")]
+    pub height: usize,
+    /// `None` picks the model's usual count: 50 for FLUX.1-dev, 4 for schnell.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub steps: Option<usize>,
+    /// FLUX-dev's guidance embedding (the reference uses 3.5); schnell ignores it.
+    #[serde(default = "default_guidance")]
+    pub guidance: f64,
+    /// The one seed every image starts from, as in the reference (2025).
+    #[serde(default = "default_seed")]
+    pub seed: u64,
+    #[serde(default)]
+    pub recipe: Recipe,
+}
+
+fn default_side() -> usize {
+    1024
+}
+
+fn default_guidance() -> f64 {
+    3.5
+}
+
+fn default_seed() -> u64 {
+    2025
+}
+
+impl Default for RenderSettings {
+    fn default() -> Self {
+        Self {
+            model: None,
+            width: default_side(),
+            height: default_side(),
+            steps: None,
+            guidance: default_guidance(),
+            seed: default_seed(),
+            recipe: Recipe::default(),
+        }
+    }
+}
+
+/// FLUX packs 2×2 patches of the 8× downsampled latent, so sides must be multiples of 16.
+fn check_side(field: &str, value: usize) -> Result<()> {
+    if value == 0 || !value.is_multiple_of(16) {
+        bail!("{field} must be a positive multiple of 16, found {value}");
+    }
+    Ok(())
+}
+
+impl Project {
+    /// The full prompt for an image: environment, character and action joined by single spaces,
+    /// exactly as the reference builds it (`bg + " " + fg + " " + act`). The environment comes
+    /// first because CharaConsist finds the background tokens as the prompt's prefix.
+    pub fn prompt(&self, environment: &str, action: &str) -> String {
+        format!("{environment} {} {action}", self.character)
+    }
+
+    pub fn identity_prompt(&self) -> String {
+        self.prompt(&self.identity.environment, &self.identity.action)
+    }
+
+    /// Panics if `i` or the panel's scene is out of range; [`Project::validate`] rules that out.
+    pub fn panel_prompt(&self, i: usize) -> String {
+        self.prompt(self.panel_environment(i), &self.panels[i].action)
+    }
+
+    /// The environment of panel `i`'s scene: the prefix that marks its background tokens.
+    pub fn panel_environment(&self, i: usize) -> &str {
+        &self.scenes[self.panels[i].scene].environment
+    }
+
+    /// `(width, height)` of panel `i`: its scene's override where set, else the settings.
+    pub fn panel_size(&self, i: usize) -> (usize, usize) {
+        let scene = &self.scenes[self.panels[i].scene];
+        (
+            scene.width.unwrap_or(self.settings.width),
+            scene.height.unwrap_or(self.settings.height),
+        )
+    }
+
+    /// The seed panel `i` starts from: its own override, else the shared seed.
+    pub fn panel_seed(&self, i: usize) -> u64 {
+        self.panels[i].seed.unwrap_or(self.settings.seed)
+    }
+
+    /// Checks everything a render relies on, naming the offending field the way it is written
+    /// in the file (`panels[3].scene`), so that a message points straight at the line to fix.
+    pub fn validate(&self) -> Result<()> {
+        if self.panels.is_empty() {
+            bail!("panels: a storyboard needs at least one panel");
+        }
+        if self.character.trim().is_empty() {
+            bail!("character: the character prompt is empty");
+        }
+        if self.identity.environment.trim().is_empty() {
+            bail!("identity.environment: the identity shot needs an environment");
+        }
+        for (i, scene) in self.scenes.iter().enumerate() {
+            if scene.environment.trim().is_empty() {
+                bail!("scenes[{i}].environment: the environment prompt is empty");
+            }
+            if let Some(w) = scene.width {
+                check_side(&format!("scenes[{i}].width"), w)?;
+            }
+            if let Some(h) = scene.height {
+                check_side(&format!("scenes[{i}].height"), h)?;
+            }
+        }
+        for (i, panel) in self.panels.iter().enumerate() {
+            if panel.action.trim().is_empty() {
+                bail!("panels[{i}].action: the action prompt is empty");
+            }
+            if panel.scene >= self.scenes.len() {
+                bail!(
+                    "panels[{i}].scene is {} but there {} (indices start at 0)",
+                    panel.scene,
+                    match self.scenes.len() {
+                        0 => "are no scenes".to_string(),
+                        1 => "is only 1 scene".to_string(),
+                        n => format!("are only {n} scenes"),
+                    }
+                );
+            }
+        }
+        let s = &self.settings;
+        check_side("settings.width", s.width)?;
+        check_side("settings.height", s.height)?;
+        if s.steps == Some(0) {
+            bail!("settings.steps must be at least 1 (or left out for the model's default)");
+        }
+        if !s.guidance.is_finite() || s.guidance < 0.0 {
+            bail!(
+                "settings.guidance must be a finite number of at least 0, found {}",
+                s.guidance
+            );
+        }
+        // The recipe names its fields `recipe.…`; prefixing makes them the path in this file.
+        s.recipe.validate().map_err(|e| anyhow!("settings.{e:#}"))?;
+        Ok(())
+    }
+
+    /// The built-in storyboard for the app's first run: `projects/lighthouse-keeper.ron`,
+    /// compiled in so that the app and the sample file can never disagree.
+    pub fn sample() -> Project {
+        super::io::parse(
+            include_str!("../../projects/lighthouse-keeper.ron"),
+            std::path::Path::new("projects/lighthouse-keeper.ron"),
+        )
+        .expect("the built-in sample project is valid")
+    }
+}

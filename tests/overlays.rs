@@ -1,0 +1,152 @@
+//! Known-answer tests for the inspection overlays and contact sheets.
+
+use charaboard::export::overlay::{
+    mask_overlay, match_overlay, similarity_color, subsample, TokenGrid,
+};
+use charaboard::export::sheet::contact_sheet;
+use image::{Rgb, RgbImage};
+
+const BLACK: Rgb<u8> = Rgb([0, 0, 0]);
+const RED: Rgb<u8> = Rgb([255, 0, 0]);
+
+/// Whether pixel (x, y) lies in token 4 of a 2x3 grid (row 1, column 1).
+fn in_token_4(x: u32, y: u32) -> bool {
+    (16..32).contains(&x) && (16..32).contains(&y)
+}
+
+#[test]
+fn token_grid_of_image_and_center() {
+    let img = RgbImage::new(48, 32);
+    let grid = TokenGrid::of_image(&img);
+    assert_eq!(grid, TokenGrid { rows: 2, cols: 3 });
+    assert_eq!(grid.center(5, 48, 32), (40.0, 24.0));
+    assert_eq!(grid.center(0, 48, 32), (8.0, 8.0));
+}
+
+#[test]
+fn mask_overlay_tints_and_draws_mask() {
+    let img = RgbImage::from_pixel(48, 32, Rgb([200, 100, 50]));
+    let grid = TokenGrid::of_image(&img);
+    let mut mask = vec![false; 6];
+    mask[4] = true;
+    let out = mask_overlay(&img, &mask, grid).unwrap();
+    assert_eq!(out.dimensions(), (96, 32));
+    for y in 0..32 {
+        for x in 0..48 {
+            let (left, right) = (*out.get_pixel(x, y), *out.get_pixel(48 + x, y));
+            if in_token_4(x, y) {
+                assert_eq!(right, RED, "mask at ({x},{y})");
+                assert_eq!(left, Rgb([228, 50, 25]), "tint at ({x},{y})");
+            } else {
+                assert_eq!(right, BLACK, "mask at ({x},{y})");
+                assert_eq!(left, Rgb([100, 50, 25]), "dimmed at ({x},{y})");
+            }
+        }
+    }
+}
+
+#[test]
+fn mask_overlay_rejects_wrong_mask_length() {
+    let img = RgbImage::new(48, 32);
+    let grid = TokenGrid::of_image(&img);
+    assert!(mask_overlay(&img, &[true; 5], grid).is_err());
+    assert!(mask_overlay(&img, &[true; 7], grid).is_err());
+}
+
+#[test]
+fn similarity_color_is_ordered_and_clamped() {
+    assert_eq!(similarity_color(0.2), similarity_color(0.5));
+    assert_eq!(similarity_color(1.7), similarity_color(1.0));
+    assert_ne!(similarity_color(0.5), similarity_color(1.0));
+    // Brightness (sum of channels) rises monotonically along the scale.
+    let brightness = |s: f32| {
+        similarity_color(s)
+            .0
+            .iter()
+            .map(|&c| u32::from(c))
+            .sum::<u32>()
+    };
+    let samples: Vec<u32> = (0..=10)
+        .map(|i| brightness(0.5 + i as f32 * 0.05))
+        .collect();
+    assert!(samples.windows(2).all(|w| w[0] < w[1]), "{samples:?}");
+}
+
+#[test]
+fn match_overlay_draws_line_between_token_centres() {
+    let panel = RgbImage::new(32, 32);
+    let identity = RgbImage::new(48, 64);
+    let sim = 0.8;
+    let color = similarity_color(sim);
+    assert_ne!(color, BLACK);
+    let out = match_overlay(&panel, &identity, &[(0, 0, sim)], 10);
+    assert_eq!(out.dimensions(), (80, 64));
+    for x in 8..=40 {
+        assert_eq!(*out.get_pixel(x, 8), color, "line at ({x},8)");
+    }
+    // Dots at both ends, nothing far from the line.
+    assert_eq!(*out.get_pixel(8, 10), color);
+    assert_eq!(*out.get_pixel(40, 6), color);
+    assert_eq!(*out.get_pixel(20, 30), BLACK);
+    assert_eq!(*out.get_pixel(60, 50), BLACK);
+}
+
+#[test]
+fn match_overlay_limits_lines_and_pads_shorter_image() {
+    let panel = RgbImage::from_pixel(32, 64, Rgb([9, 9, 9]));
+    let identity = RgbImage::from_pixel(32, 32, Rgb([9, 9, 9]));
+    // Two matches, only the first kept: token 0 -> 0 and token 7 -> 3.
+    let out = match_overlay(&panel, &identity, &[(0, 0, 1.0), (7, 3, 1.0)], 1);
+    assert_eq!(out.dimensions(), (64, 64));
+    assert_eq!(*out.get_pixel(50, 50), BLACK, "padding below identity");
+    assert_eq!(
+        *out.get_pixel(24, 56),
+        Rgb([9, 9, 9]),
+        "second match skipped"
+    );
+}
+
+#[test]
+fn subsample_every_kth() {
+    let items: Vec<usize> = (0..10).collect();
+    let picked = subsample(&items, 3);
+    assert_eq!(picked.len(), 3);
+    assert_eq!(picked[0], 0);
+    assert_eq!(picked, subsample(&items, 3));
+    assert!(picked.windows(2).all(|w| w[0] < w[1]));
+    assert_eq!(subsample(&items, 10), items);
+    assert_eq!(subsample(&items, 50), items);
+    assert!(subsample(&items, 0).is_empty());
+}
+
+#[test]
+fn contact_sheet_layout() {
+    let a = RgbImage::from_pixel(64, 32, Rgb([255, 0, 0])); // 2:1 -> 32 tall
+    let b = RgbImage::from_pixel(32, 64, Rgb([0, 255, 0])); // 1:2 -> 128 tall
+    let c = RgbImage::from_pixel(64, 64, Rgb([0, 0, 255])); // 1:1 -> 64 tall
+    let (cell, gap) = (64, 4);
+    let sheet = contact_sheet(&[&a, &b, &c], 2, cell, gap).unwrap();
+    assert_eq!(sheet.width(), 2 * cell + 3 * gap);
+    assert_eq!(sheet.height(), 128 + 64 + 3 * gap);
+    assert_eq!(*sheet.get_pixel(gap + cell / 2, gap + 16), Rgb([255, 0, 0]));
+    assert_eq!(
+        *sheet.get_pixel(2 * gap + cell + 32, gap + 64),
+        Rgb([0, 255, 0])
+    );
+    assert_eq!(
+        *sheet.get_pixel(gap + 32, 2 * gap + 128 + 32),
+        Rgb([0, 0, 255])
+    );
+    // Below the short first cell is background.
+    assert_eq!(
+        *sheet.get_pixel(gap + 32, gap + 100),
+        Rgb([0xf4, 0xf4, 0xf4])
+    );
+}
+
+#[test]
+fn contact_sheet_rejects_bad_input() {
+    let a = RgbImage::new(16, 16);
+    assert!(contact_sheet(&[&a], 0, 64, 4).is_err());
+    assert!(contact_sheet(&[], 2, 64, 4).is_err());
+}
