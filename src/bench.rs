@@ -113,3 +113,183 @@ pub fn transformer_vs_candle(
         max_abs_diff,
     })
 }
+
+/// The medium transformer with the tiny text encoders' widths, for whole-pipeline benchmarks.
+pub fn medium_pipeline_config() -> FluxConfig {
+    FluxConfig {
+        context_in_dim: 32,
+        vec_in_dim: 32,
+        ..medium_config()
+    }
+}
+
+/// Peak and current resident memory of this process, in bytes (Linux; 0 elsewhere).
+pub fn resident_memory() -> (u64, u64) {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let field = |name: &str| -> u64 {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
+            .map_or(0, |kb| kb * 1024)
+    };
+    (field("VmHWM:"), field("VmRSS:"))
+}
+
+use crate::consist::bank::{identity_bank_bytes, BankDims};
+use crate::consist::recipe::Recipe;
+use crate::consist::session::{RenderEvent, RenderOptions, RenderRequest, Renderer, Target};
+use crate::pipeline::{generate, FluxModels, GenerateParams, NoiseSource};
+use crate::project::model::{IdentityShot, Panel, Project, RenderSettings, Scene};
+use crate::sampler::StepControl;
+
+/// A one-scene storyboard of `panels` panels at `side` x `side` pixels.
+pub fn bench_project(panels: usize, side: usize, steps: usize, lock_background: bool) -> Project {
+    let environment = "in a quiet forest clearing at dawn, mist between the trees,";
+    Project {
+        title: "benchmark".into(),
+        character: "a young knight in silver armour with a red cape,".into(),
+        identity: IdentityShot {
+            environment: environment.into(),
+            action: "standing, front view".into(),
+        },
+        scenes: vec![Scene {
+            name: "clearing".into(),
+            environment: environment.into(),
+            lock_background,
+            width: None,
+            height: None,
+        }],
+        panels: (0..panels)
+            .map(|i| Panel {
+                scene: 0,
+                action: format!("walking, step {i}"),
+                caption: String::new(),
+                seed: None,
+            })
+            .collect(),
+        settings: RenderSettings {
+            width: side,
+            height: side,
+            steps: Some(steps),
+            ..RenderSettings::default()
+        },
+    }
+}
+
+fn timed<T>(f: impl FnOnce() -> Result<T>) -> Result<(T, f64)> {
+    let start = Instant::now();
+    let out = f()?;
+    Ok((out, start.elapsed().as_secs_f64()))
+}
+
+fn keep_going(_: RenderEvent) -> StepControl {
+    StepControl::Continue
+}
+
+pub struct ConsistTiming {
+    pub vanilla: f64,
+    pub identity: f64,
+    pub panel: f64,
+}
+
+/// Seconds of a vanilla image, the identity run and one consistent panel (pre-run + main run),
+/// all from the same noise and settings, in one process.
+pub fn consist_vs_vanilla(
+    models: &mut FluxModels,
+    project: &Project,
+    lock: bool,
+) -> Result<ConsistTiming> {
+    let mut p = project.clone();
+    p.scenes[0].lock_background = lock;
+    let params = GenerateParams {
+        prompt: p.identity_prompt(),
+        width: p.settings.width,
+        height: p.settings.height,
+        steps: p.settings.steps.unwrap_or(50),
+        guidance: p.settings.guidance,
+        noise: NoiseSource::Seed(p.settings.seed),
+    };
+    let (_, vanilla) =
+        timed(|| generate(models, &params, None, &mut |_| Ok(StepControl::Continue)))?;
+    let mut renderer = Renderer::default();
+    let options = RenderOptions::default();
+    let (_, identity) = timed(|| {
+        renderer.render(
+            models,
+            &p,
+            RenderRequest::Identity,
+            &options,
+            &mut keep_going,
+        )
+    })?;
+    let (_, panel) = timed(|| {
+        renderer.render(
+            models,
+            &p,
+            RenderRequest::Panel(0),
+            &options,
+            &mut keep_going,
+        )
+    })?;
+    Ok(ConsistTiming {
+        vanilla,
+        identity,
+        panel,
+    })
+}
+
+/// (panels rendered, bank bytes, peak resident bytes, current resident bytes) after each panel.
+pub fn memory_by_panel(
+    models: &mut FluxModels,
+    project: &Project,
+) -> Result<Vec<(usize, usize, u64, u64)>> {
+    let mut renderer = Renderer::default();
+    let mut rows = Vec::new();
+    let mut done = 0;
+    let mut on_event = |e: RenderEvent| {
+        if let RenderEvent::Finished(out) = e {
+            if matches!(out.target, Target::Panel(_)) {
+                done += 1;
+                let (peak, now) = resident_memory();
+                rows.push((done, peak, now));
+            }
+        }
+        StepControl::Continue
+    };
+    renderer.render(
+        models,
+        project,
+        RenderRequest::All,
+        &RenderOptions::default(),
+        &mut on_event,
+    )?;
+    let bank = renderer.bank_bytes();
+    Ok(rows
+        .into_iter()
+        .map(|(n, peak, now)| (n, bank, peak, now))
+        .collect())
+}
+
+/// FLUX.1-dev's bank at `side` x `side` in bf16 with foreground fraction `fg`, by the bank's
+/// own accounting rules (checked against real banks in tests/consist.rs).
+pub fn flux_dev_bank_bytes(side: usize, fg: f64, locked_background: bool) -> usize {
+    let img_tokens = (side / 16) * (side / 16);
+    let dims = BankDims {
+        single_blocks: 38,
+        hidden: 3072,
+        img_tokens,
+        fg_tokens: (img_tokens as f64 * fg).round() as usize,
+        dtype_bytes: 2,
+        locked_background,
+    };
+    identity_bank_bytes(&Recipe::default().schedule(50), dims)
+}
+
+/// The reference's bank at `side` x `side` (characonsist-spec.md §2): keys and values of all 38
+/// single blocks for steps 1..=40, attention outputs of 19 layers for steps 1..=30 and of the 19
+/// others at step 10, bf16, whatever the foreground.
+pub fn reference_bank_bytes(side: usize) -> usize {
+    let per_tensor = (side / 16) * (side / 16) * 3072 * 2;
+    per_tensor * (38 * 40 * 2 + 19 * 30 + 19)
+}

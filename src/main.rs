@@ -98,8 +98,15 @@ enum Command {
         #[arg(long)]
         schnell: bool,
     },
-    /// Time the hooks-off transformer against candle-transformers' FLUX on the same weights.
-    Bench {
+    /// Benchmarks that report ratios measured in one run.
+    #[command(subcommand)]
+    Bench(Bench),
+}
+
+#[derive(Subcommand)]
+enum Bench {
+    /// The hooks-off transformer against candle-transformers' FLUX on the same weights.
+    Transformer {
         #[arg(long, default_value_t = 5)]
         reps: usize,
         /// Image side in tokens (32 = 1024 image tokens).
@@ -112,6 +119,24 @@ enum Command {
         #[arg(long)]
         dtype: Option<String>,
     },
+    /// A consistent panel and the identity run against a vanilla image, and memory over panels,
+    /// on the medium transformer with random weights.
+    Consist {
+        #[arg(long, default_value_t = 50)]
+        steps: usize,
+        /// Image side in pixels.
+        #[arg(long, default_value_t = 256)]
+        side: usize,
+        /// Steps for the memory-over-panels run (2, 4 and 8 panels).
+        #[arg(long, default_value_t = 10)]
+        memory_steps: usize,
+        #[arg(long)]
+        device: Option<String>,
+        #[arg(long)]
+        dtype: Option<String>,
+    },
+    /// The identity bank's bytes for FLUX.1-dev at 1024x1024, next to the reference's.
+    Bank,
 }
 
 fn main() {
@@ -329,7 +354,18 @@ fn run(cli: Cli) -> Result<()> {
             );
             Ok(())
         }
-        Command::Bench {
+        Command::Bench(bench) => run_bench(bench),
+    }
+}
+
+fn gb(bytes: usize) -> f64 {
+    bytes as f64 / 1e9
+}
+
+fn run_bench(bench: Bench) -> Result<()> {
+    use charaboard::bench;
+    match bench {
+        Bench::Transformer {
             reps,
             img_side,
             txt_len,
@@ -338,10 +374,8 @@ fn run(cli: Cli) -> Result<()> {
         } => {
             let device = parse_device(device.as_deref())?;
             let dtype = parse_dtype(dtype.as_deref(), &device)?;
-            let cfg = charaboard::bench::medium_config();
-            let t = charaboard::bench::transformer_vs_candle(
-                &cfg, img_side, txt_len, reps, dtype, &device,
-            )?;
+            let cfg = bench::medium_config();
+            let t = bench::transformer_vs_candle(&cfg, img_side, txt_len, reps, dtype, &device)?;
             println!(
                 "transformer, hooks off vs candle-transformers Flux (hidden {}, {}+{} blocks, {} image + {} text tokens, {dtype:?}, {device:?}, median of {reps}):",
                 cfg.hidden_size,
@@ -357,7 +391,69 @@ fn run(cli: Cli) -> Result<()> {
                 t.ratio(),
                 t.max_abs_diff
             );
-            Ok(())
+        }
+        Bench::Consist {
+            steps,
+            side,
+            memory_steps,
+            device,
+            dtype,
+        } => {
+            let device = parse_device(device.as_deref())?;
+            let dtype = parse_dtype(dtype.as_deref(), &device)?;
+            let dir = std::env::temp_dir().join(format!("charaboard-bench-{}", std::process::id()));
+            let cfg = bench::medium_pipeline_config();
+            charaboard::models::tiny::write_repo_with(&dir, 0, &cfg)?;
+            let mut models = FluxModels::load(&dir, dtype, &device)?;
+            println!(
+                "CharaConsist on a random medium transformer (hidden {}, {}+{} blocks), {side}x{side}, {steps} steps, {dtype:?} on {device:?}:",
+                cfg.hidden_size, cfg.depth, cfg.depth_single_blocks
+            );
+            for lock in [false, true] {
+                let project = bench::bench_project(1, side, steps, lock);
+                let t = bench::consist_vs_vanilla(&mut models, &project, lock)?;
+                println!(
+                    "  background {}: vanilla {:.2} s, identity run {:.2} s ({:.3}x), consistent panel {:.2} s ({:.3}x)",
+                    if lock { "locked  " } else { "switched" },
+                    t.vanilla,
+                    t.identity,
+                    t.identity / t.vanilla,
+                    t.panel,
+                    t.panel / t.vanilla
+                );
+            }
+            println!(
+                "  memory while rendering 8 panels ({memory_steps} steps, background locked):"
+            );
+            let project = bench::bench_project(8, side, memory_steps, true);
+            for (n, bank, peak, now) in bench::memory_by_panel(&mut models, &project)? {
+                if [2, 4, 8].contains(&n) {
+                    println!(
+                        "    after {n} panels: bank {:.1} MB, resident {:.1} MB, peak resident {:.1} MB",
+                        bank as f64 / 1e6,
+                        now as f64 / 1e6,
+                        peak as f64 / 1e6
+                    );
+                }
+            }
+            std::fs::remove_dir_all(&dir).ok();
+        }
+        Bench::Bank => {
+            let reference = bench::reference_bank_bytes(1024);
+            println!("identity bank, FLUX.1-dev at 1024x1024, bf16, default recipe (reference: {:.1} GB whatever the foreground):", gb(reference));
+            for fg in [0.1, 0.3, 0.5] {
+                let switched = bench::flux_dev_bank_bytes(1024, fg, false);
+                let locked = bench::flux_dev_bank_bytes(1024, fg, true);
+                println!(
+                    "  foreground {:.0}%: background switched {:.1} GB ({:.1}% of the reference), locked {:.1} GB ({:.1}%)",
+                    fg * 100.0,
+                    gb(switched),
+                    100.0 * switched as f64 / reference as f64,
+                    gb(locked),
+                    100.0 * locked as f64 / reference as f64
+                );
+            }
         }
     }
+    Ok(())
 }

@@ -1,6 +1,7 @@
 //! CharaConsist with known answers, on tiny checkpoints and hand-made inputs.
 
 use candle_core::{Device, Tensor};
+use charaboard::consist::bank::{identity_bank_bytes, BankDims};
 use charaboard::consist::mask::{dilate_mask, erode_mask, Grid};
 use charaboard::consist::matching::{normalize_rows, MatchAccumulator};
 use charaboard::consist::recipe::Recipe;
@@ -336,15 +337,7 @@ fn a_panel_equal_to_the_identity_matches_every_foreground_token_to_itself() {
 fn bank_holds_only_what_is_read_later() {
     let (_dir, mut models) = tiny_models();
     let cfg = models.transformer.config().clone();
-    let hidden = cfg.hidden_size;
-    let s = Recipe::default().schedule(12);
-    let fg_layers = (0..cfg.depth_single_blocks)
-        .filter(|&l| s.is_fg_layer(l))
-        .count();
-    let share_steps = s.share.1 - s.share.0;
-    let merge_steps = (s.share.0..s.share.1)
-        .filter(|&i| s.merge_alpha(i) > 0.0)
-        .count();
+    let schedule = Recipe::default().schedule(12);
     for lock in [false, true] {
         let p = project(vec![(0, "running")], vec![(ENV, lock)]);
         let mut renderer = Renderer::default();
@@ -355,33 +348,38 @@ fn bank_holds_only_what_is_read_later() {
             RenderRequest::Identity,
             None,
         );
-        let n_fg = out.images[&Target::Identity]
-            .mask
-            .iter()
-            .filter(|&&m| m)
-            .count();
-        let n_img = out.images[&Target::Identity].mask.len();
-        let f32_bytes = 4;
-        let fg =
-            fg_layers * share_steps * n_fg * hidden * 2 + fg_layers * merge_steps * n_fg * hidden;
-        let features = cfg.depth_single_blocks * n_img * hidden;
-        let bg = match lock {
-            true => cfg.depth_single_blocks * share_steps * (n_img - n_fg) * hidden * 2,
-            false => 0,
+        let mask = &out.images[&Target::Identity].mask;
+        let dims = |fg_tokens| BankDims {
+            single_blocks: cfg.depth_single_blocks,
+            hidden: cfg.hidden_size,
+            img_tokens: mask.len(),
+            fg_tokens,
+            dtype_bytes: 4,
+            locked_background: lock,
         };
+        let n_fg = mask.iter().filter(|&&m| m).count();
+        assert!(n_fg > 0 && n_fg < mask.len());
         assert_eq!(
             renderer.bank_bytes(),
-            (fg + features + bg) * f32_bytes,
+            identity_bank_bytes(&schedule, dims(n_fg)),
             "lock={lock}"
         );
+        // By hand for the tiny model (2 of 4 single blocks share the foreground; 12 steps share
+        // 1..=9, merge 1..=6; hidden 64, f32).
+        let by_hand =
+            (2 * (2 * 9 + 6) * n_fg + 4 * 64 + usize::from(lock) * 4 * 2 * 9 * (64 - n_fg))
+                * 64
+                * 4;
+        assert_eq!(renderer.bank_bytes(), by_hand);
         // Before the mask step everything is held at full size, then pruned: the peak lies between
         // the final size and what keeping every token would cost.
-        let unpruned = fg_layers * (share_steps * 2 + merge_steps) * n_img * hidden
-            + features
-            + cfg.depth_single_blocks * share_steps * n_img * hidden * 2 * usize::from(lock);
         let peak = renderer.identity_peak_bytes().unwrap();
+        let mut unpruned = dims(mask.len());
+        unpruned.locked_background = false;
+        let unpruned =
+            identity_bank_bytes(&schedule, unpruned) + usize::from(lock) * 4 * 2 * 9 * 64 * 64 * 4;
         assert!(
-            peak >= renderer.bank_bytes() && peak < unpruned * f32_bytes,
+            peak >= renderer.bank_bytes() && peak < unpruned,
             "peak {peak}"
         );
     }

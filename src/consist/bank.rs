@@ -313,3 +313,35 @@ pub struct Bank {
     /// The most bytes held at any moment of the recording run.
     pub peak_bytes: usize,
 }
+
+/// The sizes that decide a bank's bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BankDims {
+    pub single_blocks: usize,
+    pub hidden: usize,
+    pub img_tokens: usize,
+    pub fg_tokens: usize,
+    pub dtype_bytes: usize,
+    pub locked_background: bool,
+}
+
+/// The bytes an identity bank holds after its run, by the same rules as [`Recorder`]: foreground
+/// keys and values of the sharing slots and attention outputs of the merging slots at foreground
+/// tokens, matching features of every token at the mask step, and with a locked background the
+/// keys and values of the background-sharing slots at background tokens.
+pub fn identity_bank_bytes(s: &Schedule, d: BankDims) -> usize {
+    let layers =
+        |f: fn(&Schedule, usize) -> bool| (0..d.single_blocks).filter(|&l| f(s, l)).count();
+    let share_steps = s.share.1 - s.share.0;
+    let merge_steps = (s.share.0..s.share.1)
+        .filter(|&i| s.merge_alpha(i) > 0.0)
+        .count();
+    let fg_layers = layers(Schedule::is_fg_layer);
+    let fg = fg_layers * (2 * share_steps + merge_steps) * d.fg_tokens;
+    let features = d.single_blocks * d.img_tokens;
+    let bg = match d.locked_background {
+        true => layers(Schedule::is_bg_layer) * 2 * share_steps * (d.img_tokens - d.fg_tokens),
+        false => 0,
+    };
+    (fg + features + bg) * d.hidden * d.dtype_bytes
+}

@@ -174,11 +174,6 @@ impl Renderer {
             .steps
             .unwrap_or(if models.is_dev() { 50 } else { 4 });
         let schedule = project.settings.recipe.schedule(steps);
-        if self.ensure_identity(models, project, &schedule, options, on_event)?
-            == Outcome::Cancelled
-        {
-            return Ok(Outcome::Cancelled);
-        }
         let panels: Vec<usize> = match request {
             RenderRequest::Identity => vec![],
             RenderRequest::Panel(i) if i >= project.panels.len() => {
@@ -187,6 +182,16 @@ impl Renderer {
             RenderRequest::Panel(i) => vec![i],
             RenderRequest::All => (0..project.panels.len()).collect(),
         };
+        // Every prompt is checked before anything is rendered, so a bad one costs no work.
+        self.identity_shot(models, project, options)?;
+        for &i in &panels {
+            self.panel_shot(models, project, i, options)?;
+        }
+        if self.ensure_identity(models, project, &schedule, options, on_event)?
+            == Outcome::Cancelled
+        {
+            return Ok(Outcome::Cancelled);
+        }
         for (n, &i) in panels.iter().enumerate() {
             // A scene reference is kept only while a later panel of this job still needs it.
             let needed: Vec<usize> = panels[n..]
@@ -227,7 +232,7 @@ impl Renderer {
         Ok(Shot {
             target: Target::Identity,
             spans: TextSpans::of(&models.tokenizers, &project.identity.environment, &prompt)
-                .context("identity shot")?,
+                .context("identity shot (identity.environment)")?,
             prompt,
             width: project.settings.width,
             height: project.settings.height,
@@ -247,7 +252,13 @@ impl Renderer {
         Ok(Shot {
             target: Target::Panel(i),
             spans: TextSpans::of(&models.tokenizers, project.panel_environment(i), &prompt)
-                .with_context(|| format!("panel {}", i + 1))?,
+                .with_context(|| {
+                    format!(
+                        "panel {} (scenes[{}].environment)",
+                        i + 1,
+                        project.panels[i].scene
+                    )
+                })?,
             prompt,
             width,
             height,

@@ -217,6 +217,12 @@ fn write_clip_tokenizer_files(dir: &Path) -> Result<()> {
 /// Writes a complete tiny FLUX.1 repository (dev-style, or schnell-style without the guidance
 /// embedder) to `out`.
 pub fn write_repo(out: &Path, seed: u64, schnell: bool) -> Result<()> {
+    write_repo_with(out, seed, &flux_config(schnell))
+}
+
+/// [`write_repo`] with another transformer (its text widths must be the tiny encoders' 32).
+pub fn write_repo_with(out: &Path, seed: u64, cfg: &FluxConfig) -> Result<()> {
+    let schnell = !cfg.guidance_embed;
     let dirs = [
         "transformer",
         "text_encoder",
@@ -246,7 +252,6 @@ pub fn write_repo(out: &Path, seed: u64, schnell: bool) -> Result<()> {
         }),
     )?;
 
-    let cfg = flux_config(schnell);
     let dims = TransformerDims {
         hidden: cfg.hidden_size,
         mlp: (cfg.hidden_size as f64 * cfg.mlp_ratio) as usize,

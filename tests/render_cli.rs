@@ -1,0 +1,210 @@
+//! `charaboard render` and `charaboard import` end to end on a tiny model.
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+fn charaboard(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_charaboard"))
+        .args(args)
+        .output()
+        .expect("runs")
+}
+
+fn ok(out: &Output) {
+    assert!(
+        out.status.success(),
+        "failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+const PROJECT: &str = r#"(
+    title: "Courier test",
+    character: "a courier girl with short black hair and a green jacket,",
+    identity: (environment: "in an empty background,", action: "standing, front view"),
+    scenes: [
+        (environment: "in an empty background,", lock_background: true),
+        (environment: "on a rainy street at night,", lock_background: true, width: Some(96)),
+        (environment: "in a sunny park,"),
+    ],
+    panels: [
+        (scene: 0, action: "waving"),
+        (scene: 1, action: "running with a parcel"),
+        (scene: 1, action: "knocking on a door"),
+        (scene: 2, action: "eating an apple", seed: Some(5)),
+    ],
+    settings: (width: 128, height: 128, steps: Some(6)),
+)"#;
+
+#[test]
+fn render_writes_images_overlays_sheet_and_dumps_beside_the_project() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = dir.path().join("model");
+    ok(&charaboard(&[
+        "tiny-model",
+        "--out",
+        model.to_str().unwrap(),
+    ]));
+    let project = dir.path().join("courier.ron");
+    std::fs::write(&project, PROJECT).unwrap();
+    ok(&charaboard(&[
+        "render",
+        project.to_str().unwrap(),
+        "--model",
+        model.to_str().unwrap(),
+        "--dump",
+    ]));
+    let images = dir.path().join("courier.images");
+    for stem in ["identity", "panel-01", "panel-02", "panel-03", "panel-04"] {
+        for suffix in [".png", "-mask.png", ".safetensors"] {
+            assert!(
+                images.join(format!("{stem}{suffix}")).is_file(),
+                "{stem}{suffix}"
+            );
+        }
+        let matches = images.join(format!("{stem}-matches.png"));
+        assert_eq!(matches.is_file(), stem != "identity", "{stem}");
+    }
+    assert!(images.join("sheet.png").is_file());
+    let panel2 = image::open(images.join("panel-02.png")).unwrap();
+    assert_eq!(
+        (panel2.width(), panel2.height()),
+        (96, 128),
+        "scene size override"
+    );
+    let mask = image::open(images.join("panel-02-mask.png")).unwrap();
+    assert_eq!(
+        (mask.width(), mask.height()),
+        (192, 128),
+        "image and mask side by side"
+    );
+
+    let dump = candle_core::safetensors::load(
+        images.join("panel-02.safetensors"),
+        &candle_core::Device::Cpu,
+    )
+    .unwrap();
+    assert_eq!(dump["latents"].dims(), &[1, 16, 16, 12]);
+    assert_eq!(dump["latents"].dtype(), candle_core::DType::F32);
+    assert_eq!(dump["fg_mask"].dims(), &[8, 6]);
+    assert_eq!(dump["fg_mask"].dtype(), candle_core::DType::U8);
+    assert_eq!(dump["match_sim"].dims(), &[48]);
+    let kept = dump["match_panel_idx"].dims()[0];
+    assert_eq!(dump["match_identity_idx"].dims(), &[kept]);
+    assert_eq!(dump["match_panel_idx"].dtype(), candle_core::DType::I64);
+    let spans: Vec<i64> = ["bg_len", "real_len"]
+        .iter()
+        .map(|k| dump[*k].to_vec1::<i64>().unwrap()[0])
+        .collect();
+    assert!(0 < spans[0] && spans[0] < spans[1], "{spans:?}");
+    // Every kept match is a foreground panel token with similarity above the threshold.
+    let mask: Vec<u8> = dump["fg_mask"].flatten_all().unwrap().to_vec1().unwrap();
+    let sims: Vec<f32> = dump["match_sim"].to_vec1().unwrap();
+    for c in dump["match_panel_idx"].to_vec1::<i64>().unwrap() {
+        assert!(mask[c as usize] == 1 && sims[c as usize] > 0.5);
+    }
+    let identity = candle_core::safetensors::load(
+        images.join("identity.safetensors"),
+        &candle_core::Device::Cpu,
+    )
+    .unwrap();
+    assert!(!identity.contains_key("match_sim"));
+    assert_eq!(identity["fg_mask"].dims(), &[8, 8]);
+}
+
+#[test]
+fn bad_projects_name_the_field_and_render_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = dir.path().join("model");
+    ok(&charaboard(&[
+        "tiny-model",
+        "--out",
+        model.to_str().unwrap(),
+    ]));
+    let cases = [
+        (
+            PROJECT.replace(
+                "(scene: 0, action: \"waving\"),",
+                "(scene: 7, action: \"waving\"),",
+            ),
+            "panels[0].scene",
+        ),
+        (
+            PROJECT.replace("width: 128,", "width: 100,"),
+            "settings.width",
+        ),
+        (
+            PROJECT.replace(
+                "steps: Some(6))",
+                "steps: Some(6), recipe: (similarity_threshold: 2.0))",
+            ),
+            "similarity_threshold",
+        ),
+        (
+            PROJECT.replace(
+                "in a sunny park,",
+                &"a very long environment description, ".repeat(80),
+            ),
+            "environment",
+        ),
+    ];
+    for (text, field) in cases {
+        let project = dir.path().join("bad.ron");
+        std::fs::write(&project, text).unwrap();
+        let out = charaboard(&[
+            "render",
+            project.to_str().unwrap(),
+            "--model",
+            model.to_str().unwrap(),
+        ]);
+        assert!(!out.status.success());
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(field), "{field}: {err}");
+    }
+    let images = dir.path().join("bad.images");
+    let written: Vec<_> = std::fs::read_dir(&images)
+        .map(|d| d.collect())
+        .unwrap_or_default();
+    assert!(!written
+        .iter()
+        .any(|e: &std::io::Result<std::fs::DirEntry>| {
+            e.as_ref()
+                .is_ok_and(|e| e.file_name().to_string_lossy().starts_with("panel"))
+        }));
+}
+
+#[test]
+fn import_turns_reference_prompt_files_into_projects() {
+    let dir = tempfile::tempdir().unwrap();
+    let prompts = dir.path().join("prompts-bg_fg.txt");
+    std::fs::write(
+        &prompts,
+        "In a modern gym,#a man with short hair in a grey hoodie,#standing, front view\n\
+         In a modern gym,#a man with short hair in a grey hoodie,#lifting a barbell\n\
+         On a city rooftop at night,#a man with short hair in a grey hoodie,#looking at the skyline\n\
+         \n\n\
+         In an empty background,#a small robot with round eyes,#waving\n\
+         In a kitchen,#a small robot with round eyes,#cooking soup\n",
+    )
+    .unwrap();
+    let out_dir = dir.path().join("projects");
+    ok(&charaboard(&[
+        "import",
+        prompts.to_str().unwrap(),
+        "--out",
+        out_dir.to_str().unwrap(),
+        "--lock-background",
+    ]));
+    let first = charaboard::project::io::load(&out_dir.join("prompts-bg_fg-01.ron")).unwrap();
+    assert_eq!(first.identity.environment, "In a modern gym,");
+    assert_eq!(first.panels.len(), 2);
+    assert_eq!(first.scenes.len(), 2);
+    assert!(first.scenes.iter().all(|s| s.lock_background));
+    assert_eq!(
+        first.panel_prompt(0),
+        "In a modern gym, a man with short hair in a grey hoodie, lifting a barbell"
+    );
+    let second = charaboard::project::io::load(&out_dir.join("prompts-bg_fg-02.ron")).unwrap();
+    assert_eq!(second.panels.len(), 1);
+    assert!(!out_dir.join("prompts-bg_fg-03.ron").exists());
+}
