@@ -256,11 +256,11 @@ pub fn write_repo_with(out: &Path, seed: u64, cfg: &FluxConfig) -> Result<()> {
         hidden: cfg.hidden_size,
         mlp: (cfg.hidden_size as f64 * cfg.mlp_ratio) as usize,
     };
-    let bfl = transformer_weights(&cfg, seed)?;
+    let bfl = transformer_weights(cfg, seed)?;
     let diffusers = to_diffusers(&bfl, |n| transformer_source(n, dims))?;
     write_json(
         &out.join("transformer/config.json"),
-        &crate::flux::config::to_diffusers_json(&cfg),
+        &crate::flux::config::to_diffusers_json(cfg),
     )?;
     write_weights(
         &out.join("transformer"),
