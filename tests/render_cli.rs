@@ -1,6 +1,5 @@
 //! `charaboard render` and `charaboard import` end to end on a tiny model.
 
-use std::path::Path;
 use std::process::{Command, Output};
 
 fn charaboard(args: &[&str]) -> Output {
