@@ -194,7 +194,8 @@ pub struct ConsistTiming {
 }
 
 /// Seconds of a vanilla image, the identity run and one consistent panel (pre-run + main run),
-/// all from the same noise and settings, in one process.
+/// all from the same noise and settings, in one process. The vanilla image is timed before and
+/// after the others and averaged, so that a drift of the machine's speed shows in neither ratio.
 pub fn consist_vs_vanilla(
     models: &mut FluxModels,
     project: &Project,
@@ -210,8 +211,11 @@ pub fn consist_vs_vanilla(
         guidance: p.settings.guidance,
         noise: NoiseSource::Seed(p.settings.seed),
     };
-    let (_, vanilla) =
-        timed(|| generate(models, &params, None, &mut |_| Ok(StepControl::Continue)))?;
+    let mut vanilla = || {
+        timed(|| generate(models, &params, None, &mut |_| Ok(StepControl::Continue)))
+            .map(|(_, t)| t)
+    };
+    let before = vanilla()?;
     let mut renderer = Renderer::default();
     let options = RenderOptions::default();
     let (_, identity) = timed(|| {
@@ -232,8 +236,9 @@ pub fn consist_vs_vanilla(
             &mut keep_going,
         )
     })?;
+    let after = timed(|| generate(models, &params, None, &mut |_| Ok(StepControl::Continue)))?.1;
     Ok(ConsistTiming {
-        vanilla,
+        vanilla: (before + after) / 2.0,
         identity,
         panel,
     })
