@@ -1,5 +1,6 @@
 //! charaboard: consistent-character storyboards with FLUX.1 and CharaConsist.
 
+pub mod app_settings;
 pub mod bench;
 pub mod consist;
 pub mod device;
@@ -10,4 +11,6 @@ pub mod pipeline;
 pub mod project;
 pub mod sampler;
 pub mod text;
+pub mod ui;
 pub mod vae;
+pub mod worker;

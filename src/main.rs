@@ -20,9 +20,18 @@ use charaboard::sampler::StepControl;
     version,
     about = "Consistent-character storyboards with FLUX.1"
 )]
+#[command(args_conflicts_with_subcommands = true)]
 struct Cli {
     #[command(subcommand)]
-    command: Command,
+    command: Option<Command>,
+    /// Without a command: open the app, on this project if given.
+    project: Option<PathBuf>,
+    /// The app's model folder (or a Hugging Face repository id found in the cache).
+    #[arg(long)]
+    model: Option<String>,
+    /// Render every panel as soon as the model is loaded.
+    #[arg(long)]
+    render_on_start: bool,
 }
 
 #[derive(Subcommand)]
@@ -77,6 +86,18 @@ enum Command {
         device: Option<String>,
         #[arg(long)]
         dtype: Option<String>,
+    },
+    /// Export a rendered storyboard: a captioned panel sheet, a PDF and the numbered panels.
+    Export {
+        project: PathBuf,
+        #[arg(long)]
+        out: PathBuf,
+        /// Panels per row on the sheet.
+        #[arg(long, default_value_t = 3)]
+        columns: usize,
+        /// a4 or letter (landscape).
+        #[arg(long, default_value = "a4")]
+        paper: charaboard::export::pdf::Paper,
     },
     /// Turn the reference implementation's prompt file (`background#character#action` lines,
     /// groups separated by blank lines) into one project per group.
@@ -262,7 +283,14 @@ fn render(
 }
 
 fn run(cli: Cli) -> Result<()> {
-    match cli.command {
+    let Some(command) = cli.command else {
+        let model = cli
+            .model
+            .map(|m| charaboard::models::discovery::resolve(&m))
+            .transpose()?;
+        return charaboard::ui::run(cli.project, model, cli.render_on_start);
+    };
+    match command {
         Command::Generate {
             model,
             prompt,
@@ -322,6 +350,25 @@ fn run(cli: Cli) -> Result<()> {
             device,
             dtype,
         } => render(&project, model, out, noise, dump, device, dtype),
+        Command::Export {
+            project,
+            out,
+            columns,
+            paper,
+        } => {
+            let loaded = charaboard::project::io::load(&project)?;
+            let images = charaboard::project::io::images_dir(&project);
+            let options = charaboard::export::storyboard::SheetOptions {
+                columns,
+                ..Default::default()
+            };
+            for file in
+                charaboard::export::storyboard::export_all(&loaded, &images, &out, &options, paper)?
+            {
+                println!("{}", file.display());
+            }
+            Ok(())
+        }
         Command::Import {
             prompts,
             out,

@@ -1,0 +1,309 @@
+//! The storyboard as a deliverable: a captioned panel sheet (PNG), a printable PDF and the
+//! numbered panel images, written together into one folder by [`export_all`].
+//!
+//! Unlike [`super::sheet::contact_sheet`], which is a bare grid for checking consistency, the
+//! sheet here carries the title, panel numbers and captions, because it is meant to be handed
+//! to someone who has not read the project file.
+
+use anyhow::{bail, ensure, Context, Result};
+use image::{imageops, imageops::FilterType, Rgb, RgbImage};
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use super::files::{save_png, stem};
+use super::pdf::{storyboard_pdf, Paper, DEFAULT_PER_PAGE};
+use super::text::TextRenderer;
+use crate::consist::session::Target;
+use crate::project::model::Project;
+
+/// How the panel sheet is laid out.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SheetOptions {
+    pub columns: usize,
+    /// Width in pixels every panel image is scaled to.
+    pub cell_width: u32,
+    /// Put the identity shot in the first cell, for reviewing the character's look.
+    pub include_identity: bool,
+}
+
+impl Default for SheetOptions {
+    fn default() -> Self {
+        Self {
+            columns: 3,
+            cell_width: 320,
+            include_identity: false,
+        }
+    }
+}
+
+const BACKGROUND: Rgb<u8> = Rgb([0xff, 0xff, 0xff]);
+const INK: Rgb<u8> = Rgb([0x22, 0x22, 0x22]);
+const CAPTION_INK: Rgb<u8> = Rgb([0x33, 0x33, 0x33]);
+const PLACEHOLDER: Rgb<u8> = Rgb([0xe0, 0xe0, 0xe0]);
+const PLACEHOLDER_INK: Rgb<u8> = Rgb([0x80, 0x80, 0x80]);
+const BADGE_INK: Rgb<u8> = Rgb([0xff, 0xff, 0xff]);
+
+const MARGIN: u32 = 24;
+const GAP: u32 = 20;
+const TITLE_PX: f32 = 30.0;
+const CAPTION_PX: f32 = 15.0;
+const BADGE_PX: f32 = 16.0;
+const PLACEHOLDER_PX: f32 = 16.0;
+/// Space between an image and its caption.
+const CAPTION_GAP: u32 = 6;
+/// Badge padding and its offset from the image corner.
+const BADGE_PAD: u32 = 4;
+const BADGE_INSET: u32 = 6;
+
+/// One cell of the sheet before it is drawn: its image already scaled to the cell width.
+struct Cell {
+    image: Option<RgbImage>,
+    image_height: u32,
+    label: String,
+    caption: Vec<String>,
+}
+
+/// `(width, height)` a panel is rendered at, without panicking on an unvalidated scene index,
+/// so that a placeholder has the shape the image will have.
+pub(super) fn panel_shape(project: &Project, i: usize) -> (u32, u32) {
+    let scene = project
+        .panels
+        .get(i)
+        .and_then(|p| project.scenes.get(p.scene));
+    let w = scene
+        .and_then(|s| s.width)
+        .unwrap_or(project.settings.width);
+    let h = scene
+        .and_then(|s| s.height)
+        .unwrap_or(project.settings.height);
+    (w.max(1) as u32, h.max(1) as u32)
+}
+
+/// Height of a `w`×`h` picture scaled to `width` wide (at least one pixel).
+fn scaled_height((w, h): (u32, u32), width: u32) -> u32 {
+    let (w, h) = (u64::from(w.max(1)), u64::from(h));
+    ((h * u64::from(width) + w / 2) / w).max(1) as u32
+}
+
+fn fill_rect(img: &mut RgbImage, x: u32, y: u32, w: u32, h: u32, color: Rgb<u8>) {
+    for yy in y..(y + h).min(img.height()) {
+        for xx in x..(x + w).min(img.width()) {
+            img.put_pixel(xx, yy, color);
+        }
+    }
+}
+
+/// Pixel height of `lines` lines of text, rounded up so nothing is clipped.
+fn text_height(text: &TextRenderer, lines: usize, px: f32) -> u32 {
+    (lines as f32 * text.line_height(px)).ceil() as u32
+}
+
+/// The panel sheet: the title at the top, then one cell per panel in reading order, each with
+/// its image scaled to `opts.cell_width` (a grey "not rendered" box where `images[i]` is
+/// `None`), its number in a dark badge on the image's corner and its whole caption wrapped
+/// underneath. Rows are as tall as their tallest cell, so long captions are never cut.
+///
+/// `images` has one entry per panel of `project`; `identity` is used only with
+/// `opts.include_identity`, as a first cell labelled "identity".
+pub fn panel_sheet(
+    project: &Project,
+    images: &[Option<RgbImage>],
+    identity: Option<&RgbImage>,
+    opts: &SheetOptions,
+) -> Result<RgbImage> {
+    ensure!(
+        images.len() == project.panels.len(),
+        "the project has {} panels but {} images were given",
+        project.panels.len(),
+        images.len()
+    );
+    ensure!(opts.columns > 0, "a panel sheet needs at least one column");
+    ensure!(
+        opts.cell_width > 0,
+        "a panel sheet needs a non-zero cell width"
+    );
+    ensure!(!images.is_empty(), "the project has no panels to show");
+
+    let text = TextRenderer::new()?;
+    let cell_width = opts.cell_width;
+    let make_cell = |image: Option<&RgbImage>, shape: (u32, u32), label: String, caption: &str| {
+        let shape = image.map_or(shape, RgbImage::dimensions);
+        let image_height = scaled_height(shape, cell_width);
+        Cell {
+            image: image
+                .map(|img| imageops::resize(img, cell_width, image_height, FilterType::Triangle)),
+            image_height,
+            label,
+            caption: text.wrap(caption, CAPTION_PX, cell_width as f32),
+        }
+    };
+
+    let mut cells = Vec::with_capacity(images.len() + 1);
+    if opts.include_identity {
+        let shape = (
+            project.settings.width.max(1) as u32,
+            project.settings.height.max(1) as u32,
+        );
+        cells.push(make_cell(
+            identity,
+            shape,
+            "identity".into(),
+            &project.character,
+        ));
+    }
+    for (i, (image, panel)) in images.iter().zip(&project.panels).enumerate() {
+        cells.push(make_cell(
+            image.as_ref(),
+            panel_shape(project, i),
+            (i + 1).to_string(),
+            &panel.caption,
+        ));
+    }
+
+    let cell_height = |c: &Cell| {
+        if c.caption.is_empty() {
+            c.image_height
+        } else {
+            c.image_height + CAPTION_GAP + text_height(&text, c.caption.len(), CAPTION_PX)
+        }
+    };
+    let row_heights: Vec<u32> = cells
+        .chunks(opts.columns)
+        .map(|row| row.iter().map(cell_height).max().unwrap_or(0))
+        .collect();
+    let used_columns = opts.columns.min(cells.len()) as u32;
+    let content_width = used_columns * cell_width + (used_columns - 1) * GAP;
+    let title = text.wrap(&project.title, TITLE_PX, content_width as f32);
+    let title_height = if title.is_empty() {
+        0
+    } else {
+        text_height(&text, title.len(), TITLE_PX) + GAP
+    };
+    let width = content_width + 2 * MARGIN;
+    let height = 2 * MARGIN
+        + title_height
+        + row_heights.iter().sum::<u32>()
+        + (row_heights.len() as u32 - 1) * GAP;
+    let mut sheet = RgbImage::from_pixel(width, height, BACKGROUND);
+
+    let title_line = text.line_height(TITLE_PX);
+    for (k, line) in title.iter().enumerate() {
+        let y = MARGIN as f32 + k as f32 * title_line;
+        text.draw(&mut sheet, line, MARGIN as f32, y, TITLE_PX, INK);
+    }
+
+    let mut y = MARGIN + title_height;
+    for (row, row_height) in cells.chunks(opts.columns).zip(&row_heights) {
+        for (col, cell) in row.iter().enumerate() {
+            let x = MARGIN + col as u32 * (cell_width + GAP);
+            draw_cell(&mut sheet, &text, cell, x, y, cell_width);
+        }
+        y += row_height + GAP;
+    }
+    Ok(sheet)
+}
+
+fn draw_cell(sheet: &mut RgbImage, text: &TextRenderer, cell: &Cell, x: u32, y: u32, width: u32) {
+    match &cell.image {
+        Some(img) => imageops::replace(sheet, img, i64::from(x), i64::from(y)),
+        None => {
+            fill_rect(sheet, x, y, width, cell.image_height, PLACEHOLDER);
+            let lines = text.wrap("not rendered", PLACEHOLDER_PX, width as f32);
+            let line = text.line_height(PLACEHOLDER_PX);
+            let top = y as f32 + (cell.image_height as f32 - lines.len() as f32 * line) / 2.0;
+            for (k, l) in lines.iter().enumerate() {
+                let lx = x as f32 + (width as f32 - text.measure(l, PLACEHOLDER_PX)) / 2.0;
+                let ly = top + k as f32 * line;
+                text.draw(sheet, l, lx, ly, PLACEHOLDER_PX, PLACEHOLDER_INK);
+            }
+        }
+    }
+
+    let badge_w = text.measure(&cell.label, BADGE_PX).ceil() as u32 + 2 * BADGE_PAD;
+    let badge_h = text_height(text, 1, BADGE_PX) + 2 * BADGE_PAD;
+    let (bx, by) = (x + BADGE_INSET, y + BADGE_INSET);
+    fill_rect(sheet, bx, by, badge_w, badge_h, INK);
+    let (tx, ty) = ((bx + BADGE_PAD) as f32, (by + BADGE_PAD) as f32);
+    text.draw(sheet, &cell.label, tx, ty, BADGE_PX, BADGE_INK);
+
+    let line = text.line_height(CAPTION_PX);
+    let top = (y + cell.image_height + CAPTION_GAP) as f32;
+    for (k, l) in cell.caption.iter().enumerate() {
+        let ly = top + k as f32 * line;
+        text.draw(sheet, l, x as f32, ly, CAPTION_PX, CAPTION_INK);
+    }
+}
+
+/// Reads `{stem}.png` from `dir` if it exists; `None` means "not rendered yet".
+fn read_image(dir: &Path, target: Target) -> Result<Option<RgbImage>> {
+    let path = dir.join(format!("{}.png", stem(target)));
+    if !path.exists() {
+        return Ok(None);
+    }
+    let img = image::open(&path).with_context(|| format!("cannot read {}", path.display()))?;
+    Ok(Some(img.to_rgb8()))
+}
+
+/// Writes through a temporary file so that a failed write never leaves a partial file.
+fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".partial");
+    let tmp = PathBuf::from(tmp);
+    fs::write(&tmp, bytes).with_context(|| format!("cannot write {}", tmp.display()))?;
+    fs::rename(&tmp, path).with_context(|| format!("cannot write {}", path.display()))
+}
+
+/// Exports a rendered storyboard into `out_dir` (created if needed): `sheet.png` (see
+/// [`panel_sheet`]), `storyboard.pdf` (see [`storyboard_pdf`], 6 panels a page) and `01.png`,
+/// `02.png`, ... as byte-for-byte copies of the rendered panels. Panels not rendered yet appear
+/// as placeholders on the sheet and PDF and get no numbered file.
+///
+/// Images are read from `images_dir` as `charaboard render` names them (`panel-01.png`, ...,
+/// `identity.png`). Returns the paths written, sheet and PDF first.
+pub fn export_all(
+    project: &Project,
+    images_dir: &Path,
+    out_dir: &Path,
+    opts: &SheetOptions,
+    paper: Paper,
+) -> Result<Vec<PathBuf>> {
+    let images = (0..project.panels.len())
+        .map(|i| read_image(images_dir, Target::Panel(i)))
+        .collect::<Result<Vec<_>>>()?;
+    if images.iter().all(Option::is_none) {
+        bail!(
+            "no rendered panels in {}: render the project first (charaboard render PROJECT.ron)",
+            images_dir.display()
+        );
+    }
+    let identity = if opts.include_identity {
+        read_image(images_dir, Target::Identity)?
+    } else {
+        None
+    };
+
+    let sheet = panel_sheet(project, &images, identity.as_ref(), opts)?;
+    let pdf = storyboard_pdf(project, &images, paper, DEFAULT_PER_PAGE)?;
+
+    fs::create_dir_all(out_dir)
+        .with_context(|| format!("cannot create the output folder {}", out_dir.display()))?;
+    let mut written = Vec::new();
+    let sheet_path = out_dir.join("sheet.png");
+    save_png(&sheet, &sheet_path)?;
+    written.push(sheet_path);
+    let pdf_path = out_dir.join("storyboard.pdf");
+    write_atomic(&pdf_path, &pdf)?;
+    written.push(pdf_path);
+
+    for (i, image) in images.iter().enumerate() {
+        if image.is_none() {
+            continue;
+        }
+        let from = images_dir.join(format!("{}.png", stem(Target::Panel(i))));
+        let to = out_dir.join(format!("{:02}.png", i + 1));
+        let bytes = fs::read(&from).with_context(|| format!("cannot read {}", from.display()))?;
+        write_atomic(&to, &bytes)?;
+        written.push(to);
+    }
+    Ok(written)
+}

@@ -1,0 +1,623 @@
+//! The storyboard editor: application state apart from the views that show it (editor, grid,
+//! inspector, setup). The UI thread never runs a model; it sends jobs to the worker and drains
+//! its events every frame.
+
+use crossbeam_channel::{unbounded, Receiver, Sender};
+use egui::{Key, KeyboardShortcut, Modifiers, RichText, Ui};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use super::cells::{CellState, Cells};
+use super::dialogs::{Dialogs, Purpose};
+use super::document::Document;
+use super::editor::{editor_ui, TokenCounter};
+use super::grid::grid_ui;
+use super::inspector::{inspector_ui, Overlays};
+use super::setup;
+use crate::app_settings::AppSettings;
+use crate::consist::session::{RenderRequest, Target};
+use crate::project::model::Project;
+use crate::text::{PromptTokenizers, T5_LEN_DEV};
+use crate::worker::{Event, Job, RenderedImage, Worker};
+
+const SAVE: KeyboardShortcut = KeyboardShortcut::new(Modifiers::COMMAND, Key::S);
+const UNDO: KeyboardShortcut = KeyboardShortcut::new(Modifiers::COMMAND, Key::Z);
+const REDO: KeyboardShortcut =
+    KeyboardShortcut::new(Modifiers::COMMAND.plus(Modifiers::SHIFT), Key::Z);
+const RENDER: KeyboardShortcut = KeyboardShortcut::new(Modifiers::COMMAND, Key::Enter);
+const RECOVERY_EVERY: Duration = Duration::from_secs(20);
+
+/// The files an export wrote, or why it failed.
+type ExportResult = Result<Vec<PathBuf>, String>;
+
+/// Where the model is.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ModelStatus {
+    None,
+    Loading(PathBuf),
+    Loaded { dir: PathBuf, description: String },
+    Failed(String),
+}
+
+/// How the app starts.
+pub struct StartOptions {
+    pub project: Option<PathBuf>,
+    pub model: Option<PathBuf>,
+    pub render_on_start: bool,
+    pub dialogs: Dialogs,
+    pub settings: AppSettings,
+    /// Write settings and recovery copies to disk (off in tests).
+    pub persist: bool,
+}
+
+pub struct CharaboardApp {
+    pub doc: Document,
+    pub cells: Cells,
+    pub selected: Option<Target>,
+    pub overlays: Overlays,
+    pub model: ModelStatus,
+    pub status: Option<(String, bool)>,
+    pub busy: bool,
+    pub settings: AppSettings,
+    worker: Worker,
+    tokens: TokenCounter,
+    dialogs: Dialogs,
+    persist: bool,
+    render_when_loaded: bool,
+    asking_to_close: bool,
+    closing: bool,
+    window_title: String,
+    reload_images: bool,
+    recovery_offer: Option<PathBuf>,
+    last_recovery: Instant,
+    exports: (Sender<ExportResult>, Receiver<ExportResult>),
+}
+
+impl CharaboardApp {
+    /// `ctx` is repainted by the worker after each of its events.
+    pub fn new(ctx: Option<egui::Context>, start: StartOptions) -> Self {
+        let worker = Worker::spawn(move || {
+            if let Some(ctx) = &ctx {
+                ctx.request_repaint();
+            }
+        });
+        let tokenizers =
+            PromptTokenizers::shipped(T5_LEN_DEV).expect("the shipped tokenizers are valid");
+        let mut app = Self {
+            doc: Document::new(Project::sample(), None),
+            cells: Cells::default(),
+            selected: None,
+            overlays: Overlays::default(),
+            model: ModelStatus::None,
+            status: None,
+            busy: false,
+            settings: start.settings,
+            worker,
+            tokens: TokenCounter::new(tokenizers),
+            dialogs: start.dialogs,
+            persist: start.persist,
+            render_when_loaded: start.render_on_start,
+            asking_to_close: false,
+            closing: false,
+            window_title: String::new(),
+            reload_images: false,
+            recovery_offer: None,
+            last_recovery: Instant::now(),
+            exports: unbounded(),
+        };
+        app.doc.project.settings = app.settings.defaults.clone();
+        if let Some(path) = start.project {
+            app.open_project(&path);
+        }
+        if let Some(dir) = start.model.or_else(|| app.settings.model_dir.clone()) {
+            app.load_model(dir);
+        }
+        app
+    }
+
+    fn info(&mut self, message: impl Into<String>) {
+        self.status = Some((message.into(), false));
+    }
+
+    fn error(&mut self, message: impl Into<String>) {
+        self.status = Some((message.into(), true));
+    }
+
+    pub fn load_model(&mut self, dir: PathBuf) {
+        self.model = ModelStatus::Loading(dir.clone());
+        self.busy = true;
+        self.worker.send(Job::LoadModel {
+            dir,
+            device: self.settings.device.clone(),
+            dtype: self.settings.dtype.clone(),
+        });
+    }
+
+    pub fn create_tiny_model(&mut self, dir: PathBuf) {
+        self.busy = true;
+        self.info(format!("writing a tiny test model to {}", dir.display()));
+        self.worker.send(Job::CreateTinyModel { dir });
+    }
+
+    /// Opens a project; a broken file is reported with its line and column and the current
+    /// project stays open.
+    pub fn open_project(&mut self, path: &Path) {
+        match Document::open(path) {
+            Ok(doc) => {
+                self.doc = doc;
+                self.cells.clear();
+                self.selected = None;
+                self.reload_images = true;
+                self.settings.remember_project(path);
+                self.save_settings();
+                let recovery = self.doc.recovery_path().filter(|r| is_newer(r, path));
+                self.recovery_offer = recovery;
+                self.info(format!("opened {}", path.display()));
+            }
+            Err(e) => self.error(format!("could not open the project: {e}")),
+        }
+    }
+
+    /// Shows the images rendered for this project earlier (saved beside it).
+    fn load_saved_images(&mut self, ctx: &egui::Context) {
+        let Some(dir) = self.doc.images_dir() else {
+            return;
+        };
+        let targets = std::iter::once(Target::Identity)
+            .chain((0..self.doc.project.panels.len()).map(Target::Panel));
+        for target in targets {
+            match RenderedImage::load(&dir, target) {
+                Ok(Some(image)) => self.cells.set_image(ctx, image),
+                Ok(None) => {}
+                Err(e) => self.error(format!("could not reload a rendered image: {e:#}")),
+            }
+        }
+    }
+
+    pub fn save(&mut self) {
+        match self.doc.path.clone() {
+            Some(path) => self.save_to(&path),
+            None => self.dialogs.ask(Purpose::SaveProjectAs, "storyboard.ron"),
+        }
+    }
+
+    fn save_to(&mut self, path: &Path) {
+        match self.doc.save_to(path) {
+            Ok(()) => {
+                self.doc.remove_recovery();
+                self.settings.remember_project(path);
+                self.save_settings();
+                self.info(format!("saved {}", path.display()));
+            }
+            Err(e) => self.error(format!(
+                "could not save; the previous file is untouched: {e}"
+            )),
+        }
+    }
+
+    fn save_settings(&mut self) {
+        if self.persist {
+            if let Err(e) = self.settings.save() {
+                self.error(format!("could not save settings: {e:#}"));
+            }
+        }
+    }
+
+    pub fn render(&mut self, request: RenderRequest) {
+        if self.busy {
+            return;
+        }
+        if !matches!(self.model, ModelStatus::Loaded { .. }) {
+            self.error("load a model first (see the setup panel)");
+            return;
+        }
+        if let Err(e) = self.doc.project.validate() {
+            self.error(format!("cannot render: {e:#}"));
+            return;
+        }
+        let targets: Vec<Target> = match request {
+            RenderRequest::All => std::iter::once(Target::Identity)
+                .chain((0..self.doc.project.panels.len()).map(Target::Panel))
+                .collect(),
+            RenderRequest::Identity => vec![Target::Identity],
+            RenderRequest::Panel(i) => vec![Target::Panel(i)],
+        };
+        for t in targets {
+            self.cells.entry(t).state = CellState::Queued;
+        }
+        self.busy = true;
+        self.status = None;
+        self.worker.send(Job::Render {
+            project: Box::new(self.doc.project.clone()),
+            request,
+            save_dir: self.doc.images_dir(),
+            preview_every: Some(5),
+        });
+    }
+
+    pub fn cancel(&mut self) {
+        self.worker.cancel();
+    }
+
+    /// Drains the worker's events, dialog answers and export results.
+    pub fn poll(&mut self, ctx: &egui::Context) {
+        if std::mem::take(&mut self.reload_images) {
+            self.load_saved_images(ctx);
+        }
+        let events: Vec<Event> = self.worker.events().collect();
+        for event in events {
+            self.handle(ctx, event);
+        }
+        for (purpose, path) in self.dialogs.answers() {
+            match purpose {
+                Purpose::OpenProject => self.open_project(&path),
+                Purpose::SaveProjectAs => self.save_to(&path),
+                Purpose::ModelFolder => self.load_model(path),
+                Purpose::ExportFolder => self.export_to(path),
+            }
+        }
+        let results: Vec<_> = self.exports.1.try_iter().collect();
+        for result in results {
+            match result {
+                Ok(files) => self.info(format!("exported {} files", files.len())),
+                Err(e) => self.error(format!("export failed: {e}")),
+            }
+        }
+    }
+
+    fn handle(&mut self, ctx: &egui::Context, event: Event) {
+        match event {
+            Event::ModelLoading { dir } => self.model = ModelStatus::Loading(dir),
+            Event::ModelLoaded { dir, description } => {
+                self.settings.model_dir = Some(dir.clone());
+                self.save_settings();
+                self.model = ModelStatus::Loaded { dir, description };
+            }
+            Event::TinyModelCreated { dir } => {
+                self.busy = false;
+                self.load_model(dir);
+            }
+            Event::Step {
+                target,
+                phase,
+                step,
+                steps,
+                preview,
+            } => {
+                let cell = self.cells.entry(target);
+                cell.state = CellState::Rendering { phase, step, steps };
+                if let Some(p) = preview {
+                    cell.preview = Some(super::cells::texture(ctx, "preview", &p));
+                }
+            }
+            Event::ImageDone(image) => self.cells.set_image(ctx, *image),
+            Event::Failed { target, message } => {
+                if let ModelStatus::Loading(_) = self.model {
+                    self.model = ModelStatus::Failed(message.clone());
+                }
+                if let Some(t) = target {
+                    self.cells.entry(t).state = CellState::Failed(message.clone());
+                }
+                self.cells.settle(None);
+                self.error(message);
+            }
+            Event::Cancelled => {
+                self.cells.settle(None);
+                self.info("cancelled; finished images are kept");
+            }
+            Event::Idle => {
+                self.busy = false;
+                if self.render_when_loaded && matches!(self.model, ModelStatus::Loaded { .. }) {
+                    self.render_when_loaded = false;
+                    self.render(RenderRequest::All);
+                }
+            }
+        }
+    }
+
+    fn export_to(&mut self, out: PathBuf) {
+        let Some(images) = self.doc.images_dir() else {
+            self.error("save the project first: exports read the images rendered beside it");
+            return;
+        };
+        let project = self.doc.project.clone();
+        let options = crate::export::storyboard::SheetOptions {
+            columns: self.settings.sheet_columns.max(1),
+            ..Default::default()
+        };
+        let tx = self.exports.0.clone();
+        std::thread::spawn(move || {
+            let result = crate::export::storyboard::export_all(
+                &project,
+                &images,
+                &out,
+                &options,
+                crate::export::pdf::Paper::A4,
+            );
+            let _ = tx.send(result.map_err(|e| format!("{e:#}")));
+        });
+        self.info("exporting...");
+    }
+
+    fn shortcuts(&mut self, ui: &mut Ui) {
+        let (save, undo, redo, render, escape) = ui.input_mut(|i| {
+            // Redo first: egui lets Ctrl+Z match Ctrl+Shift+Z as well.
+            let redo = i.consume_shortcut(&REDO);
+            let undo = !redo && i.consume_shortcut(&UNDO);
+            (
+                i.consume_shortcut(&SAVE),
+                undo,
+                redo,
+                i.consume_shortcut(&RENDER),
+                i.consume_key(Modifiers::NONE, Key::Escape),
+            )
+        });
+        if save {
+            self.save();
+        }
+        if redo {
+            self.doc.redo();
+        }
+        if undo {
+            self.doc.undo();
+        }
+        if render {
+            self.render(RenderRequest::All);
+        }
+        if escape && self.busy {
+            self.cancel();
+        }
+    }
+
+    fn menu_bar(&mut self, ui: &mut Ui) {
+        egui::MenuBar::new().ui(ui, |ui| {
+            ui.menu_button("File", |ui| {
+                if ui.button("New project").clicked() {
+                    self.new_project();
+                }
+                if ui.button("Open project...").clicked() {
+                    self.dialogs.ask(Purpose::OpenProject, "");
+                }
+                if ui.button("Save").clicked() {
+                    self.save();
+                }
+                if ui.button("Save as...").clicked() {
+                    self.dialogs.ask(Purpose::SaveProjectAs, "storyboard.ron");
+                }
+                ui.menu_button("Recent projects", |ui| {
+                    for path in self.settings.recent_projects.clone() {
+                        if ui.button(path.display().to_string()).clicked() {
+                            self.open_project(&path);
+                        }
+                    }
+                });
+                if ui.button("Export...").clicked() {
+                    self.dialogs.ask(Purpose::ExportFolder, "");
+                }
+            });
+            ui.menu_button("Edit", |ui| {
+                if ui
+                    .add_enabled(self.doc.can_undo(), egui::Button::new("Undo"))
+                    .clicked()
+                {
+                    self.doc.undo();
+                }
+                if ui
+                    .add_enabled(self.doc.can_redo(), egui::Button::new("Redo"))
+                    .clicked()
+                {
+                    self.doc.redo();
+                }
+            });
+            ui.separator();
+            if ui
+                .add_enabled(!self.busy, egui::Button::new("Render all"))
+                .clicked()
+            {
+                self.render(RenderRequest::All);
+            }
+            let selected_panel = match self.selected {
+                Some(Target::Panel(i)) => Some(RenderRequest::Panel(i)),
+                Some(Target::Identity) => Some(RenderRequest::Identity),
+                None => None,
+            };
+            if ui
+                .add_enabled(
+                    !self.busy && selected_panel.is_some(),
+                    egui::Button::new("Re-render selected"),
+                )
+                .clicked()
+            {
+                if let Some(r) = selected_panel {
+                    self.render(r);
+                }
+            }
+            if ui
+                .add_enabled(self.busy, egui::Button::new("Cancel"))
+                .clicked()
+            {
+                self.cancel();
+            }
+            ui.separator();
+            ui.label(match &self.model {
+                ModelStatus::None => "no model".to_string(),
+                ModelStatus::Loading(d) => format!("loading {}...", d.display()),
+                ModelStatus::Loaded { description, .. } => description.clone(),
+                ModelStatus::Failed(_) => "model failed to load".to_string(),
+            });
+        });
+    }
+
+    fn new_project(&mut self) {
+        if self.doc.is_dirty() {
+            self.error("save or undo your changes before starting a new project");
+            return;
+        }
+        let mut project = Project::sample();
+        project.settings = self.settings.defaults.clone();
+        self.doc = Document::new(project, None);
+        self.cells.clear();
+        self.selected = None;
+    }
+
+    /// Everything inside the window; `eframe::App::ui` and the UI tests call this.
+    pub fn show(&mut self, ui: &mut Ui) {
+        self.poll(ui.ctx());
+        self.shortcuts(ui);
+        egui::Panel::top("menu").show(ui, |ui| self.menu_bar(ui));
+        egui::Panel::bottom("status").show(ui, |ui| {
+            ui.horizontal(|ui| match &self.status {
+                Some((message, true)) => {
+                    ui.label(RichText::new(message).color(egui::Color32::RED));
+                }
+                Some((message, false)) => {
+                    ui.label(message);
+                }
+                None => {
+                    ui.label(if self.busy { "working..." } else { "ready" });
+                }
+            });
+        });
+        egui::Panel::left("editor")
+            .resizable(true)
+            .default_size(380.0)
+            .show(ui, |ui| {
+                egui::ScrollArea::vertical().show(ui, |ui| {
+                    let before = self.doc.project.clone();
+                    let old_len = before.panels.len();
+                    let edit = editor_ui(ui, &mut self.doc.project, &mut self.tokens);
+                    ui.separator();
+                    setup::render_settings_ui(ui, &mut self.doc.project, &mut self.settings);
+                    if let Some(e) = edit {
+                        self.cells.reorder(&e.order(old_len));
+                        self.doc.seal();
+                    }
+                    if self.doc.project != before {
+                        // Typing coalesces into one undo step; clicks are steps of their own.
+                        if !ui.ctx().egui_wants_keyboard_input() {
+                            self.doc.seal();
+                        }
+                        self.doc.record_edit(before);
+                        self.settings.defaults = self.doc.project.settings.clone();
+                    }
+                    if edit.is_some() {
+                        self.doc.seal();
+                    }
+                });
+            });
+        if let Some(target) = self.selected {
+            egui::Panel::right("inspector")
+                .resizable(true)
+                .default_size(520.0)
+                .show(ui, |ui| {
+                    inspector_ui(ui, &self.cells, target, &mut self.overlays);
+                });
+        }
+        egui::CentralPanel::default().show(ui, |ui| {
+            if !matches!(self.model, ModelStatus::Loaded { .. }) {
+                match setup::setup_ui(ui, &self.model) {
+                    Some(setup::SetupAction::PickFolder) => {
+                        self.dialogs.ask(Purpose::ModelFolder, "")
+                    }
+                    Some(setup::SetupAction::Load(dir)) => self.load_model(dir),
+                    Some(setup::SetupAction::CreateTiny) => {
+                        let dir = setup::tiny_model_dir();
+                        self.create_tiny_model(dir);
+                    }
+                    None => {}
+                }
+                ui.separator();
+            }
+            grid_ui(ui, &self.doc.project, &self.cells, &mut self.selected);
+        });
+        self.recovery_modal(ui);
+        if self.persist && self.last_recovery.elapsed() > RECOVERY_EVERY {
+            self.last_recovery = Instant::now();
+            if let Err(e) = self.doc.write_recovery() {
+                self.error(format!("could not write the recovery copy: {e}"));
+            }
+        }
+    }
+
+    fn recovery_modal(&mut self, ui: &mut Ui) {
+        let Some(path) = self.recovery_offer.clone() else {
+            return;
+        };
+        egui::Modal::new(egui::Id::unique("recovery")).show(ui.ctx(), |ui| {
+            ui.label(format!(
+                "Unsaved changes of this project were recovered ({}).",
+                path.display()
+            ));
+            ui.horizontal(|ui| {
+                if ui.button("Restore them").clicked() {
+                    match crate::project::io::load(&path) {
+                        Ok(p) => {
+                            let before = std::mem::replace(&mut self.doc.project, p);
+                            self.doc.record_edit(before);
+                        }
+                        Err(e) => self.error(format!("the recovery copy is damaged: {e}")),
+                    }
+                    self.recovery_offer = None;
+                }
+                if ui.button("Discard them").clicked() {
+                    self.doc.remove_recovery();
+                    self.recovery_offer = None;
+                }
+            });
+        });
+    }
+
+    /// Asks before closing with unsaved changes.
+    fn confirm_close(&mut self, ui: &mut Ui) {
+        let requested = ui.ctx().input(|i| i.viewport().close_requested());
+        if requested && self.doc.is_dirty() && !self.closing {
+            ui.ctx()
+                .send_viewport_cmd(egui::ViewportCommand::CancelClose);
+            self.asking_to_close = true;
+        }
+        if self.asking_to_close {
+            egui::Modal::new(egui::Id::unique("close")).show(ui.ctx(), |ui| {
+                ui.label("This storyboard has unsaved changes.");
+                ui.horizontal(|ui| {
+                    if ui.button("Save and close").clicked() {
+                        self.save();
+                        if !self.doc.is_dirty() {
+                            self.close(ui);
+                        }
+                    }
+                    if ui.button("Close without saving").clicked() {
+                        self.doc.remove_recovery();
+                        self.close(ui);
+                    }
+                    if ui.button("Keep editing").clicked() {
+                        self.asking_to_close = false;
+                    }
+                });
+            });
+        }
+    }
+
+    fn close(&mut self, ui: &Ui) {
+        self.closing = true;
+        self.asking_to_close = false;
+        ui.ctx().send_viewport_cmd(egui::ViewportCommand::Close);
+    }
+}
+
+fn is_newer(a: &Path, b: &Path) -> bool {
+    let modified = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
+    matches!((modified(a), modified(b)), (Some(x), Some(y)) if x > y)
+}
+
+impl eframe::App for CharaboardApp {
+    fn ui(&mut self, ui: &mut Ui, _frame: &mut eframe::Frame) {
+        let title = self.doc.title();
+        if title != self.window_title {
+            ui.ctx()
+                .send_viewport_cmd(egui::ViewportCommand::Title(title.clone()));
+            self.window_title = title;
+        }
+        self.show(ui);
+        self.confirm_close(ui);
+    }
+}

@@ -1,0 +1,139 @@
+//! What the frame grid knows about each image: its render state and its textures.
+
+use egui::{ColorImage, Context, TextureHandle, TextureOptions};
+use std::collections::BTreeMap;
+
+use crate::consist::session::{Phase, Target};
+use crate::worker::RenderedImage;
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum CellState {
+    Empty,
+    Queued,
+    Rendering {
+        phase: Phase,
+        step: usize,
+        steps: usize,
+    },
+    Done,
+    Failed(String),
+}
+
+pub struct Cell {
+    pub state: CellState,
+    pub image: Option<RenderedImage>,
+    pub texture: Option<TextureHandle>,
+    pub preview: Option<TextureHandle>,
+}
+
+impl Cell {
+    fn empty() -> Self {
+        Self {
+            state: CellState::Empty,
+            image: None,
+            texture: None,
+            preview: None,
+        }
+    }
+
+    /// Rendered from another prompt than the current one.
+    pub fn is_stale(&self, prompt: &str) -> bool {
+        self.image.as_ref().is_some_and(|i| i.prompt != prompt)
+    }
+
+    /// A short label of the state for the grid and for tests.
+    pub fn label(&self, prompt: &str) -> String {
+        match &self.state {
+            CellState::Empty if self.image.is_some() && self.is_stale(prompt) => "stale".into(),
+            CellState::Empty | CellState::Done if self.image.is_some() => {
+                match self.is_stale(prompt) {
+                    true => "stale".into(),
+                    false => "done".into(),
+                }
+            }
+            CellState::Empty | CellState::Done => "empty".into(),
+            CellState::Queued => "queued".into(),
+            CellState::Rendering { phase, step, steps } => {
+                format!(
+                    "rendering {} step {} of {steps}",
+                    phase_name(*phase),
+                    step + 1
+                )
+            }
+            CellState::Failed(why) => format!("failed: {why}"),
+        }
+    }
+}
+
+pub fn phase_name(phase: Phase) -> &'static str {
+    match phase {
+        Phase::Identity => "identity",
+        Phase::PreRun => "pre-run",
+        Phase::Main => "main run",
+    }
+}
+
+pub fn texture(ctx: &Context, name: &str, image: &image::RgbImage) -> TextureHandle {
+    let size = [image.width() as usize, image.height() as usize];
+    ctx.load_texture(
+        name,
+        ColorImage::from_rgb(size, image.as_raw()),
+        TextureOptions::LINEAR,
+    )
+}
+
+/// All cells, keyed by target; targets of panels that no longer exist are dropped.
+#[derive(Default)]
+pub struct Cells {
+    cells: BTreeMap<Target, Cell>,
+}
+
+impl Cells {
+    pub fn get(&self, target: Target) -> Option<&Cell> {
+        self.cells.get(&target)
+    }
+
+    pub fn entry(&mut self, target: Target) -> &mut Cell {
+        self.cells.entry(target).or_insert_with(Cell::empty)
+    }
+
+    pub fn set_image(&mut self, ctx: &Context, image: RenderedImage) {
+        let cell = self.entry(image.target);
+        cell.texture = Some(texture(ctx, &format!("{:?}", image.target), &image.image));
+        cell.preview = None;
+        cell.image = Some(image);
+        cell.state = CellState::Done;
+    }
+
+    /// Cells still waiting or running become failed (with `why`), or empty when `why` is None.
+    pub fn settle(&mut self, why: Option<&str>) {
+        for cell in self.cells.values_mut() {
+            if matches!(cell.state, CellState::Queued | CellState::Rendering { .. }) {
+                cell.preview = None;
+                cell.state = match why {
+                    Some(w) => CellState::Failed(w.to_string()),
+                    None if cell.image.is_some() => CellState::Done,
+                    None => CellState::Empty,
+                };
+            }
+        }
+    }
+
+    pub fn clear(&mut self) {
+        self.cells.clear();
+    }
+
+    /// Keeps panel cells in step with a panel list edit: `order[k]` is the old index of new panel k
+    /// (None for a new panel).
+    pub fn reorder(&mut self, order: &[Option<usize>]) {
+        let mut old = std::mem::take(&mut self.cells);
+        if let Some(identity) = old.remove(&Target::Identity) {
+            self.cells.insert(Target::Identity, identity);
+        }
+        for (k, source) in order.iter().enumerate() {
+            if let Some(cell) = source.and_then(|i| old.remove(&Target::Panel(i))) {
+                self.cells.insert(Target::Panel(k), cell);
+            }
+        }
+    }
+}

@@ -1,0 +1,131 @@
+//! The open storyboard: the project, where it is saved, and its undo history.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use crate::project::io::{self, ProjectError};
+use crate::project::model::Project;
+
+/// Edits closer together than this (typing a word) undo as one.
+const COALESCE: Duration = Duration::from_millis(800);
+
+pub struct Document {
+    pub project: Project,
+    pub path: Option<PathBuf>,
+    saved: Project,
+    undo: Vec<Project>,
+    redo: Vec<Project>,
+    last_edit: Option<Instant>,
+}
+
+impl Document {
+    pub fn new(project: Project, path: Option<PathBuf>) -> Self {
+        Self {
+            saved: project.clone(),
+            project,
+            path,
+            undo: Vec::new(),
+            redo: Vec::new(),
+            last_edit: None,
+        }
+    }
+
+    pub fn open(path: &Path) -> Result<Self, ProjectError> {
+        Ok(Self::new(io::load(path)?, Some(path.to_path_buf())))
+    }
+
+    pub fn is_dirty(&self) -> bool {
+        self.project != self.saved
+    }
+
+    pub fn title(&self) -> String {
+        let name = self.path.as_ref().and_then(|p| p.file_name()).map_or_else(
+            || "untitled".to_string(),
+            |n| n.to_string_lossy().into_owned(),
+        );
+        format!(
+            "{}{} - charaboard",
+            if self.is_dirty() { "*" } else { "" },
+            name
+        )
+    }
+
+    /// Records that the project changed from `before`; quick successive edits form one step.
+    pub fn record_edit(&mut self, before: Project) {
+        if before == self.project {
+            return;
+        }
+        let coalesce =
+            self.last_edit.is_some_and(|t| t.elapsed() < COALESCE) && !self.undo.is_empty();
+        if !coalesce {
+            self.undo.push(before);
+        }
+        self.redo.clear();
+        self.last_edit = Some(Instant::now());
+    }
+
+    /// Ends the current edit group, so that the next edit is undone on its own.
+    pub fn seal(&mut self) {
+        self.last_edit = None;
+    }
+
+    pub fn can_undo(&self) -> bool {
+        !self.undo.is_empty()
+    }
+
+    pub fn can_redo(&self) -> bool {
+        !self.redo.is_empty()
+    }
+
+    pub fn undo(&mut self) {
+        if let Some(previous) = self.undo.pop() {
+            self.redo
+                .push(std::mem::replace(&mut self.project, previous));
+            self.seal();
+        }
+    }
+
+    pub fn redo(&mut self) {
+        if let Some(next) = self.redo.pop() {
+            self.undo.push(std::mem::replace(&mut self.project, next));
+            self.seal();
+        }
+    }
+
+    /// Saves atomically (the previous file is kept as a backup); on failure nothing changes.
+    pub fn save_to(&mut self, path: &Path) -> Result<(), ProjectError> {
+        io::save(&self.project, path)?;
+        self.path = Some(path.to_path_buf());
+        self.saved = self.project.clone();
+        Ok(())
+    }
+
+    /// Where unsaved changes are kept in case the app dies: beside the project, or in the
+    /// config folder for an untitled one.
+    pub fn recovery_path(&self) -> Option<PathBuf> {
+        match &self.path {
+            Some(p) => Some(p.with_extension("recovery.ron")),
+            None => crate::app_settings::config_path()?
+                .parent()
+                .map(|d| d.join("untitled.recovery.ron")),
+        }
+    }
+
+    pub fn write_recovery(&self) -> Result<(), ProjectError> {
+        match self.recovery_path() {
+            Some(path) if self.is_dirty() => io::save(&self.project, &path),
+            _ => Ok(()),
+        }
+    }
+
+    pub fn remove_recovery(&self) {
+        if let Some(path) = self.recovery_path() {
+            let _ = std::fs::remove_file(path);
+        }
+    }
+
+    /// The folder where this project's images live (beside the file).
+    pub fn images_dir(&self) -> Option<PathBuf> {
+        self.path.as_deref().map(io::images_dir)
+    }
+}

@@ -1,0 +1,300 @@
+//! The prompt editor: character, identity shot, scenes and panels, with live token counts.
+
+use egui::{Color32, RichText, TextEdit, Ui};
+use std::collections::HashMap;
+
+use crate::project::model::{Panel, Project, Scene};
+use crate::text::PromptTokenizers;
+
+/// A change to the panel list that the frame grid must follow.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PanelEdit {
+    Added,
+    Duplicated(usize),
+    Deleted(usize),
+    Moved { from: usize, to: usize },
+}
+
+impl PanelEdit {
+    /// For each new panel index, the old index it came from (None for a new panel).
+    pub fn order(&self, old_len: usize) -> Vec<Option<usize>> {
+        let mut order: Vec<Option<usize>> = (0..old_len).map(Some).collect();
+        match *self {
+            PanelEdit::Added => order.push(None),
+            PanelEdit::Duplicated(i) => order.insert(i + 1, None),
+            PanelEdit::Deleted(i) => {
+                order.remove(i);
+            }
+            PanelEdit::Moved { from, to } => {
+                let moved = order.remove(from);
+                order.insert(to, moved);
+            }
+        }
+        order
+    }
+
+    pub fn apply(&self, panels: &mut Vec<Panel>) {
+        match *self {
+            PanelEdit::Added => {
+                let scene = panels.last().map_or(0, |p| p.scene);
+                panels.push(Panel {
+                    scene,
+                    action: "a new action".into(),
+                    caption: String::new(),
+                    seed: None,
+                });
+            }
+            PanelEdit::Duplicated(i) => {
+                let copy = panels[i].clone();
+                panels.insert(i + 1, copy);
+            }
+            PanelEdit::Deleted(i) => {
+                panels.remove(i);
+            }
+            PanelEdit::Moved { from, to } => {
+                let p = panels.remove(from);
+                panels.insert(to, p);
+            }
+        }
+    }
+}
+
+/// Token counts of prompts, cached by text.
+pub struct TokenCounter {
+    tokenizers: PromptTokenizers,
+    cache: HashMap<String, usize>,
+}
+
+impl TokenCounter {
+    pub fn new(tokenizers: PromptTokenizers) -> Self {
+        Self {
+            tokenizers,
+            cache: HashMap::new(),
+        }
+    }
+
+    pub fn count(&mut self, text: &str) -> usize {
+        if let Some(&n) = self.cache.get(text) {
+            return n;
+        }
+        if self.cache.len() > 4096 {
+            self.cache.clear();
+        }
+        let n = self.tokenizers.t5_count(text).unwrap_or(0);
+        self.cache.insert(text.to_string(), n);
+        n
+    }
+
+    /// The most prompt tokens T5 reads (its length minus `</s>`).
+    pub fn limit(&self) -> usize {
+        self.tokenizers.t5_len() - 1
+    }
+
+    /// "n / limit tokens", red when over the limit.
+    fn badge(&mut self, ui: &mut Ui, text: &str) {
+        let (n, limit) = (self.count(text), self.limit());
+        let label = RichText::new(format!("{n} / {limit} tokens")).small();
+        ui.label(if n > limit {
+            label.color(Color32::RED)
+        } else {
+            label.weak()
+        });
+    }
+}
+
+fn labelled_text(ui: &mut Ui, label: &str, text: &mut String, multiline: bool) {
+    let l = ui.label(label);
+    let edit = match multiline {
+        true => TextEdit::multiline(text).desired_rows(2),
+        false => TextEdit::singleline(text),
+    };
+    ui.add(edit.desired_width(f32::INFINITY)).labelled_by(l.id);
+}
+
+/// Draws the editor; returns the panel-list edit the user made this frame, if any.
+pub fn editor_ui(
+    ui: &mut Ui,
+    project: &mut Project,
+    tokens: &mut TokenCounter,
+) -> Option<PanelEdit> {
+    labelled_text(ui, "Title", &mut project.title, false);
+    ui.add_space(6.0);
+    labelled_text(ui, "Character", &mut project.character, true);
+    tokens.badge(ui, &project.character);
+    ui.separator();
+    ui.heading("Identity shot");
+    labelled_text(
+        ui,
+        "Identity environment",
+        &mut project.identity.environment,
+        true,
+    );
+    labelled_text(ui, "Identity action", &mut project.identity.action, false);
+    tokens.badge(ui, &project.identity_prompt());
+    ui.separator();
+    scenes_ui(ui, project, tokens);
+    ui.separator();
+    panels_ui(ui, project, tokens)
+}
+
+fn scenes_ui(ui: &mut Ui, project: &mut Project, tokens: &mut TokenCounter) {
+    ui.heading("Scenes");
+    let mut delete = None;
+    let n_scenes = project.scenes.len();
+    for (s, scene) in project.scenes.iter_mut().enumerate() {
+        ui.push_id(("scene", s), |ui| {
+            ui.horizontal(|ui| {
+                ui.strong(format!("Scene {}", s + 1));
+                let l = ui.label("name");
+                ui.add(TextEdit::singleline(&mut scene.name).desired_width(140.0)).labelled_by(l.id);
+            });
+            labelled_text(ui, &format!("Scene {} environment", s + 1), &mut scene.environment, true);
+            tokens.badge(ui, &scene.environment);
+            ui.horizontal(|ui| {
+                ui.checkbox(&mut scene.lock_background, format!("Lock background (scene {})", s + 1))
+                    .on_hover_text("Panels of this scene share one background: the identity's when the environment is the identity's, else the scene's first panel's.");
+                if n_scenes > 1 && ui.button(format!("Delete scene {}", s + 1)).clicked() {
+                    delete = Some(s);
+                }
+            });
+        });
+    }
+    if let Some(s) = delete {
+        project.scenes.remove(s);
+        // The deleted scene's panels move to the first remaining scene.
+        for p in &mut project.panels {
+            if p.scene == s {
+                p.scene = 0;
+            } else if p.scene > s {
+                p.scene -= 1;
+            }
+        }
+    }
+    if ui.button("Add scene").clicked() {
+        let environment = project.scenes.last().map_or_else(
+            || project.identity.environment.clone(),
+            |s| s.environment.clone(),
+        );
+        project.scenes.push(Scene {
+            name: String::new(),
+            environment,
+            lock_background: false,
+            width: None,
+            height: None,
+        });
+    }
+}
+
+fn panels_ui(ui: &mut Ui, project: &mut Project, tokens: &mut TokenCounter) -> Option<PanelEdit> {
+    ui.heading("Panels");
+    let mut edit = None;
+    let n = project.panels.len();
+    let scene_names: Vec<String> = project
+        .scenes
+        .iter()
+        .enumerate()
+        .map(|(s, sc)| {
+            if sc.name.is_empty() {
+                format!("Scene {}", s + 1)
+            } else {
+                format!("{}: {}", s + 1, sc.name)
+            }
+        })
+        .collect();
+    for i in 0..n {
+        let prompt = project.panel_prompt(i);
+        let panel = &mut project.panels[i];
+        ui.push_id(("panel", i), |ui| {
+            let frame = egui::Frame::group(ui.style());
+            let response = frame
+                .show(ui, |ui| {
+                    ui.horizontal(|ui| {
+                        ui.dnd_drag_source(egui::Id::unique(("drag panel", i)), i, |ui| {
+                            ui.label(RichText::new("::").monospace())
+                                .on_hover_text("Drag to reorder");
+                        });
+                        ui.strong(format!("Panel {}", i + 1));
+                        egui::ComboBox::from_label(format!("scene of panel {}", i + 1))
+                            .selected_text(
+                                scene_names.get(panel.scene).cloned().unwrap_or_default(),
+                            )
+                            .show_ui(ui, |ui| {
+                                for (s, name) in scene_names.iter().enumerate() {
+                                    ui.selectable_value(&mut panel.scene, s, name);
+                                }
+                            });
+                    });
+                    labelled_text(
+                        ui,
+                        &format!("Panel {} action", i + 1),
+                        &mut panel.action,
+                        true,
+                    );
+                    tokens.badge(ui, &prompt);
+                    labelled_text(
+                        ui,
+                        &format!("Panel {} caption", i + 1),
+                        &mut panel.caption,
+                        true,
+                    );
+                    ui.horizontal(|ui| {
+                        let mut own = panel.seed.is_some();
+                        if ui
+                            .checkbox(&mut own, format!("Own seed (panel {})", i + 1))
+                            .changed()
+                        {
+                            panel.seed = own.then_some(0);
+                        }
+                        if let Some(seed) = &mut panel.seed {
+                            ui.add(egui::DragValue::new(seed));
+                        }
+                    });
+                    ui.horizontal(|ui| {
+                        if ui
+                            .add_enabled(
+                                i > 0,
+                                egui::Button::new(format!("Move panel {} up", i + 1)),
+                            )
+                            .clicked()
+                        {
+                            edit = Some(PanelEdit::Moved { from: i, to: i - 1 });
+                        }
+                        if ui
+                            .add_enabled(
+                                i + 1 < n,
+                                egui::Button::new(format!("Move panel {} down", i + 1)),
+                            )
+                            .clicked()
+                        {
+                            edit = Some(PanelEdit::Moved { from: i, to: i + 1 });
+                        }
+                        if ui.button(format!("Duplicate panel {}", i + 1)).clicked() {
+                            edit = Some(PanelEdit::Duplicated(i));
+                        }
+                        if ui
+                            .add_enabled(
+                                n > 1,
+                                egui::Button::new(format!("Delete panel {}", i + 1)),
+                            )
+                            .clicked()
+                        {
+                            edit = Some(PanelEdit::Deleted(i));
+                        }
+                    });
+                })
+                .response;
+            if let Some(from) = response.dnd_release_payload::<usize>() {
+                if *from != i {
+                    edit = Some(PanelEdit::Moved { from: *from, to: i });
+                }
+            }
+        });
+    }
+    if ui.button("Add panel").clicked() {
+        edit = Some(PanelEdit::Added);
+    }
+    if let Some(e) = edit {
+        e.apply(&mut project.panels);
+    }
+    edit
+}

@@ -1,0 +1,135 @@
+//! First run and settings: where the FLUX.1 weights are, a tiny test model for trying every
+//! feature at once, and the render settings a user changes most.
+
+use egui::{RichText, Ui};
+use std::path::PathBuf;
+
+use super::app::ModelStatus;
+use crate::app_settings::{size_presets, AppSettings};
+use crate::project::model::Project;
+
+pub enum SetupAction {
+    PickFolder,
+    Load(PathBuf),
+    CreateTiny,
+}
+
+/// Where the app writes its tiny test model.
+pub fn tiny_model_dir() -> PathBuf {
+    crate::app_settings::config_path()
+        .and_then(|p| p.parent().map(|d| d.join("tiny-model")))
+        .unwrap_or_else(|| std::env::temp_dir().join("charaboard-tiny-model"))
+}
+
+pub fn setup_ui(ui: &mut Ui, model: &ModelStatus) -> Option<SetupAction> {
+    let mut action = None;
+    ui.heading("Model setup");
+    match model {
+        ModelStatus::Loading(dir) => {
+            ui.horizontal(|ui| {
+                ui.spinner();
+                ui.label(format!("loading {} ...", dir.display()));
+            });
+            return None;
+        }
+        ModelStatus::Failed(message) => {
+            ui.label(
+                RichText::new(format!("The model could not be loaded: {message}"))
+                    .color(egui::Color32::RED),
+            );
+        }
+        _ => {}
+    }
+    ui.label(
+        "charaboard draws with FLUX.1-dev (best, 50 steps) or FLUX.1-schnell (fast, 4 steps) in the Hugging Face \
+         repository layout. Get one with `hf download black-forest-labs/FLUX.1-dev` (after accepting its licence on \
+         huggingface.co) or `hf download black-forest-labs/FLUX.1-schnell`, then pick the folder.",
+    );
+    let caches = crate::models::discovery::cache_dirs();
+    ui.label(match caches.is_empty() {
+        true => {
+            "No Hugging Face cache was found (HF_HUB_CACHE, HF_HOME/hub, ~/.cache/huggingface/hub)."
+                .to_string()
+        }
+        false => format!(
+            "Searched: {}",
+            caches
+                .iter()
+                .map(|c| c.display().to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    });
+    for repo in crate::models::discovery::find_all() {
+        if ui.button(format!("Use {}", repo.id)).clicked() {
+            action = Some(SetupAction::Load(repo.snapshot));
+        }
+    }
+    ui.horizontal(|ui| {
+        if ui.button("Choose model folder...").clicked() {
+            action = Some(SetupAction::PickFolder);
+        }
+        if ui
+            .button("Create tiny test model")
+            .on_hover_text("Random weights: abstract images, but every feature works at once.")
+            .clicked()
+        {
+            action = Some(SetupAction::CreateTiny);
+        }
+    });
+    action
+}
+
+/// Size, steps, guidance, seed and the recipe's main switches of the open project; the app
+/// remembers them as the defaults of new projects.
+pub fn render_settings_ui(ui: &mut Ui, project: &mut Project, settings: &mut AppSettings) {
+    ui.collapsing("Render settings", |ui| {
+        let s = &mut project.settings;
+        let current = format!("{} x {}", s.width, s.height);
+        egui::ComboBox::from_label("Size")
+            .selected_text(current)
+            .show_ui(ui, |ui| {
+                for preset in size_presets() {
+                    let label = format!("{} ({} x {})", preset.label, preset.width, preset.height);
+                    if ui
+                        .selectable_label(
+                            s.width == preset.width && s.height == preset.height,
+                            label,
+                        )
+                        .clicked()
+                    {
+                        s.width = preset.width;
+                        s.height = preset.height;
+                    }
+                }
+            });
+        ui.horizontal(|ui| {
+            let mut own_steps = s.steps.is_some();
+            if ui.checkbox(&mut own_steps, "Steps").changed() {
+                s.steps = own_steps.then_some(28);
+            }
+            match &mut s.steps {
+                Some(steps) => {
+                    ui.add(egui::DragValue::new(steps).range(1..=100));
+                }
+                None => {
+                    ui.label("model default (50 dev, 4 schnell)");
+                }
+            }
+        });
+        ui.add(egui::Slider::new(&mut s.guidance, 0.0..=10.0).text("Guidance"));
+        ui.horizontal(|ui| {
+            ui.label("Seed");
+            ui.add(egui::DragValue::new(&mut s.seed));
+        });
+        ui.checkbox(&mut s.recipe.token_merge, "Token merging");
+        ui.add(
+            egui::Slider::new(&mut s.recipe.similarity_threshold, 0.0..=1.0)
+                .text("Similarity threshold"),
+        );
+        ui.horizontal(|ui| {
+            ui.label("Sheet columns");
+            ui.add(egui::DragValue::new(&mut settings.sheet_columns).range(1..=8));
+        });
+    });
+}

@@ -1,0 +1,258 @@
+//! The storyboard app through egui_kittest: widgets are found by their labels, as a user finds them.
+
+use charaboard::app_settings::AppSettings;
+use charaboard::consist::session::Target;
+use charaboard::ui::app::{CharaboardApp, ModelStatus, StartOptions};
+use charaboard::ui::cells::CellState;
+use charaboard::ui::dialogs::Dialogs;
+use egui_kittest::kittest::Queryable;
+use egui_kittest::Harness;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+const PROJECT: &str = r#"(
+    title: "UI test",
+    character: "a courier girl with short black hair and a green jacket,",
+    identity: (environment: "in an empty background,", action: "standing, front view"),
+    scenes: [
+        (environment: "in an empty background,", lock_background: true),
+        (environment: "on a rainy street at night,"),
+    ],
+    panels: [
+        (scene: 0, action: "waving", caption: "Hello there"),
+        (scene: 1, action: "running with a parcel"),
+    ],
+    settings: (width: 128, height: 128, steps: Some(4)),
+)"#;
+
+fn project_file(dir: &Path) -> PathBuf {
+    let path = dir.join("story.ron");
+    std::fs::write(&path, PROJECT).unwrap();
+    path
+}
+
+fn app(
+    project: Option<PathBuf>,
+    model: Option<PathBuf>,
+    answers: Vec<Option<PathBuf>>,
+) -> CharaboardApp {
+    CharaboardApp::new(
+        None,
+        StartOptions {
+            project,
+            model,
+            render_on_start: false,
+            dialogs: Dialogs::scripted(answers),
+            settings: AppSettings::default(),
+            persist: false,
+        },
+    )
+}
+
+fn harness(app: CharaboardApp) -> Harness<'static, CharaboardApp> {
+    Harness::builder()
+        .with_size((1600.0, 2400.0))
+        .build_ui_state(|ui, app: &mut CharaboardApp| app.show(ui), app)
+}
+
+/// Steps the UI until `done` holds, as the worker works in the background.
+fn wait_until(h: &mut Harness<CharaboardApp>, what: &str, done: impl Fn(&CharaboardApp) -> bool) {
+    let start = Instant::now();
+    while !done(h.state()) {
+        assert!(
+            start.elapsed() < Duration::from_secs(180),
+            "timed out waiting for {what}; status {:?}",
+            h.state().status
+        );
+        std::thread::sleep(Duration::from_millis(20));
+        h.step();
+    }
+    h.step();
+}
+
+#[test]
+fn editing_reordering_locking_and_undo() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut h = harness(app(Some(project_file(dir.path())), None, vec![]));
+    h.run_steps(2);
+
+    let character = h.get_by_label("Character");
+    character.focus();
+    character.type_text(" with a scar");
+    h.run_steps(2);
+    assert!(h.state().doc.project.character.ends_with("with a scar"));
+
+    h.get_by_label("Add panel").click();
+    h.run_steps(2);
+    assert_eq!(h.state().doc.project.panels.len(), 3);
+    h.get_by_label("Panel 3 action").focus();
+    h.get_by_label("Panel 3 action").type_text(" again");
+    h.run_steps(2);
+    h.get_by_label("Move panel 3 up").click();
+    h.run_steps(2);
+    let actions: Vec<String> = h
+        .state()
+        .doc
+        .project
+        .panels
+        .iter()
+        .map(|p| p.action.clone())
+        .collect();
+    assert_eq!(
+        actions,
+        vec!["waving", "a new action again", "running with a parcel"]
+    );
+
+    h.get_by_label("Lock background (scene 2)").click();
+    h.run_steps(2);
+    assert!(h.state().doc.project.scenes[1].lock_background);
+    assert!(h.state().doc.is_dirty());
+
+    // Undo takes back the lock, then the move; redo brings the lock back.
+    h.key_press_modifiers(egui::Modifiers::COMMAND, egui::Key::Z);
+    h.run_steps(2);
+    assert!(!h.state().doc.project.scenes[1].lock_background);
+    h.key_press_modifiers(egui::Modifiers::COMMAND, egui::Key::Z);
+    h.run_steps(2);
+    assert_eq!(h.state().doc.project.panels[2].action, "a new action again");
+    h.key_press_modifiers(
+        egui::Modifiers::COMMAND | egui::Modifiers::SHIFT,
+        egui::Key::Z,
+    );
+    h.run_steps(2);
+    assert_eq!(h.state().doc.project.panels[1].action, "a new action again");
+
+    // Token counts are live.
+    assert!(
+        h.query_all_by_label_contains("/ 511 tokens").count() >= 5,
+        "a count beside every prompt"
+    );
+}
+
+#[test]
+fn a_broken_project_file_names_its_line_and_opens_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let good = project_file(dir.path());
+    let broken = dir.path().join("broken.ron");
+    std::fs::write(
+        &broken,
+        PROJECT.replace(
+            "(scene: 0, action: \"waving\"",
+            "(scene: 0 action: \"waving\"",
+        ),
+    )
+    .unwrap();
+    let mut h = harness(app(Some(good), None, vec![Some(broken)]));
+    h.run_steps(2);
+    h.get_by_label("File").click();
+    h.run_steps(2);
+    h.get_by_label("Open project...").click();
+    h.run_steps(3);
+    let (message, is_error) = h.state().status.clone().unwrap();
+    assert!(is_error && message.contains("broken.ron:10:"), "{message}");
+    assert_eq!(h.state().doc.project.title, "UI test");
+}
+
+#[test]
+fn a_refused_save_keeps_the_old_file_and_says_so() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = project_file(dir.path());
+    let blocker = dir.path().join("a-file");
+    std::fs::write(&blocker, "x").unwrap();
+    let mut h = harness(app(
+        Some(path.clone()),
+        None,
+        vec![Some(blocker.join("story.ron"))],
+    ));
+    h.run_steps(2);
+    h.get_by_label("Title").focus();
+    h.get_by_label("Title").type_text("!");
+    h.run_steps(2);
+    h.get_by_label("File").click();
+    h.run_steps(2);
+    h.get_by_label("Save as...").click();
+    h.run_steps(3);
+    let (message, is_error) = h.state().status.clone().unwrap();
+    assert!(
+        is_error && message.contains("previous file is untouched"),
+        "{message}"
+    );
+    assert_eq!(std::fs::read_to_string(&path).unwrap(), PROJECT);
+    assert!(
+        h.state().doc.is_dirty(),
+        "unsaved changes are still unsaved"
+    );
+}
+
+#[test]
+fn render_on_a_tiny_model_then_overlays_and_export() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = dir.path().join("model");
+    charaboard::models::tiny::write_repo(&model, 0, false).unwrap();
+    let export_dir = dir.path().join("export");
+    let mut h = harness(app(
+        Some(project_file(dir.path())),
+        Some(model),
+        vec![Some(export_dir.clone())],
+    ));
+    wait_until(&mut h, "the model", |a| {
+        matches!(a.model, ModelStatus::Loaded { .. }) && !a.busy
+    });
+
+    h.get_by_label("Render all").click();
+    h.step();
+    wait_until(&mut h, "every cell", |a| !a.busy);
+    for label in ["Identity: done", "Panel 1: done", "Panel 2: done"] {
+        assert!(
+            h.query_by_label(label).is_some(),
+            "{label}; status {:?}",
+            h.state().status
+        );
+    }
+    assert!(matches!(
+        h.state().cells.get(Target::Panel(1)).unwrap().state,
+        CellState::Done
+    ));
+    // Images are saved beside the project, with what the overlays need.
+    let images = dir.path().join("story.images");
+    for f in [
+        "identity.png",
+        "panel-01.png",
+        "panel-02.safetensors",
+        "panel-02.prompt.txt",
+    ] {
+        assert!(images.join(f).is_file(), "{f}");
+    }
+
+    // Select panel 2 and toggle the overlays.
+    h.state_mut().selected = Some(Target::Panel(1));
+    h.run_steps(2);
+    h.get_by_label("Show point matches").click();
+    h.get_by_label("Show identity mask").click();
+    h.run_steps(2);
+    let overlays = h.state().overlays;
+    assert!(overlays.matches && overlays.identity_mask && overlays.mask);
+    assert!(h.query_by_label_contains("matches (showing").is_some());
+    h.get_by_label("Show foreground mask").click();
+    h.run_steps(2);
+    assert!(!h.state().overlays.mask);
+
+    // Editing a prompt makes its cell stale.
+    h.get_by_label("Panel 1 action").focus();
+    h.get_by_label("Panel 1 action").type_text(" happily");
+    h.run_steps(2);
+    assert!(h.query_by_label("Panel 1: stale").is_some());
+
+    // Export through the File menu (the folder dialog answers `export_dir`).
+    h.get_by_label("File").click();
+    h.run_steps(2);
+    h.get_by_label("Export...").click();
+    wait_until(&mut h, "the export", |a| {
+        a.status
+            .as_ref()
+            .is_some_and(|(m, _)| m.starts_with("exported"))
+    });
+    for f in ["sheet.png", "storyboard.pdf", "01.png", "02.png"] {
+        assert!(export_dir.join(f).is_file(), "{f}");
+    }
+}
