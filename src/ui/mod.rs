@@ -19,7 +19,7 @@ pub fn run(
 ) -> anyhow::Result<()> {
     let options = eframe::NativeOptions {
         viewport: egui::ViewportBuilder::default()
-            .with_inner_size([1400.0, 900.0])
+            .with_inner_size([1280.0, 800.0])
             .with_title("charaboard"),
         ..Default::default()
     };
