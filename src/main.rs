@@ -38,7 +38,7 @@ struct Cli {
 enum Command {
     /// Generate one image with plain FLUX.1.
     Generate {
-        /// A FLUX.1 folder in the Hugging Face repository layout.
+        /// A FLUX.1 repository folder, a folder of single files, or a .ron model file.
         #[arg(long)]
         model: PathBuf,
         #[arg(long)]
@@ -70,7 +70,7 @@ enum Command {
     /// Render a storyboard project: the identity, every panel, overlays and a contact sheet.
     Render {
         project: PathBuf,
-        /// A FLUX.1 folder [default: the project's settings.model].
+        /// A FLUX.1 repository folder, folder of single files or .ron model file [default: the project's settings.model].
         #[arg(long)]
         model: Option<PathBuf>,
         /// Output folder [default: the images folder beside the project file].
@@ -118,10 +118,26 @@ enum Command {
         /// Without the guidance embedder, like FLUX.1-schnell.
         #[arg(long)]
         schnell: bool,
+        /// repo: the Hugging Face layout; single-file: ComfyUI-style files and a model.ron.
+        #[arg(long, value_enum, default_value_t = TinyLayout::Repo)]
+        layout: TinyLayout,
+    },
+    /// List the FLUX.1 models in the Hugging Face caches and in the given folders, with each
+    /// component's format, storage dtype and size.
+    Models {
+        /// Also look in this folder (and up to 3 levels below); repeatable.
+        #[arg(long = "in")]
+        dirs: Vec<PathBuf>,
     },
     /// Benchmarks that report ratios measured in one run.
     #[command(subcommand)]
     Bench(Bench),
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum TinyLayout {
+    Repo,
+    SingleFile,
 }
 
 #[derive(Subcommand)]
@@ -388,8 +404,21 @@ fn run(cli: Cli) -> Result<()> {
             }
             Ok(())
         }
-        Command::TinyModel { out, seed, schnell } => {
-            charaboard::models::tiny::write_repo(&out, seed, schnell)?;
+        Command::TinyModel {
+            out,
+            seed,
+            schnell,
+            layout,
+        } => {
+            match layout {
+                TinyLayout::Repo => charaboard::models::tiny::write_repo(&out, seed, schnell)?,
+                TinyLayout::SingleFile => charaboard::models::tiny_files::write_single_files(
+                    &out,
+                    seed,
+                    schnell,
+                    charaboard::models::tiny_files::FileDtypes::DOWNLOADS,
+                )?,
+            }
             eprintln!(
                 "wrote a tiny {} model with random weights to {}",
                 if schnell {
@@ -401,8 +430,50 @@ fn run(cli: Cli) -> Result<()> {
             );
             Ok(())
         }
+        Command::Models { dirs } => list_models(&dirs),
         Command::Bench(bench) => run_bench(bench),
     }
+}
+
+fn list_models(dirs: &[PathBuf]) -> Result<()> {
+    use charaboard::models::{discovery, inventory};
+    let caches = discovery::cache_dirs();
+    println!(
+        "Hugging Face caches: {}",
+        match caches.is_empty() {
+            true => "none".to_string(),
+            false => caches
+                .iter()
+                .map(|c| c.display().to_string())
+                .collect::<Vec<_>>()
+                .join(", "),
+        }
+    );
+    let mut found = inventory::in_caches()?;
+    for dir in dirs {
+        found.extend(inventory::in_dir(dir)?);
+    }
+    if found.is_empty() {
+        println!("no FLUX.1 models found");
+    }
+    for model in &found {
+        let status = match model.complete {
+            true => "",
+            false => "  (incomplete: not every component is here)",
+        };
+        println!("{}  {}{status}", model.name, model.path.display());
+        for c in &model.components {
+            println!(
+                "  {:<12} {:<25} {:<10} {:>14} bytes  {}",
+                c.role.name(),
+                c.format,
+                c.dtype,
+                c.bytes,
+                c.path.display()
+            );
+        }
+    }
+    Ok(())
 }
 
 fn gb(bytes: usize) -> f64 {

@@ -6,8 +6,11 @@ use image::RgbImage;
 use std::path::{Path, PathBuf};
 
 use crate::flux::{AttentionHook, Flux};
+use crate::models::formats::{classify_store, FileKind};
+use crate::models::infer::{self, Shapes};
 use crate::models::layout::RepoLayout;
-use crate::models::names::{transformer_source, TransformerDims};
+use crate::models::names::{transformer_source, Source, TransformerDims};
+use crate::models::source::ModelSource;
 use crate::models::store::{RemappedBackend, TensorStore};
 use crate::sampler::{self, Denoised, RunInputs, SchedulerConfig, StepControl, StepReport};
 use crate::text::{PromptEmbedding, PromptTokenizers, TextEncoders, T5_LEN_DEV, T5_LEN_SCHNELL};
@@ -15,7 +18,7 @@ use crate::vae::Vae;
 
 /// Every component of a FLUX.1 checkpoint, loaded.
 pub struct FluxModels {
-    pub layout: RepoLayout,
+    pub source: ModelSource,
     pub transformer: Flux,
     pub text: TextEncoders,
     pub tokenizers: PromptTokenizers,
@@ -43,26 +46,82 @@ pub fn load_transformer(layout: &RepoLayout, dtype: DType, dev: &Device) -> Resu
     })
 }
 
+/// Loads a single-file transformer, BFL-named (with or without ComfyUI's prefix) or
+/// diffusers-named, with its config inferred from the tensor shapes.
+pub fn load_transformer_file(path: &Path, dtype: DType, dev: &Device) -> Result<Flux> {
+    let store = TensorStore::open(&[path.to_path_buf()])?;
+    let kind = classify_store(path, &store)?;
+    let cfg = infer::flux_config(&Shapes::new(path, &store, &kind))?;
+    let vb = match kind {
+        FileKind::FluxBfl { prefix } => {
+            RemappedBackend::new(store, move |n| Source::Same(format!("{prefix}{n}")))
+        }
+        FileKind::FluxDiffusers => {
+            let dims = infer::diffusers_transformer_dims(path, &store)?;
+            RemappedBackend::new(store, move |n| transformer_source(n, dims))
+        }
+        other => bail!(
+            "{} is a {} checkpoint, not a FLUX transformer",
+            path.display(),
+            other.role().name()
+        ),
+    }
+    .into_var_builder(dtype, dev);
+    Flux::new(&cfg, vb).with_context(|| format!("loading the transformer from {}", path.display()))
+}
+
+/// T5's padding length: 512 for dev (the guidance embedder's presence), 256 for schnell.
+fn t5_len_for(transformer: &Flux) -> usize {
+    match transformer.config().guidance_embed {
+        true => T5_LEN_DEV,
+        false => T5_LEN_SCHNELL,
+    }
+}
+
 impl FluxModels {
-    pub fn load(dir: &Path, dtype: DType, device: &Device) -> Result<Self> {
-        let layout = RepoLayout::open(dir)?;
-        let transformer = load_transformer(&layout, dtype, device)?;
-        let t5_len = match transformer.config().guidance_embed {
-            true => T5_LEN_DEV,
-            false => T5_LEN_SCHNELL,
-        };
+    /// Loads whatever [`ModelSource::detect`] finds at `path`: a repository folder, a folder of
+    /// single files or a `.ron` model file.
+    pub fn load(path: &Path, dtype: DType, device: &Device) -> Result<Self> {
+        Self::load_source(&ModelSource::detect(path)?, dtype, device)
+    }
+
+    pub fn load_source(source: &ModelSource, dtype: DType, device: &Device) -> Result<Self> {
         // T5 overflows in f16; it runs in bf16 then.
         let text_dtype = if dtype == DType::F16 {
             DType::BF16
         } else {
             dtype
         };
-        let text = TextEncoders::load(&layout, text_dtype, device)?;
-        let tokenizers = PromptTokenizers::from_repo(&layout, t5_len)?;
-        let vae = Vae::load(&layout, dtype, device)?;
-        let scheduler = SchedulerConfig::from_json(&layout.scheduler_config)?;
+        let (transformer, text, tokenizers, vae, scheduler) = match source {
+            ModelSource::Repo(layout) => {
+                let transformer = load_transformer(layout, dtype, device)?;
+                let t5_len = t5_len_for(&transformer);
+                (
+                    transformer,
+                    TextEncoders::load(layout, text_dtype, device)?,
+                    PromptTokenizers::from_repo(layout, t5_len)?,
+                    Vae::load(layout, dtype, device)?,
+                    SchedulerConfig::from_json(&layout.scheduler_config)?,
+                )
+            }
+            ModelSource::Files(files) => {
+                let transformer = load_transformer_file(&files.transformer, dtype, device)?;
+                let t5_len = t5_len_for(&transformer);
+                let scheduler = match transformer.config().guidance_embed {
+                    true => SchedulerConfig::dev(),
+                    false => SchedulerConfig::schnell(),
+                };
+                (
+                    transformer,
+                    TextEncoders::load_files(&files.t5, &files.clip, text_dtype, device)?,
+                    PromptTokenizers::shipped(t5_len)?,
+                    Vae::load_file(&files.vae, dtype, device)?,
+                    scheduler,
+                )
+            }
+        };
         let models = Self {
-            layout,
+            source: source.clone(),
             transformer,
             text,
             tokenizers,

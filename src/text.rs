@@ -11,8 +11,10 @@ use candle_transformers::models::t5::{self, T5EncoderModel};
 use std::path::Path;
 use tokenizers::Tokenizer;
 
+use crate::models::formats::{classify_store, FileKind};
+use crate::models::infer::{self, Shapes};
 use crate::models::layout::RepoLayout;
-use crate::models::store::TensorStore;
+use crate::models::store::{plain_var_builder, TensorStore};
 
 /// The shipped tokenizers (assets/tokenizers, see its README): token counts work without a model.
 pub(crate) const T5_TOKENIZER_JSON: &[u8] =
@@ -199,6 +201,12 @@ fn read_json<T: serde::de::DeserializeOwned>(path: &Path, what: &str) -> Result<
         .with_context(|| format!("{} is not a {what} config", path.display()))
 }
 
+/// One encoder's tensors and the file or folder they came from (for errors).
+struct Part<'a> {
+    store: TensorStore,
+    from: &'a Path,
+}
+
 /// The two text encoders of FLUX.1.
 pub struct TextEncoders {
     t5: T5EncoderModel,
@@ -231,33 +239,79 @@ impl TextEncoders {
     pub fn load(layout: &RepoLayout, dtype: DType, dev: &Device) -> Result<Self> {
         let clip_json: ClipJsonConfig = read_json(&layout.text_encoder.config, "CLIP text")?;
         let clip_cfg = clip_json.to_candle(&layout.text_encoder.config)?;
-        let clip_vb = crate::models::store::plain_var_builder(
-            TensorStore::open(&layout.text_encoder.weights)?,
-            dtype,
-            dev,
-        );
-        let clip =
-            ClipTextTransformer::new(clip_vb.pp("text_model"), &clip_cfg).with_context(|| {
-                format!(
-                    "loading the CLIP text encoder from {}",
-                    layout.text_encoder.dir.display()
-                )
-            })?;
         let t5_cfg: t5::Config = read_json(&layout.text_encoder_2.config, "T5")?;
-        let t5_vb = crate::models::store::plain_var_builder(
-            TensorStore::open(&layout.text_encoder_2.weights)?,
+        Self::build(
+            Part {
+                store: TensorStore::open(&layout.text_encoder_2.weights)?,
+                from: &layout.text_encoder_2.dir,
+            },
+            &t5_cfg,
+            Part {
+                store: TensorStore::open(&layout.text_encoder.weights)?,
+                from: &layout.text_encoder.dir,
+            },
+            &clip_cfg,
             dtype,
             dev,
-        );
-        let t5 = T5EncoderModel::load(t5_vb, &t5_cfg).with_context(|| {
-            format!(
-                "loading the T5 encoder from {}",
-                layout.text_encoder_2.dir.display()
-            )
-        })?;
+        )
+    }
+
+    /// Loads single-file encoders (Hugging Face names, as ComfyUI's `t5xxl_fp16.safetensors` and
+    /// `clip_l.safetensors`), their configs inferred from the tensor shapes.
+    pub fn load_files(t5: &Path, clip: &Path, dtype: DType, dev: &Device) -> Result<Self> {
+        let open = |path: &Path, want: FileKind| -> Result<TensorStore> {
+            let store = TensorStore::open(&[path.to_path_buf()])?;
+            let kind = classify_store(path, &store)?;
+            if kind != want {
+                bail!(
+                    "{} is a {} checkpoint, not the {} encoder",
+                    path.display(),
+                    kind.role().name(),
+                    want.role().name()
+                );
+            }
+            Ok(store)
+        };
+        let t5_store = open(t5, FileKind::T5Encoder)?;
+        let t5_cfg = infer::t5_config(&Shapes::new(t5, &t5_store, &FileKind::T5Encoder))?;
+        let clip_store = open(clip, FileKind::ClipText)?;
+        let clip_cfg = infer::clip_config(&Shapes::new(clip, &clip_store, &FileKind::ClipText))?
+            .to_candle(clip)?;
+        Self::build(
+            Part {
+                store: t5_store,
+                from: t5,
+            },
+            &t5_cfg,
+            Part {
+                store: clip_store,
+                from: clip,
+            },
+            &clip_cfg,
+            dtype,
+            dev,
+        )
+    }
+
+    fn build(
+        t5: Part,
+        t5_cfg: &t5::Config,
+        clip: Part,
+        clip_cfg: &ClipTextConfig,
+        dtype: DType,
+        dev: &Device,
+    ) -> Result<Self> {
+        let clip_vb = plain_var_builder(clip.store, dtype, dev);
+        let clip_model = ClipTextTransformer::new(clip_vb.pp("text_model"), clip_cfg)
+            .with_context(|| {
+                format!("loading the CLIP text encoder from {}", clip.from.display())
+            })?;
+        let t5_vb = plain_var_builder(t5.store, dtype, dev);
+        let t5_model = T5EncoderModel::load(t5_vb, t5_cfg)
+            .with_context(|| format!("loading the T5 encoder from {}", t5.from.display()))?;
         Ok(Self {
-            t5,
-            clip,
+            t5: t5_model,
+            clip: clip_model,
             dtype,
             device: dev.clone(),
         })

@@ -1,4 +1,5 @@
-//! Latents to pixels with candle's FLUX `AutoEncoder`, loaded from a diffusers `vae/` folder.
+//! Latents to pixels with candle's FLUX `AutoEncoder`, loaded from a diffusers `vae/` folder or
+//! BFL's single-file `ae.safetensors`.
 
 use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device, Tensor};
@@ -7,9 +8,11 @@ use image::RgbImage;
 use serde::Deserialize;
 use std::path::Path;
 
+use crate::models::formats::{classify_store, FileKind};
+use crate::models::infer::{self, Shapes};
 use crate::models::layout::RepoLayout;
 use crate::models::names::vae_source;
-use crate::models::store::{RemappedBackend, TensorStore};
+use crate::models::store::{plain_var_builder, RemappedBackend, TensorStore};
 
 /// The fields of a diffusers `AutoencoderKL` config.json that FLUX's VAE uses.
 #[derive(Debug, Deserialize)]
@@ -105,6 +108,23 @@ impl Vae {
             .into_var_builder(dtype, dev);
         let ae = AutoEncoder::new(&cfg, vb)
             .with_context(|| format!("loading the VAE from {}", layout.vae.dir.display()))?;
+        Ok(Self { ae })
+    }
+
+    /// Loads BFL's single-file `ae.safetensors`, its config inferred from the tensor shapes.
+    pub fn load_file(path: &Path, dtype: DType, dev: &Device) -> Result<Self> {
+        let store = TensorStore::open(&[path.to_path_buf()])?;
+        let kind = classify_store(path, &store)?;
+        if kind != FileKind::VaeBfl {
+            bail!(
+                "{} is a {} checkpoint, not FLUX's VAE (ae.safetensors)",
+                path.display(),
+                kind.role().name()
+            );
+        }
+        let cfg = infer::vae_config(&Shapes::new(path, &store, &kind))?;
+        let ae = AutoEncoder::new(&cfg, plain_var_builder(store, dtype, dev))
+            .with_context(|| format!("loading the VAE from {}", path.display()))?;
         Ok(Self { ae })
     }
 

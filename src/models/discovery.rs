@@ -77,14 +77,14 @@ pub fn find_all() -> Vec<CachedRepo> {
         .collect()
 }
 
-/// The model folder that `spec` names: an existing folder as is, otherwise a repository id
-/// (`org/name`) looked up in the caches.
+/// The model that `spec` names: an existing folder or `.ron` model file as is, otherwise a
+/// repository id (`org/name`) looked up in the caches.
 ///
 /// The error says where it looked and how to fill the cache, since a missing model is the
 /// first thing a new user meets.
 pub fn resolve(spec: &str) -> Result<PathBuf> {
     let path = Path::new(spec);
-    if path.is_dir() {
+    if path.exists() {
         return Ok(path.to_path_buf());
     }
     if !looks_like_repo_id(spec) {

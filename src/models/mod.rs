@@ -1,10 +1,16 @@
 //! Finding checkpoints on disk and loading their tensors under the names our models ask for.
 
 pub mod discovery;
+pub mod formats;
+pub mod infer;
+pub mod inventory;
 pub mod layout;
 pub mod names;
+pub mod source;
 pub mod store;
 pub mod tiny;
+pub mod tiny_files;
 
 pub use layout::RepoLayout;
+pub use source::{ComponentFiles, ModelSource};
 pub use store::{RemappedBackend, TensorStore};

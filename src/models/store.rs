@@ -61,6 +61,22 @@ impl TensorStore {
         names.join(", ")
     }
 
+    /// The storage dtypes of the tensors (`BF16`, `F8_E4M3`, ...) with how many values each
+    /// holds, the most common first: the first is the checkpoint's dtype, the rest are the
+    /// few tensors kept wider (norms, biases) in mixed files.
+    pub fn stored_dtypes(&self) -> Vec<(String, usize)> {
+        let mut counts: HashMap<String, usize> = HashMap::new();
+        for (_, st) in &self.files {
+            for (_, view) in st.tensors() {
+                let values: usize = view.shape().iter().product();
+                *counts.entry(format!("{:?}", view.dtype())).or_default() += values;
+            }
+        }
+        let mut counts: Vec<(String, usize)> = counts.into_iter().collect();
+        counts.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+        counts
+    }
+
     pub fn shape(&self, name: &str) -> Result<Shape> {
         let &i = self.index.get(name).with_context(|| {
             format!("tensor `{name}` is missing from {}", self.describe_files())
@@ -69,7 +85,8 @@ impl TensorStore {
         Ok(Shape::from(view.shape()))
     }
 
-    /// Loads `name` and converts it to `dtype` on `dev`.
+    /// Loads `name` and converts it to `dtype` on `dev`: bf16, f16, f32 and fp8 (e4m3fn)
+    /// checkpoints all load into the run's dtype, so a file's storage dtype never matters.
     pub fn load(&self, name: &str, dtype: DType, dev: &Device) -> Result<Tensor> {
         let &i = self.index.get(name).with_context(|| {
             format!("tensor `{name}` is missing from {}", self.describe_files())

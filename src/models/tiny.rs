@@ -76,6 +76,8 @@ pub fn vae_config() -> AeConfig {
 }
 
 /// Each component's weights are drawn from the repository seed plus its own offset.
+pub const CLIP_SEED_OFFSET: u64 = 1;
+pub const T5_SEED_OFFSET: u64 = 2;
 pub const VAE_SEED_OFFSET: u64 = 3;
 
 /// FNV-1a, so that every tensor's values depend on the seed and its name only.
@@ -130,6 +132,29 @@ pub fn transformer_weights(cfg: &FluxConfig, seed: u64) -> Result<BTreeMap<Strin
 /// Seeded random weights of a VAE under BFL names.
 pub fn vae_weights(cfg: &AeConfig, seed: u64) -> Result<BTreeMap<String, Tensor>> {
     weights_of(seed, |vb| AutoEncoder::new(cfg, vb).map(|_| ()))
+}
+
+/// Seeded random weights of the tiny CLIP text model under Hugging Face names.
+pub fn clip_weights(seed: u64) -> Result<BTreeMap<String, Tensor>> {
+    let cfg = clip_config().to_candle(Path::new("tiny CLIP"))?;
+    weights_of(seed, |vb| {
+        ClipTextTransformer::new(vb.pp("text_model"), &cfg).map(|_| ())
+    })
+}
+
+/// Seeded random weights of the tiny T5 encoder under Hugging Face names.
+pub fn t5_weights(seed: u64) -> Result<BTreeMap<String, Tensor>> {
+    let cfg: t5::Config = serde_json::from_value(t5_config_json())?;
+    weights_of(seed, |vb| {
+        // The shared embedding is created first so that the encoder is built over `shared.weight`,
+        // the name Hugging Face checkpoints use.
+        vb.get_with_hints(
+            (cfg.vocab_size, cfg.d_model),
+            "shared.weight",
+            candle_nn::Init::Const(0.),
+        )?;
+        T5EncoderModel::load(vb, &cfg).map(|_| ())
+    })
 }
 
 /// Rewrites BFL-named tensors under the diffusers names that `rule` maps them from.
@@ -270,10 +295,7 @@ pub fn write_repo_with(out: &Path, seed: u64, cfg: &FluxConfig) -> Result<()> {
     )?;
 
     let clip = clip_config();
-    let clip_cfg = clip.to_candle(Path::new("tiny CLIP"))?;
-    let clip_weights = weights_of(seed + 1, |vb| {
-        ClipTextTransformer::new(vb.pp("text_model"), &clip_cfg).map(|_| ())
-    })?;
+    let clip_weights = clip_weights(seed + CLIP_SEED_OFFSET)?;
     let mut clip_json = serde_json::to_value(&clip)?;
     clip_json["architectures"] = serde_json::json!(["CLIPTextModel"]);
     clip_json["model_type"] = "clip_text_model".into();
@@ -281,17 +303,7 @@ pub fn write_repo_with(out: &Path, seed: u64, cfg: &FluxConfig) -> Result<()> {
     write_weights(&out.join("text_encoder"), "model", &clip_weights, 1)?;
 
     let t5_json = t5_config_json();
-    let t5_cfg: t5::Config = serde_json::from_value(t5_json.clone())?;
-    let t5_weights = weights_of(seed + 2, |vb| {
-        // The shared embedding is created first so that the encoder is built over `shared.weight`,
-        // the name Hugging Face checkpoints use.
-        vb.get_with_hints(
-            (t5_cfg.vocab_size, t5_cfg.d_model),
-            "shared.weight",
-            candle_nn::Init::Const(0.),
-        )?;
-        T5EncoderModel::load(vb, &t5_cfg).map(|_| ())
-    })?;
+    let t5_weights = t5_weights(seed + T5_SEED_OFFSET)?;
     write_json(&out.join("text_encoder_2/config.json"), &t5_json)?;
     write_weights(&out.join("text_encoder_2"), "model", &t5_weights, 2)?;
 

@@ -620,4 +620,8 @@ impl eframe::App for CharaboardApp {
         self.show(ui);
         self.confirm_close(ui);
     }
+
+    fn on_exit(&mut self, _gl: Option<&eframe::glow::Context>) {
+        self.save_settings();
+    }
 }
