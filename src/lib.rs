@@ -9,6 +9,7 @@ pub mod flux;
 pub mod models;
 pub mod pipeline;
 pub mod project;
+pub mod prompts;
 pub mod sampler;
 pub mod text;
 pub mod ui;

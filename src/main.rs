@@ -12,6 +12,7 @@ use charaboard::device::{parse_device, parse_dtype};
 use charaboard::export::files::{save_png, stem, write_dump, write_image};
 use charaboard::export::sheet::contact_sheet;
 use charaboard::pipeline::{generate, FluxModels, GenerateParams, NoiseSource};
+use charaboard::prompts::TextOptions;
 use charaboard::sampler::StepControl;
 
 #[derive(Parser)]
@@ -66,6 +67,12 @@ enum Command {
         dtype: Option<String>,
         #[arg(long)]
         out: PathBuf,
+        /// Keep the text encoders on the CPU (their outputs move to the device).
+        #[arg(long)]
+        text_on_cpu: bool,
+        /// Free the text encoders once the prompts are encoded; reload them for new prompts.
+        #[arg(long)]
+        free_text_encoders: bool,
     },
     /// Render a storyboard project: the identity, every panel, overlays and a contact sheet.
     Render {
@@ -86,6 +93,12 @@ enum Command {
         device: Option<String>,
         #[arg(long)]
         dtype: Option<String>,
+        /// Keep the text encoders on the CPU (their outputs move to the device).
+        #[arg(long)]
+        text_on_cpu: bool,
+        /// Free the text encoders once the prompts are encoded; reload them for new prompts.
+        #[arg(long)]
+        free_text_encoders: bool,
     },
     /// Export a rendered storyboard: a captioned panel sheet, a PDF and the numbered panels.
     Export {
@@ -118,9 +131,13 @@ enum Command {
         /// Without the guidance embedder, like FLUX.1-schnell.
         #[arg(long)]
         schnell: bool,
-        /// repo: the Hugging Face layout; single-file: ComfyUI-style files and a model.ron.
+        /// repo: the Hugging Face layout; single-file: ComfyUI-style files and a model.ron;
+        /// gguf: the same, with the transformer as a quantized GGUF.
         #[arg(long, value_enum, default_value_t = TinyLayout::Repo)]
         layout: TinyLayout,
+        /// The GGUF's quantization of matrices (with --layout gguf).
+        #[arg(long, value_enum, default_value_t = TinyQuant::Q8_0)]
+        quant: TinyQuant,
     },
     /// List the FLUX.1 models in the Hugging Face caches and in the given folders, with each
     /// component's format, storage dtype and size.
@@ -138,6 +155,24 @@ enum Command {
 enum TinyLayout {
     Repo,
     SingleFile,
+    Gguf,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum TinyQuant {
+    #[value(name = "q8_0")]
+    Q8_0,
+    #[value(name = "q4_0")]
+    Q4_0,
+}
+
+impl TinyQuant {
+    fn ggml(self) -> candle_core::quantized::GgmlDType {
+        match self {
+            TinyQuant::Q8_0 => candle_core::quantized::GgmlDType::Q8_0,
+            TinyQuant::Q4_0 => candle_core::quantized::GgmlDType::Q4_0,
+        }
+    }
 }
 
 #[derive(Subcommand)]
@@ -203,6 +238,7 @@ fn render(
     dump: bool,
     device: Option<String>,
     dtype: Option<String>,
+    text: TextOptions,
 ) -> Result<()> {
     let project = charaboard::project::io::load(project_path)?;
     let model = model
@@ -213,7 +249,8 @@ fn render(
     let device = parse_device(device.as_deref())?;
     let dtype = parse_dtype(dtype.as_deref(), &device)?;
     eprintln!("loading {} ({dtype:?} on {device:?})", model.display());
-    let mut models = FluxModels::load(&model, dtype, &device)?;
+    let mut models = FluxModels::load_with(&model, dtype, &device, text)?;
+    report_bytes(&models);
     let options = RenderOptions {
         noise,
         preview_every: None,
@@ -298,6 +335,16 @@ fn render(
     Ok(())
 }
 
+/// What each component's weights take on the device, printed after loading.
+fn report_bytes(models: &FluxModels) {
+    let parts: Vec<String> = models
+        .component_bytes()
+        .iter()
+        .map(|(name, bytes)| format!("{name} {:.1} MB", *bytes as f64 / 1e6))
+        .collect();
+    eprintln!("on the device: {}", parts.join(", "));
+}
+
 fn run(cli: Cli) -> Result<()> {
     let Some(command) = cli.command else {
         let model = cli
@@ -319,6 +366,8 @@ fn run(cli: Cli) -> Result<()> {
             device,
             dtype,
             out,
+            text_on_cpu,
+            free_text_encoders,
         } => {
             let noise = match noise {
                 Some(path) => NoiseSource::File(path),
@@ -336,7 +385,12 @@ fn run(cli: Cli) -> Result<()> {
             let device = parse_device(device.as_deref())?;
             let dtype = parse_dtype(dtype.as_deref(), &device)?;
             eprintln!("loading {} ({dtype:?} on {device:?})", model.display());
-            let mut models = FluxModels::load(&model, dtype, &device)?;
+            let text = TextOptions {
+                on_cpu: text_on_cpu,
+                free_after_encoding: free_text_encoders,
+            };
+            let mut models = FluxModels::load_with(&model, dtype, &device, text)?;
+            report_bytes(&models);
             params.steps = steps.unwrap_or(if models.is_dev() { 50 } else { 4 });
             let dropped = models.tokenizers.t5_ids(&params.prompt)?.dropped;
             if dropped > 0 {
@@ -365,7 +419,21 @@ fn run(cli: Cli) -> Result<()> {
             dump,
             device,
             dtype,
-        } => render(&project, model, out, noise, dump, device, dtype),
+            text_on_cpu,
+            free_text_encoders,
+        } => render(
+            &project,
+            model,
+            out,
+            noise,
+            dump,
+            device,
+            dtype,
+            TextOptions {
+                on_cpu: text_on_cpu,
+                free_after_encoding: free_text_encoders,
+            },
+        ),
         Command::Export {
             project,
             out,
@@ -409,6 +477,7 @@ fn run(cli: Cli) -> Result<()> {
             seed,
             schnell,
             layout,
+            quant,
         } => {
             match layout {
                 TinyLayout::Repo => charaboard::models::tiny::write_repo(&out, seed, schnell)?,
@@ -417,6 +486,12 @@ fn run(cli: Cli) -> Result<()> {
                     seed,
                     schnell,
                     charaboard::models::tiny_files::FileDtypes::DOWNLOADS,
+                )?,
+                TinyLayout::Gguf => charaboard::models::tiny_files::write_gguf_files(
+                    &out,
+                    seed,
+                    schnell,
+                    quant.ggml(),
                 )?,
             }
             eprintln!(

@@ -7,52 +7,73 @@ use std::path::{Path, PathBuf};
 
 use crate::flux::{AttentionHook, Flux};
 use crate::models::formats::{classify_store, FileKind};
+use crate::models::gguf;
 use crate::models::infer::{self, Shapes};
 use crate::models::layout::RepoLayout;
 use crate::models::names::{transformer_source, Source, TransformerDims};
 use crate::models::source::ModelSource;
 use crate::models::store::{RemappedBackend, TensorStore};
+use crate::prompts::{PromptEncoder, TextOptions};
 use crate::sampler::{self, Denoised, RunInputs, SchedulerConfig, StepControl, StepReport};
-use crate::text::{PromptEmbedding, PromptTokenizers, TextEncoders, T5_LEN_DEV, T5_LEN_SCHNELL};
+use crate::text::{PromptEmbedding, PromptTokenizers, T5_LEN_DEV, T5_LEN_SCHNELL};
 use crate::vae::Vae;
 
 /// Every component of a FLUX.1 checkpoint, loaded.
 pub struct FluxModels {
     pub source: ModelSource,
     pub transformer: Flux,
-    pub text: TextEncoders,
+    pub text: PromptEncoder,
     pub tokenizers: PromptTokenizers,
     pub vae: Vae,
     pub scheduler: SchedulerConfig,
     pub dtype: DType,
     pub device: Device,
+    transformer_bytes: usize,
 }
 
 /// Loads the transformer of a repository folder (diffusers names, fused on load).
 pub fn load_transformer(layout: &RepoLayout, dtype: DType, dev: &Device) -> Result<Flux> {
+    Ok(load_transformer_counted(layout, dtype, dev)?.0)
+}
+
+/// [`load_transformer`] and the bytes of its weights.
+fn load_transformer_counted(
+    layout: &RepoLayout,
+    dtype: DType,
+    dev: &Device,
+) -> Result<(Flux, usize)> {
     let cfg = crate::flux::config::from_diffusers_json(&layout.transformer.config)?;
     let dims = TransformerDims {
         hidden: cfg.hidden_size,
         mlp: (cfg.hidden_size as f64 * cfg.mlp_ratio) as usize,
     };
     let store = TensorStore::open(&layout.transformer.weights)?;
-    let vb = RemappedBackend::new(store, move |n| transformer_source(n, dims))
+    let (vb, loaded) = RemappedBackend::new(store, move |n| transformer_source(n, dims))
         .into_var_builder(dtype, dev);
-    Flux::new(&cfg, vb).with_context(|| {
+    let flux = Flux::new(&cfg, vb).with_context(|| {
         format!(
             "loading the transformer from {}",
             layout.transformer.dir.display()
         )
-    })
+    })?;
+    Ok((flux, loaded.get()))
 }
 
 /// Loads a single-file transformer, BFL-named (with or without ComfyUI's prefix) or
-/// diffusers-named, with its config inferred from the tensor shapes.
+/// diffusers-named, or a GGUF, with its config inferred from the tensor shapes.
 pub fn load_transformer_file(path: &Path, dtype: DType, dev: &Device) -> Result<Flux> {
+    Ok(load_transformer_file_counted(path, dtype, dev)?.0)
+}
+
+/// [`load_transformer_file`] and the bytes of its weights.
+fn load_transformer_file_counted(path: &Path, dtype: DType, dev: &Device) -> Result<(Flux, usize)> {
+    if gguf::is_gguf(path) {
+        return gguf::load_transformer(path, dtype, dev);
+    }
     let store = TensorStore::open(&[path.to_path_buf()])?;
     let kind = classify_store(path, &store)?;
     let cfg = infer::flux_config(&Shapes::new(path, &store, &kind))?;
-    let vb = match kind {
+    let (vb, loaded) = match kind {
         FileKind::FluxBfl { prefix } => {
             RemappedBackend::new(store, move |n| Source::Same(format!("{prefix}{n}")))
         }
@@ -67,7 +88,9 @@ pub fn load_transformer_file(path: &Path, dtype: DType, dev: &Device) -> Result<
         ),
     }
     .into_var_builder(dtype, dev);
-    Flux::new(&cfg, vb).with_context(|| format!("loading the transformer from {}", path.display()))
+    let flux = Flux::new(&cfg, vb)
+        .with_context(|| format!("loading the transformer from {}", path.display()))?;
+    Ok((flux, loaded.get()))
 }
 
 /// T5's padding length: 512 for dev (the guidance embedder's presence), 256 for schnell.
@@ -86,51 +109,80 @@ impl FluxModels {
     }
 
     pub fn load_source(source: &ModelSource, dtype: DType, device: &Device) -> Result<Self> {
-        // T5 overflows in f16; it runs in bf16 then.
-        let text_dtype = if dtype == DType::F16 {
-            DType::BF16
-        } else {
-            dtype
-        };
-        let (transformer, text, tokenizers, vae, scheduler) = match source {
+        Self::load_source_with(source, dtype, device, TextOptions::default())
+    }
+
+    /// [`Self::load`] with the text encoders placed and kept as `text` says.
+    pub fn load_with(
+        path: &Path,
+        dtype: DType,
+        device: &Device,
+        text: TextOptions,
+    ) -> Result<Self> {
+        Self::load_source_with(&ModelSource::detect(path)?, dtype, device, text)
+    }
+
+    pub fn load_source_with(
+        source: &ModelSource,
+        dtype: DType,
+        device: &Device,
+        text: TextOptions,
+    ) -> Result<Self> {
+        let ((transformer, transformer_bytes), tokenizers, vae, scheduler) = match source {
             ModelSource::Repo(layout) => {
-                let transformer = load_transformer(layout, dtype, device)?;
-                let t5_len = t5_len_for(&transformer);
+                let transformer = load_transformer_counted(layout, dtype, device)?;
+                let t5_len = t5_len_for(&transformer.0);
                 (
                     transformer,
-                    TextEncoders::load(layout, text_dtype, device)?,
                     PromptTokenizers::from_repo(layout, t5_len)?,
                     Vae::load(layout, dtype, device)?,
                     SchedulerConfig::from_json(&layout.scheduler_config)?,
                 )
             }
             ModelSource::Files(files) => {
-                let transformer = load_transformer_file(&files.transformer, dtype, device)?;
-                let t5_len = t5_len_for(&transformer);
-                let scheduler = match transformer.config().guidance_embed {
+                let transformer = load_transformer_file_counted(&files.transformer, dtype, device)?;
+                let t5_len = t5_len_for(&transformer.0);
+                let scheduler = match transformer.0.config().guidance_embed {
                     true => SchedulerConfig::dev(),
                     false => SchedulerConfig::schnell(),
                 };
                 (
                     transformer,
-                    TextEncoders::load_files(&files.t5, &files.clip, text_dtype, device)?,
                     PromptTokenizers::shipped(t5_len)?,
                     Vae::load_file(&files.vae, dtype, device)?,
                     scheduler,
                 )
             }
         };
-        let models = Self {
+        Ok(Self {
             source: source.clone(),
             transformer,
-            text,
+            text: PromptEncoder::load(source, dtype, device, text)?,
             tokenizers,
             vae,
             scheduler,
             dtype,
             device: device.clone(),
-        };
-        Ok(models)
+            transformer_bytes,
+        })
+    }
+
+    /// The bytes each component's weights take on the run's device, as loaded: the text
+    /// encoders count zero while freed or kept on the CPU for a GPU run.
+    pub fn component_bytes(&self) -> Vec<(&'static str, usize)> {
+        let (t5, clip) = self.text.bytes_on(&self.device);
+        vec![
+            ("transformer", self.transformer_bytes),
+            ("vae", self.vae.bytes()),
+            ("t5", t5),
+            ("clip", clip),
+        ]
+    }
+
+    /// Starts a job that will encode `prompts`: they are encoded now (once each), and the
+    /// encoders freed afterwards if the text options say so.
+    pub fn begin_job(&mut self, prompts: &[&str]) -> Result<()> {
+        self.text.begin_job(&self.tokenizers, prompts)
     }
 
     /// FLUX.1-dev has the guidance embedder; schnell does not.
@@ -150,7 +202,7 @@ impl FluxModels {
                 cfg.vec_in_dim
             );
         }
-        Ok(emb.into_dtype(self.dtype)?)
+        Ok(emb.into_run(self.dtype, &self.device)?)
     }
 }
 
@@ -209,6 +261,7 @@ pub fn generate(
     on_step: &mut dyn FnMut(&StepReport) -> Result<StepControl>,
 ) -> Result<Option<Generated>> {
     params.validate()?;
+    models.begin_job(&[&params.prompt])?;
     let emb = models.encode(&params.prompt)?;
     let noise = params.noise.noise(params.width, params.height)?;
     let run = RunInputs::new(

@@ -213,9 +213,12 @@ pub struct TextEncoders {
     clip: ClipTextTransformer,
     dtype: DType,
     device: Device,
+    t5_bytes: usize,
+    clip_bytes: usize,
 }
 
 /// A prompt as the transformer reads it.
+#[derive(Clone)]
 pub struct PromptEmbedding {
     /// T5 hidden states (1, t5_len, d_model).
     pub t5: Tensor,
@@ -226,10 +229,11 @@ pub struct PromptEmbedding {
 }
 
 impl PromptEmbedding {
-    pub fn into_dtype(self, dtype: DType) -> candle_core::Result<Self> {
+    /// The embedding in the run's dtype on the run's device (the encoders may be elsewhere).
+    pub fn into_run(self, dtype: DType, device: &Device) -> candle_core::Result<Self> {
         Ok(Self {
-            t5: self.t5.to_dtype(dtype)?,
-            pooled: self.pooled.to_dtype(dtype)?,
+            t5: self.t5.to_device(device)?.to_dtype(dtype)?,
+            pooled: self.pooled.to_device(device)?.to_dtype(dtype)?,
             dropped_tokens: self.dropped_tokens,
         })
     }
@@ -301,12 +305,12 @@ impl TextEncoders {
         dtype: DType,
         dev: &Device,
     ) -> Result<Self> {
-        let clip_vb = plain_var_builder(clip.store, dtype, dev);
+        let (clip_vb, clip_bytes) = plain_var_builder(clip.store, dtype, dev);
         let clip_model = ClipTextTransformer::new(clip_vb.pp("text_model"), clip_cfg)
             .with_context(|| {
                 format!("loading the CLIP text encoder from {}", clip.from.display())
             })?;
-        let t5_vb = plain_var_builder(t5.store, dtype, dev);
+        let (t5_vb, t5_bytes) = plain_var_builder(t5.store, dtype, dev);
         let t5_model = T5EncoderModel::load(t5_vb, t5_cfg)
             .with_context(|| format!("loading the T5 encoder from {}", t5.from.display()))?;
         Ok(Self {
@@ -314,7 +318,19 @@ impl TextEncoders {
             clip: clip_model,
             dtype,
             device: dev.clone(),
+            t5_bytes: t5_bytes.get(),
+            clip_bytes: clip_bytes.get(),
         })
+    }
+
+    /// The bytes of T5's and CLIP's weights.
+    pub fn bytes(&self) -> (usize, usize) {
+        (self.t5_bytes, self.clip_bytes)
+    }
+
+    /// Where the encoders' weights are.
+    pub fn device(&self) -> &Device {
+        &self.device
     }
 
     pub fn encode(

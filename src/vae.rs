@@ -97,6 +97,7 @@ pub fn config_to_json(cfg: &AeConfig) -> serde_json::Value {
 
 pub struct Vae {
     ae: AutoEncoder,
+    bytes: usize,
 }
 
 impl Vae {
@@ -104,11 +105,14 @@ impl Vae {
         let cfg = config_from_json(&layout.vae.config)?;
         let levels = cfg.ch_mult.len();
         let store = TensorStore::open(&layout.vae.weights)?;
-        let vb = RemappedBackend::new(store, move |name| vae_source(name, levels))
+        let (vb, loaded) = RemappedBackend::new(store, move |name| vae_source(name, levels))
             .into_var_builder(dtype, dev);
         let ae = AutoEncoder::new(&cfg, vb)
             .with_context(|| format!("loading the VAE from {}", layout.vae.dir.display()))?;
-        Ok(Self { ae })
+        Ok(Self {
+            ae,
+            bytes: loaded.get(),
+        })
     }
 
     /// Loads BFL's single-file `ae.safetensors`, its config inferred from the tensor shapes.
@@ -123,9 +127,18 @@ impl Vae {
             );
         }
         let cfg = infer::vae_config(&Shapes::new(path, &store, &kind))?;
-        let ae = AutoEncoder::new(&cfg, plain_var_builder(store, dtype, dev))
+        let (vb, loaded) = plain_var_builder(store, dtype, dev);
+        let ae = AutoEncoder::new(&cfg, vb)
             .with_context(|| format!("loading the VAE from {}", path.display()))?;
-        Ok(Self { ae })
+        Ok(Self {
+            ae,
+            bytes: loaded.get(),
+        })
+    }
+
+    /// The bytes of the VAE's weights.
+    pub fn bytes(&self) -> usize {
+        self.bytes
     }
 
     /// Decodes unpacked latents (1, 16, H/8, W/8) to an RGB image of H x W.

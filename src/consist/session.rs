@@ -182,11 +182,13 @@ impl Renderer {
             RenderRequest::Panel(i) => vec![i],
             RenderRequest::All => (0..project.panels.len()).collect(),
         };
-        // Every prompt is checked before anything is rendered, so a bad one costs no work.
-        self.identity_shot(models, project, options)?;
+        // Every prompt is checked before anything is rendered, so a bad one costs no work,
+        // and encoded once for the job (after which the encoders may be freed).
+        let mut prompts = vec![self.identity_shot(models, project, options)?.prompt];
         for &i in &panels {
-            self.panel_shot(models, project, i, options)?;
+            prompts.push(self.panel_shot(models, project, i, options)?.prompt);
         }
+        models.begin_job(&prompts.iter().map(String::as_str).collect::<Vec<_>>())?;
         if self.ensure_identity(models, project, &schedule, options, on_event)?
             == Outcome::Cancelled
         {

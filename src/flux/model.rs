@@ -2,14 +2,16 @@
 //! with the tensor names of candle-transformers' `flux/model.rs` (BFL names), plus the hook seam.
 
 use candle_core::{DType, Result, Tensor, D};
-use candle_nn::{LayerNorm, Linear, RmsNorm, VarBuilder};
+use candle_nn::{LayerNorm, RmsNorm, VarBuilder};
 use candle_transformers::models::flux::model::EmbedNd;
 
 use super::attention::block_attention;
 use super::hook::{reborrow, AttentionHook, BlockCtx, BlockKind};
+use super::linear::Linear;
+use super::weights::Weights;
 use super::FluxConfig;
 
-fn layer_norm(dim: usize, vb: &VarBuilder) -> Result<LayerNorm> {
+fn layer_norm(dim: usize, vb: &Weights) -> Result<LayerNorm> {
     let ones = Tensor::ones(dim, vb.dtype(), vb.device())?;
     Ok(LayerNorm::new_no_bias(ones, 1e-6))
 }
@@ -36,10 +38,10 @@ struct MlpEmbedder {
 }
 
 impl MlpEmbedder {
-    fn new(in_sz: usize, h_sz: usize, vb: VarBuilder) -> Result<Self> {
+    fn new(in_sz: usize, h_sz: usize, vb: Weights) -> Result<Self> {
         Ok(Self {
-            in_layer: candle_nn::linear(in_sz, h_sz, vb.pp("in_layer"))?,
-            out_layer: candle_nn::linear(h_sz, h_sz, vb.pp("out_layer"))?,
+            in_layer: vb.linear(in_sz, h_sz, true, "in_layer")?,
+            out_layer: vb.linear(h_sz, h_sz, true, "out_layer")?,
         })
     }
 
@@ -54,7 +56,7 @@ struct QkNorm {
 }
 
 impl QkNorm {
-    fn new(dim: usize, vb: VarBuilder) -> Result<Self> {
+    fn new(dim: usize, vb: Weights) -> Result<Self> {
         Ok(Self {
             query: RmsNorm::new(vb.get(dim, "query_norm.scale")?, 1e-6),
             key: RmsNorm::new(vb.get(dim, "key_norm.scale")?, 1e-6),
@@ -114,10 +116,10 @@ struct Mlp {
 }
 
 impl Mlp {
-    fn new(in_sz: usize, mlp_sz: usize, vb: VarBuilder) -> Result<Self> {
+    fn new(in_sz: usize, mlp_sz: usize, vb: Weights) -> Result<Self> {
         Ok(Self {
-            lin1: candle_nn::linear(in_sz, mlp_sz, vb.pp("0"))?,
-            lin2: candle_nn::linear(mlp_sz, in_sz, vb.pp("2"))?,
+            lin1: vb.linear(in_sz, mlp_sz, true, "0")?,
+            lin2: vb.linear(mlp_sz, in_sz, true, "2")?,
         })
     }
 
@@ -138,16 +140,16 @@ struct Stream {
 }
 
 impl Stream {
-    fn new(cfg: &FluxConfig, vb: &VarBuilder, name: &str) -> Result<Self> {
+    fn new(cfg: &FluxConfig, vb: &Weights, name: &str) -> Result<Self> {
         let h = cfg.hidden_size;
         let mlp_sz = (h as f64 * cfg.mlp_ratio) as usize;
         let attn = vb.pp(format!("{name}_attn"));
         Ok(Self {
-            modulation: candle_nn::linear(h, 6 * h, vb.pp(format!("{name}_mod.lin")))?,
+            modulation: vb.linear(h, 6 * h, true, &format!("{name}_mod.lin"))?,
             norm1: layer_norm(h, vb)?,
-            qkv: candle_nn::linear_b(h, 3 * h, cfg.qkv_bias, attn.pp("qkv"))?,
+            qkv: attn.linear(h, 3 * h, cfg.qkv_bias, "qkv")?,
             qk_norm: QkNorm::new(h / cfg.num_heads, attn.pp("norm"))?,
-            proj: candle_nn::linear(h, h, attn.pp("proj"))?,
+            proj: attn.linear(h, h, true, "proj")?,
             norm2: layer_norm(h, vb)?,
             mlp: Mlp::new(h, mlp_sz, vb.pp(format!("{name}_mlp")))?,
         })
@@ -184,7 +186,7 @@ struct DoubleStreamBlock {
 }
 
 impl DoubleStreamBlock {
-    fn new(cfg: &FluxConfig, vb: VarBuilder) -> Result<Self> {
+    fn new(cfg: &FluxConfig, vb: Weights) -> Result<Self> {
         Ok(Self {
             img: Stream::new(cfg, &vb, "img")?,
             txt: Stream::new(cfg, &vb, "txt")?,
@@ -228,15 +230,15 @@ struct SingleStreamBlock {
 }
 
 impl SingleStreamBlock {
-    fn new(cfg: &FluxConfig, vb: VarBuilder) -> Result<Self> {
+    fn new(cfg: &FluxConfig, vb: Weights) -> Result<Self> {
         let h = cfg.hidden_size;
         let mlp_sz = (h as f64 * cfg.mlp_ratio) as usize;
         Ok(Self {
-            linear1: candle_nn::linear(h, 3 * h + mlp_sz, vb.pp("linear1"))?,
-            linear2: candle_nn::linear(h + mlp_sz, h, vb.pp("linear2"))?,
+            linear1: vb.linear(h, 3 * h + mlp_sz, true, "linear1")?,
+            linear2: vb.linear(h + mlp_sz, h, true, "linear2")?,
             qk_norm: QkNorm::new(h / cfg.num_heads, vb.pp("norm"))?,
             pre_norm: layer_norm(h, &vb)?,
-            modulation: candle_nn::linear(h, 3 * h, vb.pp("modulation.lin"))?,
+            modulation: vb.linear(h, 3 * h, true, "modulation.lin")?,
             hidden: h,
             heads: cfg.num_heads,
         })
@@ -274,12 +276,12 @@ struct LastLayer {
 }
 
 impl LastLayer {
-    fn new(cfg: &FluxConfig, vb: VarBuilder) -> Result<Self> {
+    fn new(cfg: &FluxConfig, vb: Weights) -> Result<Self> {
         let h = cfg.hidden_size;
         Ok(Self {
             norm_final: layer_norm(h, &vb)?,
-            linear: candle_nn::linear(h, cfg.in_channels, vb.pp("linear"))?,
-            ada_ln_modulation: candle_nn::linear(h, 2 * h, vb.pp("adaLN_modulation.1"))?,
+            linear: vb.linear(h, cfg.in_channels, true, "linear")?,
+            ada_ln_modulation: vb.linear(h, 2 * h, true, "adaLN_modulation.1")?,
         })
     }
 
@@ -330,7 +332,13 @@ pub struct Flux {
 }
 
 impl Flux {
+    /// The transformer over dense weights (safetensors, or a VarMap).
     pub fn new(cfg: &FluxConfig, vb: VarBuilder) -> Result<Self> {
+        Self::from_weights(cfg, Weights::Dense(vb))
+    }
+
+    /// The transformer over dense or GGUF-quantized weights; the model is the same either way.
+    pub fn from_weights(cfg: &FluxConfig, vb: Weights) -> Result<Self> {
         let h = cfg.hidden_size;
         let double_blocks = (0..cfg.depth)
             .map(|i| DoubleStreamBlock::new(cfg, vb.pp("double_blocks").pp(i)))
@@ -343,8 +351,8 @@ impl Flux {
             false => None,
         };
         Ok(Self {
-            img_in: candle_nn::linear(cfg.in_channels, h, vb.pp("img_in"))?,
-            txt_in: candle_nn::linear(cfg.context_in_dim, h, vb.pp("txt_in"))?,
+            img_in: vb.linear(cfg.in_channels, h, true, "img_in")?,
+            txt_in: vb.linear(cfg.context_in_dim, h, true, "txt_in")?,
             time_in: MlpEmbedder::new(256, h, vb.pp("time_in"))?,
             vector_in: MlpEmbedder::new(cfg.vec_in_dim, h, vb.pp("vector_in"))?,
             guidance_in,

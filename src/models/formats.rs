@@ -51,6 +51,8 @@ pub enum FileKind {
     FluxBfl { prefix: String },
     /// FLUX transformer under diffusers names (`transformer_blocks.0.attn.to_q.weight`).
     FluxDiffusers,
+    /// FLUX transformer in a GGUF file (quantized), BFL names behind `prefix`.
+    FluxGguf { prefix: String },
     /// BFL's `ae.safetensors` (`decoder.up.0.block.0.conv1.weight`).
     VaeBfl,
     /// A Hugging Face T5 encoder (`encoder.block.0.layer.0.SelfAttention.q.weight`).
@@ -62,7 +64,9 @@ pub enum FileKind {
 impl FileKind {
     pub fn role(&self) -> Role {
         match self {
-            FileKind::FluxBfl { .. } | FileKind::FluxDiffusers => Role::Transformer,
+            FileKind::FluxBfl { .. } | FileKind::FluxDiffusers | FileKind::FluxGguf { .. } => {
+                Role::Transformer
+            }
             FileKind::VaeBfl => Role::Vae,
             FileKind::T5Encoder => Role::T5,
             FileKind::ClipText => Role::Clip,
@@ -74,6 +78,7 @@ impl FileKind {
         match self {
             FileKind::FluxBfl { .. } => "single-file BFL",
             FileKind::FluxDiffusers => "single-file diffusers",
+            FileKind::FluxGguf { .. } => "gguf",
             FileKind::VaeBfl => "single-file BFL",
             FileKind::T5Encoder | FileKind::ClipText => "single-file transformers",
         }
@@ -134,8 +139,12 @@ pub fn classify_store(path: &Path, store: &TensorStore) -> Result<FileKind> {
     )
 }
 
-/// Opens `path` and tells what it is.
+/// Opens `path` and tells what it is: a `.gguf` file by its GGUF header, anything else as
+/// safetensors.
 pub fn classify(path: &Path) -> Result<FileKind> {
+    if super::gguf::is_gguf(path) {
+        return super::gguf::GgufHeader::read(path)?.classify();
+    }
     let store = TensorStore::open(&[path.to_path_buf()])?;
     classify_store(path, &store)
 }

@@ -59,6 +59,15 @@ impl<'a> Shapes<'a> {
         }
     }
 
+    /// Shapes served by `lookup` (model name -> dims), for files that are not safetensors
+    /// (GGUF headers), so that every format goes through the same inference rules.
+    pub fn from_fn(file: &Path, lookup: impl Fn(&str) -> Option<Vec<usize>> + 'a) -> Self {
+        Self {
+            file: file.to_path_buf(),
+            lookup: Box::new(lookup),
+        }
+    }
+
     fn has(&self, name: &str) -> bool {
         (self.lookup)(name).is_some()
     }

@@ -7,7 +7,8 @@ use std::path::{Path, PathBuf};
 
 use super::discovery;
 use super::formats::{classify_store, Role};
-use super::source::{safetensors_in, ModelSource};
+use super::gguf::{self, GgufHeader};
+use super::source::{checkpoints_in, ModelSource};
 use super::store::TensorStore;
 
 /// How deep `charaboard models --in DIR` looks below DIR (ComfyUI keeps `models/unet/...`).
@@ -38,6 +39,26 @@ pub struct Found {
     pub components: Vec<ComponentInfo>,
 }
 
+/// `BF16+F32`: the stored dtypes, the most common first.
+fn join_dtypes(counts: Vec<(String, usize)>) -> String {
+    counts
+        .into_iter()
+        .map(|(d, _)| d)
+        .collect::<Vec<_>>()
+        .join("+")
+}
+
+fn total_bytes(files: &[PathBuf]) -> Result<u64> {
+    files
+        .iter()
+        .map(|f| {
+            std::fs::metadata(f)
+                .map(|m| m.len())
+                .with_context(|| format!("cannot read the size of {}", f.display()))
+        })
+        .sum::<Result<u64>>()
+}
+
 fn describe_files(
     role: Role,
     format: String,
@@ -45,31 +66,38 @@ fn describe_files(
     path: &Path,
 ) -> Result<ComponentInfo> {
     let store = TensorStore::open(files)?;
-    let dtype = store
-        .stored_dtypes()
-        .into_iter()
-        .map(|(d, _)| d)
-        .collect::<Vec<_>>()
-        .join("+");
-    let bytes = files
-        .iter()
-        .map(|f| {
-            std::fs::metadata(f)
-                .map(|m| m.len())
-                .with_context(|| format!("cannot read the size of {}", f.display()))
-        })
-        .sum::<Result<u64>>()?;
     Ok(ComponentInfo {
         role,
         format,
-        dtype,
-        bytes,
+        dtype: join_dtypes(store.stored_dtypes()),
+        bytes: total_bytes(files)?,
         path: path.to_path_buf(),
     })
 }
 
-/// One single file; `None` when it is no FLUX.1 component (or no readable safetensors file).
+/// A GGUF transformer, its dtype the quantizations (`Q4_0+F32`: matmul weights, then norms).
+fn describe_gguf(file: &Path) -> Result<Option<ComponentInfo>> {
+    let Ok(header) = GgufHeader::read(file) else {
+        return Ok(None);
+    };
+    let Ok(kind) = header.classify() else {
+        return Ok(None);
+    };
+    Ok(Some(ComponentInfo {
+        role: kind.role(),
+        format: kind.describe().into(),
+        dtype: join_dtypes(header.stored_dtypes()),
+        bytes: total_bytes(&[file.to_path_buf()])?,
+        path: file.to_path_buf(),
+    }))
+}
+
+/// One single file; `None` when it is no FLUX.1 component (or no readable safetensors or
+/// GGUF file).
 fn describe_file(file: &Path) -> Result<Option<ComponentInfo>> {
+    if gguf::is_gguf(file) {
+        return describe_gguf(file);
+    }
     let Ok(store) = TensorStore::open(&[file.to_path_buf()]) else {
         return Ok(None);
     };
@@ -172,7 +200,7 @@ fn walk(dir: &Path, depth: usize, found: &mut Vec<Found>) -> Result<()> {
             found.push(entry(ron, &source)?);
         }
     }
-    let mut loose: Vec<ComponentInfo> = safetensors_in(dir)?
+    let mut loose: Vec<ComponentInfo> = checkpoints_in(dir)?
         .iter()
         .filter_map(|f| describe_file(f).transpose())
         .collect::<Result<_>>()?;

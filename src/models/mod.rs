@@ -2,6 +2,7 @@
 
 pub mod discovery;
 pub mod formats;
+pub mod gguf;
 pub mod infer;
 pub mod inventory;
 pub mod layout;

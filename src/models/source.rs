@@ -39,6 +39,7 @@ pub enum ModelSource {
 
 /// A `.ron` model file: `(transformer: "flux1-dev.safetensors", vae: "ae.safetensors",
 /// t5: "t5xxl_fp16.safetensors", clip: "clip_l.safetensors")`, paths relative to the file.
+/// The transformer may be a `.gguf` file.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct ModelFile {
@@ -61,7 +62,7 @@ impl ModelSource {
         if path.is_file() {
             return match path.extension().and_then(|e| e.to_str()) {
                 Some("ron") => Ok(Self::Files(read_model_file(path)?)),
-                Some("safetensors") => bail!(
+                Some("safetensors" | "gguf") => bail!(
                     "{} is one file, but FLUX.1 needs four (transformer, VAE, T5, CLIP): pass the folder that holds them, \
                      or a .ron model file naming them: {MODEL_FILE_EXAMPLE}",
                     path.display()
@@ -75,12 +76,12 @@ impl ModelSource {
         if path.join("model_index.json").is_file() {
             return Ok(Self::Repo(Box::new(RepoLayout::open(path)?)));
         }
-        let files = safetensors_in(path)?;
+        let files = checkpoints_in(path)?;
         if files.is_empty() {
             bail!(
                 "{} has no model_index.json (the Hugging Face layout of black-forest-labs/FLUX.1-dev or -schnell) \
-                 and no .safetensors files (single files such as flux1-dev.safetensors, ae.safetensors, \
-                 t5xxl_fp16.safetensors and clip_l.safetensors)",
+                 and no .safetensors or .gguf files (single files such as flux1-dev.safetensors or \
+                 flux1-dev-Q4_0.gguf, ae.safetensors, t5xxl_fp16.safetensors and clip_l.safetensors)",
                 path.display()
             );
         }
@@ -88,12 +89,16 @@ impl ModelSource {
     }
 }
 
-/// The `.safetensors` files directly in `dir`, sorted.
-pub fn safetensors_in(dir: &Path) -> Result<Vec<PathBuf>> {
+/// The `.safetensors` and `.gguf` files directly in `dir`, sorted.
+pub fn checkpoints_in(dir: &Path) -> Result<Vec<PathBuf>> {
     let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
         .with_context(|| format!("cannot list {}", dir.display()))?
         .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.is_file() && p.extension().is_some_and(|e| e == "safetensors"))
+        .filter(|p| {
+            p.is_file()
+                && p.extension()
+                    .is_some_and(|e| e == "safetensors" || e == "gguf")
+        })
         .collect();
     files.sort();
     Ok(files)

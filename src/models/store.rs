@@ -8,6 +8,8 @@ use candle_nn::var_builder::SimpleBackend;
 use candle_nn::{Init, VarBuilder};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 
 use super::names::Source;
 
@@ -121,10 +123,30 @@ impl TensorStore {
     }
 }
 
+/// The bytes of the tensors a loader has handed to a model, counted as they are loaded: candle's
+/// models do not expose their tensors, so this is how a component's memory is known.
+#[derive(Debug, Clone, Default)]
+pub struct LoadedBytes(Arc<AtomicUsize>);
+
+impl LoadedBytes {
+    pub fn add(&self, bytes: usize) {
+        self.0.fetch_add(bytes, Ordering::Relaxed);
+    }
+
+    pub fn add_tensor(&self, t: &Tensor) {
+        self.add(t.elem_count() * t.dtype().size_in_bytes());
+    }
+
+    pub fn get(&self) -> usize {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
 /// Serves each requested name through a [`Source`] rule over a [`TensorStore`].
 pub struct RemappedBackend {
     store: TensorStore,
     rule: Box<dyn Fn(&str) -> Source + Send + Sync>,
+    loaded: LoadedBytes,
 }
 
 impl RemappedBackend {
@@ -132,12 +154,21 @@ impl RemappedBackend {
         Self {
             store,
             rule: Box::new(rule),
+            loaded: LoadedBytes::default(),
         }
     }
 
-    /// A VarBuilder over this backend.
-    pub fn into_var_builder(self, dtype: DType, dev: &Device) -> VarBuilder<'static> {
-        VarBuilder::from_backend(Box::new(self), dtype, dev.clone())
+    /// A VarBuilder over this backend, and the count of the bytes it has loaded.
+    pub fn into_var_builder(
+        self,
+        dtype: DType,
+        dev: &Device,
+    ) -> (VarBuilder<'static>, LoadedBytes) {
+        let loaded = self.loaded.clone();
+        (
+            VarBuilder::from_backend(Box::new(self), dtype, dev.clone()),
+            loaded,
+        )
     }
 
     fn fetch(&self, wanted: &str, shape: &Shape, dtype: DType, dev: &Device) -> Result<Tensor> {
@@ -197,12 +228,18 @@ impl SimpleBackend for RemappedBackend {
         dtype: DType,
         dev: &Device,
     ) -> candle_core::Result<Tensor> {
-        self.fetch(name, &s, dtype, dev).map_err(to_candle)
+        let t = self.fetch(name, &s, dtype, dev).map_err(to_candle)?;
+        self.loaded.add_tensor(&t);
+        Ok(t)
     }
 
     fn get_unchecked(&self, name: &str, dtype: DType, dev: &Device) -> candle_core::Result<Tensor> {
         match (self.rule)(name) {
-            Source::Same(n) => self.store.load(&n, dtype, dev).map_err(to_candle),
+            Source::Same(n) => {
+                let t = self.store.load(&n, dtype, dev).map_err(to_candle)?;
+                self.loaded.add_tensor(&t);
+                Ok(t)
+            }
             _ => Err(candle_core::Error::Msg(format!(
                 "`{name}` needs a known shape to load"
             ))),
@@ -214,7 +251,11 @@ impl SimpleBackend for RemappedBackend {
     }
 }
 
-/// A VarBuilder that serves every name as it is stored.
-pub fn plain_var_builder(store: TensorStore, dtype: DType, dev: &Device) -> VarBuilder<'static> {
+/// A VarBuilder that serves every name as it is stored, and the count of the bytes it loaded.
+pub fn plain_var_builder(
+    store: TensorStore,
+    dtype: DType,
+    dev: &Device,
+) -> (VarBuilder<'static>, LoadedBytes) {
     RemappedBackend::new(store, |name| Source::Same(name.to_string())).into_var_builder(dtype, dev)
 }

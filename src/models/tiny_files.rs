@@ -2,18 +2,22 @@
 //! names behind `model.diffusion_model.`, BFL's `ae.safetensors`, and the two text encoders
 //! under Hugging Face names, plus a `.ron` model file naming them. The weights are those of
 //! [`super::tiny::write_repo`] with the same seed, so both layouts draw the same images up to
-//! the storage dtypes.
+//! the storage dtypes. A variant stores the transformer as a quantized GGUF instead.
 
 use anyhow::{Context, Result};
+use candle_core::quantized::GgmlDType;
 use candle_core::{DType, Tensor};
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 
 use super::formats::COMFY_PREFIX;
+use super::gguf;
 use super::tiny::{self, CLIP_SEED_OFFSET, T5_SEED_OFFSET, VAE_SEED_OFFSET};
 
 /// The file names [`write_single_files`] uses.
 pub const TRANSFORMER_FILE: &str = "flux1-tiny.safetensors";
+/// The transformer's file name in [`write_gguf_files`].
+pub const GGUF_TRANSFORMER_FILE: &str = "flux1-tiny.gguf";
 pub const VAE_FILE: &str = "ae.safetensors";
 pub const T5_FILE: &str = "t5xxl_tiny.safetensors";
 pub const CLIP_FILE: &str = "clip_l_tiny.safetensors";
@@ -39,41 +43,77 @@ impl FileDtypes {
     };
 }
 
-fn save(dir: &Path, file: &str, tensors: &BTreeMap<String, Tensor>, dtype: DType) -> Result<()> {
+fn save(path: &Path, tensors: &BTreeMap<String, Tensor>, dtype: DType) -> Result<()> {
     let cast: HashMap<String, Tensor> = tensors
         .iter()
         .map(|(n, t)| Ok((n.clone(), t.to_dtype(dtype)?)))
         .collect::<Result<_>>()?;
-    let path = dir.join(file);
-    candle_core::safetensors::save(&cast, &path)
+    candle_core::safetensors::save(&cast, path)
         .with_context(|| format!("cannot write {}", path.display()))
 }
 
 /// Writes the tiny model's four single files and `model.ron` into `out`.
 pub fn write_single_files(out: &Path, seed: u64, schnell: bool, dtypes: FileDtypes) -> Result<()> {
+    write_components(
+        out,
+        seed,
+        schnell,
+        dtypes.t5,
+        TRANSFORMER_FILE,
+        |path, bfl| {
+            let prefixed: BTreeMap<String, Tensor> = bfl
+                .into_iter()
+                .map(|(n, t)| (format!("{COMFY_PREFIX}{n}"), t))
+                .collect();
+            save(path, &prefixed, dtypes.transformer)
+        },
+    )
+}
+
+/// [`write_single_files`] with the transformer as a city96-style GGUF ([`GGUF_TRANSFORMER_FILE`]:
+/// BFL names without a prefix, matrices in `quant`, the rest F32). The other files are f32, so
+/// that images differ from the repository layout's by the quantization only.
+pub fn write_gguf_files(out: &Path, seed: u64, schnell: bool, quant: GgmlDType) -> Result<()> {
+    write_components(
+        out,
+        seed,
+        schnell,
+        DType::F32,
+        GGUF_TRANSFORMER_FILE,
+        |path, bfl| gguf::write(path, &bfl, gguf::city96_quant(quant)),
+    )
+}
+
+/// Writes the VAE and encoders, the transformer through `write_transformer` (given its path and
+/// its BFL-named tensors) and a `model.ron` naming all four.
+fn write_components(
+    out: &Path,
+    seed: u64,
+    schnell: bool,
+    t5_dtype: DType,
+    transformer_file: &str,
+    write_transformer: impl FnOnce(&Path, BTreeMap<String, Tensor>) -> Result<()>,
+) -> Result<()> {
     std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
     let cfg = tiny::flux_config(schnell);
-    let transformer: BTreeMap<String, Tensor> = tiny::transformer_weights(&cfg, seed)?
-        .into_iter()
-        .map(|(n, t)| (format!("{COMFY_PREFIX}{n}"), t))
-        .collect();
-    save(out, TRANSFORMER_FILE, &transformer, dtypes.transformer)?;
+    write_transformer(
+        &out.join(transformer_file),
+        tiny::transformer_weights(&cfg, seed)?,
+    )?;
     let ae = tiny::vae_weights(&tiny::vae_config(), seed + VAE_SEED_OFFSET)?;
-    save(out, VAE_FILE, &ae, DType::F32)?;
+    save(&out.join(VAE_FILE), &ae, DType::F32)?;
     save(
-        out,
-        T5_FILE,
+        &out.join(T5_FILE),
         &tiny::t5_weights(seed + T5_SEED_OFFSET)?,
-        dtypes.t5,
+        t5_dtype,
     )?;
     save(
-        out,
-        CLIP_FILE,
+        &out.join(CLIP_FILE),
         &tiny::clip_weights(seed + CLIP_SEED_OFFSET)?,
         DType::F32,
     )?;
     let ron = format!(
-        "(transformer: \"{TRANSFORMER_FILE}\", vae: \"{VAE_FILE}\", t5: \"{T5_FILE}\", clip: \"{CLIP_FILE}\")\n"
+        "(transformer: \"{transformer_file}\", vae: \"{VAE_FILE}\", t5: \"{T5_FILE}\", clip: \"{CLIP_FILE}\")\n"
     );
     let path = out.join(MODEL_FILE);
     std::fs::write(&path, ron).with_context(|| format!("cannot write {}", path.display()))
