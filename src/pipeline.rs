@@ -185,6 +185,39 @@ impl FluxModels {
         self.text.begin_job(&self.tokenizers, prompts)
     }
 
+    /// The fixed inputs of one image's run (encoded prompt, packed noise, RoPE table) and its
+    /// sigma schedule.
+    pub fn prepare_run(
+        &mut self,
+        prompt: &str,
+        noise: &NoiseSource,
+        width: usize,
+        height: usize,
+        steps: usize,
+    ) -> Result<(RunInputs, Vec<f64>)> {
+        let emb = self.encode(prompt)?;
+        let noise = noise.noise(width, height)?;
+        let run = RunInputs::new(&self.transformer, &noise, &emb.t5, &emb.pooled, self.dtype)?;
+        let sigmas = self
+            .scheduler
+            .sigmas(steps, run.layout.img_h * run.layout.img_w);
+        Ok((run, sigmas))
+    }
+
+    /// Packed final latents to the image, and the unpacked latents (1, 16, H/8, W/8) in f32 on
+    /// the CPU.
+    pub fn decode_packed(
+        &self,
+        packed: &Tensor,
+        width: usize,
+        height: usize,
+    ) -> Result<(RgbImage, Tensor)> {
+        let latents = candle_transformers::models::flux::sampling::unpack(packed, height, width)?;
+        let image = self.vae.decode(&latents, self.dtype)?;
+        let latents = latents.to_dtype(DType::F32)?.to_device(&Device::Cpu)?;
+        Ok((image, latents))
+    }
+
     /// FLUX.1-dev has the guidance embedder; schnell does not.
     pub fn is_dev(&self) -> bool {
         self.transformer.config().guidance_embed
@@ -262,18 +295,13 @@ pub fn generate(
 ) -> Result<Option<Generated>> {
     params.validate()?;
     models.begin_job(&[&params.prompt])?;
-    let emb = models.encode(&params.prompt)?;
-    let noise = params.noise.noise(params.width, params.height)?;
-    let run = RunInputs::new(
-        &models.transformer,
-        &noise,
-        &emb.t5,
-        &emb.pooled,
-        models.dtype,
+    let (run, sigmas) = models.prepare_run(
+        &params.prompt,
+        &params.noise,
+        params.width,
+        params.height,
+        params.steps,
     )?;
-    let sigmas = models
-        .scheduler
-        .sigmas(params.steps, run.layout.img_h * run.layout.img_w);
     let packed = match sampler::denoise(
         &models.transformer,
         &run,
@@ -285,11 +313,6 @@ pub fn generate(
         Denoised::Done(img) => img,
         Denoised::Cancelled(_) => return Ok(None),
     };
-    let latents =
-        candle_transformers::models::flux::sampling::unpack(&packed, params.height, params.width)?;
-    let image = models.vae.decode(&latents, models.dtype)?;
-    Ok(Some(Generated {
-        image,
-        latents: latents.to_dtype(DType::F32)?,
-    }))
+    let (image, latents) = models.decode_packed(&packed, params.width, params.height)?;
+    Ok(Some(Generated { image, latents }))
 }

@@ -3,7 +3,7 @@
 //! identity's bank between jobs, so re-rolling one panel costs one panel.
 
 use anyhow::{bail, Context, Result};
-use candle_core::{DType, Tensor};
+use candle_core::Tensor;
 use image::RgbImage;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -483,18 +483,8 @@ struct Prepared {
 }
 
 fn prepare(models: &mut FluxModels, shot: &Shot, steps: usize) -> Result<Prepared> {
-    let emb = models.encode(&shot.prompt)?;
-    let noise = shot.noise.noise(shot.width, shot.height)?;
-    let run = RunInputs::new(
-        &models.transformer,
-        &noise,
-        &emb.t5,
-        &emb.pooled,
-        models.dtype,
-    )?;
-    let sigmas = models
-        .scheduler
-        .sigmas(steps, run.layout.img_h * run.layout.img_w);
+    let (run, sigmas) =
+        models.prepare_run(&shot.prompt, &shot.noise, shot.width, shot.height, steps)?;
     Ok(Prepared {
         sigmas,
         run,
@@ -531,18 +521,6 @@ fn step_event(
     }))
 }
 
-fn decode(models: &FluxModels, shot: &Shot, packed: &Tensor) -> Result<(RgbImage, Tensor)> {
-    let latents =
-        candle_transformers::models::flux::sampling::unpack(packed, shot.height, shot.width)?;
-    let image = models.vae.decode(&latents, models.dtype)?;
-    Ok((
-        image,
-        latents
-            .to_dtype(DType::F32)?
-            .to_device(&candle_core::Device::Cpu)?,
-    ))
-}
-
 /// The identity run: plain FLUX with a recording hook.
 #[allow(clippy::too_many_arguments)]
 fn run_identity(
@@ -577,7 +555,7 @@ fn run_identity(
     )?;
     match result {
         Denoised::Done(packed) => {
-            let (image, latents) = decode(models_ref, shot, &packed)?;
+            let (image, latents) = models_ref.decode_packed(&packed, shot.width, shot.height)?;
             Ok(RunEnd::Finished(image, latents))
         }
         Denoised::Cancelled(_) => Ok(RunEnd::Stopped),
@@ -669,6 +647,6 @@ fn run_panel(
         observations.mask = pre.mask;
         observations.matches = observations.matches.or(pre.matches);
     }
-    let (image, latents) = decode(models, shot, &packed)?;
+    let (image, latents) = models.decode_packed(&packed, shot.width, shot.height)?;
     Ok(Some((image, latents, observations)))
 }
