@@ -105,6 +105,15 @@ impl Matches {
         self.panel_idx.is_empty()
     }
 
+    /// Each kept match as (panel token, identity token, similarity), as the overlays draw them.
+    pub fn triples(&self) -> Vec<(usize, usize, f32)> {
+        self.panel_idx
+            .iter()
+            .zip(&self.identity_idx)
+            .map(|(&c, &j)| (c as usize, j as usize, self.max_sim[c as usize]))
+            .collect()
+    }
+
     /// The similarity of each kept match.
     pub fn kept_sims(&self) -> Vec<f32> {
         self.panel_idx

@@ -49,12 +49,7 @@ pub fn write_image(dir: &Path, output: &ImageOutput, identity: &RgbImage) -> Res
     )?;
     written.push(mask_path);
     if let Some(m) = &output.matches {
-        let triples: Vec<(usize, usize, f32)> = m
-            .panel_idx
-            .iter()
-            .zip(&m.identity_idx)
-            .map(|(&c, &j)| (c as usize, j as usize, m.max_sim[c as usize]))
-            .collect();
+        let triples = m.triples();
         let path = dir.join(format!("{stem}-matches.png"));
         save_png(
             &match_overlay(&output.image, identity, &triples, MAX_MATCH_LINES),

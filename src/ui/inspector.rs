@@ -129,12 +129,7 @@ pub fn inspector_ui(ui: &mut Ui, cells: &Cells, selected: Target, overlays: &mut
         }
         if overlays.matches && side_by_side {
             if let Some(m) = &rendered.matches {
-                let pairs: Vec<(usize, usize, f32)> = m
-                    .panel_idx
-                    .iter()
-                    .zip(&m.identity_idx)
-                    .map(|(&c, &j)| (c as usize, j as usize, m.max_sim[c as usize]))
-                    .collect();
+                let pairs = m.triples();
                 let hovered = ui
                     .ctx()
                     .pointer_hover_pos()
