@@ -1,22 +1,10 @@
 //! The `charaboard` binary end to end on tiny checkpoints.
 
 use std::path::Path;
-use std::process::{Command, Output};
+mod common;
 
-fn charaboard(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_charaboard"))
-        .args(args)
-        .output()
-        .expect("runs")
-}
-
-fn ok(out: &Output) {
-    assert!(
-        out.status.success(),
-        "failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
+use common::{charaboard, ok};
+use std::process::Output;
 
 fn tiny_model(dir: &Path, schnell: bool) -> String {
     let model = dir.join(if schnell { "schnell" } else { "dev" });

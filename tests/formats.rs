@@ -1,16 +1,17 @@
 //! Single-file checkpoints (as ComfyUI keeps them) are told apart by their tensor names, their
 //! configs are inferred from tensor shapes, and they draw the same images as the repository layout.
 
+mod common;
+
 use candle_core::{DType, Device, Tensor};
 use charaboard::flux::config::from_diffusers_json;
 use charaboard::models::formats::{classify, FileKind, COMFY_PREFIX};
 use charaboard::models::infer::{self, Shapes};
 use charaboard::models::tiny_files::{self, FileDtypes};
 use charaboard::models::{tiny, ModelSource, RepoLayout, TensorStore};
-use charaboard::pipeline::{generate, FluxModels, GenerateParams, NoiseSource};
-use charaboard::sampler::StepControl;
+use charaboard::pipeline::FluxModels;
 use charaboard::text::ClipJsonConfig;
-use image::RgbImage;
+use common::{draw, mean_abs};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
@@ -29,53 +30,25 @@ fn f32_single_files(out: &Path, schnell: bool) {
     tiny_files::write_single_files(out, SEED, schnell, FileDtypes::F32).unwrap();
 }
 
-fn draw(model: &Path) -> RgbImage {
-    let mut models = FluxModels::load(model, DType::F32, &Device::Cpu).unwrap();
-    let params = GenerateParams {
-        prompt: "a knight in a forest".into(),
-        width: 64,
-        height: 64,
-        steps: 4,
-        guidance: 3.5,
-        noise: NoiseSource::Seed(3),
-    };
-    generate(&mut models, &params, None, &mut |_| {
-        Ok(StepControl::Continue)
-    })
-    .unwrap()
-    .unwrap()
-    .image
-}
-
-fn mean_abs(a: &RgbImage, b: &RgbImage) -> f64 {
-    let total: u64 = a
-        .as_raw()
-        .iter()
-        .zip(b.as_raw())
-        .map(|(x, y)| x.abs_diff(*y) as u64)
-        .sum();
-    total as f64 / a.as_raw().len() as f64
-}
-
 #[test]
 fn single_files_draw_the_repository_image() {
     for schnell in [false, true] {
         let repo = tempfile::tempdir().unwrap();
         tiny::write_repo(repo.path(), SEED, schnell).unwrap();
-        let expected = draw(repo.path());
+        let expected = draw(repo.path(), 3);
 
         let exact = tempfile::tempdir().unwrap();
         f32_single_files(exact.path(), schnell);
         assert!(
-            draw(exact.path()) == expected,
+            draw(exact.path(), 3) == expected,
             "f32 single files must give the repository's image byte for byte"
         );
-        assert!(draw(&exact.path().join(tiny_files::MODEL_FILE)) == expected);
+        assert!(draw(&exact.path().join(tiny_files::MODEL_FILE), 3) == expected);
 
         let downloads = tempfile::tempdir().unwrap();
         tiny_files::write_single_files(downloads.path(), SEED, schnell, FileDtypes::DOWNLOADS)
             .unwrap();
-        let image = draw(&downloads.path().join(tiny_files::MODEL_FILE));
+        let image = draw(&downloads.path().join(tiny_files::MODEL_FILE), 3);
         let diff = mean_abs(&image, &expected);
         assert!(
             diff <= DOWNLOADS_MEAN_ABS_TOLERANCE,
@@ -83,7 +56,7 @@ fn single_files_draw_the_repository_image() {
         );
         let other = tempfile::tempdir().unwrap();
         tiny::write_repo(other.path(), SEED + 1, schnell).unwrap();
-        let other_diff = mean_abs(&draw(other.path()), &expected);
+        let other_diff = mean_abs(&draw(other.path(), 3), &expected);
         assert!(
             other_diff > 10.0 * DOWNLOADS_MEAN_ABS_TOLERANCE,
             "another seed's weights differ by only {other_diff:.3} levels"
@@ -118,7 +91,7 @@ fn fp8_transformer_is_upcast_on_load() {
         .to_scalar::<f32>()
         .unwrap();
     assert_eq!(same, 1.0, "fp8 values are exact in f32");
-    let image = draw(dir.path());
+    let image = draw(dir.path(), 3);
     assert_eq!(image.dimensions(), (64, 64));
 }
 
@@ -333,5 +306,5 @@ fn diffusers_named_single_file_transformer_draws_the_repository_image() {
     let file = dir.path().join("flux-diffusers.safetensors");
     candle_core::safetensors::save(&merged, &file).unwrap();
     assert_eq!(classify(&file).unwrap(), FileKind::FluxDiffusers);
-    assert!(draw(dir.path()) == draw(repo.path()));
+    assert!(draw(dir.path(), 3) == draw(repo.path(), 3));
 }

@@ -2,6 +2,8 @@
 //! into the hookable model, draw close to the dense weights they were quantized from, run
 //! CharaConsist, and are refused with a named error when they cannot run.
 
+mod common;
+
 use candle_core::quantized::{gguf_file, GgmlDType};
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
@@ -11,10 +13,10 @@ use charaboard::models::formats::{classify, FileKind};
 use charaboard::models::gguf::{self, city96_quant, GgufHeader};
 use charaboard::models::tiny_files::{self, GGUF_TRANSFORMER_FILE, MODEL_FILE};
 use charaboard::models::{inventory, tiny, ModelSource};
-use charaboard::pipeline::{generate, FluxModels, GenerateParams, NoiseSource};
+use charaboard::pipeline::FluxModels;
 use charaboard::project::model::{IdentityShot, Panel, Project, RenderSettings, Scene};
 use charaboard::sampler::StepControl;
-use image::RgbImage;
+use common::{draw, mean_abs};
 use std::collections::BTreeMap;
 use std::path::Path;
 
@@ -38,34 +40,6 @@ const Q8_0_FORWARD_REL_TOLERANCE: f64 = 0.05;
 const Q4_0_FORWARD_REL_TOLERANCE: f64 = 0.4;
 const F32_FORWARD_REL_TOLERANCE: f64 = 1e-6;
 const BF16_FORWARD_REL_TOLERANCE: f64 = 0.05;
-
-fn draw(model: &Path, seed: u64) -> RgbImage {
-    let mut models = FluxModels::load(model, DType::F32, &Device::Cpu).unwrap();
-    let params = GenerateParams {
-        prompt: "a knight in a forest".into(),
-        width: 64,
-        height: 64,
-        steps: 4,
-        guidance: 3.5,
-        noise: NoiseSource::Seed(seed),
-    };
-    generate(&mut models, &params, None, &mut |_| {
-        Ok(StepControl::Continue)
-    })
-    .unwrap()
-    .unwrap()
-    .image
-}
-
-fn mean_abs(a: &RgbImage, b: &RgbImage) -> f64 {
-    let total: u64 = a
-        .as_raw()
-        .iter()
-        .zip(b.as_raw())
-        .map(|(x, y)| x.abs_diff(*y) as u64)
-        .sum();
-    total as f64 / a.as_raw().len() as f64
-}
 
 fn gguf_model(quant: GgmlDType, schnell: bool) -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();

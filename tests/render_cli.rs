@@ -1,21 +1,8 @@
 //! `charaboard render` and `charaboard import` end to end on a tiny model.
 
-use std::process::{Command, Output};
+mod common;
 
-fn charaboard(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_charaboard"))
-        .args(args)
-        .output()
-        .expect("runs")
-}
-
-fn ok(out: &Output) {
-    assert!(
-        out.status.success(),
-        "failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
+use common::{charaboard, ok};
 
 const PROJECT: &str = r#"(
     title: "Courier test",

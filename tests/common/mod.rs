@@ -1,0 +1,56 @@
+//! Helpers shared by the integration tests. Each test binary uses a subset of them.
+#![allow(dead_code)]
+
+use candle_core::{DType, Device};
+use charaboard::pipeline::{generate, FluxModels, GenerateParams, NoiseSource};
+use charaboard::sampler::StepControl;
+use image::RgbImage;
+use std::path::Path;
+use std::process::{Command, Output};
+
+/// Runs the `charaboard` binary built for these tests.
+pub fn charaboard(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_charaboard"))
+        .args(args)
+        .output()
+        .expect("runs")
+}
+
+/// Asserts that a run succeeded, showing its stderr if not.
+pub fn ok(out: &Output) {
+    assert!(
+        out.status.success(),
+        "failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A 64x64, 4-step image of the model at `model` (any layout), from noise of `seed`.
+pub fn draw(model: &Path, seed: u64) -> RgbImage {
+    let mut models = FluxModels::load(model, DType::F32, &Device::Cpu).unwrap();
+    let params = GenerateParams {
+        prompt: "a knight in a forest".into(),
+        width: 64,
+        height: 64,
+        steps: 4,
+        guidance: 3.5,
+        noise: NoiseSource::Seed(seed),
+    };
+    generate(&mut models, &params, None, &mut |_| {
+        Ok(StepControl::Continue)
+    })
+    .unwrap()
+    .unwrap()
+    .image
+}
+
+/// Mean absolute difference per 8-bit channel.
+pub fn mean_abs(a: &RgbImage, b: &RgbImage) -> f64 {
+    let total: u64 = a
+        .as_raw()
+        .iter()
+        .zip(b.as_raw())
+        .map(|(x, y)| x.abs_diff(*y) as u64)
+        .sum();
+    total as f64 / a.as_raw().len() as f64
+}
