@@ -5,8 +5,7 @@
 //! file written by an older version still loads, and a file that cannot be read at all is set
 //! aside as `settings.ron.broken` rather than overwritten, so a hand edit gone wrong is not lost.
 
-use std::fs::{self, File};
-use std::io::Write;
+use std::fs;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
@@ -102,8 +101,7 @@ impl AppSettings {
 
     /// Writes the settings to [`config_path`], creating its folder.
     ///
-    /// Atomic: the text goes to a synced temporary file in the same folder, which is then
-    /// renamed over the old file, so a crash mid-save leaves either the old or the new settings.
+    /// Atomic ([`crate::atomic_file`]): a crash mid-save leaves either the old or the new settings.
     pub fn save(&self) -> Result<()> {
         let path = config_path().context(
             "no folder for settings: set CHARABOARD_CONFIG_DIR or a home folder's config dir",
@@ -112,15 +110,7 @@ impl AppSettings {
         fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
         let text = ron::ser::to_string_pretty(self, PrettyConfig::default())
             .context("cannot write the settings as RON")?;
-        let tmp = dir.join(format!(".settings.ron.{}.tmp", std::process::id()));
-        let written = write_synced(&tmp, &text).and_then(|()| {
-            fs::rename(&tmp, &path).with_context(|| format!("cannot replace {}", path.display()))
-        });
-        if written.is_err() {
-            // Best effort: the error that matters is the one already in hand.
-            let _ = fs::remove_file(&tmp);
-        }
-        written
+        crate::atomic_file::write_atomic(&path, text.as_bytes())
     }
 
     /// Puts `path` first in the recent projects, removing an older entry for it and dropping
@@ -142,14 +132,6 @@ fn parse(bytes: &[u8]) -> Result<AppSettings> {
     let text = std::str::from_utf8(bytes).context("not UTF-8")?;
     let options = ron::Options::default().with_default_extension(Extensions::IMPLICIT_SOME);
     Ok(options.from_str(text)?)
-}
-
-fn write_synced(path: &Path, text: &str) -> Result<()> {
-    let mut file =
-        File::create(path).with_context(|| format!("cannot create {}", path.display()))?;
-    file.write_all(text.as_bytes())
-        .and_then(|()| file.sync_all())
-        .with_context(|| format!("cannot write {}", path.display()))
 }
 
 /// `std::path::absolute` also drops `.` components; where it fails (no current folder) the

@@ -1,15 +1,21 @@
 //! charaboard: consistent-character storyboards with FLUX.1 and CharaConsist.
+//!
+//! Data flows one way: prompts -> tokens (text) -> latents under a steered transformer (flux,
+//! sampler, consist) -> pixels (vae) -> panels (render, project::images) -> sheets (export).
 
 pub mod app_settings;
-pub mod bench;
+pub mod atomic_file;
+pub mod cli;
 pub mod consist;
 pub mod device;
 pub mod export;
 pub mod flux;
 pub mod models;
+pub mod overlay;
 pub mod pipeline;
 pub mod project;
 pub mod prompts;
+pub mod render;
 pub mod sampler;
 pub mod text;
 pub mod ui;

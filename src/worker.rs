@@ -11,15 +11,12 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
-use crate::consist::mask::Grid;
-use crate::consist::matching::Matches;
-use crate::consist::session::{
-    ImageOutput, Outcome, Phase, RenderEvent, RenderOptions, RenderRequest, Renderer, Target,
-};
+use crate::consist::plan::{Phase, Plan, PlanModel, RenderRequest, Target};
+use crate::consist::session::Renderer;
 use crate::device::{parse_device, parse_dtype};
-use crate::export::files::{write_dump, write_image};
 use crate::pipeline::FluxModels;
-use crate::project::model::Project;
+use crate::project::images::{ImagesStore, RenderedImage};
+use crate::render::{self, Ended, Progress, RenderJob};
 use crate::sampler::StepControl;
 
 pub enum Job {
@@ -28,29 +25,22 @@ pub enum Job {
         device: Option<String>,
         dtype: Option<String>,
     },
-    /// Render and, when `save_dir` is set, write every finished image there (with its overlays
-    /// and tensors) so that it is reloaded with the project.
+    /// Render what `request` asks of `plan` and, with a store, write every finished image
+    /// there so that it is reloaded with the project.
     Render {
-        project: Box<Project>,
+        plan: Box<Plan>,
         request: RenderRequest,
-        save_dir: Option<PathBuf>,
+        store: Option<ImagesStore>,
         preview_every: Option<usize>,
     },
     CreateTinyModel {
         dir: PathBuf,
     },
-}
-
-/// A finished image as the UI shows it.
-#[derive(Clone)]
-pub struct RenderedImage {
-    pub target: Target,
-    pub image: RgbImage,
-    pub grid: Grid,
-    pub mask: Vec<bool>,
-    pub matches: Option<Matches>,
-    pub prompt: String,
-    pub seconds: f64,
+    /// Read the images saved for a project (off the UI thread: decoding PNGs takes a while).
+    LoadImages {
+        store: ImagesStore,
+        panels: usize,
+    },
 }
 
 pub enum Event {
@@ -60,10 +50,14 @@ pub enum Event {
     ModelLoaded {
         dir: PathBuf,
         description: String,
+        /// What a plan needs to know of the model.
+        model: PlanModel,
     },
     TinyModelCreated {
         dir: PathBuf,
     },
+    /// Work on an image begins.
+    Started(Target),
     Step {
         target: Target,
         phase: Phase,
@@ -72,7 +66,14 @@ pub enum Event {
         preview: Option<RgbImage>,
     },
     ImageDone(Box<RenderedImage>),
-    /// The job failed; `target` is the image being rendered, if any.
+    /// Saved images read back for `store`; `notes` says what was ignored and why.
+    ImagesLoaded {
+        store: ImagesStore,
+        images: Vec<RenderedImage>,
+        notes: Vec<String>,
+    },
+    /// The job failed; `target` is the image it failed in, if any. `message` keeps the
+    /// whole cause chain.
     Failed {
         target: Option<Target>,
         message: String,
@@ -201,20 +202,30 @@ impl State {
                     Ok((models, description))
                 })()
                 .map_err(|e| (None, e))?;
+                let model = PlanModel::of(&loaded.0);
                 self.models = Some(loaded.0);
                 send(Event::ModelLoaded {
                     dir,
                     description: loaded.1,
+                    model,
                 });
             }
             Job::CreateTinyModel { dir } => {
                 crate::models::tiny::write_repo(&dir, 0, false).map_err(|e| (None, e))?;
                 send(Event::TinyModelCreated { dir });
             }
+            Job::LoadImages { store, panels } => {
+                let found = store.read_all(panels);
+                send(Event::ImagesLoaded {
+                    store,
+                    images: found.images,
+                    notes: found.notes,
+                });
+            }
             Job::Render {
-                project,
+                plan,
                 request,
-                save_dir,
+                store,
                 preview_every,
             } => {
                 let models = self
@@ -222,156 +233,42 @@ impl State {
                     .as_mut()
                     .context("no model is loaded: choose a model folder first")
                     .map_err(|e| (None, e))?;
-                if let Some(dir) = &save_dir {
-                    std::fs::create_dir_all(dir)
-                        .with_context(|| format!("cannot create {}", dir.display()))
-                        .map_err(|e| (None, e))?;
-                }
-                let options = RenderOptions {
-                    noise: None,
+                let job = RenderJob {
+                    plan: &plan,
+                    request,
+                    store: store.as_ref(),
                     preview_every,
                 };
-                let mut current = None;
-                let mut failure: Option<JobError> = None;
-                let mut identity_image: Option<RgbImage> = None;
-                let outcome =
-                    self.renderer
-                        .render(models, &project, request, &options, &mut |event| {
-                            match event {
-                                RenderEvent::Step {
-                                    target,
-                                    phase,
-                                    step,
-                                    steps,
-                                    preview,
-                                } => {
-                                    current = Some(target);
-                                    send(Event::Step {
-                                        target,
-                                        phase,
-                                        step,
-                                        steps,
-                                        preview,
-                                    });
-                                }
-                                RenderEvent::Finished(out) => {
-                                    if out.target == Target::Identity {
-                                        identity_image = Some(out.image.clone());
-                                    }
-                                    if let Some(dir) = &save_dir {
-                                        let reference =
-                                            identity_image.as_ref().unwrap_or(&out.image);
-                                        if let Err(e) = save(dir, out, reference, &project) {
-                                            failure = Some((Some(out.target), e));
-                                        }
-                                    }
-                                    send(Event::ImageDone(Box::new(rendered(out, &project))));
-                                }
-                            }
-                            match failure.is_some() || cancel.load(Ordering::SeqCst) {
-                                true => StepControl::Cancel,
-                                false => StepControl::Continue,
-                            }
-                        });
-                if let Some(f) = failure {
-                    return Err(f);
-                }
-                match outcome.map_err(|e| (current, e))? {
-                    Outcome::Cancelled => send(Event::Cancelled),
-                    Outcome::Finished => {}
+                let ended = render::run(&mut self.renderer, models, &job, &mut |progress| {
+                    send(match progress {
+                        Progress::Started(target) => Event::Started(target),
+                        Progress::Step {
+                            target,
+                            phase,
+                            step,
+                            steps,
+                            preview,
+                        } => Event::Step {
+                            target,
+                            phase,
+                            step,
+                            steps,
+                            preview,
+                        },
+                        Progress::Finished { image, .. } => Event::ImageDone(image),
+                    });
+                    match cancel.load(Ordering::SeqCst) {
+                        true => StepControl::Cancel,
+                        false => StepControl::Continue,
+                    }
+                });
+                match ended {
+                    Ended::Finished => {}
+                    Ended::Cancelled => send(Event::Cancelled),
+                    Ended::Failed { target, error } => return Err((target, error)),
                 }
             }
         }
         Ok(())
-    }
-}
-
-fn prompt_of(project: &Project, target: Target) -> String {
-    match target {
-        Target::Identity => project.identity_prompt(),
-        Target::Panel(i) => project.panel_prompt(i),
-    }
-}
-
-fn rendered(out: &ImageOutput, project: &Project) -> RenderedImage {
-    RenderedImage {
-        target: out.target,
-        image: out.image.clone(),
-        grid: out.grid,
-        mask: out.mask.clone(),
-        matches: out.matches.clone(),
-        prompt: prompt_of(project, out.target),
-        seconds: out.seconds,
-    }
-}
-
-/// The image, its overlays and tensors, and the prompt it was rendered from.
-fn save(
-    dir: &std::path::Path,
-    out: &ImageOutput,
-    identity: &RgbImage,
-    project: &Project,
-) -> Result<()> {
-    write_image(dir, out, identity)?;
-    write_dump(dir, out)?;
-    let stem = crate::export::files::stem(out.target);
-    let prompt_path = dir.join(format!("{stem}.prompt.txt"));
-    std::fs::write(&prompt_path, prompt_of(project, out.target))
-        .with_context(|| format!("cannot write {}", prompt_path.display()))
-}
-
-impl RenderedImage {
-    /// An image saved by an earlier render (`{stem}.png`, `.safetensors`, `.prompt.txt`), or
-    /// `None` if there is none.
-    pub fn load(dir: &std::path::Path, target: Target) -> Result<Option<Self>> {
-        let stem = crate::export::files::stem(target);
-        let png = dir.join(format!("{stem}.png"));
-        let tensors = dir.join(format!("{stem}.safetensors"));
-        if !png.is_file() || !tensors.is_file() {
-            return Ok(None);
-        }
-        let image = image::open(&png)
-            .with_context(|| format!("cannot read {}", png.display()))?
-            .to_rgb8();
-        let dump = candle_core::safetensors::load(&tensors, &candle_core::Device::Cpu)
-            .with_context(|| format!("cannot read {}", tensors.display()))?;
-        let get = |name: &str| {
-            dump.get(name)
-                .with_context(|| format!("{} has no `{name}`", tensors.display()))
-        };
-        let mask_t = get("fg_mask")?;
-        let (rows, cols) = mask_t.dims2()?;
-        let mask = mask_t
-            .flatten_all()?
-            .to_vec1::<u8>()?
-            .into_iter()
-            .map(|m| m != 0)
-            .collect();
-        let indices = |name: &str| -> Result<Vec<u32>> {
-            Ok(get(name)?
-                .to_vec1::<i64>()?
-                .into_iter()
-                .map(|v| v as u32)
-                .collect())
-        };
-        let matches = match dump.contains_key("match_sim") {
-            true => Some(Matches {
-                panel_idx: indices("match_panel_idx")?,
-                identity_idx: indices("match_identity_idx")?,
-                max_sim: get("match_sim")?.to_vec1::<f32>()?,
-            }),
-            false => None,
-        };
-        let prompt =
-            std::fs::read_to_string(dir.join(format!("{stem}.prompt.txt"))).unwrap_or_default();
-        Ok(Some(Self {
-            target,
-            image,
-            grid: Grid { rows, cols },
-            mask,
-            matches,
-            prompt,
-            seconds: 0.0,
-        }))
     }
 }

@@ -1,10 +1,11 @@
 //! The storyboard app through egui_kittest: widgets are found by their labels, as a user finds them.
 
 use charaboard::app_settings::AppSettings;
-use charaboard::consist::session::Target;
-use charaboard::ui::app::{CharaboardApp, ModelStatus, StartOptions};
+use charaboard::consist::plan::Target;
+use charaboard::ui::app::{CharaboardApp, StartOptions};
 use charaboard::ui::cells::CellState;
 use charaboard::ui::dialogs::Dialogs;
+use charaboard::ui::setup::ModelStatus;
 use egui_kittest::kittest::Queryable;
 use egui_kittest::Harness;
 use std::path::{Path, PathBuf};
@@ -219,7 +220,7 @@ fn render_on_a_tiny_model_then_overlays_and_export() {
         "identity.png",
         "panel-01.png",
         "panel-02.safetensors",
-        "panel-02.prompt.txt",
+        "panel-02.key.ron",
     ] {
         assert!(images.join(f).is_file(), "{f}");
     }

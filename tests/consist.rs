@@ -4,10 +4,9 @@ use candle_core::{Device, Tensor};
 use charaboard::consist::bank::{identity_bank_bytes, BankDims};
 use charaboard::consist::mask::{dilate_mask, erode_mask, Grid};
 use charaboard::consist::matching::{normalize_rows, MatchAccumulator};
+use charaboard::consist::plan::{PlanModel, RenderRequest, Target};
 use charaboard::consist::recipe::Recipe;
-use charaboard::consist::session::{
-    ImageOutput, Outcome, RenderEvent, RenderOptions, RenderRequest, Renderer, Target,
-};
+use charaboard::consist::session::{ImageOutput, Outcome, RenderEvent, RenderOptions, Renderer};
 use charaboard::pipeline::{generate, FluxModels, GenerateParams, NoiseSource};
 use charaboard::project::model::{IdentityShot, Panel, Project, RenderSettings, Scene};
 use charaboard::sampler::StepControl;
@@ -243,10 +242,11 @@ fn render(
     let mut images = BTreeMap::new();
     let mut order = Vec::new();
     let mut steps_seen = 0;
+    let plan = charaboard::project::plan(p, &PlanModel::of(models), None).unwrap();
     let outcome = renderer
         .render(
             models,
-            p,
+            &plan,
             request,
             &RenderOptions::default(),
             &mut |e| match e {
@@ -257,7 +257,8 @@ fn render(
                         false => StepControl::Continue,
                     }
                 }
-                RenderEvent::Finished(out) => {
+                RenderEvent::Started(_) => StepControl::Continue,
+                RenderEvent::Finished { output: out, .. } => {
                     order.push(out.target);
                     images.insert(
                         out.target,

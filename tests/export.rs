@@ -4,10 +4,11 @@
 use std::fs;
 use std::path::Path;
 
-use charaboard::export::files::save_png;
+use charaboard::atomic_file::save_png;
 use charaboard::export::pdf::{storyboard_pdf, Paper};
 use charaboard::export::storyboard::{export_all, panel_sheet, SheetOptions};
 use charaboard::export::text::TextRenderer;
+use charaboard::project::ImagesStore;
 use charaboard::project::{IdentityShot, Panel, Project, RenderSettings, Scene};
 use image::{Rgb, RgbImage};
 
@@ -338,6 +339,10 @@ fn paper_names_parse() {
     );
 }
 
+fn store(dir: &Path) -> ImagesStore {
+    ImagesStore::at(dir.to_path_buf(), "story".into())
+}
+
 /// An images folder as `charaboard render` leaves it, with only the panels in `rendered`.
 fn rendered_images(dir: &Path, rendered: &[usize]) {
     fs::create_dir_all(dir).unwrap();
@@ -364,7 +369,7 @@ fn export_all_writes_the_sheet_pdf_and_rendered_panels() {
         include_identity: true,
         ..SheetOptions::default()
     };
-    let written = export_all(&p, &images, &out, &opts, Paper::Letter).unwrap();
+    let written = export_all(&p, &store(&images), &out, &opts, Paper::Letter).unwrap();
 
     let names: Vec<String> = written
         .iter()
@@ -428,7 +433,7 @@ fn export_all_names_an_output_folder_it_cannot_create() {
     let out = file.join("out");
     let err = export_all(
         &project(&["a"]),
-        &images,
+        &store(&images),
         &out,
         &SheetOptions::default(),
         Paper::A4,
@@ -446,7 +451,7 @@ fn export_all_asks_for_a_render_first() {
     let out = tmp.path().join("out");
     let err = export_all(
         &project(&["a", "b"]),
-        &images,
+        &store(&images),
         &out,
         &SheetOptions::default(),
         Paper::A4,
@@ -461,7 +466,7 @@ fn export_all_asks_for_a_render_first() {
     let missing = tmp.path().join("never-rendered.images");
     let err = export_all(
         &project(&["a"]),
-        &missing,
+        &store(&missing),
         &out,
         &SheetOptions::default(),
         Paper::A4,

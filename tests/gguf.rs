@@ -7,7 +7,8 @@ mod common;
 use candle_core::quantized::{gguf_file, GgmlDType};
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
-use charaboard::consist::session::{RenderEvent, RenderOptions, RenderRequest, Renderer};
+use charaboard::consist::plan::{PlanModel, RenderRequest};
+use charaboard::consist::session::{RenderEvent, RenderOptions, Renderer};
 use charaboard::flux::{rope, Flux, FluxConfig, StepInput, TokenLayout};
 use charaboard::models::formats::{classify, FileKind};
 use charaboard::models::gguf::{self, city96_quant, GgufHeader};
@@ -314,14 +315,15 @@ fn characonsist_renders_on_a_gguf_model() {
         },
     };
     let mut finished = Vec::new();
+    let plan = charaboard::project::plan(&project, &PlanModel::of(&models), None).unwrap();
     Renderer::default()
         .render(
             &mut models,
-            &project,
+            &plan,
             RenderRequest::All,
             &RenderOptions::default(),
             &mut |e| {
-                if let RenderEvent::Finished(out) = e {
+                if let RenderEvent::Finished { output: out, .. } = e {
                     assert_eq!(out.image.dimensions(), (128, 128));
                     finished.push(out.target);
                 }

@@ -1,9 +1,7 @@
 //! Known-answer tests for the inspection overlays and contact sheets.
 
-use charaboard::export::overlay::{
-    mask_overlay, match_overlay, similarity_color, subsample, TokenGrid,
-};
 use charaboard::export::sheet::contact_sheet;
+use charaboard::overlay::{mask_overlay, match_overlay, similarity_color, subsample, TokenGrid};
 use image::{Rgb, RgbImage};
 
 const BLACK: Rgb<u8> = Rgb([0, 0, 0]);

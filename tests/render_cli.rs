@@ -23,7 +23,7 @@ const PROJECT: &str = r#"(
 )"#;
 
 #[test]
-fn render_writes_images_overlays_sheet_and_dumps_beside_the_project() {
+fn render_writes_images_overlays_sheet_dumps_and_keys_beside_the_project() {
     let dir = tempfile::tempdir().unwrap();
     let model = dir.path().join("model");
     ok(&charaboard(&[
@@ -38,11 +38,10 @@ fn render_writes_images_overlays_sheet_and_dumps_beside_the_project() {
         project.to_str().unwrap(),
         "--model",
         model.to_str().unwrap(),
-        "--dump",
     ]));
     let images = dir.path().join("courier.images");
     for stem in ["identity", "panel-01", "panel-02", "panel-03", "panel-04"] {
-        for suffix in [".png", "-mask.png", ".safetensors"] {
+        for suffix in [".png", "-mask.png", ".safetensors", ".key.ron"] {
             assert!(
                 images.join(format!("{stem}{suffix}")).is_file(),
                 "{stem}{suffix}"

@@ -4,6 +4,7 @@
 pub mod bank;
 pub mod mask;
 pub mod matching;
+pub mod plan;
 pub mod recipe;
 pub mod session;
 pub mod steer;

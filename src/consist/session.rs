@@ -1,37 +1,21 @@
-//! One storyboard: the identity run, per locked scene a background reference, per panel a pre-run
-//! and a main run (characonsist-spec.md §1, "Order of generation"). The renderer keeps the
-//! identity's bank between jobs, so re-rolling one panel costs one panel.
+//! Executes a storyboard plan: the identity run, per locked scene a background reference, per
+//! panel a pre-run and a main run (characonsist-spec.md §1, "Order of generation"). The renderer
+//! keeps the identity's bank between jobs, so re-rolling one panel costs one panel.
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use candle_core::Tensor;
 use image::RgbImage;
 use std::collections::BTreeMap;
-use std::path::PathBuf;
 use std::time::Instant;
 
 use super::bank::{Bank, RecordPlan, Recorder};
 use super::mask::{Grid, TextSpans};
 use super::matching::Matches;
+use super::plan::{BackgroundMode, ImageKey, Phase, Plan, PlannedImage, RenderRequest, Target};
 use super::recipe::Schedule;
 use super::steer::{ConsistHook, References, Role, RunObservations};
 use crate::pipeline::{FluxModels, NoiseSource};
-use crate::project::model::Project;
 use crate::sampler::{self, Denoised, RunInputs, StepControl, StepReport};
-
-/// An image of the storyboard.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum Target {
-    Identity,
-    Panel(usize),
-}
-
-/// Which run of an image a step belongs to.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Phase {
-    Identity,
-    PreRun,
-    Main,
-}
 
 /// A rendered image with what explains it.
 pub struct ImageOutput {
@@ -49,6 +33,8 @@ pub struct ImageOutput {
 }
 
 pub enum RenderEvent<'a> {
+    /// An image's work begins (before its prompt is prepared).
+    Started(Target),
     Step {
         target: Target,
         phase: Phase,
@@ -57,21 +43,16 @@ pub enum RenderEvent<'a> {
         /// A decoded preview of the current estimate, when asked for.
         preview: Option<RgbImage>,
     },
-    Finished(&'a ImageOutput),
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum RenderRequest {
-    All,
-    Identity,
-    Panel(usize),
+    /// An image is done; `identity` is the identity image its matches point into (the image
+    /// itself, for the identity).
+    Finished {
+        output: &'a ImageOutput,
+        identity: &'a RgbImage,
+    },
 }
 
 #[derive(Debug, Clone, Default)]
 pub struct RenderOptions {
-    /// Initial noise from this file instead of the project's seed (identity and every panel
-    /// without a seed of its own).
-    pub noise: Option<PathBuf>,
     /// Decode a preview every this many steps.
     pub preview_every: Option<usize>,
 }
@@ -82,45 +63,16 @@ pub enum Outcome {
     Cancelled,
 }
 
-/// Where a panel's background comes from (characonsist-spec.md §1 and §7, `update_bg`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum BackgroundMode {
-    /// Lock off: the background follows the panel's own prompt.
-    Free,
-    /// Locked onto the identity's background (same environment and size): `--share_bg`.
-    Identity,
-    /// Locked onto the scene's first panel, which is rendered first as the reference.
-    SceneReference { first_panel: usize },
-}
-
-pub fn background_mode(project: &Project, panel: usize) -> BackgroundMode {
-    let scene_index = project.panels[panel].scene;
-    let scene = &project.scenes[scene_index];
-    if !scene.lock_background {
-        return BackgroundMode::Free;
-    }
-    let identity_size = (project.settings.width, project.settings.height);
-    if scene.environment == project.identity.environment
-        && project.panel_size(panel) == identity_size
-    {
-        return BackgroundMode::Identity;
-    }
-    let first_panel = project
-        .panels
-        .iter()
-        .position(|p| p.scene == scene_index)
-        .unwrap_or(panel);
-    BackgroundMode::SceneReference { first_panel }
-}
-
 struct IdentityCache {
-    key: String,
+    key: ImageKey,
+    /// Whether the bank holds the background too (a locked panel on the identity's background).
+    with_background: bool,
     bank: Bank,
     output: ImageOutput,
 }
 
 struct SceneReference {
-    key: String,
+    key: ImageKey,
     bank: Bank,
 }
 
@@ -135,13 +87,28 @@ pub struct Renderer {
 }
 
 /// Everything a run needs that does not change between its steps.
-struct Shot {
+struct Shot<'a> {
     target: Target,
-    prompt: String,
+    prompt: &'a str,
     spans: TextSpans,
     width: usize,
     height: usize,
-    noise: NoiseSource,
+    noise: &'a NoiseSource,
+}
+
+/// An image's shot with its token spans, checked.
+fn shot_of<'a>(models: &FluxModels, image: &'a PlannedImage) -> Result<Shot<'a>> {
+    let s = &image.shot;
+    let spans = TextSpans::of(&models.tokenizers, &s.environment, &s.prompt)
+        .with_context(|| format!("{} ({})", image.target.label(), s.environment_field))?;
+    Ok(Shot {
+        target: image.target,
+        prompt: &s.prompt,
+        spans,
+        width: s.width,
+        height: s.height,
+        noise: &s.noise,
+    })
 }
 
 impl Renderer {
@@ -160,48 +127,36 @@ impl Renderer {
         self.identity.as_ref().map(|c| c.bank.peak_bytes)
     }
 
+    /// Renders what `request` asks for, and whatever of its dependencies is not cached.
     pub fn render(
         &mut self,
         models: &mut FluxModels,
-        project: &Project,
+        plan: &Plan,
         request: RenderRequest,
         options: &RenderOptions,
         on_event: &mut EventSink,
     ) -> Result<Outcome> {
-        project.validate()?;
-        let steps = project
-            .settings
-            .steps
-            .unwrap_or(if models.is_dev() { 50 } else { 4 });
-        let schedule = project.settings.recipe.schedule(steps);
-        let panels: Vec<usize> = match request {
-            RenderRequest::Identity => vec![],
-            RenderRequest::Panel(i) if i >= project.panels.len() => {
-                bail!("panel {} does not exist", i + 1)
-            }
-            RenderRequest::Panel(i) => vec![i],
-            RenderRequest::All => (0..project.panels.len()).collect(),
-        };
+        let panels = plan.requested_panels(request)?;
         // Every prompt is checked before anything is rendered, so a bad one costs no work,
         // and encoded once for the job (after which the encoders may be freed).
-        let mut prompts = vec![self.identity_shot(models, project, options)?.prompt];
+        let mut prompts = vec![shot_of(models, plan.identity())?.prompt];
         for &i in &panels {
-            prompts.push(self.panel_shot(models, project, i, options)?.prompt);
+            prompts.push(shot_of(models, &plan.panels()[i])?.prompt);
         }
-        models.begin_job(&prompts.iter().map(String::as_str).collect::<Vec<_>>())?;
-        if self.ensure_identity(models, project, &schedule, options, on_event)?
-            == Outcome::Cancelled
-        {
+        models.begin_job(&prompts)?;
+        let schedule = plan.settings.recipe.schedule(plan.settings.steps);
+        if self.ensure_identity(models, plan, &schedule, options, on_event)? == Outcome::Cancelled {
             return Ok(Outcome::Cancelled);
         }
         for (n, &i) in panels.iter().enumerate() {
             // A scene reference is kept only while a later panel of this job still needs it.
-            let needed: Vec<usize> = panels[n..]
+            let needed: Vec<Option<usize>> = panels[n..]
                 .iter()
-                .map(|&j| project.panels[j].scene)
+                .map(|&j| plan.panels()[j].scene)
                 .collect();
-            self.scene_refs.retain(|scene, _| needed.contains(scene));
-            if self.render_panel(models, project, &schedule, i, options, on_event)?
+            self.scene_refs
+                .retain(|scene, _| needed.contains(&Some(*scene)));
+            if self.render_panel(models, plan, &schedule, i, options, on_event)?
                 == Outcome::Cancelled
             {
                 return Ok(Outcome::Cancelled);
@@ -210,116 +165,39 @@ impl Renderer {
         Ok(Outcome::Finished)
     }
 
-    fn noise_for(
-        &self,
-        project: &Project,
-        panel: Option<usize>,
-        options: &RenderOptions,
-    ) -> NoiseSource {
-        let own_seed = panel.and_then(|i| project.panels[i].seed);
-        match (own_seed, &options.noise) {
-            (Some(seed), _) => NoiseSource::Seed(seed),
-            (None, Some(path)) => NoiseSource::File(path.clone()),
-            (None, None) => NoiseSource::Seed(project.settings.seed),
-        }
-    }
-
-    fn identity_shot(
-        &self,
-        models: &FluxModels,
-        project: &Project,
-        options: &RenderOptions,
-    ) -> Result<Shot> {
-        let prompt = project.identity_prompt();
-        Ok(Shot {
-            target: Target::Identity,
-            spans: TextSpans::of(&models.tokenizers, &project.identity.environment, &prompt)
-                .context("identity shot (identity.environment)")?,
-            prompt,
-            width: project.settings.width,
-            height: project.settings.height,
-            noise: self.noise_for(project, None, options),
-        })
-    }
-
-    fn panel_shot(
-        &self,
-        models: &FluxModels,
-        project: &Project,
-        i: usize,
-        options: &RenderOptions,
-    ) -> Result<Shot> {
-        let prompt = project.panel_prompt(i);
-        let (width, height) = project.panel_size(i);
-        Ok(Shot {
-            target: Target::Panel(i),
-            spans: TextSpans::of(&models.tokenizers, project.panel_environment(i), &prompt)
-                .with_context(|| {
-                    format!(
-                        "panel {} (scenes[{}].environment)",
-                        i + 1,
-                        project.panels[i].scene
-                    )
-                })?,
-            prompt,
-            width,
-            height,
-            noise: self.noise_for(project, Some(i), options),
-        })
-    }
-
-    fn identity_key(
-        &self,
-        project: &Project,
-        steps: usize,
-        options: &RenderOptions,
-        with_bg: bool,
-    ) -> String {
-        let s = &project.settings;
-        format!(
-            "{:?}",
-            (
-                project.identity_prompt(),
-                &project.identity.environment,
-                s.width,
-                s.height,
-                steps,
-                s.guidance.to_bits(),
-                s.seed,
-                &options.noise,
-                &s.recipe,
-                with_bg
-            )
-        )
-    }
-
     fn ensure_identity(
         &mut self,
         models: &mut FluxModels,
-        project: &Project,
+        plan: &Plan,
         schedule: &Schedule,
         options: &RenderOptions,
         on_event: &mut EventSink,
     ) -> Result<Outcome> {
-        let with_bg = (0..project.panels.len())
-            .any(|i| background_mode(project, i) == BackgroundMode::Identity);
-        let key = self.identity_key(project, schedule.steps, options, with_bg);
-        if self.identity.as_ref().is_some_and(|c| c.key == key) {
+        let planned = plan.identity();
+        let with_background = plan.identity_background_needed();
+        if self
+            .identity
+            .as_ref()
+            .is_some_and(|c| c.key == planned.key && c.with_background == with_background)
+        {
             return Ok(Outcome::Finished);
         }
         self.identity = None;
         self.scene_refs.clear();
-        let shot = self.identity_shot(models, project, options)?;
-        let plan = RecordPlan {
+        if on_event(RenderEvent::Started(Target::Identity)) == StepControl::Cancel {
+            return Ok(Outcome::Cancelled);
+        }
+        let shot = shot_of(models, planned)?;
+        let record = RecordPlan {
             foreground: true,
-            background: with_bg,
+            background: with_background,
             features: true,
         };
-        let mut recorder = Recorder::new(plan, schedule.clone());
+        let mut recorder = Recorder::new(record, schedule.clone());
         let start = Instant::now();
         let Some((image, latents)) = run_identity(
             models,
-            project,
+            plan.settings.guidance,
             schedule,
             &shot,
             &mut recorder,
@@ -340,8 +218,16 @@ impl Renderer {
             spans: shot.spans,
             seconds: start.elapsed().as_secs_f64(),
         };
-        on_event(RenderEvent::Finished(&output));
-        self.identity = Some(IdentityCache { key, bank, output });
+        on_event(RenderEvent::Finished {
+            output: &output,
+            identity: &output.image,
+        });
+        self.identity = Some(IdentityCache {
+            key: planned.key.clone(),
+            with_background,
+            bank,
+            output,
+        });
         Ok(Outcome::Finished)
     }
 
@@ -353,46 +239,43 @@ impl Renderer {
     fn render_panel(
         &mut self,
         models: &mut FluxModels,
-        project: &Project,
+        plan: &Plan,
         schedule: &Schedule,
         i: usize,
         options: &RenderOptions,
         on_event: &mut EventSink,
     ) -> Result<Outcome> {
-        let mode = background_mode(project, i);
-        let scene = project.panels[i].scene;
+        let planned = &plan.panels()[i];
+        let scene = planned.scene.context("a panel has a scene")?;
         let mut recorder = None;
-        match mode {
+        match planned.background {
             BackgroundMode::SceneReference { first_panel } if first_panel == i => {
-                let plan = RecordPlan {
+                let record = RecordPlan {
                     foreground: false,
                     background: true,
                     features: false,
                 };
-                recorder = Some(Recorder::new(plan, schedule.clone()));
+                recorder = Some(Recorder::new(record, schedule.clone()));
             }
             BackgroundMode::SceneReference { first_panel } => {
-                let key = self.panel_key(project, first_panel, options);
-                if self.scene_refs.get(&scene).is_none_or(|r| r.key != key)
-                    && self.render_panel(
-                        models,
-                        project,
-                        schedule,
-                        first_panel,
-                        options,
-                        on_event,
-                    )? == Outcome::Cancelled
+                let key = &plan.panels()[first_panel].key;
+                if self.scene_refs.get(&scene).is_none_or(|r| &r.key != key)
+                    && self.render_panel(models, plan, schedule, first_panel, options, on_event)?
+                        == Outcome::Cancelled
                 {
                     return Ok(Outcome::Cancelled);
                 }
             }
             _ => {}
         }
+        if on_event(RenderEvent::Started(planned.target)) == StepControl::Cancel {
+            return Ok(Outcome::Cancelled);
+        }
         let identity = self
             .identity
             .as_ref()
             .context("the identity is rendered first")?;
-        let background = match mode {
+        let background = match planned.background {
             BackgroundMode::Free => None,
             BackgroundMode::Identity => identity.bank.bg.as_ref(),
             BackgroundMode::SceneReference { first_panel } if first_panel == i => None,
@@ -404,11 +287,11 @@ impl Renderer {
             identity: &identity.bank,
             background,
         };
-        let shot = self.panel_shot(models, project, i, options)?;
+        let shot = shot_of(models, planned)?;
         let start = Instant::now();
         let result = run_panel(
             models,
-            project,
+            plan.settings.guidance,
             schedule,
             &shot,
             refs,
@@ -429,28 +312,20 @@ impl Renderer {
             spans: shot.spans,
             seconds: start.elapsed().as_secs_f64(),
         };
-        on_event(RenderEvent::Finished(&output));
+        on_event(RenderEvent::Finished {
+            output: &output,
+            identity: &identity.output.image,
+        });
         if let Some(recorder) = recorder {
-            let key = self.panel_key(project, i, options);
             self.scene_refs.insert(
                 scene,
                 SceneReference {
-                    key,
+                    key: planned.key.clone(),
                     bank: recorder.finish()?,
                 },
             );
         }
         Ok(Outcome::Finished)
-    }
-
-    fn panel_key(&self, project: &Project, i: usize, options: &RenderOptions) -> String {
-        let identity = self.identity.as_ref().map(|c| c.key.as_str()).unwrap_or("");
-        format!(
-            "{identity}|{}|{:?}|{:?}",
-            project.panel_prompt(i),
-            project.panel_size(i),
-            self.noise_for(project, Some(i), options)
-        )
     }
 }
 
@@ -484,7 +359,7 @@ struct Prepared {
 
 fn prepare(models: &mut FluxModels, shot: &Shot, steps: usize) -> Result<Prepared> {
     let (run, sigmas) =
-        models.prepare_run(&shot.prompt, &shot.noise, shot.width, shot.height, steps)?;
+        models.prepare_run(shot.prompt, shot.noise, shot.width, shot.height, steps)?;
     Ok(Prepared {
         sigmas,
         run,
@@ -525,7 +400,7 @@ fn step_event(
 #[allow(clippy::too_many_arguments)]
 fn run_identity(
     models: &mut FluxModels,
-    project: &Project,
+    guidance: f64,
     schedule: &Schedule,
     shot: &Shot,
     recorder: &mut Recorder,
@@ -533,7 +408,6 @@ fn run_identity(
     on_event: &mut EventSink,
 ) -> Result<RunEnd> {
     let p = prepare(models, shot, schedule.steps)?;
-    let guidance = project.settings.guidance;
     let mut hook = ConsistHook::new(
         Role::Identity,
         schedule,
@@ -566,7 +440,7 @@ fn run_identity(
 #[allow(clippy::too_many_arguments)]
 fn run_panel(
     models: &mut FluxModels,
-    project: &Project,
+    guidance: f64,
     schedule: &Schedule,
     shot: &Shot,
     refs: References,
@@ -575,7 +449,6 @@ fn run_panel(
     on_event: &mut EventSink,
 ) -> Result<Option<(RgbImage, Tensor, RunObservations)>> {
     let p = prepare(models, shot, schedule.steps)?;
-    let guidance = project.settings.guidance;
     let models: &FluxModels = models;
     let dev = p.run.img.device().clone();
     let mask_step = schedule.mask_step;

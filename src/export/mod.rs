@@ -1,9 +1,25 @@
-//! Pictures made from rendered panels: overlays for inspection, contact sheets, and the
+//! Pictures made from rendered panels: contact sheets and the
 //! storyboard export (captioned sheet, PDF and numbered panels).
 
-pub mod files;
-pub mod overlay;
 pub mod pdf;
 pub mod sheet;
 pub mod storyboard;
 pub mod text;
+
+use crate::project::model::Project;
+
+/// `(width, height)` a panel is rendered at, without panicking on an unvalidated scene index,
+/// so that a placeholder has the shape the image will have.
+fn panel_shape(project: &Project, i: usize) -> (u32, u32) {
+    let scene = project
+        .panels
+        .get(i)
+        .and_then(|p| project.scenes.get(p.scene));
+    let w = scene
+        .and_then(|s| s.width)
+        .unwrap_or(project.settings.width);
+    let h = scene
+        .and_then(|s| s.height)
+        .unwrap_or(project.settings.height);
+    (w.max(1) as u32, h.max(1) as u32)
+}

@@ -13,7 +13,7 @@ use miniz_oxide::deflate::compress_to_vec_zlib;
 use pdf_writer::types::Predictor;
 use pdf_writer::{Content, Filter, Finish, Name, Pdf, Rect, Ref, Str, TextStr};
 
-use super::storyboard::panel_shape;
+use super::panel_shape;
 use super::text::wrap_by;
 use crate::project::model::Project;
 

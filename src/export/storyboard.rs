@@ -10,10 +10,12 @@ use image::{imageops, imageops::FilterType, Rgb, RgbImage};
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use super::files::{save_png, stem};
+use super::panel_shape;
 use super::pdf::{storyboard_pdf, Paper, DEFAULT_PER_PAGE};
 use super::text::TextRenderer;
-use crate::consist::session::Target;
+use crate::atomic_file::{save_png, write_atomic};
+use crate::consist::plan::Target;
+use crate::project::images::ImagesStore;
 use crate::project::model::Project;
 
 /// How the panel sheet is laid out.
@@ -61,22 +63,6 @@ struct Cell {
     image_height: u32,
     label: String,
     caption: Vec<String>,
-}
-
-/// `(width, height)` a panel is rendered at, without panicking on an unvalidated scene index,
-/// so that a placeholder has the shape the image will have.
-pub(super) fn panel_shape(project: &Project, i: usize) -> (u32, u32) {
-    let scene = project
-        .panels
-        .get(i)
-        .and_then(|p| project.scenes.get(p.scene));
-    let w = scene
-        .and_then(|s| s.width)
-        .unwrap_or(project.settings.width);
-    let h = scene
-        .and_then(|s| s.height)
-        .unwrap_or(project.settings.height);
-    (w.max(1) as u32, h.max(1) as u32)
 }
 
 /// Height of a `w`×`h` picture scaled to `width` wide (at least one pixel).
@@ -234,50 +220,32 @@ fn draw_cell(sheet: &mut RgbImage, text: &TextRenderer, cell: &Cell, x: u32, y: 
     }
 }
 
-/// Reads `{stem}.png` from `dir` if it exists; `None` means "not rendered yet".
-fn read_image(dir: &Path, target: Target) -> Result<Option<RgbImage>> {
-    let path = dir.join(format!("{}.png", stem(target)));
-    if !path.exists() {
-        return Ok(None);
-    }
-    let img = image::open(&path).with_context(|| format!("cannot read {}", path.display()))?;
-    Ok(Some(img.to_rgb8()))
-}
-
-/// Writes through a temporary file so that a failed write never leaves a partial file.
-fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let mut tmp = path.as_os_str().to_owned();
-    tmp.push(".partial");
-    let tmp = PathBuf::from(tmp);
-    fs::write(&tmp, bytes).with_context(|| format!("cannot write {}", tmp.display()))?;
-    fs::rename(&tmp, path).with_context(|| format!("cannot write {}", path.display()))
-}
-
 /// Exports a rendered storyboard into `out_dir` (created if needed): `sheet.png` (see
 /// [`panel_sheet`]), `storyboard.pdf` (see [`storyboard_pdf`], 6 panels a page) and `01.png`,
 /// `02.png`, ... as byte-for-byte copies of the rendered panels. Panels not rendered yet appear
 /// as placeholders on the sheet and PDF and get no numbered file.
 ///
-/// Images are read from `images_dir` as `charaboard render` names them (`panel-01.png`, ...,
-/// `identity.png`). Returns the paths written, sheet and PDF first.
+/// Images are read from the project's images store; one that is there but is not this
+/// project's (damaged, another project's) stops the export with the reason. Returns the paths
+/// written, sheet and PDF first.
 pub fn export_all(
     project: &Project,
-    images_dir: &Path,
+    store: &ImagesStore,
     out_dir: &Path,
     opts: &SheetOptions,
     paper: Paper,
 ) -> Result<Vec<PathBuf>> {
     let images = (0..project.panels.len())
-        .map(|i| read_image(images_dir, Target::Panel(i)))
+        .map(|i| read_image(store, Target::Panel(i)))
         .collect::<Result<Vec<_>>>()?;
     if images.iter().all(Option::is_none) {
         bail!(
             "no rendered panels in {}: render the project first (charaboard render PROJECT.ron)",
-            images_dir.display()
+            store.dir().display()
         );
     }
     let identity = if opts.include_identity {
-        read_image(images_dir, Target::Identity)?
+        read_image(store, Target::Identity)?
     } else {
         None
     };
@@ -299,11 +267,19 @@ pub fn export_all(
         if image.is_none() {
             continue;
         }
-        let from = images_dir.join(format!("{}.png", stem(Target::Panel(i))));
+        let from = store.png_path(Target::Panel(i));
         let to = out_dir.join(format!("{:02}.png", i + 1));
         let bytes = fs::read(&from).with_context(|| format!("cannot read {}", from.display()))?;
         write_atomic(&to, &bytes)?;
         written.push(to);
     }
     Ok(written)
+}
+
+/// The picture saved for `target`; `None` means "not rendered yet".
+fn read_image(store: &ImagesStore, target: Target) -> Result<Option<RgbImage>> {
+    Ok(store
+        .read(target)
+        .with_context(|| format!("cannot export {}", target.label()))?
+        .map(|saved| saved.image))
 }

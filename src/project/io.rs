@@ -4,8 +4,7 @@
 //! written by hand. Saving is atomic and keeps one backup, because a storyboard may hold hours
 //! of prompt work and a crash or full disk mid-save must not cost the previous version.
 
-use std::fs::{self, File};
-use std::io::Write;
+use std::fs;
 use std::path::{Path, PathBuf};
 
 use ron::extensions::Extensions;
@@ -13,6 +12,7 @@ use ron::ser::PrettyConfig;
 use thiserror::Error;
 
 use super::model::Project;
+use crate::atomic_file::{self, parent_dir};
 
 /// Why a project could not be loaded or saved. Structured so that a UI can jump to
 /// `line`/`col` of a parse error.
@@ -38,6 +38,9 @@ pub enum ProjectError {
     Invalid { path: PathBuf, message: String },
     #[error("{}: could not write the project as RON: {message}", path.display())]
     Serialize { path: PathBuf, message: String },
+    /// The new file could not be written; the previous one is untouched.
+    #[error("{message}")]
+    Write { path: PathBuf, message: String },
 }
 
 fn io_error(path: &Path) -> impl FnOnce(std::io::Error) -> ProjectError + '_ {
@@ -99,12 +102,22 @@ fn after_previous_token(text: &str, (line, col): (usize, usize)) -> (usize, usiz
         .map_or((line, col), |(n, l)| (n, l.chars().count() + 1))
 }
 
+/// The built-in storyboard for the app's first run: `projects/lighthouse-keeper.ron`, compiled
+/// in so that the app and the sample file can never disagree.
+pub fn sample() -> Project {
+    parse(
+        include_str!("../../projects/lighthouse-keeper.ron"),
+        Path::new("projects/lighthouse-keeper.ron"),
+    )
+    .expect("the built-in sample project is valid")
+}
+
 /// Writes `project` to `path` atomically, keeping the previous version as `{name}.bak`.
 ///
-/// The text goes to `.{name}.tmp` in the same folder (so the final rename cannot cross file
-/// systems) and is synced; the old file is copied to the backup, and only then is the temporary
-/// file renamed over the target. Until that rename the target is untouched, and a failure at any
-/// step removes the temporary file. The project is not validated: saving a draft is allowed.
+/// The text is staged beside the target ([`atomic_file`]); the old file is copied to the backup,
+/// and only then is the staged file renamed over the target. Until that rename the target is
+/// untouched, and a failure at any step removes the staged file. The project is not validated:
+/// saving a draft is allowed.
 pub fn save(project: &Project, path: &Path) -> Result<(), ProjectError> {
     let text = ron::ser::to_string_pretty(project, PrettyConfig::default()).map_err(|e| {
         ProjectError::Serialize {
@@ -116,49 +129,17 @@ pub fn save(project: &Project, path: &Path) -> Result<(), ProjectError> {
         path: path.to_path_buf(),
         source: std::io::Error::new(std::io::ErrorKind::InvalidInput, "not a file name"),
     })?;
-    let name = name.to_string_lossy();
-    let dir = parent_dir(path);
-    let tmp = dir.join(format!(".{name}.tmp"));
-    let backup = dir.join(format!("{name}.bak"));
-
-    let result = write_synced(&tmp, &text).and_then(|()| {
-        if path.exists() {
-            fs::copy(path, &backup).map_err(io_error(&backup))?;
+    let backup = parent_dir(path).join(format!("{}.bak", name.to_string_lossy()));
+    let failed = |e: anyhow::Error| ProjectError::Write {
+        path: path.to_path_buf(),
+        message: format!("{e:#}"),
+    };
+    let tmp = atomic_file::stage(path, |w| Ok(w.write_all(text.as_bytes())?)).map_err(failed)?;
+    if path.exists() {
+        if let Err(e) = fs::copy(path, &backup) {
+            atomic_file::discard(&[tmp]);
+            return Err(io_error(&backup)(e));
         }
-        fs::rename(&tmp, path).map_err(io_error(path))
-    });
-    if result.is_err() {
-        // Best effort: the error that matters is the one already in hand.
-        let _ = fs::remove_file(&tmp);
-        return result;
     }
-    // Make the rename itself durable. Directories cannot be opened for syncing everywhere
-    // (Windows), and the data is already safe, so a failure here is not an error.
-    if let Ok(d) = File::open(&dir) {
-        let _ = d.sync_all();
-    }
-    Ok(())
-}
-
-fn write_synced(path: &Path, text: &str) -> Result<(), ProjectError> {
-    let mut file = File::create(path).map_err(io_error(path))?;
-    file.write_all(text.as_bytes()).map_err(io_error(path))?;
-    file.sync_all().map_err(io_error(path))
-}
-
-/// `Path::parent` is `""` for a bare file name; that means the current folder.
-fn parent_dir(path: &Path) -> PathBuf {
-    match path.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-        _ => PathBuf::from("."),
-    }
-}
-
-/// The folder where a project's rendered images are kept: `{stem}.images/` beside
-/// `{stem}.ron`, so that moving or copying both keeps them together.
-pub fn images_dir(project_path: &Path) -> PathBuf {
-    let stem = project_path
-        .file_stem()
-        .map_or_else(|| "project".into(), |s| s.to_string_lossy());
-    project_path.with_file_name(format!("{stem}.images"))
+    atomic_file::commit(&tmp, path).map_err(failed)
 }

@@ -1,12 +1,18 @@
 //! The storyboard document: a RON file beside the images rendered for it.
 //!
 //! [`model`] is the document itself, [`io`] loads and saves it (with line and column in parse
-//! errors, and atomic saves), and [`import`] reads the reference implementation's prompt files.
+//! errors, and atomic saves), [`import`] reads the reference implementation's prompt files,
+//! [`plan`] turns the document into the storyboard plan a render executes, and [`images`] owns
+//! the folder of rendered images.
 
+pub mod images;
 pub mod import;
 pub mod io;
 pub mod model;
+pub mod plan;
 
+pub use images::{images_dir, ImagesStore, RenderedImage};
 pub use import::{import, import_file};
-pub use io::{images_dir, load, parse, save, ProjectError};
+pub use io::{load, parse, sample, save, ProjectError};
 pub use model::{IdentityShot, Panel, Project, RenderSettings, Scene};
+pub use plan::plan;

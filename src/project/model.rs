@@ -1,7 +1,7 @@
 //! What a storyboard is: one character, an identity shot, scenes and the panels set in them.
 //!
 //! Every type here is plain serde data so that the RON file is the whole document: nothing about
-//! a storyboard lives outside it except the rendered images (see [`super::io::images_dir`]).
+//! a storyboard lives outside it except the rendered images (see [`super::images`]).
 //! Optional fields carry serde defaults so that a hand-written file only needs `title`,
 //! `character`, `identity`, `scenes` and `panels`; unknown fields are rejected so that a typo
 //! such as `lock_backgound` is reported instead of silently ignored.
@@ -217,15 +217,5 @@ impl Project {
         // The recipe names its fields `recipe.…`; prefixing makes them the path in this file.
         s.recipe.validate().map_err(|e| anyhow!("settings.{e:#}"))?;
         Ok(())
-    }
-
-    /// The built-in storyboard for the app's first run: `projects/lighthouse-keeper.ron`,
-    /// compiled in so that the app and the sample file can never disagree.
-    pub fn sample() -> Project {
-        super::io::parse(
-            include_str!("../../projects/lighthouse-keeper.ron"),
-            std::path::Path::new("projects/lighthouse-keeper.ron"),
-        )
-        .expect("the built-in sample project is valid")
     }
 }

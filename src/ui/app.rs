@@ -13,12 +13,11 @@ use super::document::Document;
 use super::editor::{editor_ui, TokenCounter};
 use super::grid::grid_ui;
 use super::inspector::{inspector_ui, Overlays};
-use super::setup;
+use super::setup::{self, CacheScan, ModelStatus};
 use crate::app_settings::AppSettings;
-use crate::consist::session::{RenderRequest, Target};
-use crate::project::model::Project;
+use crate::consist::plan::{Plan, PlanModel, RenderRequest, Target};
 use crate::text::{PromptTokenizers, T5_LEN_DEV};
-use crate::worker::{Event, Job, RenderedImage, Worker};
+use crate::worker::{Event, Job, Worker};
 
 const SAVE: KeyboardShortcut = KeyboardShortcut::new(Modifiers::COMMAND, Key::S);
 const UNDO: KeyboardShortcut = KeyboardShortcut::new(Modifiers::COMMAND, Key::Z);
@@ -29,15 +28,6 @@ const RECOVERY_EVERY: Duration = Duration::from_secs(20);
 
 /// The files an export wrote, or why it failed.
 type ExportResult = Result<Vec<PathBuf>, String>;
-
-/// Where the model is.
-#[derive(Debug, Clone, PartialEq)]
-pub enum ModelStatus {
-    None,
-    Loading(PathBuf),
-    Loaded { dir: PathBuf, description: String },
-    Failed(String),
-}
 
 /// How the app starts.
 pub struct StartOptions {
@@ -56,6 +46,13 @@ pub struct CharaboardApp {
     pub selected: Option<Target>,
     pub overlays: Overlays,
     pub model: ModelStatus,
+    /// The loaded model as plans see it.
+    plan_model: Option<PlanModel>,
+    /// The plan of the project as it is now, for the loaded model; recomputed when either
+    /// changes (`planned` is the document revision it was made at).
+    plan: Option<Plan>,
+    planned: Option<u64>,
+    cache_scan: CacheScan,
     pub status: Option<(String, bool)>,
     pub busy: bool,
     pub settings: AppSettings,
@@ -84,11 +81,15 @@ impl CharaboardApp {
         let tokenizers =
             PromptTokenizers::shipped(T5_LEN_DEV).expect("the shipped tokenizers are valid");
         let mut app = Self {
-            doc: Document::new(Project::sample(), None),
+            doc: Document::new(crate::project::io::sample(), None),
             cells: Cells::default(),
             selected: None,
             overlays: Overlays::default(),
             model: ModelStatus::None,
+            plan_model: None,
+            plan: None,
+            planned: None,
+            cache_scan: CacheScan::default(),
             status: None,
             busy: false,
             settings: start.settings,
@@ -125,6 +126,8 @@ impl CharaboardApp {
 
     pub fn load_model(&mut self, dir: PathBuf) {
         self.model = ModelStatus::Loading(dir.clone());
+        self.plan_model = None;
+        self.planned = None;
         self.busy = true;
         self.worker.send(Job::LoadModel {
             dir,
@@ -158,20 +161,26 @@ impl CharaboardApp {
         }
     }
 
-    /// Shows the images rendered for this project earlier (saved beside it).
-    fn load_saved_images(&mut self, ctx: &egui::Context) {
-        let Some(dir) = self.doc.images_dir() else {
-            return;
-        };
-        let targets = std::iter::once(Target::Identity)
-            .chain((0..self.doc.project.panels.len()).map(Target::Panel));
-        for target in targets {
-            match RenderedImage::load(&dir, target) {
-                Ok(Some(image)) => self.cells.set_image(ctx, image),
-                Ok(None) => {}
-                Err(e) => self.error(format!("could not reload a rendered image: {e:#}")),
-            }
+    /// Asks the worker to read the images rendered for this project earlier (saved beside it).
+    fn load_saved_images(&mut self) {
+        if let Some(store) = self.doc.images_store() {
+            self.worker.send(Job::LoadImages {
+                store,
+                panels: self.doc.project.panels.len(),
+            });
         }
+    }
+
+    /// The plan of the project for the loaded model, brought up to date with the document.
+    pub fn plan(&mut self) -> Option<&Plan> {
+        if self.planned != Some(self.doc.revision()) {
+            self.planned = Some(self.doc.revision());
+            self.plan = self
+                .plan_model
+                .as_ref()
+                .and_then(|m| crate::project::plan(&self.doc.project, m, None).ok());
+        }
+        self.plan.as_ref()
     }
 
     pub fn save(&mut self) {
@@ -207,20 +216,18 @@ impl CharaboardApp {
         if self.busy {
             return;
         }
-        if !matches!(self.model, ModelStatus::Loaded { .. }) {
+        let Some(model) = self.plan_model.clone() else {
             self.error("load a model first (see the setup panel)");
             return;
-        }
-        if let Err(e) = self.doc.project.validate() {
-            self.error(format!("cannot render: {e:#}"));
-            return;
-        }
-        let targets: Vec<Target> = match request {
-            RenderRequest::All => std::iter::once(Target::Identity)
-                .chain((0..self.doc.project.panels.len()).map(Target::Panel))
-                .collect(),
-            RenderRequest::Identity => vec![Target::Identity],
-            RenderRequest::Panel(i) => vec![Target::Panel(i)],
+        };
+        let planned = crate::project::plan(&self.doc.project, &model, None)
+            .and_then(|plan| Ok((plan.requested_targets(request)?, plan)));
+        let (targets, plan) = match planned {
+            Ok(planned) => planned,
+            Err(e) => {
+                self.error(format!("cannot render: {e:#}"));
+                return;
+            }
         };
         for t in targets {
             self.cells.entry(t).state = CellState::Queued;
@@ -228,9 +235,9 @@ impl CharaboardApp {
         self.busy = true;
         self.status = None;
         self.worker.send(Job::Render {
-            project: Box::new(self.doc.project.clone()),
+            plan: Box::new(plan),
             request,
-            save_dir: self.doc.images_dir(),
+            store: self.doc.images_store(),
             preview_every: Some(5),
         });
     }
@@ -242,7 +249,7 @@ impl CharaboardApp {
     /// Drains the worker's events, dialog answers and export results.
     pub fn poll(&mut self, ctx: &egui::Context) {
         if std::mem::take(&mut self.reload_images) {
-            self.load_saved_images(ctx);
+            self.load_saved_images();
         }
         let events: Vec<Event> = self.worker.events().collect();
         for event in events {
@@ -268,15 +275,22 @@ impl CharaboardApp {
     fn handle(&mut self, ctx: &egui::Context, event: Event) {
         match event {
             Event::ModelLoading { dir } => self.model = ModelStatus::Loading(dir),
-            Event::ModelLoaded { dir, description } => {
+            Event::ModelLoaded {
+                dir,
+                description,
+                model,
+            } => {
                 self.settings.model_dir = Some(dir.clone());
                 self.save_settings();
                 self.model = ModelStatus::Loaded { dir, description };
+                self.plan_model = Some(model);
+                self.planned = None;
             }
             Event::TinyModelCreated { dir } => {
                 self.busy = false;
                 self.load_model(dir);
             }
+            Event::Started(target) => self.cells.entry(target).state = CellState::Preparing,
             Event::Step {
                 target,
                 phase,
@@ -291,6 +305,25 @@ impl CharaboardApp {
                 }
             }
             Event::ImageDone(image) => self.cells.set_image(ctx, *image),
+            Event::ImagesLoaded {
+                store,
+                images,
+                notes,
+            } => {
+                // The project may have changed while the images were read.
+                if self
+                    .doc
+                    .images_store()
+                    .is_some_and(|s| s.dir() == store.dir())
+                {
+                    for image in images {
+                        self.cells.set_image(ctx, image);
+                    }
+                    if !notes.is_empty() {
+                        self.info(notes.join("; "));
+                    }
+                }
+            }
             Event::Failed { target, message } => {
                 if let ModelStatus::Loading(_) = self.model {
                     self.model = ModelStatus::Failed(message.clone());
@@ -307,6 +340,8 @@ impl CharaboardApp {
             }
             Event::Idle => {
                 self.busy = false;
+                // Images the job found cached were never started: they are as they were.
+                self.cells.settle(None);
                 if self.render_when_loaded && matches!(self.model, ModelStatus::Loaded { .. }) {
                     self.render_when_loaded = false;
                     self.render(RenderRequest::All);
@@ -316,7 +351,7 @@ impl CharaboardApp {
     }
 
     fn export_to(&mut self, out: PathBuf) {
-        let Some(images) = self.doc.images_dir() else {
+        let Some(store) = self.doc.images_store() else {
             self.error("save the project first: exports read the images rendered beside it");
             return;
         };
@@ -329,7 +364,7 @@ impl CharaboardApp {
         std::thread::spawn(move || {
             let result = crate::export::storyboard::export_all(
                 &project,
-                &images,
+                &store,
                 &out,
                 &options,
                 crate::export::pdf::Paper::A4,
@@ -453,7 +488,7 @@ impl CharaboardApp {
             self.error("save or undo your changes before starting a new project");
             return;
         }
-        let mut project = Project::sample();
+        let mut project = crate::project::io::sample();
         project.settings = self.settings.defaults.clone();
         self.doc = Document::new(project, None);
         self.cells.clear();
@@ -483,8 +518,7 @@ impl CharaboardApp {
             .default_size(380.0)
             .show(ui, |ui| {
                 egui::ScrollArea::vertical().show(ui, |ui| {
-                    let before = self.doc.project.clone();
-                    let old_len = before.panels.len();
+                    let old_len = self.doc.project.panels.len();
                     let edit = editor_ui(ui, &mut self.doc.project, &mut self.tokens);
                     ui.separator();
                     setup::render_settings_ui(ui, &mut self.doc.project, &mut self.settings);
@@ -492,12 +526,11 @@ impl CharaboardApp {
                         self.cells.reorder(&e.order(old_len));
                         self.doc.seal();
                     }
-                    if self.doc.project != before {
-                        // Typing coalesces into one undo step; clicks are steps of their own.
-                        if !ui.ctx().egui_wants_keyboard_input() {
-                            self.doc.seal();
-                        }
-                        self.doc.record_edit(before);
+                    // Typing coalesces into one undo step; clicks are steps of their own.
+                    if !ui.ctx().egui_wants_keyboard_input() {
+                        self.doc.seal();
+                    }
+                    if self.doc.record_edits() {
                         self.settings.defaults = self.doc.project.settings.clone();
                     }
                     if edit.is_some() {
@@ -515,7 +548,7 @@ impl CharaboardApp {
         }
         egui::CentralPanel::default().show(ui, |ui| {
             if !matches!(self.model, ModelStatus::Loaded { .. }) {
-                match setup::setup_ui(ui, &self.model) {
+                match setup::setup_ui(ui, &self.model, &mut self.cache_scan) {
                     Some(setup::SetupAction::PickFolder) => {
                         self.dialogs.ask(Purpose::ModelFolder, "")
                     }
@@ -528,7 +561,14 @@ impl CharaboardApp {
                 }
                 ui.separator();
             }
-            grid_ui(ui, &self.doc.project, &self.cells, &mut self.selected);
+            self.plan();
+            grid_ui(
+                ui,
+                &self.doc.project,
+                self.plan.as_ref(),
+                &self.cells,
+                &mut self.selected,
+            );
         });
         self.recovery_modal(ui);
         if self.persist && self.last_recovery.elapsed() > RECOVERY_EVERY {
@@ -552,8 +592,9 @@ impl CharaboardApp {
                 if ui.button("Restore them").clicked() {
                     match crate::project::io::load(&path) {
                         Ok(p) => {
-                            let before = std::mem::replace(&mut self.doc.project, p);
-                            self.doc.record_edit(before);
+                            self.doc.project = p;
+                            self.doc.seal();
+                            self.doc.record_edits();
                         }
                         Err(e) => self.error(format!("the recovery copy is damaged: {e}")),
                     }

@@ -3,13 +3,15 @@
 use egui::{ColorImage, Context, TextureHandle, TextureOptions};
 use std::collections::BTreeMap;
 
-use crate::consist::session::{Phase, Target};
-use crate::worker::RenderedImage;
+use crate::consist::plan::{Phase, Plan, Target};
+use crate::project::images::RenderedImage;
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum CellState {
     Empty,
     Queued,
+    /// Its work has begun; no step has finished yet.
+    Preparing,
     Rendering {
         phase: Phase,
         step: usize,
@@ -36,23 +38,27 @@ impl Cell {
         }
     }
 
-    /// Rendered from another prompt than the current one.
-    pub fn is_stale(&self, prompt: &str) -> bool {
-        self.image.as_ref().is_some_and(|i| i.prompt != prompt)
+    /// Rendered from other inputs than `plan` asks for now. Without a plan (no model loaded,
+    /// or a project that cannot be planned) nothing is known to be stale.
+    pub fn is_stale(&self, plan: Option<&Plan>) -> bool {
+        match (&self.image, plan) {
+            (Some(image), Some(plan)) => !image.is_current(plan),
+            _ => false,
+        }
     }
 
     /// A short label of the state for the grid and for tests.
-    pub fn label(&self, prompt: &str) -> String {
+    pub fn label(&self, plan: Option<&Plan>) -> String {
         match &self.state {
-            CellState::Empty if self.image.is_some() && self.is_stale(prompt) => "stale".into(),
             CellState::Empty | CellState::Done if self.image.is_some() => {
-                match self.is_stale(prompt) {
+                match self.is_stale(plan) {
                     true => "stale".into(),
                     false => "done".into(),
                 }
             }
             CellState::Empty | CellState::Done => "empty".into(),
             CellState::Queued => "queued".into(),
+            CellState::Preparing => "preparing".into(),
             CellState::Rendering { phase, step, steps } => {
                 format!(
                     "rendering {} step {} of {steps}",
@@ -97,6 +103,7 @@ impl Cells {
         self.cells.entry(target).or_insert_with(Cell::empty)
     }
 
+    /// Shows `image` in its cell; the texture it replaces is released with its handle.
     pub fn set_image(&mut self, ctx: &Context, image: RenderedImage) {
         let cell = self.entry(image.target);
         cell.texture = Some(texture(ctx, &format!("{:?}", image.target), &image.image));
@@ -108,7 +115,10 @@ impl Cells {
     /// Cells still waiting or running become failed (with `why`), or empty when `why` is None.
     pub fn settle(&mut self, why: Option<&str>) {
         for cell in self.cells.values_mut() {
-            if matches!(cell.state, CellState::Queued | CellState::Rendering { .. }) {
+            if matches!(
+                cell.state,
+                CellState::Queued | CellState::Preparing | CellState::Rendering { .. }
+            ) {
                 cell.preview = None;
                 cell.state = match why {
                     Some(w) => CellState::Failed(w.to_string()),

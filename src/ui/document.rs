@@ -3,6 +3,7 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use crate::project::images::ImagesStore;
 use crate::project::io::{self, ProjectError};
 use crate::project::model::Project;
 
@@ -13,20 +14,27 @@ pub struct Document {
     pub project: Project,
     pub path: Option<PathBuf>,
     saved: Project,
+    /// The project as of the last recorded edit: what the next edit is compared with.
+    recorded: Project,
     undo: Vec<Project>,
     redo: Vec<Project>,
     last_edit: Option<Instant>,
+    /// Counts recorded changes, so that what is derived from the project (the plan) is
+    /// recomputed only when it changed.
+    revision: u64,
 }
 
 impl Document {
     pub fn new(project: Project, path: Option<PathBuf>) -> Self {
         Self {
             saved: project.clone(),
+            recorded: project.clone(),
             project,
             path,
             undo: Vec::new(),
             redo: Vec::new(),
             last_edit: None,
+            revision: 0,
         }
     }
 
@@ -50,11 +58,14 @@ impl Document {
         )
     }
 
-    /// Records that the project changed from `before`; quick successive edits form one step.
-    pub fn record_edit(&mut self, before: Project) {
-        if before == self.project {
-            return;
+    /// Records the edits made to `project` since the last call (the UI calls it every frame;
+    /// comparing allocates nothing, and only a change is copied). Quick successive edits form
+    /// one undo step. Returns whether anything changed.
+    pub fn record_edits(&mut self) -> bool {
+        if self.project == self.recorded {
+            return false;
         }
+        let before = std::mem::replace(&mut self.recorded, self.project.clone());
         let coalesce =
             self.last_edit.is_some_and(|t| t.elapsed() < COALESCE) && !self.undo.is_empty();
         if !coalesce {
@@ -62,6 +73,12 @@ impl Document {
         }
         self.redo.clear();
         self.last_edit = Some(Instant::now());
+        self.revision += 1;
+        true
+    }
+
+    pub fn revision(&self) -> u64 {
+        self.revision
     }
 
     /// Ends the current edit group, so that the next edit is undone on its own.
@@ -81,15 +98,22 @@ impl Document {
         if let Some(previous) = self.undo.pop() {
             self.redo
                 .push(std::mem::replace(&mut self.project, previous));
-            self.seal();
+            self.restored();
         }
     }
 
     pub fn redo(&mut self) {
         if let Some(next) = self.redo.pop() {
             self.undo.push(std::mem::replace(&mut self.project, next));
-            self.seal();
+            self.restored();
         }
+    }
+
+    /// After undo or redo: the restored project is the new base, and a change.
+    fn restored(&mut self) {
+        self.recorded = self.project.clone();
+        self.revision += 1;
+        self.seal();
     }
 
     /// Saves atomically (the previous file is kept as a backup); on failure nothing changes.
@@ -124,8 +148,8 @@ impl Document {
         }
     }
 
-    /// The folder where this project's images live (beside the file).
-    pub fn images_dir(&self) -> Option<PathBuf> {
-        self.path.as_deref().map(io::images_dir)
+    /// The store of this project's images (beside the file), once it is saved.
+    pub fn images_store(&self) -> Option<ImagesStore> {
+        self.path.as_deref().map(ImagesStore::beside)
     }
 }

@@ -3,7 +3,7 @@
 use egui::{Color32, RichText, Sense, Ui, Vec2};
 
 use super::cells::{CellState, Cells};
-use crate::consist::session::Target;
+use crate::consist::plan::{Plan, Target};
 use crate::project::model::Project;
 
 const CELL_WIDTH: f32 = 200.0;
@@ -15,14 +15,14 @@ pub fn title(target: Target) -> String {
     }
 }
 
-pub fn prompt_of(project: &Project, target: Target) -> String {
-    match target {
-        Target::Identity => project.identity_prompt(),
-        Target::Panel(i) => project.panel_prompt(i),
-    }
-}
-
-pub fn grid_ui(ui: &mut Ui, project: &Project, cells: &Cells, selected: &mut Option<Target>) {
+/// `plan` is what the cells' images are compared with to tell which are stale.
+pub fn grid_ui(
+    ui: &mut Ui,
+    project: &Project,
+    plan: Option<&Plan>,
+    cells: &Cells,
+    selected: &mut Option<Target>,
+) {
     let targets: Vec<Target> = std::iter::once(Target::Identity)
         .chain((0..project.panels.len()).map(Target::Panel))
         .collect();
@@ -30,7 +30,7 @@ pub fn grid_ui(ui: &mut Ui, project: &Project, cells: &Cells, selected: &mut Opt
         ui.horizontal_wrapped(|ui| {
             ui.spacing_mut().item_spacing = Vec2::splat(10.0);
             for target in targets {
-                cell_ui(ui, project, cells, target, selected);
+                cell_ui(ui, project, plan, cells, target, selected);
             }
         });
     });
@@ -39,13 +39,13 @@ pub fn grid_ui(ui: &mut Ui, project: &Project, cells: &Cells, selected: &mut Opt
 fn cell_ui(
     ui: &mut Ui,
     project: &Project,
+    plan: Option<&Plan>,
     cells: &Cells,
     target: Target,
     selected: &mut Option<Target>,
 ) {
-    let prompt = prompt_of(project, target);
     let cell = cells.get(target);
-    let state = cell.map_or_else(|| "empty".to_string(), |c| c.label(&prompt));
+    let state = cell.map_or_else(|| "empty".to_string(), |c| c.label(plan));
     let (w, h) = match target {
         Target::Identity => (project.settings.width, project.settings.height),
         Target::Panel(i) => project.panel_size(i),

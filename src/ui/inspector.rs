@@ -5,8 +5,8 @@ use egui::{Color32, Pos2, Rect, Sense, Stroke, Ui, Vec2};
 use super::cells::Cells;
 use super::grid::title;
 use crate::consist::mask::Grid;
-use crate::consist::session::Target;
-use crate::export::overlay::{similarity_color, subsample};
+use crate::consist::plan::Target;
+use crate::overlay::{similarity_color, subsample};
 
 /// Which overlays are shown.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -4,14 +4,37 @@
 use egui::{RichText, Ui};
 use std::path::PathBuf;
 
-use super::app::ModelStatus;
 use crate::app_settings::{size_presets, AppSettings};
+use crate::models::discovery::{self, CachedRepo};
 use crate::project::model::Project;
 
 pub enum SetupAction {
     PickFolder,
     Load(PathBuf),
     CreateTiny,
+}
+
+/// Where the model is.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ModelStatus {
+    None,
+    Loading(PathBuf),
+    Loaded { dir: PathBuf, description: String },
+    Failed(String),
+}
+
+/// The Hugging Face caches and the FLUX.1 repositories in them, scanned when the setup panel
+/// is first shown and on "Look again", never every frame.
+#[derive(Default)]
+pub struct CacheScan {
+    scanned: Option<(Vec<PathBuf>, Vec<CachedRepo>)>,
+}
+
+impl CacheScan {
+    fn get(&mut self) -> &(Vec<PathBuf>, Vec<CachedRepo>) {
+        self.scanned
+            .get_or_insert_with(|| (discovery::cache_dirs(), discovery::find_all()))
+    }
 }
 
 /// Where the app writes its tiny test model.
@@ -21,7 +44,7 @@ pub fn tiny_model_dir() -> PathBuf {
         .unwrap_or_else(|| std::env::temp_dir().join("charaboard-tiny-model"))
 }
 
-pub fn setup_ui(ui: &mut Ui, model: &ModelStatus) -> Option<SetupAction> {
+pub fn setup_ui(ui: &mut Ui, model: &ModelStatus, scan: &mut CacheScan) -> Option<SetupAction> {
     let mut action = None;
     ui.heading("Model setup");
     match model {
@@ -45,7 +68,7 @@ pub fn setup_ui(ui: &mut Ui, model: &ModelStatus) -> Option<SetupAction> {
          repository layout. Get one with `hf download black-forest-labs/FLUX.1-dev` (after accepting its licence on \
          huggingface.co) or `hf download black-forest-labs/FLUX.1-schnell`, then pick the folder.",
     );
-    let caches = crate::models::discovery::cache_dirs();
+    let (caches, repos) = scan.get();
     ui.label(match caches.is_empty() {
         true => {
             "No Hugging Face cache was found (HF_HUB_CACHE, HF_HOME/hub, ~/.cache/huggingface/hub)."
@@ -60,10 +83,13 @@ pub fn setup_ui(ui: &mut Ui, model: &ModelStatus) -> Option<SetupAction> {
                 .join(", ")
         ),
     });
-    for repo in crate::models::discovery::find_all() {
+    for repo in repos {
         if ui.button(format!("Use {}", repo.id)).clicked() {
-            action = Some(SetupAction::Load(repo.snapshot));
+            action = Some(SetupAction::Load(repo.snapshot.clone()));
         }
+    }
+    if ui.button("Look again").clicked() {
+        scan.scanned = None;
     }
     ui.horizontal(|ui| {
         if ui.button("Choose model folder...").clicked() {

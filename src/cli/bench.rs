@@ -6,7 +6,15 @@ use candle_nn::VarBuilder;
 use candle_transformers::models::flux::WithForward;
 use std::time::{Duration, Instant};
 
+use super::args::RunArgs;
+use crate::consist::bank::{identity_bank_bytes, BankDims};
+use crate::consist::plan::{Plan, PlanModel, RenderRequest, Target};
+use crate::consist::recipe::Recipe;
+use crate::consist::session::{RenderEvent, RenderOptions, Renderer};
 use crate::flux::{Flux, FluxConfig, StepInput, TokenLayout};
+use crate::pipeline::{generate, FluxModels, GenerateParams, NoiseSource};
+use crate::project::model::{IdentityShot, Panel, Project, RenderSettings, Scene};
+use crate::sampler::StepControl;
 
 /// A mid-sized FLUX: hidden 512 (8 heads of 64), 4 double and 8 single blocks.
 pub fn medium_config() -> FluxConfig {
@@ -136,13 +144,6 @@ pub fn resident_memory() -> (u64, u64) {
     (field("VmHWM:"), field("VmRSS:"))
 }
 
-use crate::consist::bank::{identity_bank_bytes, BankDims};
-use crate::consist::recipe::Recipe;
-use crate::consist::session::{RenderEvent, RenderOptions, RenderRequest, Renderer, Target};
-use crate::pipeline::{generate, FluxModels, GenerateParams, NoiseSource};
-use crate::project::model::{IdentityShot, Panel, Project, RenderSettings, Scene};
-use crate::sampler::StepControl;
-
 /// A one-scene storyboard of `panels` panels at `side` x `side` pixels.
 pub fn bench_project(panels: usize, side: usize, steps: usize, lock_background: bool) -> Project {
     let environment = "in a quiet forest clearing at dawn, mist between the trees,";
@@ -216,12 +217,13 @@ pub fn consist_vs_vanilla(
             .map(|(_, t)| t)
     };
     let before = vanilla()?;
+    let plan = crate::project::plan(&p, &PlanModel::of(models), None)?;
     let mut renderer = Renderer::default();
     let options = RenderOptions::default();
     let (_, identity) = timed(|| {
         renderer.render(
             models,
-            &p,
+            &plan,
             RenderRequest::Identity,
             &options,
             &mut keep_going,
@@ -230,7 +232,7 @@ pub fn consist_vs_vanilla(
     let (_, panel) = timed(|| {
         renderer.render(
             models,
-            &p,
+            &plan,
             RenderRequest::Panel(0),
             &options,
             &mut keep_going,
@@ -247,14 +249,14 @@ pub fn consist_vs_vanilla(
 /// (panels rendered, bank bytes, peak resident bytes, current resident bytes) after each panel.
 pub fn memory_by_panel(
     models: &mut FluxModels,
-    project: &Project,
+    plan: &Plan,
 ) -> Result<Vec<(usize, usize, u64, u64)>> {
     let mut renderer = Renderer::default();
     let mut rows = Vec::new();
     let mut done = 0;
     let mut on_event = |e: RenderEvent| {
-        if let RenderEvent::Finished(out) = e {
-            if matches!(out.target, Target::Panel(_)) {
+        if let RenderEvent::Finished { output, .. } = e {
+            if matches!(output.target, Target::Panel(_)) {
                 done += 1;
                 let (peak, now) = resident_memory();
                 rows.push((done, peak, now));
@@ -264,7 +266,7 @@ pub fn memory_by_panel(
     };
     renderer.render(
         models,
-        project,
+        plan,
         RenderRequest::All,
         &RenderOptions::default(),
         &mut on_event,
@@ -297,4 +299,149 @@ pub fn flux_dev_bank_bytes(side: usize, fg: f64, locked_background: bool) -> usi
 pub fn reference_bank_bytes(side: usize) -> usize {
     let per_tensor = (side / 16) * (side / 16) * 3072 * 2;
     per_tensor * (38 * 40 * 2 + 19 * 30 + 19)
+}
+
+#[derive(clap::Subcommand)]
+pub enum Bench {
+    /// The hooks-off transformer against candle-transformers' FLUX on the same weights.
+    Transformer {
+        #[arg(long, default_value_t = 5)]
+        reps: usize,
+        /// Image side in tokens (32 = 1024 image tokens).
+        #[arg(long, default_value_t = 32)]
+        img_side: usize,
+        #[arg(long, default_value_t = 512)]
+        txt_len: usize,
+        #[arg(long)]
+        device: Option<String>,
+        #[arg(long)]
+        dtype: Option<String>,
+    },
+    /// A consistent panel and the identity run against a vanilla image, and memory over panels,
+    /// on the medium transformer with random weights.
+    Consist {
+        #[arg(long, default_value_t = 50)]
+        steps: usize,
+        /// Image side in pixels.
+        #[arg(long, default_value_t = 256)]
+        side: usize,
+        /// Steps for the memory-over-panels run (2, 4 and 8 panels).
+        #[arg(long, default_value_t = 10)]
+        memory_steps: usize,
+        #[arg(long)]
+        device: Option<String>,
+        #[arg(long)]
+        dtype: Option<String>,
+    },
+    /// The identity bank's bytes for FLUX.1-dev at 1024x1024, next to the reference's.
+    Bank,
+}
+
+fn gb(bytes: usize) -> f64 {
+    bytes as f64 / 1e9
+}
+
+/// Runs one benchmark and prints its figures.
+pub fn run(bench: Bench) -> Result<()> {
+    match bench {
+        Bench::Transformer {
+            reps,
+            img_side,
+            txt_len,
+            device,
+            dtype,
+        } => {
+            let (device, dtype) = RunArgs {
+                device,
+                dtype,
+                ..Default::default()
+            }
+            .device_and_dtype()?;
+            let cfg = medium_config();
+            let t = transformer_vs_candle(&cfg, img_side, txt_len, reps, dtype, &device)?;
+            println!(
+                "transformer, hooks off vs candle-transformers Flux (hidden {}, {}+{} blocks, {} image + {} text tokens, {dtype:?}, {device:?}, median of {reps}):",
+                cfg.hidden_size,
+                cfg.depth,
+                cfg.depth_single_blocks,
+                img_side * img_side,
+                txt_len
+            );
+            println!(
+                "  charaboard {:.1} ms, candle {:.1} ms, ratio {:.3} (max |diff| {:.2e})",
+                t.ours.as_secs_f64() * 1e3,
+                t.candle.as_secs_f64() * 1e3,
+                t.ratio(),
+                t.max_abs_diff
+            );
+        }
+        Bench::Consist {
+            steps,
+            side,
+            memory_steps,
+            device,
+            dtype,
+        } => {
+            let (device, dtype) = RunArgs {
+                device,
+                dtype,
+                ..Default::default()
+            }
+            .device_and_dtype()?;
+            let dir = std::env::temp_dir().join(format!("charaboard-bench-{}", std::process::id()));
+            let cfg = medium_pipeline_config();
+            crate::models::tiny::write_repo_with(&dir, 0, &cfg)?;
+            let mut models = FluxModels::load(&dir, dtype, &device)?;
+            println!(
+                "CharaConsist on a random medium transformer (hidden {}, {}+{} blocks), {side}x{side}, {steps} steps, {dtype:?} on {device:?}:",
+                cfg.hidden_size, cfg.depth, cfg.depth_single_blocks
+            );
+            for lock in [false, true] {
+                let project = bench_project(1, side, steps, lock);
+                let t = consist_vs_vanilla(&mut models, &project, lock)?;
+                println!(
+                    "  background {}: vanilla {:.2} s, identity run {:.2} s ({:.3}x), consistent panel {:.2} s ({:.3}x)",
+                    if lock { "locked  " } else { "switched" },
+                    t.vanilla,
+                    t.identity,
+                    t.identity / t.vanilla,
+                    t.panel,
+                    t.panel / t.vanilla
+                );
+            }
+            println!(
+                "  memory while rendering 8 panels ({memory_steps} steps, background locked):"
+            );
+            let project = bench_project(8, side, memory_steps, true);
+            let plan = crate::project::plan(&project, &PlanModel::of(&models), None)?;
+            for (n, bank, peak, now) in memory_by_panel(&mut models, &plan)? {
+                if [2, 4, 8].contains(&n) {
+                    println!(
+                        "    after {n} panels: bank {:.1} MB, resident {:.1} MB, peak resident {:.1} MB",
+                        bank as f64 / 1e6,
+                        now as f64 / 1e6,
+                        peak as f64 / 1e6
+                    );
+                }
+            }
+            std::fs::remove_dir_all(&dir).ok();
+        }
+        Bench::Bank => {
+            let reference = reference_bank_bytes(1024);
+            println!("identity bank, FLUX.1-dev at 1024x1024, bf16, default recipe (reference: {:.1} GB whatever the foreground):", gb(reference));
+            for fg in [0.1, 0.3, 0.5] {
+                let switched = flux_dev_bank_bytes(1024, fg, false);
+                let locked = flux_dev_bank_bytes(1024, fg, true);
+                println!(
+                    "  foreground {:.0}%: background switched {:.1} GB ({:.1}% of the reference), locked {:.1} GB ({:.1}%)",
+                    fg * 100.0,
+                    gb(switched),
+                    100.0 * switched as f64 / reference as f64,
+                    gb(locked),
+                    100.0 * locked as f64 / reference as f64
+                );
+            }
+        }
+    }
+    Ok(())
 }

@@ -1,0 +1,126 @@
+//! The one render driver, used by `charaboard render` and by the app's worker alike: it runs a
+//! plan (or part of it), reports what happens, writes every finished image through the images
+//! store and says how the job ended, naming the image a failure happened in.
+
+use anyhow::Error;
+use image::RgbImage;
+use std::path::PathBuf;
+
+use crate::consist::plan::{Phase, Plan, RenderRequest, Target};
+use crate::consist::session::{Outcome, RenderEvent, RenderOptions, Renderer};
+use crate::pipeline::FluxModels;
+use crate::project::images::{ImagesStore, RenderedImage};
+use crate::sampler::StepControl;
+
+/// What to render, and where finished images go.
+pub struct RenderJob<'a> {
+    pub plan: &'a Plan,
+    pub request: RenderRequest,
+    /// `None` keeps the images in memory only.
+    pub store: Option<&'a ImagesStore>,
+    /// Decode a preview every this many steps.
+    pub preview_every: Option<usize>,
+}
+
+/// What a running job reports.
+pub enum Progress {
+    /// Work on an image begins.
+    Started(Target),
+    Step {
+        target: Target,
+        phase: Phase,
+        step: usize,
+        steps: usize,
+        preview: Option<RgbImage>,
+    },
+    /// An image is done and, with a store, written (`files`, picture first).
+    Finished {
+        image: Box<RenderedImage>,
+        files: Vec<PathBuf>,
+    },
+}
+
+/// How a job ended.
+pub enum Ended {
+    Finished,
+    Cancelled,
+    /// `target` is the image the failure happened in (`None`: before any image began).
+    Failed {
+        target: Option<Target>,
+        error: Error,
+    },
+}
+
+/// Runs `job`; `on_progress` may cancel at every report.
+pub fn run(
+    renderer: &mut Renderer,
+    models: &mut FluxModels,
+    job: &RenderJob,
+    on_progress: &mut dyn FnMut(Progress) -> StepControl,
+) -> Ended {
+    let options = RenderOptions {
+        preview_every: job.preview_every,
+    };
+    let mut current: Option<Target> = None;
+    let mut write_failure: Option<(Target, Error)> = None;
+    let outcome = renderer.render(models, job.plan, job.request, &options, &mut |event| {
+        let report = match event {
+            RenderEvent::Started(target) => {
+                current = Some(target);
+                Progress::Started(target)
+            }
+            RenderEvent::Step {
+                target,
+                phase,
+                step,
+                steps,
+                preview,
+            } => Progress::Step {
+                target,
+                phase,
+                step,
+                steps,
+                preview,
+            },
+            RenderEvent::Finished { output, identity } => {
+                current = None;
+                let Some(planned) = job.plan.image(output.target) else {
+                    write_failure = Some((
+                        output.target,
+                        anyhow::anyhow!("internal: an image the plan does not have"),
+                    ));
+                    return StepControl::Cancel;
+                };
+                let files = match job.store {
+                    Some(store) => match store.write(output, identity, planned) {
+                        Ok(files) => files,
+                        Err(e) => {
+                            write_failure = Some((output.target, e));
+                            return StepControl::Cancel;
+                        }
+                    },
+                    None => vec![],
+                };
+                Progress::Finished {
+                    image: Box::new(RenderedImage::new(output, planned)),
+                    files,
+                }
+            }
+        };
+        on_progress(report)
+    });
+    if let Some((target, error)) = write_failure {
+        return Ended::Failed {
+            target: Some(target),
+            error,
+        };
+    }
+    match outcome {
+        Ok(Outcome::Finished) => Ended::Finished,
+        Ok(Outcome::Cancelled) => Ended::Cancelled,
+        Err(error) => Ended::Failed {
+            target: current,
+            error,
+        },
+    }
+}
