@@ -79,7 +79,7 @@ pub enum Event {
         message: String,
     },
     Cancelled,
-    /// The current job is over (after its last event).
+    /// A job that makes the app busy is over (after its last event).
     Idle,
 }
 
@@ -107,6 +107,8 @@ impl Worker {
                 };
                 for job in job_rx {
                     flag.store(false, Ordering::SeqCst);
+                    // Reading saved images does not make the app busy, so its end is no Idle.
+                    let announces_idle = !matches!(job, Job::LoadImages { .. });
                     let result =
                         std::panic::catch_unwind(AssertUnwindSafe(|| state.run(job, &flag, &send)));
                     match result {
@@ -129,7 +131,9 @@ impl Worker {
                             });
                         }
                     }
-                    send(Event::Idle);
+                    if announces_idle {
+                        send(Event::Idle);
+                    }
                 }
             })
             .expect("spawning the worker thread");

@@ -257,3 +257,42 @@ fn render_on_a_tiny_model_then_overlays_and_export() {
         assert!(export_dir.join(f).is_file(), "{f}");
     }
 }
+
+#[test]
+fn a_storyboard_rendered_by_the_cli_opens_with_every_cell_done() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = dir.path().join("model");
+    charaboard::models::tiny::write_repo(&model, 0, false).unwrap();
+    let project = project_file(dir.path());
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_charaboard"))
+        .args(["render", project.to_str().unwrap(), "--model"])
+        .arg(&model)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut h = harness(app(Some(project), Some(model), vec![]));
+    wait_until(&mut h, "the model and the saved images", |a| {
+        matches!(a.model, ModelStatus::Loaded { .. })
+            && !a.busy
+            && a.cells
+                .get(Target::Panel(1))
+                .is_some_and(|c| c.image.is_some())
+    });
+    for label in ["Identity: done", "Panel 1: done", "Panel 2: done"] {
+        assert!(
+            h.query_by_label(label).is_some(),
+            "{label}; status {:?}",
+            h.state().status
+        );
+    }
+    // A setting the CLI rendered with changes: every cell is stale, none is shown as done.
+    h.state_mut().doc.project.settings.guidance = 4.0;
+    h.run_steps(2);
+    for label in ["Identity: stale", "Panel 1: stale", "Panel 2: stale"] {
+        assert!(h.query_by_label(label).is_some(), "{label}");
+    }
+}

@@ -148,6 +148,7 @@ impl CharaboardApp {
         match Document::open(path) {
             Ok(doc) => {
                 self.doc = doc;
+                self.planned = None;
                 self.cells.clear();
                 self.selected = None;
                 self.reload_images = true;
@@ -491,6 +492,7 @@ impl CharaboardApp {
         let mut project = crate::project::io::sample();
         project.settings = self.settings.defaults.clone();
         self.doc = Document::new(project, None);
+        self.planned = None;
         self.cells.clear();
         self.selected = None;
     }

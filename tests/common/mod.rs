@@ -54,3 +54,20 @@ pub fn mean_abs(a: &RgbImage, b: &RgbImage) -> f64 {
         .sum();
     total as f64 / a.as_raw().len() as f64
 }
+
+/// A tiny dev-style model in the Hugging Face layout under `dir/model`, and the same loaded.
+pub fn tiny_models(dir: &Path) -> (std::path::PathBuf, FluxModels) {
+    let path = dir.join("model");
+    charaboard::models::tiny::write_repo(&path, 21, false).unwrap();
+    let models = FluxModels::load(&path, DType::F32, &Device::Cpu).unwrap();
+    (path, models)
+}
+
+/// The message of an error with its whole cause chain, asserting that it mentions each of
+/// `parts`.
+pub fn assert_error_mentions(error: &anyhow::Error, parts: &[&str]) {
+    let message = format!("{error:#}");
+    for part in parts {
+        assert!(message.contains(part), "`{part}` is not in: {message}");
+    }
+}

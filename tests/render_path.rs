@@ -1,0 +1,488 @@
+//! One render path: the CLI and the app render through the same driver into the same images
+//! store, so what one renders the other shows; staleness is a comparison of keys; a failed write
+//! leaves the old image whole and nothing partial.
+
+mod common;
+
+use charaboard::consist::plan::{ModelKey, Plan, PlanModel, RenderRequest, Target};
+use charaboard::consist::session::Renderer;
+use charaboard::pipeline::FluxModels;
+use charaboard::project::images::ImagesStore;
+use charaboard::project::{self, Project};
+use charaboard::render::{self, Ended, Progress, RenderJob};
+use charaboard::sampler::StepControl;
+use charaboard::worker::{Event, Job, Worker};
+use common::{assert_error_mentions, charaboard, ok, tiny_models};
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// Identity background shared by scene 0 (locked onto the identity), scene 1 locked onto its
+/// first panel, scene 2 free and of its own width; panel 4 has a seed of its own.
+const PROJECT: &str = r#"(
+    title: "Render path",
+    character: "a courier girl with short black hair and a green jacket,",
+    identity: (environment: "in an empty background,", action: "standing, front view"),
+    scenes: [
+        (environment: "in an empty background,", lock_background: true),
+        (environment: "on a rainy street at night,", lock_background: true),
+        (environment: "in a sunny park,", width: Some(96)),
+    ],
+    panels: [
+        (scene: 0, action: "waving"),
+        (scene: 1, action: "running with a parcel"),
+        (scene: 1, action: "knocking on a door"),
+        (scene: 2, action: "eating an apple", seed: Some(5)),
+    ],
+    settings: (width: 64, height: 64, steps: Some(3)),
+)"#;
+
+fn write_project(dir: &Path) -> PathBuf {
+    let path = dir.join("story.ron");
+    std::fs::write(&path, PROJECT).unwrap();
+    path
+}
+
+fn all_targets() -> Vec<Target> {
+    std::iter::once(Target::Identity)
+        .chain((0..4).map(Target::Panel))
+        .collect()
+}
+
+/// Renders `request` of `plan` through the driver into `store`.
+fn render_into(
+    models: &mut FluxModels,
+    renderer: &mut Renderer,
+    plan: &Plan,
+    request: RenderRequest,
+    store: Option<&ImagesStore>,
+) -> (Ended, Vec<Target>) {
+    let mut finished = Vec::new();
+    let job = RenderJob {
+        plan,
+        request,
+        store,
+        preview_every: None,
+    };
+    let ended = render::run(renderer, models, &job, &mut |p| {
+        if let Progress::Finished { image, .. } = p {
+            finished.push(image.target);
+        }
+        StepControl::Continue
+    });
+    (ended, finished)
+}
+
+fn wait_for(worker: &Worker, what: &str, mut done: impl FnMut(&Event) -> bool) {
+    loop {
+        let event = worker
+            .recv_timeout(Duration::from_secs(300))
+            .unwrap_or_else(|| panic!("timed out waiting for {what}"));
+        if let Event::Failed { message, .. } = &event {
+            panic!("{what}: {message}");
+        }
+        if done(&event) {
+            return;
+        }
+    }
+}
+
+/// Loads `dir` in the worker and waits for the end of the job; returns the model as plans see it.
+fn load_in(worker: &Worker, dir: &Path) -> PlanModel {
+    worker.send(Job::LoadModel {
+        dir: dir.to_path_buf(),
+        device: Some("cpu".into()),
+        dtype: Some("f32".into()),
+    });
+    let mut loaded = None;
+    wait_for(worker, "the model", |e| {
+        if let Event::ModelLoaded { model, .. } = e {
+            loaded = Some(model.clone());
+        }
+        matches!(e, Event::Idle)
+    });
+    loaded.expect("the model was loaded")
+}
+
+#[test]
+fn cli_renders_open_as_current_in_the_app_state_and_app_renders_in_the_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let (model, models) = tiny_models(dir.path());
+    let project_path = write_project(dir.path());
+    ok(&charaboard(&[
+        "render",
+        project_path.to_str().unwrap(),
+        "--model",
+        model.to_str().unwrap(),
+    ]));
+
+    // What the CLI wrote is read back, through the worker, as this project's current images.
+    let plan_model = PlanModel::of(&models);
+    let project = project::load(&project_path).unwrap();
+    let plan = project::plan(&project, &plan_model, None).unwrap();
+    let worker = Worker::spawn(|| {});
+    worker.send(Job::LoadImages {
+        store: ImagesStore::beside(&project_path),
+        panels: 4,
+    });
+    let event = worker.recv_timeout(Duration::from_secs(60)).unwrap();
+    let Event::ImagesLoaded { images, notes, .. } = event else {
+        panic!("expected the saved images");
+    };
+    assert!(notes.is_empty(), "{notes:?}");
+    let current: Vec<Target> = images
+        .iter()
+        .filter(|i| i.is_current(&plan))
+        .map(|i| i.target)
+        .collect();
+    assert_eq!(current, all_targets());
+
+    // The reverse: the app's worker renders into the same store, and the CLI's export and the
+    // store's staleness read it.
+    let other = dir.path().join("other.ron");
+    std::fs::write(&other, PROJECT.replace("waving", "waving twice")).unwrap();
+    let other_plan = project::plan(&project::load(&other).unwrap(), &plan_model, None).unwrap();
+    let other_store = ImagesStore::beside(&other);
+    assert_eq!(other_store.stale(&other_plan), all_targets());
+    assert_eq!(load_in(&worker, &model), plan_model);
+    worker.send(Job::Render {
+        plan: Box::new(other_plan.clone()),
+        request: RenderRequest::All,
+        store: Some(other_store.clone()),
+        preview_every: None,
+    });
+    wait_for(&worker, "the render", |e| matches!(e, Event::Idle));
+    let found = other_store.read_all(4);
+    assert!(found.notes.is_empty(), "{:?}", found.notes);
+    assert_eq!(found.images.len(), 5);
+    assert_eq!(other_store.stale(&other_plan), Vec::<Target>::new());
+    let out = dir.path().join("export");
+    ok(&charaboard(&[
+        "export",
+        other.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ]));
+    assert_eq!(
+        std::fs::read(out.join("01.png")).unwrap(),
+        std::fs::read(other_store.png_path(Target::Panel(0))).unwrap()
+    );
+}
+
+/// How many pixels of `region` (x0.., same height) equal `image`.
+fn equal_pixels(canvas: &image::RgbImage, x0: u32, image: &image::RgbImage) -> usize {
+    image
+        .enumerate_pixels()
+        .filter(|(x, y, p)| canvas.get_pixel(x0 + x, *y) == *p)
+        .count()
+}
+
+#[test]
+fn rerendering_one_panel_with_a_cached_identity_matches_it_against_the_identity() {
+    let dir = tempfile::tempdir().unwrap();
+    let (model, _) = tiny_models(dir.path());
+    let project_path = write_project(dir.path());
+    let store = ImagesStore::beside(&project_path);
+    let worker = Worker::spawn(|| {});
+    let model = load_in(&worker, &model);
+    let project = project::load(&project_path).unwrap();
+    let plan = project::plan(&project, &model, None).unwrap();
+    worker.send(Job::Render {
+        plan: Box::new(plan.clone()),
+        request: RenderRequest::All,
+        store: Some(store.clone()),
+        preview_every: None,
+    });
+    wait_for(&worker, "the first render", |e| matches!(e, Event::Idle));
+    let matches_png = store.dir().join("panel-04-matches.png");
+    std::fs::remove_file(&matches_png).unwrap();
+
+    // The identity is cached in the worker: this job renders panel 4 alone.
+    worker.send(Job::Render {
+        plan: Box::new(plan),
+        request: RenderRequest::Panel(3),
+        store: Some(store.clone()),
+        preview_every: None,
+    });
+    let mut done = Vec::new();
+    loop {
+        match worker.recv_timeout(Duration::from_secs(300)).unwrap() {
+            Event::ImageDone(image) => done.push(image.target),
+            Event::Failed { message, .. } => panic!("{message}"),
+            Event::Idle => break,
+            _ => {}
+        }
+    }
+    assert_eq!(done, vec![Target::Panel(3)]);
+    let overlay = image::open(&matches_png).unwrap().to_rgb8();
+    let panel = image::open(store.png_path(Target::Panel(3)))
+        .unwrap()
+        .to_rgb8();
+    let identity = image::open(store.png_path(Target::Identity))
+        .unwrap()
+        .to_rgb8();
+    assert_eq!(overlay.width(), panel.width() + identity.width());
+    let on_identity = equal_pixels(&overlay, panel.width(), &identity);
+    let pixels = (identity.width() * identity.height()) as usize;
+    assert!(
+        on_identity > pixels * 3 / 4,
+        "the right half is the identity ({on_identity} of {pixels} pixels; lines cover the rest)"
+    );
+}
+
+/// The targets whose rendered image is not current for `project`.
+fn stale(rendered: &ImagesStore, project: &Project, model: &PlanModel) -> BTreeSet<Target> {
+    let plan = project::plan(project, model, None).unwrap();
+    rendered.stale(&plan).into_iter().collect()
+}
+
+#[test]
+fn exactly_the_affected_images_become_stale() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_, mut models) = tiny_models(dir.path());
+    let project_path = write_project(dir.path());
+    let base = project::load(&project_path).unwrap();
+    let model = PlanModel::of(&models);
+    let plan = project::plan(&base, &model, None).unwrap();
+    let store = ImagesStore::beside(&project_path);
+    let (ended, _) = render_into(
+        &mut models,
+        &mut Renderer::default(),
+        &plan,
+        RenderRequest::All,
+        Some(&store),
+    );
+    assert!(matches!(ended, Ended::Finished));
+    assert!(stale(&store, &base, &model).is_empty());
+
+    let all: BTreeSet<Target> = all_targets().into_iter().collect();
+    let panels =
+        |ps: &[usize]| -> BTreeSet<Target> { ps.iter().map(|&i| Target::Panel(i)).collect() };
+    type Edit = fn(&mut Project);
+    let cases: Vec<(&str, Edit, BTreeSet<Target>)> = vec![
+        ("the shared seed", |p| p.settings.seed = 7, all.clone()),
+        // Panel 3 renders on panel 2's background, so it follows it.
+        (
+            "panel 2's seed",
+            |p| p.panels[1].seed = Some(9),
+            panels(&[1, 2]),
+        ),
+        (
+            "panel 4's seed",
+            |p| p.panels[3].seed = Some(6),
+            panels(&[3]),
+        ),
+        ("the size", |p| p.settings.width = 80, all.clone()),
+        (
+            "scene 3's size",
+            |p| p.scenes[2].width = Some(80),
+            panels(&[3]),
+        ),
+        ("the steps", |p| p.settings.steps = Some(4), all.clone()),
+        ("the guidance", |p| p.settings.guidance = 4.0, all.clone()),
+        (
+            "a recipe field",
+            |p| p.settings.recipe.similarity_threshold = 0.6,
+            all.clone(),
+        ),
+        (
+            "the identity shot",
+            |p| p.identity.action = "sitting".into(),
+            all.clone(),
+        ),
+        (
+            "panel 3's action",
+            |p| p.panels[2].action = "resting".into(),
+            panels(&[2]),
+        ),
+        (
+            "scene 2's environment",
+            |p| p.scenes[1].environment = "on a dry street at noon,".into(),
+            panels(&[1, 2]),
+        ),
+    ];
+    for (what, edit, expected) in cases {
+        let mut changed = base.clone();
+        edit(&mut changed);
+        assert_eq!(
+            stale(&store, &changed, &model),
+            expected,
+            "after changing {what}"
+        );
+    }
+    let other_model = PlanModel {
+        key: ModelKey {
+            source: "/elsewhere/FLUX.1-schnell".into(),
+            ..model.key.clone()
+        },
+        ..model.clone()
+    };
+    assert_eq!(
+        stale(&store, &base, &other_model),
+        all,
+        "after changing the model"
+    );
+    let other_dtype = PlanModel {
+        key: ModelKey {
+            dtype: "bf16".into(),
+            ..model.key.clone()
+        },
+        ..model
+    };
+    assert_eq!(
+        stale(&store, &base, &other_dtype),
+        all,
+        "after changing the dtype"
+    );
+}
+
+/// Every file name in `dir`.
+fn listing(dir: &Path) -> BTreeSet<String> {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect()
+}
+
+#[test]
+fn a_failed_write_leaves_the_old_image_and_nothing_partial() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_, mut models) = tiny_models(dir.path());
+    let project_path = write_project(dir.path());
+    let model = PlanModel::of(&models);
+    let project = project::load(&project_path).unwrap();
+    let plan = project::plan(&project, &model, None).unwrap();
+    let store = ImagesStore::beside(&project_path);
+    let mut renderer = Renderer::default();
+    let (ended, _) = render_into(
+        &mut models,
+        &mut renderer,
+        &plan,
+        RenderRequest::All,
+        Some(&store),
+    );
+    assert!(matches!(ended, Ended::Finished));
+    let old_png = std::fs::read(store.png_path(Target::Panel(0))).unwrap();
+
+    // A folder in the way of one of panel 1's files: the re-render's final rename cannot
+    // replace it.
+    let mut changed = project.clone();
+    changed.panels[0].action = "waving goodbye".into();
+    let new_plan = project::plan(&changed, &model, None).unwrap();
+    let blocker = store.dir().join("panel-01.safetensors");
+    std::fs::remove_file(&blocker).unwrap();
+    std::fs::create_dir(&blocker).unwrap();
+    std::fs::write(blocker.join("inside"), "untouched").unwrap();
+    let before = listing(store.dir());
+    let (ended, finished) = render_into(
+        &mut models,
+        &mut renderer,
+        &new_plan,
+        RenderRequest::Panel(0),
+        Some(&store),
+    );
+    let Ended::Failed { target, error } = ended else {
+        panic!("the write must fail");
+    };
+    assert_eq!(target, Some(Target::Panel(0)));
+    assert_error_mentions(&error, &["panel 1", "panel-01.safetensors", "in the way"]);
+    assert!(
+        finished.is_empty(),
+        "a failed image is not reported as finished"
+    );
+    assert_eq!(listing(store.dir()), before, "no partial file is left");
+    assert_eq!(
+        std::fs::read(store.png_path(Target::Panel(0))).unwrap(),
+        old_png
+    );
+    assert_eq!(
+        std::fs::read_to_string(blocker.join("inside")).unwrap(),
+        "untouched"
+    );
+    // The old image is still read back (as stale for the new prompt, without its tensors).
+    let saved = store.read(Target::Panel(0)).unwrap().unwrap();
+    assert!(saved.is_current(&plan) && !saved.is_current(&new_plan));
+}
+
+#[test]
+fn foreign_truncated_and_unknown_version_files_are_ignored_with_a_note() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_, mut models) = tiny_models(dir.path());
+    let project_path = write_project(dir.path());
+    let model = PlanModel::of(&models);
+    let plan = project::plan(&project::load(&project_path).unwrap(), &model, None).unwrap();
+    let store = ImagesStore::beside(&project_path);
+    render_into(
+        &mut models,
+        &mut Renderer::default(),
+        &plan,
+        RenderRequest::All,
+        Some(&store),
+    );
+    let images = store.dir();
+    let key = |stem: &str| images.join(format!("{stem}.key.ron"));
+
+    // Panel 1 copied from another project's folder; panel 2's picture cut short; panel 3's key
+    // from a future version.
+    let text = std::fs::read_to_string(key("panel-01")).unwrap();
+    std::fs::write(
+        key("panel-01"),
+        text.replace("\"story\"", "\"other-story\""),
+    )
+    .unwrap();
+    let png = std::fs::read(images.join("panel-02.png")).unwrap();
+    std::fs::write(images.join("panel-02.png"), &png[..png.len() / 2]).unwrap();
+    let text = std::fs::read_to_string(key("panel-03")).unwrap();
+    std::fs::write(key("panel-03"), text.replace("version: 1", "version: 99")).unwrap();
+
+    let found = store.read_all(4);
+    let read: Vec<Target> = found.images.iter().map(|i| i.target).collect();
+    assert_eq!(read, vec![Target::Identity, Target::Panel(3)]);
+    assert_eq!(found.notes.len(), 3, "{:?}", found.notes);
+    for (note, why) in found
+        .notes
+        .iter()
+        .zip(["another project", "PNG", "unknown version"])
+    {
+        assert!(note.contains(why), "{note}");
+    }
+    assert_eq!(
+        store.stale(&plan),
+        vec![Target::Panel(0), Target::Panel(1), Target::Panel(2)]
+    );
+}
+
+#[test]
+fn a_failure_before_a_panels_first_step_names_that_panel() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_, mut models) = tiny_models(dir.path());
+    let project_path = write_project(dir.path());
+    // Noise for 64x64 images: the identity and panels 1-3 take it, panel 4 (own seed) does
+    // not; then only its scene's size differs.
+    let noise = dir.path().join("noise.safetensors");
+    charaboard::sampler::seeded_noise(3, 64, 64)
+        .unwrap()
+        .save_safetensors("noise", &noise)
+        .unwrap();
+    let mut project = project::load(&project_path).unwrap();
+    project.panels[3].seed = None;
+    let plan = project::plan(&project, &PlanModel::of(&models), Some(&noise)).unwrap();
+    let mut started = Vec::new();
+    let job = RenderJob {
+        plan: &plan,
+        request: RenderRequest::All,
+        store: None,
+        preview_every: None,
+    };
+    let ended = render::run(&mut Renderer::default(), &mut models, &job, &mut |p| {
+        if let Progress::Started(t) = p {
+            started.push(t);
+        }
+        StepControl::Continue
+    });
+    let Ended::Failed { target, error } = ended else {
+        panic!("panel 4's noise does not fit");
+    };
+    assert_eq!(target, Some(Target::Panel(3)), "{error:#}");
+    assert_eq!(started.last(), Some(&Target::Panel(3)));
+}
