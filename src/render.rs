@@ -3,11 +3,10 @@
 //! store and says how the job ended, naming the image a failure happened in.
 
 use anyhow::Error;
-use image::RgbImage;
 use std::path::PathBuf;
 
-use crate::consist::plan::{Phase, Plan, RenderRequest, Target};
-use crate::consist::session::{Outcome, RenderEvent, RenderOptions, Renderer};
+use crate::consist::plan::{Plan, RenderRequest, Target};
+use crate::consist::session::{ImageStep, Outcome, RenderEvent, RenderOptions, Renderer};
 use crate::pipeline::FluxModels;
 use crate::project::images::{ImagesStore, RenderedImage};
 use crate::sampler::StepControl;
@@ -26,13 +25,7 @@ pub struct RenderJob<'a> {
 pub enum Progress {
     /// Work on an image begins.
     Started(Target),
-    Step {
-        target: Target,
-        phase: Phase,
-        step: usize,
-        steps: usize,
-        preview: Option<RgbImage>,
-    },
+    Step(ImageStep),
     /// An image is done and, with a store, written (`files`, picture first).
     Finished {
         image: Box<RenderedImage>,
@@ -69,19 +62,7 @@ pub fn run(
                 current = Some(target);
                 Progress::Started(target)
             }
-            RenderEvent::Step {
-                target,
-                phase,
-                step,
-                steps,
-                preview,
-            } => Progress::Step {
-                target,
-                phase,
-                step,
-                steps,
-                preview,
-            },
+            RenderEvent::Step(step) => Progress::Step(step),
             RenderEvent::Finished { output, identity } => {
                 current = None;
                 let Some(planned) = job.plan.image(output.target) else {

@@ -4,15 +4,14 @@
 
 use anyhow::{Context, Result};
 use crossbeam_channel::{unbounded, Receiver, Sender};
-use image::RgbImage;
 use std::panic::AssertUnwindSafe;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
-use crate::consist::plan::{Phase, Plan, PlanModel, RenderRequest, Target};
-use crate::consist::session::Renderer;
+use crate::consist::plan::{Plan, PlanModel, RenderRequest, Target};
+use crate::consist::session::{ImageStep, Renderer};
 use crate::device::{parse_device, parse_dtype};
 use crate::pipeline::FluxModels;
 use crate::project::images::{ImagesStore, RenderedImage};
@@ -58,13 +57,7 @@ pub enum Event {
     },
     /// Work on an image begins.
     Started(Target),
-    Step {
-        target: Target,
-        phase: Phase,
-        step: usize,
-        steps: usize,
-        preview: Option<RgbImage>,
-    },
+    Step(ImageStep),
     ImageDone(Box<RenderedImage>),
     /// Saved images read back for `store`; `notes` says what was ignored and why.
     ImagesLoaded {
@@ -246,19 +239,7 @@ impl State {
                 let ended = render::run(&mut self.renderer, models, &job, &mut |progress| {
                     send(match progress {
                         Progress::Started(target) => Event::Started(target),
-                        Progress::Step {
-                            target,
-                            phase,
-                            step,
-                            steps,
-                            preview,
-                        } => Event::Step {
-                            target,
-                            phase,
-                            step,
-                            steps,
-                            preview,
-                        },
+                        Progress::Step(step) => Event::Step(step),
                         Progress::Finished { image, .. } => Event::ImageDone(image),
                     });
                     match cancel.load(Ordering::SeqCst) {

@@ -250,7 +250,7 @@ fn render(
             request,
             &RenderOptions::default(),
             &mut |e| match e {
-                RenderEvent::Step { .. } => {
+                RenderEvent::Step(_) => {
                     steps_seen += 1;
                     match cancel_at == Some(steps_seen) {
                         true => StepControl::Cancel,

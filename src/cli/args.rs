@@ -9,14 +9,31 @@ use crate::device::{parse_device, parse_dtype};
 use crate::pipeline::FluxModels;
 use crate::prompts::TextOptions;
 
+/// Where a command computes.
 #[derive(clap::Args, Debug, Clone, Default)]
-pub struct RunArgs {
+pub struct DeviceArgs {
     /// cpu, cuda, cuda:N or metal [default: the best this build supports].
     #[arg(long)]
     pub device: Option<String>,
     /// f32, bf16 or f16 [default: f32 on CPU, bf16 on GPUs].
     #[arg(long)]
     pub dtype: Option<String>,
+}
+
+impl DeviceArgs {
+    /// The device and dtype these flags name, checked.
+    pub fn device_and_dtype(&self) -> Result<(Device, DType)> {
+        let device = parse_device(self.device.as_deref())?;
+        let dtype = parse_dtype(self.dtype.as_deref(), &device)?;
+        Ok((device, dtype))
+    }
+}
+
+/// Where a command that loads a FLUX.1 model computes, and how it keeps the text encoders.
+#[derive(clap::Args, Debug, Clone, Default)]
+pub struct RunArgs {
+    #[command(flatten)]
+    pub device: DeviceArgs,
     /// Keep the text encoders on the CPU (their outputs move to the device).
     #[arg(long)]
     pub text_on_cpu: bool,
@@ -26,16 +43,9 @@ pub struct RunArgs {
 }
 
 impl RunArgs {
-    /// The device and dtype these flags name, checked.
-    pub fn device_and_dtype(&self) -> Result<(Device, DType)> {
-        let device = parse_device(self.device.as_deref())?;
-        let dtype = parse_dtype(self.dtype.as_deref(), &device)?;
-        Ok((device, dtype))
-    }
-
     /// Loads the model at `path` as these flags say, and reports what it takes on the device.
     pub fn load(&self, path: &Path) -> Result<FluxModels> {
-        let (device, dtype) = self.device_and_dtype()?;
+        let (device, dtype) = self.device.device_and_dtype()?;
         eprintln!("loading {} ({dtype:?} on {device:?})", path.display());
         let text = TextOptions {
             on_cpu: self.text_on_cpu,

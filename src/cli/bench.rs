@@ -6,7 +6,7 @@ use candle_nn::VarBuilder;
 use candle_transformers::models::flux::WithForward;
 use std::time::{Duration, Instant};
 
-use super::args::RunArgs;
+use super::args::DeviceArgs;
 use crate::consist::bank::{identity_bank_bytes, BankDims};
 use crate::consist::plan::{Plan, PlanModel, RenderRequest, Target};
 use crate::consist::recipe::Recipe;
@@ -312,10 +312,8 @@ pub enum Bench {
         img_side: usize,
         #[arg(long, default_value_t = 512)]
         txt_len: usize,
-        #[arg(long)]
-        device: Option<String>,
-        #[arg(long)]
-        dtype: Option<String>,
+        #[command(flatten)]
+        run: DeviceArgs,
     },
     /// A consistent panel and the identity run against a vanilla image, and memory over panels,
     /// on the medium transformer with random weights.
@@ -328,10 +326,8 @@ pub enum Bench {
         /// Steps for the memory-over-panels run (2, 4 and 8 panels).
         #[arg(long, default_value_t = 10)]
         memory_steps: usize,
-        #[arg(long)]
-        device: Option<String>,
-        #[arg(long)]
-        dtype: Option<String>,
+        #[command(flatten)]
+        run: DeviceArgs,
     },
     /// The identity bank's bytes for FLUX.1-dev at 1024x1024, next to the reference's.
     Bank,
@@ -348,15 +344,9 @@ pub fn run(bench: Bench) -> Result<()> {
             reps,
             img_side,
             txt_len,
-            device,
-            dtype,
+            run,
         } => {
-            let (device, dtype) = RunArgs {
-                device,
-                dtype,
-                ..Default::default()
-            }
-            .device_and_dtype()?;
+            let (device, dtype) = run.device_and_dtype()?;
             let cfg = medium_config();
             let t = transformer_vs_candle(&cfg, img_side, txt_len, reps, dtype, &device)?;
             println!(
@@ -379,15 +369,9 @@ pub fn run(bench: Bench) -> Result<()> {
             steps,
             side,
             memory_steps,
-            device,
-            dtype,
+            run,
         } => {
-            let (device, dtype) = RunArgs {
-                device,
-                dtype,
-                ..Default::default()
-            }
-            .device_and_dtype()?;
+            let (device, dtype) = run.device_and_dtype()?;
             let dir = std::env::temp_dir().join(format!("charaboard-bench-{}", std::process::id()));
             let cfg = medium_pipeline_config();
             crate::models::tiny::write_repo_with(&dir, 0, &cfg)?;

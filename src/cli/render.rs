@@ -58,16 +58,10 @@ pub fn run(args: Render) -> Result<()> {
                 bar.set_message(stem(target));
                 bar.set_position(0);
             }
-            Progress::Step {
-                target,
-                phase,
-                step,
-                steps,
-                ..
-            } => {
-                bar.set_length(steps as u64);
-                bar.set_message(format!("{} {phase:?}", stem(target)));
-                bar.set_position((step + 1) as u64);
+            Progress::Step(s) => {
+                bar.set_length(s.steps as u64);
+                bar.set_message(format!("{} {:?}", stem(s.target), s.phase));
+                bar.set_position((s.step + 1) as u64);
             }
             Progress::Finished { image, files } => {
                 bar.suspend(|| {

@@ -32,17 +32,21 @@ pub struct ImageOutput {
     pub seconds: f64,
 }
 
+/// One finished denoising step of an image.
+pub struct ImageStep {
+    pub target: Target,
+    pub phase: Phase,
+    /// 0-based.
+    pub step: usize,
+    pub steps: usize,
+    /// A decoded preview of the current estimate, when asked for.
+    pub preview: Option<RgbImage>,
+}
+
 pub enum RenderEvent<'a> {
     /// An image's work begins (before its prompt is prepared).
     Started(Target),
-    Step {
-        target: Target,
-        phase: Phase,
-        step: usize,
-        steps: usize,
-        /// A decoded preview of the current estimate, when asked for.
-        preview: Option<RgbImage>,
-    },
+    Step(ImageStep),
     /// An image is done; `identity` is the identity image its matches point into (the image
     /// itself, for the identity).
     Finished {
@@ -387,13 +391,13 @@ fn step_event(
         }
         _ => None,
     };
-    Ok(on_event(RenderEvent::Step {
+    Ok(on_event(RenderEvent::Step(ImageStep {
         target: shot.target,
         phase,
         step: r.step,
         steps: r.steps,
         preview,
-    }))
+    })))
 }
 
 /// The identity run: plain FLUX with a recording hook.

@@ -292,16 +292,14 @@ impl CharaboardApp {
                 self.load_model(dir);
             }
             Event::Started(target) => self.cells.entry(target).state = CellState::Preparing,
-            Event::Step {
-                target,
-                phase,
-                step,
-                steps,
-                preview,
-            } => {
-                let cell = self.cells.entry(target);
-                cell.state = CellState::Rendering { phase, step, steps };
-                if let Some(p) = preview {
+            Event::Step(s) => {
+                let cell = self.cells.entry(s.target);
+                cell.state = CellState::Rendering {
+                    phase: s.phase,
+                    step: s.step,
+                    steps: s.steps,
+                };
+                if let Some(p) = s.preview {
                     cell.preview = Some(super::cells::texture(ctx, "preview", &p));
                 }
             }
