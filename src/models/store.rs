@@ -12,6 +12,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use super::names::Source;
+use crate::flux::error::to_candle;
 
 /// The tensors of one checkpoint component, spread over one or more safetensors files.
 pub struct TensorStore {
@@ -213,10 +214,6 @@ impl RemappedBackend {
         };
         Ok(t)
     }
-}
-
-fn to_candle(e: anyhow::Error) -> candle_core::Error {
-    candle_core::Error::Msg(format!("{e:#}"))
 }
 
 impl SimpleBackend for RemappedBackend {
