@@ -5,8 +5,9 @@ mod common;
 
 use candle_core::{DType, Device, Tensor};
 use charaboard::flux::config::from_diffusers_json;
-use charaboard::models::formats::{classify, FileKind, COMFY_PREFIX};
+use charaboard::models::formats::{FileKind, COMFY_PREFIX};
 use charaboard::models::infer::{self, Shapes};
+use charaboard::models::source::classify;
 use charaboard::models::tiny_files::{self, FileDtypes};
 use charaboard::models::{tiny, ModelSource, RepoLayout, TensorStore};
 use charaboard::pipeline::FluxModels;
