@@ -1,6 +1,7 @@
 //! charaboard: consistent-character storyboards with FLUX.1 and CharaConsist.
 
 pub mod app_settings;
+pub mod assets;
 pub mod bench;
 pub mod consist;
 pub mod device;

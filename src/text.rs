@@ -4,23 +4,17 @@
 use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device, Tensor};
 use candle_nn::Module;
-use candle_transformers::models::clip::text_model::{
-    Activation, ClipTextConfig, ClipTextTransformer,
-};
+use candle_transformers::models::clip::text_model::{ClipTextConfig, ClipTextTransformer};
 use candle_transformers::models::t5::{self, T5EncoderModel};
 use std::path::Path;
 use tokenizers::Tokenizer;
 
+use crate::assets::{CLIP_TOKENIZER_JSON, T5_TOKENIZER_JSON};
+use crate::models::configs::{read_json, ClipJsonConfig};
 use crate::models::formats::{classify_store, FileKind};
 use crate::models::infer::{self, Shapes};
 use crate::models::layout::RepoLayout;
 use crate::models::store::{plain_var_builder, TensorStore};
-
-/// The shipped tokenizers (assets/tokenizers, see its README): token counts work without a model.
-pub(crate) const T5_TOKENIZER_JSON: &[u8] =
-    include_bytes!("../assets/tokenizers/t5-v1_1-xxl/tokenizer.json");
-pub(crate) const CLIP_TOKENIZER_JSON: &[u8] =
-    include_bytes!("../assets/tokenizers/clip-vit-large-patch14/tokenizer.json");
 
 /// CLIP's context length; prompts are truncated to it (start and end tokens included).
 pub const CLIP_MAX_TOKENS: usize = 77;
@@ -156,49 +150,6 @@ fn clip_from_folder(dir: &Path) -> Result<Option<Tokenizer>> {
         anyhow::anyhow!("cannot build a CLIP tokenizer from {}: {e}", dir.display())
     })?;
     Ok(Some(t))
-}
-
-/// The fields of a Hugging Face `CLIPTextModel` config.json that define the architecture.
-#[derive(Debug, serde::Deserialize, serde::Serialize)]
-pub struct ClipJsonConfig {
-    pub vocab_size: usize,
-    pub hidden_size: usize,
-    pub intermediate_size: usize,
-    pub num_hidden_layers: usize,
-    pub num_attention_heads: usize,
-    pub max_position_embeddings: usize,
-    pub projection_dim: usize,
-    pub hidden_act: String,
-}
-
-impl ClipJsonConfig {
-    pub fn to_candle(&self, path: &Path) -> Result<ClipTextConfig> {
-        if self.hidden_act != "quick_gelu" {
-            bail!(
-                "{}: hidden_act `{}` is not supported (CLIP-L uses quick_gelu)",
-                path.display(),
-                self.hidden_act
-            );
-        }
-        Ok(ClipTextConfig {
-            vocab_size: self.vocab_size,
-            embed_dim: self.hidden_size,
-            activation: Activation::QuickGelu,
-            intermediate_size: self.intermediate_size,
-            max_position_embeddings: self.max_position_embeddings,
-            pad_with: None,
-            num_hidden_layers: self.num_hidden_layers,
-            num_attention_heads: self.num_attention_heads,
-            projection_dim: self.projection_dim,
-        })
-    }
-}
-
-fn read_json<T: serde::de::DeserializeOwned>(path: &Path, what: &str) -> Result<T> {
-    let text =
-        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
-    serde_json::from_str(&text)
-        .with_context(|| format!("{} is not a {what} config", path.display()))
 }
 
 /// One encoder's tensors and the file or folder they came from (for errors).

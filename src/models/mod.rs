@@ -1,5 +1,6 @@
 //! Finding checkpoints on disk and loading their tensors under the names our models ask for.
 
+pub mod configs;
 pub mod discovery;
 pub mod formats;
 pub mod gguf;
