@@ -4,17 +4,13 @@
 use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device, Tensor};
 use candle_nn::Module;
-use candle_transformers::models::clip::text_model::{ClipTextConfig, ClipTextTransformer};
-use candle_transformers::models::t5::{self, T5EncoderModel};
 use std::path::Path;
 use tokenizers::Tokenizer;
 
 use crate::assets::{CLIP_TOKENIZER_JSON, T5_TOKENIZER_JSON};
-use crate::models::configs::{read_json, ClipJsonConfig};
-use crate::models::formats::{classify_store, FileKind};
-use crate::models::infer::{self, Shapes};
+use crate::flux::FluxConfig;
 use crate::models::layout::RepoLayout;
-use crate::models::store::{plain_var_builder, TensorStore};
+use crate::models::load::text::Encoders;
 
 /// CLIP's context length; prompts are truncated to it (start and end tokens included).
 pub const CLIP_MAX_TOKENS: usize = 77;
@@ -23,6 +19,15 @@ pub const T5_LEN_DEV: usize = 512;
 /// T5 padding length commonly used with FLUX.1-schnell.
 pub const T5_LEN_SCHNELL: usize = 256;
 const T5_EOS: u32 = 1;
+
+/// T5's padding length for a transformer: 512 for dev (the guidance embedder's presence), 256
+/// for schnell.
+pub fn t5_len_for(cfg: &FluxConfig) -> usize {
+    match cfg.guidance_embed {
+        true => T5_LEN_DEV,
+        false => T5_LEN_SCHNELL,
+    }
+}
 
 /// T5 ids padded with 0 to the model's text length, and how many prompt tokens did not fit.
 #[derive(Debug, Clone, PartialEq)]
@@ -152,20 +157,11 @@ fn clip_from_folder(dir: &Path) -> Result<Option<Tokenizer>> {
     Ok(Some(t))
 }
 
-/// One encoder's tensors and the file or folder they came from (for errors).
-struct Part<'a> {
-    store: TensorStore,
-    from: &'a Path,
-}
-
 /// The two text encoders of FLUX.1.
 pub struct TextEncoders {
-    t5: T5EncoderModel,
-    clip: ClipTextTransformer,
+    models: Encoders,
     dtype: DType,
     device: Device,
-    t5_bytes: usize,
-    clip_bytes: usize,
 }
 
 /// A prompt as the transformer reads it.
@@ -191,92 +187,18 @@ impl PromptEmbedding {
 }
 
 impl TextEncoders {
-    pub fn load(layout: &RepoLayout, dtype: DType, dev: &Device) -> Result<Self> {
-        let clip_json: ClipJsonConfig = read_json(&layout.text_encoder.config, "CLIP text")?;
-        let clip_cfg = clip_json.to_candle(&layout.text_encoder.config)?;
-        let t5_cfg: t5::Config = read_json(&layout.text_encoder_2.config, "T5")?;
-        Self::build(
-            Part {
-                store: TensorStore::open(&layout.text_encoder_2.weights)?,
-                from: &layout.text_encoder_2.dir,
-            },
-            &t5_cfg,
-            Part {
-                store: TensorStore::open(&layout.text_encoder.weights)?,
-                from: &layout.text_encoder.dir,
-            },
-            &clip_cfg,
+    /// `models` as loaded in `dtype` onto `device`.
+    pub fn new(models: Encoders, dtype: DType, device: &Device) -> Self {
+        Self {
+            models,
             dtype,
-            dev,
-        )
-    }
-
-    /// Loads single-file encoders (Hugging Face names, as ComfyUI's `t5xxl_fp16.safetensors` and
-    /// `clip_l.safetensors`), their configs inferred from the tensor shapes.
-    pub fn load_files(t5: &Path, clip: &Path, dtype: DType, dev: &Device) -> Result<Self> {
-        let open = |path: &Path, want: FileKind| -> Result<TensorStore> {
-            let store = TensorStore::open(&[path.to_path_buf()])?;
-            let kind = classify_store(path, &store)?;
-            if kind != want {
-                bail!(
-                    "{} is a {} checkpoint, not the {} encoder",
-                    path.display(),
-                    kind.role().name(),
-                    want.role().name()
-                );
-            }
-            Ok(store)
-        };
-        let t5_store = open(t5, FileKind::T5Encoder)?;
-        let t5_cfg = infer::t5_config(&Shapes::new(t5, &t5_store, &FileKind::T5Encoder))?;
-        let clip_store = open(clip, FileKind::ClipText)?;
-        let clip_cfg = infer::clip_config(&Shapes::new(clip, &clip_store, &FileKind::ClipText))?
-            .to_candle(clip)?;
-        Self::build(
-            Part {
-                store: t5_store,
-                from: t5,
-            },
-            &t5_cfg,
-            Part {
-                store: clip_store,
-                from: clip,
-            },
-            &clip_cfg,
-            dtype,
-            dev,
-        )
-    }
-
-    fn build(
-        t5: Part,
-        t5_cfg: &t5::Config,
-        clip: Part,
-        clip_cfg: &ClipTextConfig,
-        dtype: DType,
-        dev: &Device,
-    ) -> Result<Self> {
-        let (clip_vb, clip_bytes) = plain_var_builder(clip.store, dtype, dev);
-        let clip_model = ClipTextTransformer::new(clip_vb.pp("text_model"), clip_cfg)
-            .with_context(|| {
-                format!("loading the CLIP text encoder from {}", clip.from.display())
-            })?;
-        let (t5_vb, t5_bytes) = plain_var_builder(t5.store, dtype, dev);
-        let t5_model = T5EncoderModel::load(t5_vb, t5_cfg)
-            .with_context(|| format!("loading the T5 encoder from {}", t5.from.display()))?;
-        Ok(Self {
-            t5: t5_model,
-            clip: clip_model,
-            dtype,
-            device: dev.clone(),
-            t5_bytes: t5_bytes.get(),
-            clip_bytes: clip_bytes.get(),
-        })
+            device: device.clone(),
+        }
     }
 
     /// The bytes of T5's and CLIP's weights.
     pub fn bytes(&self) -> (usize, usize) {
-        (self.t5_bytes, self.clip_bytes)
+        (self.models.t5_bytes, self.models.clip_bytes)
     }
 
     /// Where the encoders' weights are.
@@ -291,10 +213,10 @@ impl TextEncoders {
     ) -> Result<PromptEmbedding> {
         let t5_ids = tokenizers.t5_ids(prompt)?;
         let ids = Tensor::new(t5_ids.ids.as_slice(), &self.device)?.unsqueeze(0)?;
-        let t5 = self.t5.forward(&ids)?.to_dtype(self.dtype)?;
+        let t5 = self.models.t5.forward(&ids)?.to_dtype(self.dtype)?;
         let clip_ids = tokenizers.clip_ids(prompt)?;
         let ids = Tensor::new(clip_ids.as_slice(), &self.device)?.unsqueeze(0)?;
-        let pooled = self.clip.forward(&ids)?.to_dtype(self.dtype)?;
+        let pooled = self.models.clip.forward(&ids)?.to_dtype(self.dtype)?;
         Ok(PromptEmbedding {
             t5,
             pooled,

@@ -1,18 +1,9 @@
-//! Latents to pixels with candle's FLUX `AutoEncoder`, loaded from a diffusers `vae/` folder or
-//! BFL's single-file `ae.safetensors`.
+//! Latents to pixels with candle's FLUX `AutoEncoder`, as `models::load::vae` loads it.
 
 use anyhow::{bail, Context, Result};
-use candle_core::{DType, Device, Tensor};
+use candle_core::{DType, Tensor};
 use candle_transformers::models::flux::autoencoder::AutoEncoder;
 use image::RgbImage;
-use std::path::Path;
-
-use crate::models::configs;
-use crate::models::formats::{classify_store, FileKind};
-use crate::models::infer::{self, Shapes};
-use crate::models::layout::RepoLayout;
-use crate::models::names::vae_source;
-use crate::models::store::{plain_var_builder, RemappedBackend, TensorStore};
 
 pub struct Vae {
     ae: AutoEncoder,
@@ -20,39 +11,9 @@ pub struct Vae {
 }
 
 impl Vae {
-    pub fn load(layout: &RepoLayout, dtype: DType, dev: &Device) -> Result<Self> {
-        let cfg = configs::vae_from_json(&layout.vae.config)?;
-        let levels = cfg.ch_mult.len();
-        let store = TensorStore::open(&layout.vae.weights)?;
-        let (vb, loaded) = RemappedBackend::new(store, move |name| vae_source(name, levels))
-            .into_var_builder(dtype, dev);
-        let ae = AutoEncoder::new(&cfg, vb)
-            .with_context(|| format!("loading the VAE from {}", layout.vae.dir.display()))?;
-        Ok(Self {
-            ae,
-            bytes: loaded.get(),
-        })
-    }
-
-    /// Loads BFL's single-file `ae.safetensors`, its config inferred from the tensor shapes.
-    pub fn load_file(path: &Path, dtype: DType, dev: &Device) -> Result<Self> {
-        let store = TensorStore::open(&[path.to_path_buf()])?;
-        let kind = classify_store(path, &store)?;
-        if kind != FileKind::VaeBfl {
-            bail!(
-                "{} is a {} checkpoint, not FLUX's VAE (ae.safetensors)",
-                path.display(),
-                kind.role().name()
-            );
-        }
-        let cfg = infer::vae_config(&Shapes::new(path, &store, &kind))?;
-        let (vb, loaded) = plain_var_builder(store, dtype, dev);
-        let ae = AutoEncoder::new(&cfg, vb)
-            .with_context(|| format!("loading the VAE from {}", path.display()))?;
-        Ok(Self {
-            ae,
-            bytes: loaded.get(),
-        })
+    /// `ae` as `models::load::vae` loads it, with the bytes of its weights.
+    pub fn new(ae: AutoEncoder, bytes: usize) -> Self {
+        Self { ae, bytes }
     }
 
     /// The bytes of the VAE's weights.

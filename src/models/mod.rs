@@ -7,6 +7,7 @@ pub mod gguf;
 pub mod infer;
 pub mod inventory;
 pub mod layout;
+pub mod load;
 pub mod names;
 pub mod source;
 pub mod store;
