@@ -8,9 +8,8 @@ use std::path::{Path, PathBuf};
 use crate::flux::{AttentionHook, Flux};
 use crate::models::load;
 use crate::models::source::ModelSource;
-use crate::prompts::{PromptEncoder, TextOptions};
 use crate::sampler::{self, Denoised, RunInputs, SchedulerConfig, StepControl, StepReport};
-use crate::text::{t5_len_for, PromptEmbedding, PromptTokenizers};
+use crate::text::{t5_len_for, PromptEmbedding, PromptEncoder, PromptTokenizers, TextOptions};
 use crate::vae::Vae;
 
 /// Every component of a FLUX.1 checkpoint, loaded.
