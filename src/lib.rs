@@ -4,6 +4,7 @@
 //! sampler, consist) -> pixels (vae) -> panels (render, project::images) -> sheets (export).
 
 pub mod app_settings;
+pub mod assets;
 pub mod atomic_file;
 pub mod cli;
 pub mod consist;
@@ -14,7 +15,6 @@ pub mod models;
 pub mod overlay;
 pub mod pipeline;
 pub mod project;
-pub mod prompts;
 pub mod render;
 pub mod sampler;
 pub mod text;

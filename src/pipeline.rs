@@ -1,21 +1,15 @@
 //! Text to image with FLUX.1: the loaded models and one plain generation.
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 use candle_core::{DType, Device, Tensor};
 use image::RgbImage;
 use std::path::{Path, PathBuf};
 
 use crate::flux::{AttentionHook, Flux};
-use crate::models::formats::{classify_store, FileKind};
-use crate::models::gguf;
-use crate::models::infer::{self, Shapes};
-use crate::models::layout::RepoLayout;
-use crate::models::names::{transformer_source, Source, TransformerDims};
+use crate::models::load;
 use crate::models::source::ModelSource;
-use crate::models::store::{RemappedBackend, TensorStore};
-use crate::prompts::{PromptEncoder, TextOptions};
 use crate::sampler::{self, Denoised, RunInputs, SchedulerConfig, StepControl, StepReport};
-use crate::text::{PromptEmbedding, PromptTokenizers, T5_LEN_DEV, T5_LEN_SCHNELL};
+use crate::text::{t5_len_for, PromptEmbedding, PromptEncoder, PromptTokenizers, TextOptions};
 use crate::vae::Vae;
 
 /// Every component of a FLUX.1 checkpoint, loaded.
@@ -29,76 +23,6 @@ pub struct FluxModels {
     pub dtype: DType,
     pub device: Device,
     transformer_bytes: usize,
-}
-
-/// Loads the transformer of a repository folder (diffusers names, fused on load).
-pub fn load_transformer(layout: &RepoLayout, dtype: DType, dev: &Device) -> Result<Flux> {
-    Ok(load_transformer_counted(layout, dtype, dev)?.0)
-}
-
-/// [`load_transformer`] and the bytes of its weights.
-fn load_transformer_counted(
-    layout: &RepoLayout,
-    dtype: DType,
-    dev: &Device,
-) -> Result<(Flux, usize)> {
-    let cfg = crate::flux::config::from_diffusers_json(&layout.transformer.config)?;
-    let dims = TransformerDims {
-        hidden: cfg.hidden_size,
-        mlp: (cfg.hidden_size as f64 * cfg.mlp_ratio) as usize,
-    };
-    let store = TensorStore::open(&layout.transformer.weights)?;
-    let (vb, loaded) = RemappedBackend::new(store, move |n| transformer_source(n, dims))
-        .into_var_builder(dtype, dev);
-    let flux = Flux::new(&cfg, vb).with_context(|| {
-        format!(
-            "loading the transformer from {}",
-            layout.transformer.dir.display()
-        )
-    })?;
-    Ok((flux, loaded.get()))
-}
-
-/// Loads a single-file transformer, BFL-named (with or without ComfyUI's prefix) or
-/// diffusers-named, or a GGUF, with its config inferred from the tensor shapes.
-pub fn load_transformer_file(path: &Path, dtype: DType, dev: &Device) -> Result<Flux> {
-    Ok(load_transformer_file_counted(path, dtype, dev)?.0)
-}
-
-/// [`load_transformer_file`] and the bytes of its weights.
-fn load_transformer_file_counted(path: &Path, dtype: DType, dev: &Device) -> Result<(Flux, usize)> {
-    if gguf::is_gguf(path) {
-        return gguf::load_transformer(path, dtype, dev);
-    }
-    let store = TensorStore::open(&[path.to_path_buf()])?;
-    let kind = classify_store(path, &store)?;
-    let cfg = infer::flux_config(&Shapes::new(path, &store, &kind))?;
-    let (vb, loaded) = match kind {
-        FileKind::FluxBfl { prefix } => {
-            RemappedBackend::new(store, move |n| Source::Same(format!("{prefix}{n}")))
-        }
-        FileKind::FluxDiffusers => {
-            let dims = infer::diffusers_transformer_dims(path, &store)?;
-            RemappedBackend::new(store, move |n| transformer_source(n, dims))
-        }
-        other => bail!(
-            "{} is a {} checkpoint, not a FLUX transformer",
-            path.display(),
-            other.role().name()
-        ),
-    }
-    .into_var_builder(dtype, dev);
-    let flux = Flux::new(&cfg, vb)
-        .with_context(|| format!("loading the transformer from {}", path.display()))?;
-    Ok((flux, loaded.get()))
-}
-
-/// T5's padding length: 512 for dev (the guidance embedder's presence), 256 for schnell.
-fn t5_len_for(transformer: &Flux) -> usize {
-    match transformer.config().guidance_embed {
-        true => T5_LEN_DEV,
-        false => T5_LEN_SCHNELL,
-    }
 }
 
 impl FluxModels {
@@ -128,38 +52,40 @@ impl FluxModels {
         device: &Device,
         text: TextOptions,
     ) -> Result<Self> {
-        let ((transformer, transformer_bytes), tokenizers, vae, scheduler) = match source {
-            ModelSource::Repo(layout) => {
-                let transformer = load_transformer_counted(layout, dtype, device)?;
-                let t5_len = t5_len_for(&transformer.0);
-                (
-                    transformer,
-                    PromptTokenizers::from_repo(layout, t5_len)?,
-                    Vae::load(layout, dtype, device)?,
-                    SchedulerConfig::from_json(&layout.scheduler_config)?,
-                )
-            }
-            ModelSource::Files(files) => {
-                let transformer = load_transformer_file_counted(&files.transformer, dtype, device)?;
-                let t5_len = t5_len_for(&transformer.0);
-                let scheduler = match transformer.0.config().guidance_embed {
-                    true => SchedulerConfig::dev(),
-                    false => SchedulerConfig::schnell(),
-                };
-                (
-                    transformer,
-                    PromptTokenizers::shipped(t5_len)?,
-                    Vae::load_file(&files.vae, dtype, device)?,
-                    scheduler,
-                )
-            }
-        };
+        let ((transformer, transformer_bytes), tokenizers, (ae, vae_bytes), scheduler) =
+            match source {
+                ModelSource::Repo(layout) => {
+                    let transformer = load::transformer::from_repo(layout, dtype, device)?;
+                    let t5_len = t5_len_for(transformer.0.config());
+                    (
+                        transformer,
+                        PromptTokenizers::from_repo(layout, t5_len)?,
+                        load::vae::from_repo(layout, dtype, device)?,
+                        SchedulerConfig::from_json(&layout.scheduler_config)?,
+                    )
+                }
+                ModelSource::Files(files) => {
+                    let transformer =
+                        load::transformer::from_file(&files.transformer, dtype, device)?;
+                    let t5_len = t5_len_for(transformer.0.config());
+                    let scheduler = match transformer.0.config().guidance_embed {
+                        true => SchedulerConfig::dev(),
+                        false => SchedulerConfig::schnell(),
+                    };
+                    (
+                        transformer,
+                        PromptTokenizers::shipped(t5_len)?,
+                        load::vae::from_file(&files.vae, dtype, device)?,
+                        scheduler,
+                    )
+                }
+            };
         Ok(Self {
             source: source.clone(),
             transformer,
             text: PromptEncoder::load(source, dtype, device, text)?,
             tokenizers,
-            vae,
+            vae: Vae::new(ae, vae_bytes),
             scheduler,
             dtype,
             device: device.clone(),

@@ -5,12 +5,13 @@ mod common;
 
 use candle_core::{DType, Device, Tensor};
 use charaboard::flux::config::from_diffusers_json;
-use charaboard::models::formats::{classify, FileKind, COMFY_PREFIX};
+use charaboard::models::configs::{self, ClipJsonConfig};
+use charaboard::models::formats::{FileKind, COMFY_PREFIX};
 use charaboard::models::infer::{self, Shapes};
+use charaboard::models::source::classify;
 use charaboard::models::tiny_files::{self, FileDtypes};
 use charaboard::models::{tiny, ModelSource, RepoLayout, TensorStore};
 use charaboard::pipeline::FluxModels;
-use charaboard::text::ClipJsonConfig;
 use common::{draw, mean_abs};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -262,7 +263,7 @@ fn inferred_configs_equal_the_repository_configs() {
         .unwrap();
         assert_eq!(format!("{from_diffusers:?}"), expected);
 
-        let mut vae_expected = charaboard::vae::config_from_json(&layout.vae.config).unwrap();
+        let mut vae_expected = configs::vae_from_json(&layout.vae.config).unwrap();
         let (path, store) = open(tiny_files::VAE_FILE);
         let vae = infer::vae_config(&Shapes::new(&path, &store, &FileKind::VaeBfl)).unwrap();
         // The resolution is in no tensor and unused by the decoder; the rest must match.

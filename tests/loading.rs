@@ -5,8 +5,8 @@ use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 use candle_transformers::models::flux::autoencoder::AutoEncoder;
 use charaboard::flux::{rope, StepInput, TokenLayout};
-use charaboard::models::{tiny, RepoLayout};
-use charaboard::pipeline::load_transformer;
+use charaboard::models::{load, tiny, RepoLayout};
+use charaboard::vae::Vae;
 use std::collections::HashMap;
 use std::path::Path;
 
@@ -39,7 +39,7 @@ fn diffusers_transformer_loads_to_the_bfl_weights_it_was_written_from() -> anyho
             2,
             "the writer shards like the real repository"
         );
-        let loaded = load_transformer(&layout, DType::F32, &Device::Cpu)?;
+        let (loaded, _) = load::transformer::from_repo(&layout, DType::F32, &Device::Cpu)?;
         let cfg = tiny::flux_config(schnell);
         assert_eq!(loaded.config().guidance_embed, !schnell);
         // candle's own Flux on the BFL-named weights the repository was written from.
@@ -82,7 +82,8 @@ fn diffusers_transformer_loads_to_the_bfl_weights_it_was_written_from() -> anyho
 fn diffusers_vae_decodes_like_the_bfl_vae_it_was_written_from() -> anyhow::Result<()> {
     let repo = tiny_repo(false);
     let layout = RepoLayout::open(repo.path())?;
-    let vae = charaboard::vae::Vae::load(&layout, DType::F32, &Device::Cpu)?;
+    let (ae, bytes) = load::vae::from_repo(&layout, DType::F32, &Device::Cpu)?;
+    let vae = Vae::new(ae, bytes);
     let cfg = tiny::vae_config();
     let bfl = tiny::vae_weights(&cfg, 5 + tiny::VAE_SEED_OFFSET)?;
     let vb = VarBuilder::from_tensors(bfl.into_iter().collect(), DType::F32, &Device::Cpu);

@@ -4,8 +4,8 @@
 use candle_core::{DType, Device};
 use charaboard::models::tiny;
 use charaboard::pipeline::{generate, FluxModels, GenerateParams, NoiseSource};
-use charaboard::prompts::TextOptions;
 use charaboard::sampler::StepControl;
+use charaboard::text::TextOptions;
 use image::RgbImage;
 
 const SEED: u64 = 5;

@@ -7,7 +7,7 @@ use std::path::Path;
 
 use crate::device::{parse_device, parse_dtype};
 use crate::pipeline::FluxModels;
-use crate::prompts::TextOptions;
+use crate::text::TextOptions;
 
 /// Where a command computes.
 #[derive(clap::Args, Debug, Clone, Default)]

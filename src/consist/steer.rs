@@ -10,6 +10,7 @@ use super::bank::{from_rows, to_rows, Bank, Recorder, TokenSubset};
 use super::mask::{Grid, MaskAccumulator, TextSpans};
 use super::matching::{normalize_rows, MatchAccumulator, Matches};
 use super::recipe::Schedule;
+use crate::flux::error::to_candle;
 use crate::flux::rope::{apply_rope, gather_positions};
 use crate::flux::{
     AttentionHook, AttentionRequest, BlockCtx, BlockKind, ExtraKv, QkvView, TokenLayout,
@@ -64,10 +65,6 @@ impl ActiveMatches {
             matches,
         })
     }
-}
-
-fn to_candle(e: anyhow::Error) -> candle_core::Error {
-    candle_core::Error::Msg(format!("{e:#}"))
 }
 
 pub struct ConsistHook<'a> {

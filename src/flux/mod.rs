@@ -4,6 +4,7 @@
 
 pub mod attention;
 pub mod config;
+pub mod error;
 pub mod hook;
 pub mod linear;
 pub mod model;

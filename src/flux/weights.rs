@@ -7,10 +7,29 @@ use candle_core::{DType, Device, Result, Tensor};
 use candle_nn::VarBuilder;
 use candle_transformers::quantized_var_builder;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use super::linear::Linear;
-use crate::models::store::LoadedBytes;
+
+/// The bytes of the tensors a loader has handed to a model, counted as they are loaded: candle's
+/// models do not expose their tensors, so this is how a component's memory is known.
+#[derive(Debug, Clone, Default)]
+pub struct LoadedBytes(Arc<AtomicUsize>);
+
+impl LoadedBytes {
+    pub fn add(&self, bytes: usize) {
+        self.0.fetch_add(bytes, Ordering::Relaxed);
+    }
+
+    pub fn add_tensor(&self, t: &Tensor) {
+        self.add(t.elem_count() * t.dtype().size_in_bytes());
+    }
+
+    pub fn get(&self) -> usize {
+        self.0.load(Ordering::Relaxed)
+    }
+}
 
 /// The quantized tensors of one GGUF file, under a name prefix (like `VarBuilder::pp`), with the
 /// file kept for errors and the run's dtype for the tensors that are not matmul weights.

@@ -138,13 +138,3 @@ pub fn classify_store(path: &Path, store: &TensorStore) -> Result<FileKind> {
         if names.len() > shown.len() { ", ..." } else { "" }
     )
 }
-
-/// Opens `path` and tells what it is: a `.gguf` file by its GGUF header, anything else as
-/// safetensors.
-pub fn classify(path: &Path) -> Result<FileKind> {
-    if super::gguf::is_gguf(path) {
-        return super::gguf::GgufHeader::read(path)?.classify();
-    }
-    let store = TensorStore::open(&[path.to_path_buf()])?;
-    classify_store(path, &store)
-}

@@ -7,11 +7,11 @@ use candle_transformers::models::flux::autoencoder::Config as AeConfig;
 use candle_transformers::models::t5;
 use std::path::{Path, PathBuf};
 
+use super::configs::ClipJsonConfig;
 use super::formats::FileKind;
 use super::names::{transformer_source, Source, TransformerDims};
 use super::store::TensorStore;
 use crate::flux::FluxConfig;
-use crate::text::ClipJsonConfig;
 
 /// FLUX.1's VAE latent scale and shift (BFL's `ae.safetensors` carries no config).
 pub const FLUX_VAE_SCALE: f64 = 0.3611;

@@ -6,8 +6,10 @@ use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use super::formats::{classify, Role};
+use super::formats::{classify_store, FileKind, Role};
+use super::gguf::{self, GgufHeader};
 use super::layout::RepoLayout;
+use super::store::TensorStore;
 
 /// The four single files of a FLUX.1 model. They carry no tokenizers: those come from
 /// assets/tokenizers (`PromptTokenizers::shipped`), which are FLUX.1's own.
@@ -87,6 +89,16 @@ impl ModelSource {
         }
         Ok(Self::Files(files_of_folder(path, &files)?))
     }
+}
+
+/// Opens `path` and tells what it is: a `.gguf` file by its GGUF header, anything else as
+/// safetensors.
+pub fn classify(path: &Path) -> Result<FileKind> {
+    if gguf::is_gguf(path) {
+        return GgufHeader::read(path)?.classify();
+    }
+    let store = TensorStore::open(&[path.to_path_buf()])?;
+    classify_store(path, &store)
 }
 
 /// The `.safetensors` and `.gguf` files directly in `dir`, sorted.

@@ -8,10 +8,10 @@ use candle_nn::var_builder::SimpleBackend;
 use candle_nn::{Init, VarBuilder};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
 
 use super::names::Source;
+use crate::flux::error::to_candle;
+use crate::flux::weights::LoadedBytes;
 
 /// The tensors of one checkpoint component, spread over one or more safetensors files.
 pub struct TensorStore {
@@ -123,25 +123,6 @@ impl TensorStore {
     }
 }
 
-/// The bytes of the tensors a loader has handed to a model, counted as they are loaded: candle's
-/// models do not expose their tensors, so this is how a component's memory is known.
-#[derive(Debug, Clone, Default)]
-pub struct LoadedBytes(Arc<AtomicUsize>);
-
-impl LoadedBytes {
-    pub fn add(&self, bytes: usize) {
-        self.0.fetch_add(bytes, Ordering::Relaxed);
-    }
-
-    pub fn add_tensor(&self, t: &Tensor) {
-        self.add(t.elem_count() * t.dtype().size_in_bytes());
-    }
-
-    pub fn get(&self) -> usize {
-        self.0.load(Ordering::Relaxed)
-    }
-}
-
 /// Serves each requested name through a [`Source`] rule over a [`TensorStore`].
 pub struct RemappedBackend {
     store: TensorStore,
@@ -213,10 +194,6 @@ impl RemappedBackend {
         };
         Ok(t)
     }
-}
-
-fn to_candle(e: anyhow::Error) -> candle_core::Error {
-    candle_core::Error::Msg(format!("{e:#}"))
 }
 
 impl SimpleBackend for RemappedBackend {

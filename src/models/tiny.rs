@@ -13,9 +13,10 @@ use rand_distr::{Distribution, StandardNormal};
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 
+use super::configs::{self, ClipJsonConfig};
 use super::names::{transformer_source, vae_source, Source, TransformerDims};
+use crate::assets::{CLIP_TOKENIZER_JSON, T5_TOKENIZER_JSON};
 use crate::flux::{Flux, FluxConfig};
-use crate::text::ClipJsonConfig;
 
 /// The tiny transformer: hidden 64 (2 heads of 32), 2 double and 4 single blocks.
 pub fn flux_config(schnell: bool) -> FluxConfig {
@@ -227,7 +228,7 @@ fn write_weights(
 
 /// The CLIP tokenizer's vocab.json and merges.txt, as the repository's `tokenizer/` holds them.
 fn write_clip_tokenizer_files(dir: &Path) -> Result<()> {
-    let json: serde_json::Value = serde_json::from_slice(crate::text::CLIP_TOKENIZER_JSON)?;
+    let json: serde_json::Value = serde_json::from_slice(CLIP_TOKENIZER_JSON)?;
     write_json(&dir.join("vocab.json"), &json["model"]["vocab"])?;
     let mut merges = String::from("#version: 0.2\n");
     for pair in json["model"]["merges"].as_array().context("CLIP merges")? {
@@ -308,18 +309,12 @@ pub fn write_repo_with(out: &Path, seed: u64, cfg: &FluxConfig) -> Result<()> {
     write_weights(&out.join("text_encoder_2"), "model", &t5_weights, 2)?;
 
     write_clip_tokenizer_files(&out.join("tokenizer"))?;
-    std::fs::write(
-        out.join("tokenizer_2/tokenizer.json"),
-        crate::text::T5_TOKENIZER_JSON,
-    )?;
+    std::fs::write(out.join("tokenizer_2/tokenizer.json"), T5_TOKENIZER_JSON)?;
 
     let ae = vae_config();
     let levels = ae.ch_mult.len();
     let ae_bfl = vae_weights(&ae, seed + VAE_SEED_OFFSET)?;
-    write_json(
-        &out.join("vae/config.json"),
-        &crate::vae::config_to_json(&ae),
-    )?;
+    write_json(&out.join("vae/config.json"), &configs::vae_to_json(&ae))?;
     write_weights(
         &out.join("vae"),
         "diffusion_pytorch_model",

@@ -6,8 +6,10 @@ use anyhow::Result;
 use candle_core::{DType, Device};
 use std::collections::HashMap;
 
+use super::encoders::{PromptEmbedding, TextEncoders};
+use super::tokens::PromptTokenizers;
+use crate::models::load;
 use crate::models::source::ModelSource;
-use crate::text::{PromptEmbedding, PromptTokenizers, TextEncoders};
 
 /// Where the text encoders live and whether they stay loaded.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -61,14 +63,16 @@ impl PromptEncoder {
 
     fn loaded(&mut self) -> Result<&mut TextEncoders> {
         if self.encoders.is_none() {
-            let encoders = match &self.source {
-                ModelSource::Repo(layout) => TextEncoders::load(layout, self.dtype, &self.device)?,
+            let models = match &self.source {
+                ModelSource::Repo(layout) => {
+                    load::text::from_repo(layout, self.dtype, &self.device)?
+                }
                 ModelSource::Files(files) => {
-                    TextEncoders::load_files(&files.t5, &files.clip, self.dtype, &self.device)?
+                    load::text::from_files(&files.t5, &files.clip, self.dtype, &self.device)?
                 }
             };
             self.loads += 1;
-            self.encoders = Some(encoders);
+            self.encoders = Some(TextEncoders::new(models, self.dtype, &self.device));
         }
         Ok(self.encoders.as_mut().expect("loaded above"))
     }

@@ -1,0 +1,155 @@
+//! Prompts to tokens with the real T5 and CLIP vocabularies, as FLUX.1 reads them: a
+//! repository's own tokenizers, or the shipped ones, so that token counts work without a model.
+
+use anyhow::{bail, Context, Result};
+use std::path::Path;
+use tokenizers::Tokenizer;
+
+use crate::assets::{CLIP_TOKENIZER_JSON, T5_TOKENIZER_JSON};
+use crate::flux::FluxConfig;
+use crate::models::layout::RepoLayout;
+
+/// CLIP's context length; prompts are truncated to it (start and end tokens included).
+pub const CLIP_MAX_TOKENS: usize = 77;
+/// T5 padding length of FLUX.1-dev, as the reference uses.
+pub const T5_LEN_DEV: usize = 512;
+/// T5 padding length commonly used with FLUX.1-schnell.
+pub const T5_LEN_SCHNELL: usize = 256;
+const T5_EOS: u32 = 1;
+
+/// T5's padding length for a transformer: 512 for dev (the guidance embedder's presence), 256
+/// for schnell.
+pub fn t5_len_for(cfg: &FluxConfig) -> usize {
+    match cfg.guidance_embed {
+        true => T5_LEN_DEV,
+        false => T5_LEN_SCHNELL,
+    }
+}
+
+/// T5 ids padded with 0 to the model's text length, and how many prompt tokens did not fit.
+#[derive(Debug, Clone, PartialEq)]
+pub struct T5Ids {
+    pub ids: Vec<u32>,
+    pub dropped: usize,
+}
+
+pub struct PromptTokenizers {
+    t5: Tokenizer,
+    clip: Tokenizer,
+    t5_len: usize,
+}
+
+fn tokenizer_from_bytes(bytes: &[u8], what: &str) -> Result<Tokenizer> {
+    Tokenizer::from_bytes(bytes)
+        .map_err(|e| anyhow::anyhow!("cannot read the {what} tokenizer: {e}"))
+}
+
+impl PromptTokenizers {
+    /// The tokenizers shipped in assets/, padding T5 to `t5_len`.
+    pub fn shipped(t5_len: usize) -> Result<Self> {
+        Ok(Self {
+            t5: tokenizer_from_bytes(T5_TOKENIZER_JSON, "T5")?,
+            clip: tokenizer_from_bytes(CLIP_TOKENIZER_JSON, "CLIP")?,
+            t5_len,
+        })
+    }
+
+    /// The tokenizers of a repository folder: `tokenizer_2/tokenizer.json` for T5 and
+    /// `tokenizer/` for CLIP (its vocab.json + merges.txt inside the shipped tokenizer's pipeline,
+    /// or a tokenizer.json); a folder without them falls back to the shipped ones.
+    pub fn from_repo(layout: &RepoLayout, t5_len: usize) -> Result<Self> {
+        let shipped = Self::shipped(t5_len)?;
+        let t5_json = layout.tokenizer_2.join("tokenizer.json");
+        let t5 = match t5_json.is_file() {
+            true => Tokenizer::from_file(&t5_json)
+                .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", t5_json.display()))?,
+            false => shipped.t5,
+        };
+        let clip = clip_from_folder(&layout.tokenizer)?.unwrap_or(shipped.clip);
+        Ok(Self { t5, clip, t5_len })
+    }
+
+    pub fn t5_len(&self) -> usize {
+        self.t5_len
+    }
+
+    /// T5 tokens of `text` without the closing `</s>`: the reference's token count.
+    pub fn t5_count(&self, text: &str) -> Result<usize> {
+        let enc = self
+            .t5
+            .encode(text, true)
+            .map_err(|e| anyhow::anyhow!("T5 tokenizer: {e}"))?;
+        Ok(enc.get_ids().iter().filter(|&&id| id != T5_EOS).count())
+    }
+
+    /// T5 ids as FLUX.1 sees them: truncated to the text length (keeping `</s>`), padded with 0.
+    pub fn t5_ids(&self, text: &str) -> Result<T5Ids> {
+        let enc = self
+            .t5
+            .encode(text, true)
+            .map_err(|e| anyhow::anyhow!("T5 tokenizer: {e}"))?;
+        let mut ids: Vec<u32> = enc
+            .get_ids()
+            .iter()
+            .copied()
+            .filter(|&id| id != T5_EOS)
+            .collect();
+        let room = self.t5_len - 1;
+        let dropped = ids.len().saturating_sub(room);
+        ids.truncate(room);
+        ids.push(T5_EOS);
+        ids.resize(self.t5_len, 0);
+        Ok(T5Ids { ids, dropped })
+    }
+
+    /// CLIP ids, truncated to 77 with the start and end tokens kept; not padded (the pooled
+    /// output is read at the end token, which a causal encoder computes before any padding).
+    pub fn clip_ids(&self, text: &str) -> Result<Vec<u32>> {
+        let enc = self
+            .clip
+            .encode(text, true)
+            .map_err(|e| anyhow::anyhow!("CLIP tokenizer: {e}"))?;
+        let mut ids = enc.get_ids().to_vec();
+        if ids.len() > CLIP_MAX_TOKENS {
+            let end = *ids.last().unwrap_or(&0);
+            ids.truncate(CLIP_MAX_TOKENS - 1);
+            ids.push(end);
+        }
+        Ok(ids)
+    }
+}
+
+/// A CLIP tokenizer from a repository's `tokenizer/` folder, or `None` if it holds no vocabulary.
+fn clip_from_folder(dir: &Path) -> Result<Option<Tokenizer>> {
+    let json = dir.join("tokenizer.json");
+    if json.is_file() {
+        let t = Tokenizer::from_file(&json)
+            .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", json.display()))?;
+        return Ok(Some(t));
+    }
+    let (vocab, merges) = (dir.join("vocab.json"), dir.join("merges.txt"));
+    if !vocab.is_file() || !merges.is_file() {
+        return Ok(None);
+    }
+    // The BPE model comes from the folder; normalizer, pre-tokenizer and post-processor from the
+    // shipped CLIP tokenizer, which is the same CLIP-L pipeline.
+    let mut template: serde_json::Value = serde_json::from_slice(CLIP_TOKENIZER_JSON)?;
+    let vocab_json: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&vocab)?)
+        .with_context(|| format!("{} is not a JSON vocabulary", vocab.display()))?;
+    let merge_lines = std::fs::read_to_string(&merges)?;
+    let merge_pairs: Vec<serde_json::Value> = merge_lines
+        .lines()
+        .filter(|l| !l.starts_with("#version") && !l.trim().is_empty())
+        .map(|l| match l.split_once(' ') {
+            Some((a, b)) => Ok(serde_json::json!([a, b])),
+            None => bail!("{}: bad merge line `{l}`", merges.display()),
+        })
+        .collect::<Result<_>>()?;
+    template["model"]["vocab"] = vocab_json;
+    template["model"]["merges"] = serde_json::Value::Array(merge_pairs);
+    let bytes = serde_json::to_vec(&template)?;
+    let t = Tokenizer::from_bytes(&bytes).map_err(|e| {
+        anyhow::anyhow!("cannot build a CLIP tokenizer from {}: {e}", dir.display())
+    })?;
+    Ok(Some(t))
+}
