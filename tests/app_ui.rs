@@ -1,11 +1,14 @@
 //! The storyboard app through egui_kittest: widgets are found by their labels, as a user finds them.
 
+mod common;
+
 use charaboard::app_settings::AppSettings;
 use charaboard::consist::plan::Target;
 use charaboard::ui::app::{CharaboardApp, StartOptions};
 use charaboard::ui::cells::CellState;
 use charaboard::ui::dialogs::Dialogs;
 use charaboard::ui::setup::ModelStatus;
+use common::{charaboard, ok};
 use egui_kittest::kittest::Queryable;
 use egui_kittest::Harness;
 use std::path::{Path, PathBuf};
@@ -264,16 +267,12 @@ fn a_storyboard_rendered_by_the_cli_opens_with_every_cell_done() {
     let model = dir.path().join("model");
     charaboard::models::tiny::write_repo(&model, 0, false).unwrap();
     let project = project_file(dir.path());
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_charaboard"))
-        .args(["render", project.to_str().unwrap(), "--model"])
-        .arg(&model)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    ok(&charaboard(&[
+        "render",
+        project.to_str().unwrap(),
+        "--model",
+        model.to_str().unwrap(),
+    ]));
     let mut h = harness(app(Some(project), Some(model), vec![]));
     wait_until(&mut h, "the model and the saved images", |a| {
         matches!(a.model, ModelStatus::Loaded { .. })

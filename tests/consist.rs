@@ -1,5 +1,7 @@
 //! CharaConsist with known answers, on tiny checkpoints and hand-made inputs.
 
+mod common;
+
 use candle_core::{Device, Tensor};
 use charaboard::consist::bank::{identity_bank_bytes, BankDims};
 use charaboard::consist::mask::{dilate_mask, erode_mask, Grid};
@@ -8,8 +10,9 @@ use charaboard::consist::plan::{PlanModel, RenderRequest, Target};
 use charaboard::consist::recipe::Recipe;
 use charaboard::consist::session::{ImageOutput, Outcome, RenderEvent, RenderOptions, Renderer};
 use charaboard::pipeline::{generate, FluxModels, GenerateParams, NoiseSource};
-use charaboard::project::model::{IdentityShot, Panel, Project, RenderSettings, Scene};
+use charaboard::project::model::Project;
 use charaboard::sampler::StepControl;
+use common::{knight_project, tiny_models, CLEARING};
 use std::collections::BTreeMap;
 
 fn grid_from(rows: &[&str]) -> (Vec<bool>, Grid) {
@@ -180,52 +183,6 @@ fn matching_a_shifted_copy_recovers_the_shift() -> anyhow::Result<()> {
     Ok(())
 }
 
-fn tiny_models() -> (tempfile::TempDir, FluxModels) {
-    let dir = tempfile::tempdir().unwrap();
-    charaboard::models::tiny::write_repo(dir.path(), 21, false).unwrap();
-    let models = FluxModels::load(dir.path(), candle_core::DType::F32, &Device::Cpu).unwrap();
-    (dir, models)
-}
-
-const ENV: &str = "in a quiet forest clearing at dawn,";
-const CHARACTER: &str = "a young knight in silver armour with a red cape,";
-
-fn project(panels: Vec<(usize, &str)>, scenes: Vec<(&str, bool)>) -> Project {
-    Project {
-        title: "test".into(),
-        character: CHARACTER.into(),
-        identity: IdentityShot {
-            environment: ENV.into(),
-            action: "standing, front view".into(),
-        },
-        scenes: scenes
-            .into_iter()
-            .map(|(env, lock)| Scene {
-                name: String::new(),
-                environment: env.into(),
-                lock_background: lock,
-                width: None,
-                height: None,
-            })
-            .collect(),
-        panels: panels
-            .into_iter()
-            .map(|(scene, action)| Panel {
-                scene,
-                action: action.into(),
-                caption: String::new(),
-                seed: None,
-            })
-            .collect(),
-        settings: RenderSettings {
-            width: 128,
-            height: 128,
-            steps: Some(12),
-            ..RenderSettings::default()
-        },
-    }
-}
-
 struct Rendered {
     images: BTreeMap<Target, ImageOutput>,
     order: Vec<Target>,
@@ -287,8 +244,9 @@ fn render(
 
 #[test]
 fn identity_image_is_plain_flux_byte_for_byte() {
-    let (_dir, mut models) = tiny_models();
-    let p = project(vec![(0, "running")], vec![(ENV, true)]);
+    let dir = tempfile::tempdir().unwrap();
+    let (_, mut models) = tiny_models(dir.path());
+    let p = knight_project(vec![(0, "running")], vec![(CLEARING, true)]);
     let out = render(
         &mut Renderer::default(),
         &mut models,
@@ -314,8 +272,9 @@ fn identity_image_is_plain_flux_byte_for_byte() {
 
 #[test]
 fn a_panel_equal_to_the_identity_matches_every_foreground_token_to_itself() {
-    let (_dir, mut models) = tiny_models();
-    let p = project(vec![(0, "standing, front view")], vec![(ENV, false)]);
+    let dir = tempfile::tempdir().unwrap();
+    let (_, mut models) = tiny_models(dir.path());
+    let p = knight_project(vec![(0, "standing, front view")], vec![(CLEARING, false)]);
     let out = render(
         &mut Renderer::default(),
         &mut models,
@@ -336,11 +295,12 @@ fn a_panel_equal_to_the_identity_matches_every_foreground_token_to_itself() {
 
 #[test]
 fn bank_holds_only_what_is_read_later() {
-    let (_dir, mut models) = tiny_models();
+    let dir = tempfile::tempdir().unwrap();
+    let (_, mut models) = tiny_models(dir.path());
     let cfg = models.transformer.config().clone();
     let schedule = Recipe::default().schedule(12);
     for lock in [false, true] {
-        let p = project(vec![(0, "running")], vec![(ENV, lock)]);
+        let p = knight_project(vec![(0, "running")], vec![(CLEARING, lock)]);
         let mut renderer = Renderer::default();
         let out = render(
             &mut renderer,
@@ -388,10 +348,11 @@ fn bank_holds_only_what_is_read_later() {
 
 #[test]
 fn locked_scene_backgrounds_come_from_the_scene_reference_panel() {
-    let (_dir, mut models) = tiny_models();
+    let dir = tempfile::tempdir().unwrap();
+    let (_, mut models) = tiny_models(dir.path());
     let other = "on a busy market street at noon,";
     let render_scene = |models: &mut FluxModels, first_action: &str, lock: bool| {
-        let p = project(
+        let p = knight_project(
             vec![(0, first_action), (0, "drinking from a flask")],
             vec![(other, lock)],
         );
@@ -422,7 +383,7 @@ fn locked_scene_backgrounds_come_from_the_scene_reference_panel() {
     assert!(!same(&free_a, &locked_a));
 
     // Rendering only the second panel renders its reference first, then gives the same image.
-    let p = project(
+    let p = knight_project(
         vec![(0, "walking"), (0, "drinking from a flask")],
         vec![(other, true)],
     );
@@ -452,8 +413,12 @@ fn locked_scene_backgrounds_come_from_the_scene_reference_panel() {
 
 #[test]
 fn cancelling_keeps_what_was_rendered() {
-    let (_dir, mut models) = tiny_models();
-    let p = project(vec![(0, "walking"), (0, "jumping")], vec![(ENV, false)]);
+    let dir = tempfile::tempdir().unwrap();
+    let (_, mut models) = tiny_models(dir.path());
+    let p = knight_project(
+        vec![(0, "walking"), (0, "jumping")],
+        vec![(CLEARING, false)],
+    );
     let mut renderer = Renderer::default();
     // 12 identity steps, then panel 1's pre-run and main run; cancel inside panel 1.
     let out = render(&mut renderer, &mut models, &p, RenderRequest::All, Some(15));

@@ -1,6 +1,8 @@
 //! The hookable transformer is FLUX: with no hook (or a hook that changes nothing) it computes what
 //! candle-transformers' `flux::model::Flux` computes on the same weights.
 
+mod common;
+
 use candle_core::{DType, Device, Result, Tensor};
 use candle_nn::VarBuilder;
 use candle_transformers::models::flux::WithForward;
@@ -9,6 +11,7 @@ use charaboard::flux::{
     StepInput, TokenLayout,
 };
 use charaboard::models::tiny;
+use common::max_abs;
 
 struct Fixture {
     ours: Flux,
@@ -83,17 +86,6 @@ impl Fixture {
             Some(&g),
         )
     }
-}
-
-fn max_abs(t: &Tensor) -> f32 {
-    t.abs()
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .max(0)
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap()
 }
 
 /// Max |a - b| relative to max |b|.

@@ -12,7 +12,7 @@ use charaboard::models::source::classify;
 use charaboard::models::tiny_files::{self, FileDtypes};
 use charaboard::models::{tiny, ModelSource, RepoLayout, TensorStore};
 use charaboard::pipeline::FluxModels;
-use common::{draw, mean_abs};
+use common::{assert_mentions, draw, error_of, mean_abs};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
@@ -141,19 +141,6 @@ fn files_are_recognised_by_tensor_names_not_file_names() {
         .filter_map(|f| classify(f).ok())
         .collect();
     assert!(kinds.contains(&FileKind::FluxDiffusers), "{kinds:?}");
-}
-
-fn error_of<T>(r: anyhow::Result<T>) -> String {
-    match r {
-        Ok(_) => panic!("expected an error"),
-        Err(e) => format!("{e:#}"),
-    }
-}
-
-fn assert_mentions(message: &str, parts: &[&str]) {
-    for p in parts {
-        assert!(message.contains(p), "`{message}` does not mention `{p}`");
-    }
 }
 
 #[test]

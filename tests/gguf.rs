@@ -16,9 +16,8 @@ use charaboard::models::source::classify;
 use charaboard::models::tiny_files::{self, GGUF_TRANSFORMER_FILE, MODEL_FILE};
 use charaboard::models::{inventory, tiny, ModelSource};
 use charaboard::pipeline::FluxModels;
-use charaboard::project::model::{IdentityShot, Panel, Project, RenderSettings, Scene};
 use charaboard::sampler::StepControl;
-use common::{draw, mean_abs};
+use common::{assert_mentions, charaboard, draw, error_of, knight_project, mean_abs, ok};
 use std::collections::BTreeMap;
 use std::path::Path;
 
@@ -47,19 +46,6 @@ fn gguf_model(quant: GgmlDType, schnell: bool) -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
     tiny_files::write_gguf_files(dir.path(), SEED, schnell, quant).unwrap();
     dir
-}
-
-fn error_of<T>(r: anyhow::Result<T>) -> String {
-    match r {
-        Ok(_) => panic!("expected an error"),
-        Err(e) => format!("{e:#}"),
-    }
-}
-
-fn assert_mentions(message: &str, parts: &[&str]) {
-    for part in parts {
-        assert!(message.contains(part), "`{part}` missing from: {message}");
-    }
 }
 
 #[test]
@@ -269,16 +255,15 @@ fn gguf_folders_load_and_are_listed() {
 #[test]
 fn tiny_model_command_writes_a_gguf_layout() {
     let dir = tempfile::tempdir().unwrap();
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_charaboard"))
-        .args(["tiny-model", "--layout", "gguf", "--quant", "q4_0", "--out"])
-        .arg(dir.path())
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    ok(&charaboard(&[
+        "tiny-model",
+        "--layout",
+        "gguf",
+        "--quant",
+        "q4_0",
+        "--out",
+        dir.path().to_str().unwrap(),
+    ]));
     let header = GgufHeader::read(&dir.path().join(GGUF_TRANSFORMER_FILE)).unwrap();
     assert_eq!(header.stored_dtypes()[0].0, "Q4_0");
     assert!(ModelSource::detect(&dir.path().join(MODEL_FILE)).is_ok());
@@ -288,33 +273,11 @@ fn tiny_model_command_writes_a_gguf_layout() {
 fn characonsist_renders_on_a_gguf_model() {
     let dir = gguf_model(GgmlDType::Q8_0, false);
     let mut models = FluxModels::load(dir.path(), DType::F32, &Device::Cpu).unwrap();
-    let project = Project {
-        title: "gguf".into(),
-        character: "a young knight in silver armour with a red cape,".into(),
-        identity: IdentityShot {
-            environment: "in a quiet forest clearing at dawn,".into(),
-            action: "standing, front view".into(),
-        },
-        scenes: vec![Scene {
-            name: String::new(),
-            environment: "on a stone bridge over a river,".into(),
-            lock_background: false,
-            width: None,
-            height: None,
-        }],
-        panels: vec![Panel {
-            scene: 0,
-            action: "running".into(),
-            caption: String::new(),
-            seed: None,
-        }],
-        settings: RenderSettings {
-            width: 128,
-            height: 128,
-            steps: Some(4),
-            ..RenderSettings::default()
-        },
-    };
+    let mut project = knight_project(
+        vec![(0, "running")],
+        vec![("on a stone bridge over a river,", false)],
+    );
+    project.settings.steps = Some(4);
     let mut finished = Vec::new();
     let plan = charaboard::project::plan(&project, &PlanModel::of(&models), None).unwrap();
     Renderer::default()

@@ -1,12 +1,15 @@
 //! Tiny checkpoints in the Hugging Face repository layout load through the real loading code, and
 //! bad checkpoints fail with messages that name the file and the tensor.
 
+mod common;
+
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 use candle_transformers::models::flux::autoencoder::AutoEncoder;
 use charaboard::flux::{rope, StepInput, TokenLayout};
 use charaboard::models::{load, tiny, RepoLayout};
 use charaboard::vae::Vae;
+use common::max_abs_diff;
 use std::collections::HashMap;
 use std::path::Path;
 
@@ -14,19 +17,6 @@ fn tiny_repo(schnell: bool) -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
     tiny::write_repo(dir.path(), 5, schnell).unwrap();
     dir
-}
-
-fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
-    (a - b)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .max(0)
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap()
 }
 
 #[test]

@@ -12,7 +12,7 @@ use charaboard::project::{self, Project};
 use charaboard::render::{self, Ended, Progress, RenderJob};
 use charaboard::sampler::StepControl;
 use charaboard::worker::{Event, Job, Worker};
-use common::{assert_error_mentions, charaboard, ok, tiny_models};
+use common::{assert_mentions, charaboard, ok, tiny_models};
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -385,7 +385,10 @@ fn a_failed_write_leaves_the_old_image_and_nothing_partial() {
         panic!("the write must fail");
     };
     assert_eq!(target, Some(Target::Panel(0)));
-    assert_error_mentions(&error, &["panel 1", "panel-01.safetensors", "in the way"]);
+    assert_mentions(
+        &format!("{error:#}"),
+        &["panel 1", "panel-01.safetensors", "in the way"],
+    );
     assert!(
         finished.is_empty(),
         "a failed image is not reported as finished"

@@ -1,8 +1,9 @@
 //! Helpers shared by the integration tests. Each test binary uses a subset of them.
 #![allow(dead_code)]
 
-use candle_core::{DType, Device};
+use candle_core::{DType, Device, Tensor};
 use charaboard::pipeline::{generate, FluxModels, GenerateParams, NoiseSource};
+use charaboard::project::model::{IdentityShot, Panel, Project, RenderSettings, Scene};
 use charaboard::sampler::StepControl;
 use image::RgbImage;
 use std::path::Path;
@@ -63,11 +64,75 @@ pub fn tiny_models(dir: &Path) -> (std::path::PathBuf, FluxModels) {
     (path, models)
 }
 
-/// The message of an error with its whole cause chain, asserting that it mentions each of
-/// `parts`.
-pub fn assert_error_mentions(error: &anyhow::Error, parts: &[&str]) {
-    let message = format!("{error:#}");
+/// The message of the error `r` must be, with its whole cause chain.
+pub fn error_of<T>(r: anyhow::Result<T>) -> String {
+    match r {
+        Ok(_) => panic!("expected an error"),
+        Err(e) => format!("{e:#}"),
+    }
+}
+
+/// Asserts that `message` mentions each of `parts`.
+pub fn assert_mentions(message: &str, parts: &[&str]) {
     for part in parts {
-        assert!(message.contains(part), "`{part}` is not in: {message}");
+        assert!(message.contains(part), "`{part}` missing from: {message}");
+    }
+}
+
+/// The largest absolute value of `t` (f32).
+pub fn max_abs(t: &Tensor) -> f32 {
+    t.abs()
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .max(0)
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap()
+}
+
+/// max |a - b| (f32).
+pub fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
+    max_abs(&(a - b).unwrap())
+}
+
+pub const KNIGHT: &str = "a young knight in silver armour with a red cape,";
+pub const CLEARING: &str = "in a quiet forest clearing at dawn,";
+
+/// A knight's storyboard at 128x128 and 12 steps: the identity in the clearing, `scenes` as
+/// (environment, background locked), `panels` as (scene, action).
+pub fn knight_project(panels: Vec<(usize, &str)>, scenes: Vec<(&str, bool)>) -> Project {
+    Project {
+        title: "test".into(),
+        character: KNIGHT.into(),
+        identity: IdentityShot {
+            environment: CLEARING.into(),
+            action: "standing, front view".into(),
+        },
+        scenes: scenes
+            .into_iter()
+            .map(|(env, lock)| Scene {
+                name: String::new(),
+                environment: env.into(),
+                lock_background: lock,
+                width: None,
+                height: None,
+            })
+            .collect(),
+        panels: panels
+            .into_iter()
+            .map(|(scene, action)| Panel {
+                scene,
+                action: action.into(),
+                caption: String::new(),
+                seed: None,
+            })
+            .collect(),
+        settings: RenderSettings {
+            width: 128,
+            height: 128,
+            steps: Some(12),
+            ..RenderSettings::default()
+        },
     }
 }
