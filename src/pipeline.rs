@@ -149,6 +149,15 @@ impl FluxModels {
         self.transformer.config().guidance_embed
     }
 
+    /// The usual step count: 50 for dev (the CharaConsist reference), 4 for schnell.
+    pub fn default_steps(&self) -> usize {
+        if self.is_dev() {
+            50
+        } else {
+            4
+        }
+    }
+
     pub fn encode(&mut self, prompt: &str) -> Result<PromptEmbedding> {
         let emb = self.text.encode(&self.tokenizers, prompt)?;
         let cfg = self.transformer.config();

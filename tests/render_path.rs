@@ -489,3 +489,28 @@ fn a_failure_before_a_panels_first_step_names_that_panel() {
     assert_eq!(target, Some(Target::Panel(3)), "{error:#}");
     assert_eq!(started.last(), Some(&Target::Panel(3)));
 }
+
+#[test]
+fn a_failed_atomic_write_leaves_the_old_file_and_nothing_partial() {
+    use charaboard::atomic_file::{write_atomic, write_atomic_with};
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("sheet.png");
+    write_atomic(&path, b"old").unwrap();
+    // The writer fails halfway (as an encoder or a full disk would).
+    let err = write_atomic_with(&path, |w| {
+        w.write_all(b"half of the new")?;
+        anyhow::bail!("no space left on device")
+    })
+    .unwrap_err();
+    assert_mentions(&format!("{err:#}"), &["sheet.png", "no space left"]);
+    assert_eq!(std::fs::read(&path).unwrap(), b"old");
+    // A folder in the way of the target.
+    let blocked = dir.path().join("storyboard.pdf");
+    std::fs::create_dir(&blocked).unwrap();
+    let err = write_atomic(&blocked, b"new").unwrap_err();
+    assert_mentions(&format!("{err:#}"), &["storyboard.pdf", "in the way"]);
+    assert_eq!(
+        listing(dir.path()),
+        BTreeSet::from(["sheet.png".to_string(), "storyboard.pdf".to_string()])
+    );
+}

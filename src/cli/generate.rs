@@ -52,7 +52,7 @@ pub fn run(args: Generate) -> Result<()> {
     };
     params.validate()?;
     let mut models = args.run.load(&args.model)?;
-    params.steps = args.steps.unwrap_or(if models.is_dev() { 50 } else { 4 });
+    params.steps = args.steps.unwrap_or(models.default_steps());
     let dropped = models.tokenizers.t5_ids(&params.prompt)?.dropped;
     if dropped > 0 {
         eprintln!(

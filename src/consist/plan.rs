@@ -90,7 +90,7 @@ impl PlanModel {
     pub fn of(models: &FluxModels) -> Self {
         Self {
             key: ModelKey::of(models),
-            default_steps: if models.is_dev() { 50 } else { 4 },
+            default_steps: models.default_steps(),
         }
     }
 }
