@@ -8,14 +8,18 @@ use image::RgbImage;
 use std::fs::{self, File};
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 /// The temporary file a write to `path` goes through: hidden, in the same folder (so the rename
-/// cannot cross file systems), and named after the target so that it says what it was for.
+/// cannot cross file systems), named after the target so that it says what it was for, and
+/// unique to this process and write, so that two writers never share one.
 pub fn partial_path(path: &Path) -> PathBuf {
+    static WRITES: AtomicU64 = AtomicU64::new(0);
     let name = path
         .file_name()
         .map_or_else(|| "file".into(), |n| n.to_string_lossy());
-    parent_dir(path).join(format!(".{name}.partial"))
+    let write = WRITES.fetch_add(1, Ordering::Relaxed);
+    parent_dir(path).join(format!(".{name}.{}-{write}.partial", std::process::id()))
 }
 
 /// Writes `bytes` to `path` atomically.

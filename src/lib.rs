@@ -11,6 +11,7 @@ pub mod consist;
 pub mod device;
 pub mod export;
 pub mod flux;
+pub mod limits;
 pub mod models;
 pub mod overlay;
 pub mod pipeline;

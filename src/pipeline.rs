@@ -6,6 +6,7 @@ use image::RgbImage;
 use std::path::{Path, PathBuf};
 
 use crate::flux::{AttentionHook, Flux};
+use crate::limits;
 use crate::models::load;
 use crate::models::source::ModelSource;
 use crate::sampler::{self, Denoised, RunInputs, SchedulerConfig, StepControl, StepReport};
@@ -204,10 +205,10 @@ pub struct GenerateParams {
 impl GenerateParams {
     /// Rejects what cannot be generated before any model is loaded.
     pub fn validate(&self) -> Result<()> {
-        sampler::check_size(self.width, self.height)?;
-        if self.steps == 0 {
-            bail!("steps must be at least 1");
-        }
+        limits::check_side("width", self.width)?;
+        limits::check_side("height", self.height)?;
+        limits::check("steps", self.steps, &limits::STEPS)?;
+        limits::check_guidance("guidance", self.guidance)?;
         if let NoiseSource::File(path) = &self.noise {
             sampler::load_noise(path, self.width, self.height)?;
         }

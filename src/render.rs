@@ -54,6 +54,15 @@ pub fn run(
     let options = RenderOptions {
         preview_every: job.preview_every,
     };
+    let _lock = match job.store.map(ImagesStore::lock).transpose() {
+        Ok(lock) => lock,
+        Err(error) => {
+            return Ended::Failed {
+                target: None,
+                error,
+            }
+        }
+    };
     let mut current: Option<Target> = None;
     let mut write_failure: Option<(Target, Error)> = None;
     let outcome = renderer.render(models, job.plan, job.request, &options, &mut |event| {

@@ -98,16 +98,6 @@ impl SchedulerConfig {
     }
 }
 
-/// Checks that an image size can be generated: positive multiples of 16.
-pub fn check_size(width: usize, height: usize) -> Result<()> {
-    for (what, v) in [("width", width), ("height", height)] {
-        if v == 0 || v % 16 != 0 {
-            bail!("{what} must be a positive multiple of 16, found {v}");
-        }
-    }
-    Ok(())
-}
-
 /// The latent shape of an image: (1, 16, H/8, W/8).
 pub fn latent_shape(width: usize, height: usize) -> (usize, usize, usize, usize) {
     (1, 16, height / 8, width / 8)
@@ -125,11 +115,27 @@ pub fn seeded_noise(seed: u64, width: usize, height: usize) -> Result<Tensor> {
 
 /// Noise from a safetensors file holding a tensor `noise` of shape (1, 16, H/8, W/8).
 pub fn load_noise(path: &Path, width: usize, height: usize) -> Result<Tensor> {
+    let meta = std::fs::metadata(path)
+        .with_context(|| format!("cannot read noise file {}", path.display()))?;
+    // Noise for the largest image is 16 MiB; a device or a huge file is not a noise file.
+    if !meta.is_file() || meta.len() > 1 << 30 {
+        bail!(
+            "{} is not a noise file: expected a safetensors file of at most 1 GiB",
+            path.display()
+        );
+    }
     let tensors = candle_core::safetensors::load(path, &Device::Cpu)
         .with_context(|| format!("cannot read noise file {}", path.display()))?;
     let noise = tensors
         .get("noise")
         .with_context(|| format!("{} has no tensor `noise`", path.display()))?;
+    if !noise.dtype().is_float() {
+        bail!(
+            "tensor `noise` in {} is {:?}; expected floating-point noise (F32, F16, BF16 or F64)",
+            path.display(),
+            noise.dtype()
+        );
+    }
     let expected = latent_shape(width, height);
     if noise.dims4().ok() != Some(expected) {
         bail!(
@@ -139,7 +145,34 @@ pub fn load_noise(path: &Path, width: usize, height: usize) -> Result<Tensor> {
             [expected.0, expected.1, expected.2, expected.3]
         );
     }
-    Ok(noise.to_dtype(DType::F32)?)
+    let noise = noise.to_dtype(DType::F32)?;
+    let values = noise.flatten_all()?.to_vec1::<f32>()?;
+    if let Some(k) = values.iter().position(|v| !v.is_finite()) {
+        bail!(
+            "tensor `noise` in {} holds {} at element {k}: noise must be finite",
+            path.display(),
+            values[k]
+        );
+    }
+    Ok(noise)
+}
+
+/// Stops a run whose latents stopped being numbers, instead of decoding them into a black image.
+/// One sum over the latents (small next to a transformer forward) tells: NaN and infinity spread
+/// into any sum.
+fn check_finite(latents: &Tensor, step: usize, steps: usize) -> Result<()> {
+    let sum = latents
+        .to_dtype(DType::F32)?
+        .sum_all()?
+        .to_scalar::<f32>()?;
+    if !sum.is_finite() {
+        bail!(
+            "the latents are no longer finite after step {} of {steps} ({sum}): the weights may hold NaN or infinity, or {:?} overflowed (try --dtype f32)",
+            step + 1,
+            latents.dtype()
+        );
+    }
+    Ok(())
 }
 
 /// What the loop tells its caller after each step.
@@ -270,6 +303,7 @@ pub fn denoise_from(
             reborrow(&mut hook),
         )?;
         let next = (&img + (&velocity * (t_prev - t_curr))?)?;
+        check_finite(&next, step, steps)?;
         let report = StepReport {
             step,
             steps,

@@ -136,15 +136,15 @@ fn bad_input_fails_clearly_and_writes_nothing() {
     let cases: Vec<(Vec<&str>, &str)> = vec![
         (
             vec!["--width", "100", "--height", "64"],
-            "width must be a positive multiple of 16, found 100",
+            "width must be a multiple of 16 from 16 to 4096, found 100",
         ),
         (
             vec!["--width", "64", "--height", "0"],
-            "height must be a positive multiple of 16, found 0",
+            "height must be a multiple of 16 from 16 to 4096, found 0",
         ),
         (
             vec!["--width", "64", "--height", "64", "--steps", "0"],
-            "steps must be at least 1",
+            "steps must be from 1 to 1000, found 0",
         ),
     ];
     for (args, message) in cases {

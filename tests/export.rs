@@ -6,7 +6,7 @@ use std::path::Path;
 
 use charaboard::atomic_file::save_png;
 use charaboard::export::pdf::{storyboard_pdf, Paper};
-use charaboard::export::storyboard::{export_all, panel_sheet, SheetOptions};
+use charaboard::export::storyboard::{export_all, panel_sheet, SheetOptions, StalePanels};
 use charaboard::export::text::TextRenderer;
 use charaboard::project::ImagesStore;
 use charaboard::project::{IdentityShot, Panel, Project, RenderSettings, Scene};
@@ -369,7 +369,16 @@ fn export_all_writes_the_sheet_pdf_and_rendered_panels() {
         include_identity: true,
         ..SheetOptions::default()
     };
-    let written = export_all(&p, &store(&images), &out, &opts, Paper::Letter).unwrap();
+    let written = export_all(
+        &p,
+        &store(&images),
+        &out,
+        &opts,
+        Paper::Letter,
+        StalePanels::Mark,
+    )
+    .unwrap()
+    .files;
 
     let names: Vec<String> = written
         .iter()
@@ -437,6 +446,7 @@ fn export_all_names_an_output_folder_it_cannot_create() {
         &out,
         &SheetOptions::default(),
         Paper::A4,
+        StalePanels::Mark,
     )
     .unwrap_err();
     let message = format!("{err:#}");
@@ -455,6 +465,7 @@ fn export_all_asks_for_a_render_first() {
         &out,
         &SheetOptions::default(),
         Paper::A4,
+        StalePanels::Refuse,
     )
     .unwrap_err();
     let message = format!("{err:#}");
@@ -470,6 +481,7 @@ fn export_all_asks_for_a_render_first() {
         &out,
         &SheetOptions::default(),
         Paper::A4,
+        StalePanels::Refuse,
     )
     .unwrap_err();
     assert!(format!("{err:#}").contains("render"));

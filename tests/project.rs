@@ -179,7 +179,7 @@ fn invalid_file_is_reported_with_its_path() {
     assert!(matches!(err, ProjectError::Invalid { .. }), "{err}");
     assert_eq!(
         err.to_string(),
-        "projects/x.ron: settings.width must be a positive multiple of 16, found 1000"
+        "projects/x.ron: settings.width must be a multiple of 16 from 16 to 4096, found 1000"
     );
 }
 
@@ -237,17 +237,19 @@ fn validation_names_the_field() {
     p.settings.width = 1000;
     assert_eq!(
         invalid_message(&p),
-        "settings.width must be a positive multiple of 16, found 1000"
+        "settings.width must be a multiple of 16 from 16 to 4096, found 1000"
     );
     let mut p = ok.clone();
     p.settings.height = 0;
-    assert!(invalid_message(&p).starts_with("settings.height must be a positive multiple of 16"));
+    assert!(
+        invalid_message(&p).starts_with("settings.height must be a multiple of 16 from 16 to 4096")
+    );
 
     let mut p = ok.clone();
     p.scenes[0].height = Some(700);
     assert_eq!(
         invalid_message(&p),
-        "scenes[0].height must be a positive multiple of 16, found 700"
+        "scenes[0].height must be a multiple of 16 from 16 to 4096, found 700"
     );
     p.scenes[0].height = Some(1280);
     p.validate().unwrap();

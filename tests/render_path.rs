@@ -4,9 +4,9 @@
 
 mod common;
 
-use charaboard::consist::plan::{ModelKey, Plan, PlanModel, RenderRequest, Target};
+use charaboard::consist::plan::{ModelKey, PanelShot, Plan, PlanModel, RenderRequest, Target};
 use charaboard::consist::session::Renderer;
-use charaboard::pipeline::FluxModels;
+use charaboard::pipeline::{FluxModels, NoiseSource};
 use charaboard::project::images::ImagesStore;
 use charaboard::project::{self, Project};
 use charaboard::render::{self, Ended, Progress, RenderJob};
@@ -455,22 +455,51 @@ fn foreign_truncated_and_unknown_version_files_are_ignored_with_a_note() {
     );
 }
 
+fn save_noise(path: &Path, width: usize, height: usize) {
+    charaboard::sampler::seeded_noise(3, width, height)
+        .unwrap()
+        .save_safetensors("noise", path)
+        .unwrap();
+}
+
+#[test]
+fn a_noise_file_that_does_not_fit_a_later_scene_is_refused_before_any_work() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_, models) = tiny_models(dir.path());
+    let mut project = project::load(&write_project(dir.path())).unwrap();
+    // Noise for 64x64: the identity and panels 1-3 fit it, panel 4's scene is 96 wide.
+    let noise = dir.path().join("noise.safetensors");
+    save_noise(&noise, 64, 64);
+    project.panels[3].seed = None;
+    let err = project::plan(&project, &PlanModel::of(&models), Some(&noise)).unwrap_err();
+    assert_mentions(
+        &format!("{err:#}"),
+        &["panel 4", "noise.safetensors", "96x64"],
+    );
+}
+
 #[test]
 fn a_failure_before_a_panels_first_step_names_that_panel() {
     let dir = tempfile::tempdir().unwrap();
     let (_, mut models) = tiny_models(dir.path());
-    let project_path = write_project(dir.path());
-    // Noise for 64x64 images: the identity and panels 1-3 take it, panel 4 (own seed) does
-    // not; then only its scene's size differs.
+    let project = project::load(&write_project(dir.path())).unwrap();
+    // Panel 4 (96x64) alone starts from a noise file; it is replaced by noise of the wrong size
+    // after planning, so panel 4 fails while it is prepared, after panels 1-3 are done.
     let noise = dir.path().join("noise.safetensors");
-    charaboard::sampler::seeded_noise(3, 64, 64)
-        .unwrap()
-        .save_safetensors("noise", &noise)
-        .unwrap();
-    let mut project = project::load(&project_path).unwrap();
-    project.panels[3].seed = None;
-    let plan = project::plan(&project, &PlanModel::of(&models), Some(&noise)).unwrap();
+    save_noise(&noise, 96, 64);
+    let plan = project::plan(&project, &PlanModel::of(&models), None).unwrap();
+    let mut shots: Vec<PanelShot> = (0..4)
+        .map(|i| PanelShot {
+            shot: plan.panels()[i].shot.clone(),
+            scene: project.panels[i].scene,
+            lock_background: project.scenes[project.panels[i].scene].lock_background,
+        })
+        .collect();
+    shots[3].shot.noise = NoiseSource::File(noise.clone());
+    let plan = Plan::new(plan.settings.clone(), plan.identity().shot.clone(), shots).unwrap();
+    save_noise(&noise, 64, 64);
     let mut started = Vec::new();
+    let mut finished = Vec::new();
     let job = RenderJob {
         plan: &plan,
         request: RenderRequest::All,
@@ -478,8 +507,10 @@ fn a_failure_before_a_panels_first_step_names_that_panel() {
         preview_every: None,
     };
     let ended = render::run(&mut Renderer::default(), &mut models, &job, &mut |p| {
-        if let Progress::Started(t) = p {
-            started.push(t);
+        match p {
+            Progress::Started(t) => started.push(t),
+            Progress::Finished { image, .. } => finished.push(image.target),
+            Progress::Step(_) => {}
         }
         StepControl::Continue
     });
@@ -488,6 +519,7 @@ fn a_failure_before_a_panels_first_step_names_that_panel() {
     };
     assert_eq!(target, Some(Target::Panel(3)), "{error:#}");
     assert_eq!(started.last(), Some(&Target::Panel(3)));
+    assert_eq!(finished.last(), Some(&Target::Panel(2)));
 }
 
 #[test]

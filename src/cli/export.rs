@@ -4,7 +4,7 @@ use anyhow::Result;
 use std::path::PathBuf;
 
 use crate::export::pdf::Paper;
-use crate::export::storyboard::{export_all, SheetOptions};
+use crate::export::storyboard::{export_all, panel_list, SheetOptions, StalePanels};
 use crate::project::images::ImagesStore;
 
 #[derive(clap::Args)]
@@ -18,6 +18,10 @@ pub struct Export {
     /// a4 or letter (landscape).
     #[arg(long, default_value = "a4")]
     paper: Paper,
+    /// Export panels whose image was rendered from other prompts or settings than the project
+    /// has now, marked "(stale)", instead of refusing.
+    #[arg(long)]
+    allow_stale: bool,
 }
 
 pub fn run(args: Export) -> Result<()> {
@@ -27,8 +31,19 @@ pub fn run(args: Export) -> Result<()> {
         columns: args.columns,
         ..Default::default()
     };
-    for file in export_all(&project, &store, &args.out, &options, args.paper)? {
+    let stale = match args.allow_stale {
+        true => StalePanels::Mark,
+        false => StalePanels::Refuse,
+    };
+    let exported = export_all(&project, &store, &args.out, &options, args.paper, stale)?;
+    for file in &exported.files {
         println!("{}", file.display());
+    }
+    if !exported.stale.is_empty() {
+        eprintln!(
+            "warning: {} exported marked (stale): render again for current images",
+            panel_list(&exported.stale)
+        );
     }
     Ok(())
 }

@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use super::args::RunArgs;
 use super::progress::step_bar;
 use crate::atomic_file::save_png;
+use crate::limits::prompt_too_long;
 use crate::pipeline::{generate, GenerateParams, NoiseSource};
 use crate::sampler::StepControl;
 
@@ -55,10 +56,8 @@ pub fn run(args: Generate) -> Result<()> {
     params.steps = args.steps.unwrap_or(models.default_steps());
     let dropped = models.tokenizers.t5_ids(&params.prompt)?.dropped;
     if dropped > 0 {
-        eprintln!(
-            "warning: the prompt is longer than {} T5 tokens; the last {dropped} tokens were dropped",
-            models.tokenizers.t5_len()
-        );
+        let limit = models.tokenizers.t5_len() - 1;
+        eprintln!("warning: the prompt is {}", prompt_too_long(dropped, limit));
     }
     let bar = step_bar(params.steps);
     bar.set_message("denoising");

@@ -10,6 +10,7 @@ use crate::atomic_file::save_png;
 use crate::consist::plan::{PlanModel, RenderRequest};
 use crate::consist::session::Renderer;
 use crate::export::sheet::contact_sheet;
+use crate::limits::prompt_too_long;
 use crate::project::images::{project_name, stem, ImagesStore};
 use crate::render::{self, Ended, Progress, RenderJob};
 use crate::sampler::StepControl;
@@ -43,6 +44,17 @@ pub fn run(args: Render) -> Result<()> {
     };
     let mut models = args.run.load(&model)?;
     let plan = crate::project::plan(&project, &PlanModel::of(&models), args.noise.as_deref())?;
+    let limit = models.tokenizers.t5_len() - 1;
+    for image in plan.images() {
+        let dropped = models.tokenizers.t5_ids(&image.shot.prompt)?.dropped;
+        if dropped > 0 {
+            eprintln!(
+                "warning: the prompt of {} is {}",
+                image.target.label(),
+                prompt_too_long(dropped, limit)
+            );
+        }
+    }
     let mut renderer = Renderer::default();
     let bar = step_bar(1);
     let mut images = Vec::new();

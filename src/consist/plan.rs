@@ -214,9 +214,15 @@ pub struct Plan {
 }
 
 impl Plan {
-    /// Plans the identity and the panels: background modes, dependencies and keys.
+    /// Plans the identity and the panels: background modes, dependencies and keys. A noise file
+    /// is checked against every image that takes it, so that one that does not fit a later
+    /// scene's size fails before the first image is rendered.
     pub fn new(settings: PlanSettings, identity: Shot, panels: Vec<PanelShot>) -> Result<Self> {
-        let key_of = |shot: &Shot, background, depends_on| -> Result<ImageKey> {
+        let key_of = |target: Target, shot: &Shot, background, depends_on| -> Result<ImageKey> {
+            if let NoiseSource::File(path) = &shot.noise {
+                crate::sampler::load_noise(path, shot.width, shot.height)
+                    .with_context(|| format!("the noise of {}", target.label()))?;
+            }
             Ok(ImageKey {
                 model: settings.model.clone(),
                 prompt: shot.prompt.clone(),
@@ -231,7 +237,7 @@ impl Plan {
                 depends_on,
             })
         };
-        let identity_key = key_of(&identity, BackgroundMode::Free, vec![])?;
+        let identity_key = key_of(Target::Identity, &identity, BackgroundMode::Free, vec![])?;
         let modes: Vec<BackgroundMode> = panels
             .iter()
             .enumerate()
@@ -252,7 +258,7 @@ impl Plan {
                     depends_on.push(images[first_panel + 1].key.clone());
                 }
             }
-            let key = key_of(&panel.shot, background, depends_on)?;
+            let key = key_of(Target::Panel(i), &panel.shot, background, depends_on)?;
             images.push(PlannedImage {
                 target: Target::Panel(i),
                 shot: panel.shot,

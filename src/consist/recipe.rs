@@ -6,6 +6,8 @@
 use anyhow::{bail, Result};
 use serde::{Deserialize, Serialize};
 
+use crate::limits;
+
 /// A half-open window of steps `[start, end)` as fractions of the step count.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct StepWindow {
@@ -151,12 +153,23 @@ impl Recipe {
                 self.merge_weight
             );
         }
-        if self.fg_layer_every == 0 || self.bg_layer_every == 0 {
-            bail!("recipe.fg_layer_every and recipe.bg_layer_every must be at least 1");
-        }
+        limits::check(
+            "recipe.fg_layer_every",
+            self.fg_layer_every,
+            &limits::LAYER_EVERY,
+        )?;
+        limits::check(
+            "recipe.bg_layer_every",
+            self.bg_layer_every,
+            &limits::LAYER_EVERY,
+        )?;
         for (name, k) in [("erode", self.erode), ("dilate", self.dilate)] {
-            if k % 2 == 0 {
-                bail!("recipe.{name} must be an odd kernel side (1 = off), found {k}");
+            if k % 2 == 0 || !limits::KERNEL.contains(&k) {
+                bail!(
+                    "recipe.{name} must be an odd kernel side from {} to {} (1 = off), found {k}",
+                    limits::KERNEL.start(),
+                    limits::KERNEL.end()
+                );
             }
         }
         Ok(())

@@ -15,7 +15,8 @@ use super::pdf::{storyboard_pdf, Paper, DEFAULT_PER_PAGE};
 use super::text::TextRenderer;
 use crate::atomic_file::{save_png, write_atomic};
 use crate::consist::plan::Target;
-use crate::project::images::ImagesStore;
+use crate::limits;
+use crate::project::images::{ImagesStore, RenderedImage};
 use crate::project::model::Project;
 
 /// How the panel sheet is laid out.
@@ -103,7 +104,7 @@ pub fn panel_sheet(
         project.panels.len(),
         images.len()
     );
-    ensure!(opts.columns > 0, "a panel sheet needs at least one column");
+    limits::check("columns", opts.columns, &limits::COLUMNS)?;
     ensure!(
         opts.cell_width > 0,
         "a panel sheet needs a non-zero cell width"
@@ -220,38 +221,98 @@ fn draw_cell(sheet: &mut RgbImage, text: &TextRenderer, cell: &Cell, x: u32, y: 
     }
 }
 
+/// What to do with a panel whose saved image was rendered from other inputs than the project
+/// holds now (an edited prompt, another seed or size): an old picture must not appear under a
+/// new caption without a word.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StalePanels {
+    /// Refuse the export, naming the stale panels.
+    Refuse,
+    /// Export them with "(stale)" before their caption.
+    Mark,
+}
+
+/// What an export wrote (sheet and PDF first), and which panels (0-based) it marked stale.
+#[derive(Debug)]
+pub struct Exported {
+    pub files: Vec<PathBuf>,
+    pub stale: Vec<usize>,
+}
+
+/// `[1, 4]` as "panels 2 and 5".
+pub fn panel_list(panels: &[usize]) -> String {
+    let names: Vec<String> = panels.iter().map(|i| (i + 1).to_string()).collect();
+    match names.as_slice() {
+        [one] => format!("panel {one}"),
+        [rest @ .., last] => format!("panels {} and {last}", rest.join(", ")),
+        [] => "no panel".into(),
+    }
+}
+
 /// Exports a rendered storyboard into `out_dir` (created if needed): `sheet.png` (see
 /// [`panel_sheet`]), `storyboard.pdf` (see [`storyboard_pdf`], 6 panels a page) and `01.png`,
 /// `02.png`, ... as byte-for-byte copies of the rendered panels. Panels not rendered yet appear
 /// as placeholders on the sheet and PDF and get no numbered file.
 ///
 /// Images are read from the project's images store; one that is there but is not this
-/// project's (damaged, another project's) stops the export with the reason. Returns the paths
-/// written, sheet and PDF first.
+/// project's (damaged, another project's) stops the export with the reason, and stale panels
+/// are refused or marked as `stale` says. Everything is checked before anything is written.
 pub fn export_all(
     project: &Project,
     store: &ImagesStore,
     out_dir: &Path,
     opts: &SheetOptions,
     paper: Paper,
-) -> Result<Vec<PathBuf>> {
-    let images = (0..project.panels.len())
-        .map(|i| read_image(store, Target::Panel(i)))
+    stale: StalePanels,
+) -> Result<Exported> {
+    // The layout is checked again by `panel_sheet`; here it is checked before any image is read.
+    limits::check("columns", opts.columns, &limits::COLUMNS)?;
+    let saved = (0..project.panels.len())
+        .map(|i| read_saved(store, Target::Panel(i)))
         .collect::<Result<Vec<_>>>()?;
-    if images.iter().all(Option::is_none) {
+    if saved.iter().all(Option::is_none) {
         bail!(
             "no rendered panels in {}: render the project first (charaboard render PROJECT.ron)",
             store.dir().display()
         );
     }
-    let identity = if opts.include_identity {
-        read_image(store, Target::Identity)?
-    } else {
-        None
+    let mut stale_panels = Vec::new();
+    for (i, image) in saved.iter().enumerate() {
+        if let Some(image) = image {
+            if !image.matches_project(project)? {
+                stale_panels.push(i);
+            }
+        }
+    }
+    let mut shown = project.clone();
+    if !stale_panels.is_empty() {
+        match stale {
+            StalePanels::Refuse => bail!(
+                "{} of {} {} rendered from other prompts or settings than the project has now: render {} again, or export anyway with --allow-stale",
+                panel_list(&stale_panels),
+                project.title,
+                if stale_panels.len() == 1 { "was" } else { "were" },
+                if stale_panels.len() == 1 { "it" } else { "them" }
+            ),
+            StalePanels::Mark => {
+                for &i in &stale_panels {
+                    let caption = &mut shown.panels[i].caption;
+                    *caption = format!("(stale) {caption}").trim_end().to_string();
+                }
+            }
+        }
+    }
+    let images: Vec<Option<RgbImage>> = saved
+        .into_iter()
+        .map(|s| s.map(|saved| saved.image))
+        .collect();
+    let identity = match opts.include_identity {
+        true => read_saved(store, Target::Identity)?.map(|saved| saved.image),
+        false => None,
     };
 
-    let sheet = panel_sheet(project, &images, identity.as_ref(), opts)?;
-    let pdf = storyboard_pdf(project, &images, paper, DEFAULT_PER_PAGE)?;
+    let sheet = panel_sheet(&shown, &images, identity.as_ref(), opts)?;
+    let pdf = storyboard_pdf(&shown, &images, paper, DEFAULT_PER_PAGE)?;
 
     fs::create_dir_all(out_dir)
         .with_context(|| format!("cannot create the output folder {}", out_dir.display()))?;
@@ -273,13 +334,15 @@ pub fn export_all(
         write_atomic(&to, &bytes)?;
         written.push(to);
     }
-    Ok(written)
+    Ok(Exported {
+        files: written,
+        stale: stale_panels,
+    })
 }
 
-/// The picture saved for `target`; `None` means "not rendered yet".
-fn read_image(store: &ImagesStore, target: Target) -> Result<Option<RgbImage>> {
-    Ok(store
+/// The image saved for `target`; `None` means "not rendered yet".
+fn read_saved(store: &ImagesStore, target: Target) -> Result<Option<RenderedImage>> {
+    store
         .read(target)
-        .with_context(|| format!("cannot export {}", target.label()))?
-        .map(|saved| saved.image))
+        .with_context(|| format!("cannot export {}", target.label()))
 }

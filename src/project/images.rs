@@ -14,10 +14,11 @@ use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
+use super::model::Project;
 use crate::atomic_file;
 use crate::consist::mask::Grid;
 use crate::consist::matching::Matches;
-use crate::consist::plan::{ImageKey, Plan, PlannedImage, Target};
+use crate::consist::plan::{ImageKey, Plan, PlanModel, PlannedImage, Target};
 use crate::consist::session::ImageOutput;
 use crate::overlay::{mask_overlay, match_overlay, TokenGrid};
 
@@ -80,6 +81,20 @@ impl RenderedImage {
     pub fn is_current(&self, plan: &Plan) -> bool {
         plan.image(self.target)
             .is_some_and(|p| self.key.as_ref() == Some(&p.key))
+    }
+
+    /// Current for `project` as it is now, judged for the model and step count the image was
+    /// rendered with (an export loads no model). An image without a key, or one rendered from
+    /// a noise file, cannot be judged and is not current.
+    pub fn matches_project(&self, project: &Project) -> Result<bool> {
+        let Some(key) = &self.key else {
+            return Ok(false);
+        };
+        let model = PlanModel {
+            key: key.model.clone(),
+            default_steps: key.steps,
+        };
+        Ok(self.is_current(&super::plan::plan(project, &model, None)?))
     }
 }
 
@@ -311,6 +326,72 @@ impl ImagesStore {
             })
             .collect()
     }
+}
+
+/// Held while a render writes into an images folder: a second render of the same project (in
+/// this process or another) is refused instead of mixing its images with the first's. The
+/// lock file holds the writer's process id; a lock left by a process that no longer runs is
+/// taken over.
+pub struct StoreLock {
+    path: PathBuf,
+}
+
+impl Drop for StoreLock {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+const LOCK_FILE: &str = ".render.lock";
+
+impl ImagesStore {
+    /// Takes the folder for one render.
+    pub fn lock(&self) -> Result<StoreLock> {
+        std::fs::create_dir_all(&self.dir)
+            .with_context(|| format!("cannot create {}", self.dir.display()))?;
+        let path = self.dir.join(LOCK_FILE);
+        for _ in 0..2 {
+            match std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(&path)
+            {
+                Ok(mut file) => {
+                    use std::io::Write;
+                    write!(file, "{}", std::process::id())
+                        .with_context(|| format!("cannot write {}", path.display()))?;
+                    return Ok(StoreLock { path });
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                    let holder = std::fs::read_to_string(&path).unwrap_or_default();
+                    if holder_is_running(holder.trim()) {
+                        bail!(
+                            "another render of {} is writing {} (process {}): wait for it to finish",
+                            self.project,
+                            self.dir.display(),
+                            holder.trim()
+                        );
+                    }
+                    remove_if_present(&path)?;
+                }
+                Err(e) => {
+                    return Err(e).with_context(|| format!("cannot create {}", path.display()))
+                }
+            }
+        }
+        bail!("cannot take {}: it keeps reappearing", path.display())
+    }
+}
+
+/// Whether the process named in a lock file still runs. Where that cannot be told (no /proc),
+/// it is taken to run: refusing is safe, mixing two renders is not.
+fn holder_is_running(pid: &str) -> bool {
+    let Ok(pid) = pid.parse::<u32>() else {
+        // A lock that names no process was never finished by its writer.
+        return false;
+    };
+    let proc = Path::new("/proc");
+    !proc.is_dir() || proc.join(pid.to_string()).exists()
 }
 
 fn remove_if_present(path: &Path) -> Result<()> {

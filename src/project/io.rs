@@ -50,8 +50,28 @@ fn io_error(path: &Path) -> impl FnOnce(std::io::Error) -> ProjectError + '_ {
     }
 }
 
+/// Project files are hand-sized text; anything larger is not one (and `/dev/zero` would be read
+/// forever).
+pub const MAX_PROJECT_BYTES: u64 = 16 << 20;
+
 /// Reads and validates a project file.
 pub fn load(path: &Path) -> Result<Project, ProjectError> {
+    let meta = fs::metadata(path).map_err(io_error(path))?;
+    let refuse = |message: String| ProjectError::Invalid {
+        path: path.to_path_buf(),
+        message,
+    };
+    if !meta.is_file() {
+        return Err(refuse(
+            "not a regular file: a project is a .ron file".into(),
+        ));
+    }
+    if meta.len() > MAX_PROJECT_BYTES {
+        return Err(refuse(format!(
+            "{} bytes is too large for a project file (at most {MAX_PROJECT_BYTES})",
+            meta.len()
+        )));
+    }
     let text = fs::read_to_string(path).map_err(io_error(path))?;
     parse(&text, path)
 }

@@ -10,6 +10,7 @@ use anyhow::{anyhow, bail, Result};
 use serde::{Deserialize, Serialize};
 
 use crate::consist::recipe::Recipe;
+use crate::limits::{self, check_side};
 
 /// A storyboard document.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -119,14 +120,6 @@ impl Default for RenderSettings {
     }
 }
 
-/// FLUX packs 2×2 patches of the 8× downsampled latent, so sides must be multiples of 16.
-fn check_side(field: &str, value: usize) -> Result<()> {
-    if value == 0 || !value.is_multiple_of(16) {
-        bail!("{field} must be a positive multiple of 16, found {value}");
-    }
-    Ok(())
-}
-
 impl Project {
     /// The full prompt for an image: environment, character and action joined by single spaces,
     /// exactly as the reference builds it (`bg + " " + fg + " " + act`). The environment comes
@@ -205,15 +198,14 @@ impl Project {
         let s = &self.settings;
         check_side("settings.width", s.width)?;
         check_side("settings.height", s.height)?;
-        if s.steps == Some(0) {
-            bail!("settings.steps must be at least 1 (or left out for the model's default)");
+        if let Some(steps) = s.steps {
+            limits::check(
+                "settings.steps (or left out for the model's default)",
+                steps,
+                &limits::STEPS,
+            )?;
         }
-        if !s.guidance.is_finite() || s.guidance < 0.0 {
-            bail!(
-                "settings.guidance must be a finite number of at least 0, found {}",
-                s.guidance
-            );
-        }
+        limits::check_guidance("settings.guidance", s.guidance)?;
         // The recipe names its fields `recipe.…`; prefixing makes them the path in this file.
         s.recipe.validate().map_err(|e| anyhow!("settings.{e:#}"))?;
         Ok(())

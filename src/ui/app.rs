@@ -16,6 +16,7 @@ use super::inspector::{inspector_ui, Overlays};
 use super::setup::{self, CacheScan, ModelStatus};
 use crate::app_settings::AppSettings;
 use crate::consist::plan::{Plan, PlanModel, RenderRequest, Target};
+use crate::export::storyboard::{panel_list, Exported, StalePanels};
 use crate::text::{PromptTokenizers, T5_LEN_DEV};
 use crate::worker::{Event, Job, Worker};
 
@@ -26,8 +27,8 @@ const REDO: KeyboardShortcut =
 const RENDER: KeyboardShortcut = KeyboardShortcut::new(Modifiers::COMMAND, Key::Enter);
 const RECOVERY_EVERY: Duration = Duration::from_secs(20);
 
-/// The files an export wrote, or why it failed.
-type ExportResult = Result<Vec<PathBuf>, String>;
+/// What an export wrote, or why it failed.
+type ExportResult = Result<Exported, String>;
 
 /// How the app starts.
 pub struct StartOptions {
@@ -267,7 +268,14 @@ impl CharaboardApp {
         let results: Vec<_> = self.exports.1.try_iter().collect();
         for result in results {
             match result {
-                Ok(files) => self.info(format!("exported {} files", files.len())),
+                Ok(e) if e.stale.is_empty() => {
+                    self.info(format!("exported {} files", e.files.len()))
+                }
+                Ok(e) => self.info(format!(
+                    "exported {} files; {} marked (stale): render again for current images",
+                    e.files.len(),
+                    panel_list(&e.stale)
+                )),
                 Err(e) => self.error(format!("export failed: {e}")),
             }
         }
@@ -367,6 +375,8 @@ impl CharaboardApp {
                 &out,
                 &options,
                 crate::export::pdf::Paper::A4,
+                // The artist sees which panels are stale in the grid; the export says so too.
+                StalePanels::Mark,
             );
             let _ = tx.send(result.map_err(|e| format!("{e:#}")));
         });

@@ -3,6 +3,7 @@
 use egui::{Color32, RichText, TextEdit, Ui};
 use std::collections::HashMap;
 
+use crate::limits::prompt_too_long;
 use crate::project::model::{Panel, Project, Scene};
 use crate::text::PromptTokenizers;
 
@@ -90,14 +91,19 @@ impl TokenCounter {
         self.tokenizers.t5_len() - 1
     }
 
-    /// "n / limit tokens", red when over the limit.
+    /// "n / limit tokens"; over the limit, in red, with what is dropped.
     fn badge(&mut self, ui: &mut Ui, text: &str) {
         let (n, limit) = (self.count(text), self.limit());
-        let label = RichText::new(format!("{n} / {limit} tokens")).small();
-        ui.label(if n > limit {
-            label.color(Color32::RED)
-        } else {
-            label.weak()
+        ui.label(match n > limit {
+            true => RichText::new(format!(
+                "{n} / {limit} tokens: {}",
+                prompt_too_long(n - limit, limit)
+            ))
+            .small()
+            .color(Color32::RED),
+            false => RichText::new(format!("{n} / {limit} tokens"))
+                .small()
+                .weak(),
         });
     }
 }
