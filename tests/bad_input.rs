@@ -136,7 +136,10 @@ fn every_number_has_a_range_checked_before_the_model_loads() {
         "--columns",
         "1000",
     ]);
-    assert!(err.contains("columns must be from 1 to 12, found 1000"), "{err}");
+    assert!(
+        err.contains("columns must be from 1 to 12, found 1000"),
+        "{err}"
+    );
 }
 
 #[test]
