@@ -4,6 +4,7 @@ mod common;
 
 use charaboard::app_settings::AppSettings;
 use charaboard::consist::plan::Target;
+use charaboard::consist::recipe::Numerics;
 use charaboard::ui::app::{CharaboardApp, StartOptions};
 use charaboard::ui::cells::CellState;
 use charaboard::ui::dialogs::Dialogs;
@@ -294,4 +295,28 @@ fn a_storyboard_rendered_by_the_cli_opens_with_every_cell_done() {
     for label in ["Identity: stale", "Panel 1: stale", "Panel 2: stale"] {
         assert!(h.query_by_label(label).is_some(), "{label}");
     }
+}
+
+#[test]
+fn the_render_settings_choose_reference_numerics() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut h = harness(app(Some(project_file(dir.path())), None, vec![]));
+    h.run_steps(2);
+    h.get_by_label("Render settings").click();
+    h.run_steps(2);
+    h.get_by_label("Numerics").click();
+    h.run_steps(2);
+    h.get_by_label("Reference").click();
+    h.run_steps(2);
+    let numerics = |a: &CharaboardApp| a.doc.project.settings.recipe.numerics;
+    assert_eq!(numerics(h.state()), Numerics::Reference);
+    assert!(h.state().doc.is_dirty());
+    assert_eq!(
+        h.state().settings.defaults.recipe.numerics,
+        Numerics::Reference,
+        "remembered for new projects"
+    );
+    h.key_press_modifiers(egui::Modifiers::COMMAND, egui::Key::Z);
+    h.run_steps(2);
+    assert_eq!(numerics(h.state()), Numerics::Exact);
 }

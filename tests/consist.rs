@@ -7,7 +7,7 @@ use charaboard::consist::bank::{identity_bank_bytes, BankDims};
 use charaboard::consist::mask::{dilate_mask, erode_mask, Grid};
 use charaboard::consist::matching::{normalize_rows, MatchAccumulator};
 use charaboard::consist::plan::{PlanModel, RenderRequest, Target};
-use charaboard::consist::recipe::Recipe;
+use charaboard::consist::recipe::{Numerics, Recipe};
 use charaboard::consist::session::{ImageOutput, Outcome, RenderEvent, RenderOptions, Renderer};
 use charaboard::pipeline::{generate, FluxModels, GenerateParams, NoiseSource};
 use charaboard::project::model::Project;
@@ -159,7 +159,7 @@ fn matching_a_shifted_copy_recovers_the_shift() -> anyhow::Result<()> {
             })
             .collect::<candle_core::Result<_>>()?;
         let panel = Tensor::stack(&source, 0)?.unsqueeze(0)?;
-        acc.add(&panel, &normalize_rows(&identity)?)?;
+        acc.add(&panel, &normalize_rows(&identity, Numerics::Exact)?)?;
     }
     let everywhere = vec![true; rows * cols];
     let m = acc.finish(&everywhere, &everywhere, 0.5)?;

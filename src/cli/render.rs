@@ -8,6 +8,7 @@ use super::args::RunArgs;
 use super::progress::step_bar;
 use crate::atomic_file::save_png;
 use crate::consist::plan::{PlanModel, RenderRequest};
+use crate::consist::recipe::Numerics;
 use crate::consist::session::Renderer;
 use crate::export::sheet::contact_sheet;
 use crate::limits::prompt_too_long;
@@ -27,12 +28,19 @@ pub struct Render {
     /// Initial noise from a safetensors file (tensor `noise`) instead of the project's seed.
     #[arg(long)]
     noise: Option<PathBuf>,
+    /// exact (f32) or reference (rounded where the authors' code rounds, for comparisons with
+    /// the paper) [default: the project's settings.recipe.numerics].
+    #[arg(long, value_enum)]
+    numerics: Option<Numerics>,
     #[command(flatten)]
     run: RunArgs,
 }
 
 pub fn run(args: Render) -> Result<()> {
-    let project = crate::project::io::load(&args.project)?;
+    let mut project = crate::project::io::load(&args.project)?;
+    if let Some(numerics) = args.numerics {
+        project.settings.recipe.numerics = numerics;
+    }
     let model = args
         .model
         .clone()

@@ -3,6 +3,7 @@
 use anyhow::{bail, Result};
 use candle_core::{DType, Tensor};
 
+use super::recipe::Numerics;
 use crate::text::PromptTokenizers;
 
 /// T5 token spans of a prompt `environment + " " + character + " " + action`: background tokens
@@ -34,28 +35,60 @@ impl TextSpans {
     }
 }
 
+/// The reference's text attention (characonsist-spec.md §4), for `Numerics::Reference`: the
+/// unscaled logits of the image queries over the valid text keys, both after RoPE, in the run's
+/// dtype, cast to fp16, and their softmax rounded to fp16; (b, heads, img_len, n_text), as f32.
+pub fn reference_text_probs(q_img: &Tensor, k_text: &Tensor) -> Result<Tensor> {
+    let logits = q_img.contiguous()?.matmul(&k_text.contiguous()?.t()?)?;
+    let logits = fp16(&logits.to_dtype(DType::F32)?)?;
+    fp16(&candle_nn::ops::softmax_last_dim(&logits)?)
+}
+
+/// Rounds to fp16 and back. Each fp16 quantity is computed in f32 and rounded once, as torch's
+/// fp16 kernels accumulate in f32.
+fn fp16(t: &Tensor) -> Result<Tensor> {
+    Ok(t.to_dtype(DType::F16)?.to_dtype(DType::F32)?)
+}
+
 /// Sums, over the single blocks of one step, the head-summed text attention of every image token
 /// averaged over the background span and over the foreground span.
 pub struct MaskAccumulator {
     spans: TextSpans,
+    numerics: Numerics,
     sums: Option<(Tensor, Tensor)>,
+    layers: usize,
 }
 
 impl MaskAccumulator {
-    pub fn new(spans: TextSpans) -> Self {
-        Self { spans, sums: None }
+    pub fn new(spans: TextSpans, numerics: Numerics) -> Self {
+        Self {
+            spans,
+            numerics,
+            sums: None,
+            layers: 0,
+        }
     }
 
-    /// Adds one layer's probabilities (1, heads, img_len, real_len).
+    /// Adds one layer's probabilities (1, heads, img_len, real_len): the transformer's f32 ones
+    /// under `Numerics::Exact`, [`reference_text_probs`] under `Numerics::Reference`, which also
+    /// rounds the head sum, the span means and the running sum over layers to fp16 as the
+    /// reference does (characonsist-spec.md §4).
     pub fn add(&mut self, probs: &Tensor) -> Result<()> {
-        let p = probs.sum(1)?.squeeze(0)?;
+        let numerics = self.numerics;
+        let round = |t: Tensor| match numerics {
+            Numerics::Exact => Ok(t),
+            Numerics::Reference => fp16(&t),
+        };
+        let p = round(probs.sum(1)?.squeeze(0)?)?;
         let TextSpans { bg_len, real_len } = self.spans;
-        let bg = p.narrow(1, 0, bg_len)?.mean(1)?;
-        let fg = p.narrow(1, bg_len, real_len - bg_len)?.mean(1)?;
-        self.sums = Some(match self.sums.take() {
+        let bg = round(p.narrow(1, 0, bg_len)?.mean(1)?)?;
+        let fg = round(p.narrow(1, bg_len, real_len - bg_len)?.mean(1)?)?;
+        let sums = match self.sums.take() {
             None => (bg, fg),
-            Some((b, f)) => ((b + bg)?, (f + fg)?),
-        });
+            Some((b, f)) => (round((b + bg)?)?, round((f + fg)?)?),
+        };
+        self.sums = Some(sums);
+        self.layers += 1;
         Ok(())
     }
 
@@ -68,6 +101,13 @@ impl MaskAccumulator {
     pub fn finish(&mut self, grid: Grid, erode: usize, dilate: usize) -> Result<Vec<bool>> {
         let Some((bg, fg)) = self.sums.take() else {
             bail!("no attention maps were collected for the mask");
+        };
+        let layers = std::mem::take(&mut self.layers) as f64;
+        let (bg, fg) = match self.numerics {
+            // Sums compare as their averages do.
+            Numerics::Exact => (bg, fg),
+            // The reference divides its fp16 sums by the layer count, which can make ties.
+            Numerics::Reference => (fp16(&(bg / layers)?)?, fp16(&(fg / layers)?)?),
         };
         let raw: Vec<bool> = bg
             .le(&fg)?

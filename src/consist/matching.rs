@@ -5,15 +5,22 @@
 use anyhow::{bail, Result};
 use candle_core::{DType, Tensor, D};
 
-/// Rows scaled to unit L2 norm (f32), (n, features).
-pub fn normalize_rows(x: &Tensor) -> Result<Tensor> {
+use super::recipe::Numerics;
+
+/// Rows scaled to unit L2 norm, (n, features), as f32. Under `Numerics::Reference` a bf16 input
+/// is normalised in bf16 as the reference does it (characonsist-spec.md §3): the norm and the
+/// quotient are each rounded to bf16.
+pub fn normalize_rows(x: &Tensor, numerics: Numerics) -> Result<Tensor> {
+    let in_bf16 = numerics == Numerics::Reference && x.dtype() == DType::BF16;
+    let round = |t: Tensor| -> Result<Tensor> {
+        match in_bf16 {
+            true => Ok(t.to_dtype(DType::BF16)?.to_dtype(DType::F32)?),
+            false => Ok(t),
+        }
+    };
     let x = x.to_dtype(DType::F32)?;
-    let norm = x
-        .sqr()?
-        .sum_keepdim(D::Minus1)?
-        .sqrt()?
-        .clamp(1e-12, f64::MAX)?;
-    Ok(x.broadcast_div(&norm)?)
+    let norm = round(x.sqr()?.sum_keepdim(D::Minus1)?.sqrt()?)?.clamp(1e-12, f64::MAX)?;
+    round(x.broadcast_div(&norm)?)
 }
 
 /// Sums per-layer cosine-similarity matrices (panel tokens x identity tokens).
@@ -21,13 +28,21 @@ pub fn normalize_rows(x: &Tensor) -> Result<Tensor> {
 pub struct MatchAccumulator {
     sum: Option<Tensor>,
     layers: usize,
+    numerics: Numerics,
 }
 
 impl MatchAccumulator {
+    pub fn new(numerics: Numerics) -> Self {
+        Self {
+            numerics,
+            ..Self::default()
+        }
+    }
+
     /// Adds one layer: the panel's attention output (1, n_panel, hidden) against the identity's
     /// normalized features (n_identity, hidden) of the same layer and step.
     pub fn add(&mut self, panel_out: &Tensor, identity_features: &Tensor) -> Result<()> {
-        let p = normalize_rows(&panel_out.squeeze(0)?)?;
+        let p = normalize_rows(&panel_out.squeeze(0)?, self.numerics)?;
         let s = p.matmul(&identity_features.to_dtype(DType::F32)?.t()?)?;
         self.sum = Some(match self.sum.take() {
             None => s,

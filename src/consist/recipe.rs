@@ -4,6 +4,7 @@
 //! reference's step indices, and 28- or 4-step runs get proportionate windows.
 
 use anyhow::{bail, Result};
+use half::bf16;
 use serde::{Deserialize, Serialize};
 
 use crate::limits;
@@ -21,6 +22,27 @@ impl StepWindow {
     pub fn resolve(&self, steps: usize) -> (usize, usize) {
         let at = |f: f64| ((f * steps as f64).round() as usize).min(steps);
         (at(self.start).max(1), at(self.end).max(1))
+    }
+}
+
+/// Where the foreground-mask maps, the merge weight and the similarities' normalisation are
+/// rounded: in f32, or where the reference rounds them (characonsist-spec.md §3, §4, §6 and its
+/// notes on what makes bit-level parity hard).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Numerics {
+    /// f32 maps and similarities, an unrounded merge weight: more exact than the reference.
+    #[default]
+    Exact,
+    /// Rounded where the authors' code rounds, for runs comparable with the paper: fp16 mask
+    /// maps, a bf16 merge weight, bf16 normalisation of the similarities in bf16 runs.
+    Reference,
+}
+
+impl Numerics {
+    /// Exact is left out of saved files, so the files of exact projects stay as they were.
+    fn is_exact(&self) -> bool {
+        *self == Self::Exact
     }
 }
 
@@ -48,6 +70,9 @@ pub struct Recipe {
     /// Mask post-processing: erosion then dilation with square kernels of these sides.
     pub erode: usize,
     pub dilate: usize,
+    /// `exact` (f32) or `reference` (the authors' rounding, for runs comparable with the paper).
+    #[serde(skip_serializing_if = "Numerics::is_exact")]
+    pub numerics: Numerics,
 }
 
 impl Default for Recipe {
@@ -70,6 +95,7 @@ impl Default for Recipe {
             merge_decay_start: 11.0 / 50.0,
             erode: 3,
             dilate: 5,
+            numerics: Numerics::Exact,
         }
     }
 }
@@ -87,6 +113,7 @@ pub struct Schedule {
     pub merge: Option<MergeSchedule>,
     pub erode: usize,
     pub dilate: usize,
+    pub numerics: Numerics,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -95,12 +122,13 @@ pub struct MergeSchedule {
     pub start: usize,
     pub decay: usize,
     pub end: usize,
+    pub numerics: Numerics,
 }
 
 impl MergeSchedule {
     /// The merge weight at `step` (characonsist-spec.md §6): constant, then half-cosine decay.
     pub fn alpha(&self, step: usize) -> f64 {
-        if step < self.start || step >= self.end {
+        let alpha = if step < self.start || step >= self.end {
             0.0
         } else if step < self.decay {
             self.weight
@@ -108,6 +136,12 @@ impl MergeSchedule {
             let k = (step - self.decay) as f64;
             let n = (self.end - self.decay) as f64;
             self.weight * 0.5 * (1.0 + (std::f64::consts::PI * k / n).cos())
+        };
+        match self.numerics {
+            Numerics::Exact => alpha,
+            // The reference's weight is `ones(bf16) * alpha`: alpha as an f32 scalar, the
+            // product rounded to bf16 (0.8 becomes 0.80078125).
+            Numerics::Reference => bf16::from_f32(alpha as f32).to_f64(),
         }
     }
 }
@@ -190,9 +224,11 @@ impl Recipe {
                 start: m_start,
                 decay: at(self.merge_decay_start).clamp(m_start, m_end),
                 end: m_end,
+                numerics: self.numerics,
             }),
             erode: self.erode,
             dilate: self.dilate,
+            numerics: self.numerics,
         }
     }
 }

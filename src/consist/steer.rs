@@ -7,9 +7,9 @@ use anyhow::Context;
 use candle_core::{DType, Result, Tensor};
 
 use super::bank::{from_rows, to_rows, Bank, Recorder, TokenSubset};
-use super::mask::{Grid, MaskAccumulator, TextSpans};
+use super::mask::{reference_text_probs, Grid, MaskAccumulator, TextSpans};
 use super::matching::{normalize_rows, MatchAccumulator, Matches};
-use super::recipe::Schedule;
+use super::recipe::{Numerics, Schedule};
 use crate::flux::error::to_candle;
 use crate::flux::rope::{apply_rope, gather_positions};
 use crate::flux::{
@@ -125,8 +125,8 @@ impl<'a> ConsistHook<'a> {
             dtype,
             refs,
             recorder,
-            mask_acc: MaskAccumulator::new(spans),
-            match_acc: MatchAccumulator::default(),
+            mask_acc: MaskAccumulator::new(spans, schedule.numerics),
+            match_acc: MatchAccumulator::new(schedule.numerics),
             fg_mask: None,
             active: None,
             bg_tokens: None,
@@ -336,7 +336,19 @@ impl AttentionHook for ConsistHook<'_> {
         }
         let slot = (ctx.step, ctx.index);
         if self.wants_mask(ctx.step) {
-            request.text_probs = Some(self.spans.real_len);
+            let n = self.spans.real_len;
+            match self.schedule.numerics {
+                Numerics::Exact => request.text_probs = Some(n),
+                // The reference rounds the logits to fp16 before the softmax (characonsist-spec.md
+                // §4), so the f32 probabilities the transformer offers cannot be used.
+                Numerics::Reference => {
+                    let (txt, img) = (ctx.txt_len, ctx.img_len());
+                    let q = apply_rope(&qkv.q.narrow(2, txt, img)?, &qkv.pe.narrow(2, txt, img)?)?;
+                    let k = apply_rope(&qkv.k.narrow(2, 0, n)?, &qkv.pe.narrow(2, 0, n)?)?;
+                    let probs = reference_text_probs(&q, &k).map_err(to_candle)?;
+                    self.mask_acc.add(&probs).map_err(to_candle)?;
+                }
+            }
         }
         request.read_output = self.wants_match_features(ctx.step) || self.merges(ctx);
         if let Some(recorder) = self.recorder.as_deref_mut() {
@@ -386,7 +398,7 @@ impl AttentionHook for ConsistHook<'_> {
         let dtype = self.dtype;
         if let Some(recorder) = self.recorder.as_deref_mut() {
             if recorder.wants_features(ctx.step) {
-                let normalized = normalize_rows(&img_out.squeeze(0)?)
+                let normalized = normalize_rows(&img_out.squeeze(0)?, self.schedule.numerics)
                     .map_err(to_candle)?
                     .to_dtype(dtype)?;
                 recorder.record_features(ctx.index, normalized);

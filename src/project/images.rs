@@ -19,6 +19,7 @@ use crate::atomic_file;
 use crate::consist::mask::Grid;
 use crate::consist::matching::Matches;
 use crate::consist::plan::{ImageKey, Plan, PlanModel, PlannedImage, Target};
+use crate::consist::recipe::Numerics;
 use crate::consist::session::ImageOutput;
 use crate::overlay::{mask_overlay, match_overlay, TokenGrid};
 
@@ -196,7 +197,10 @@ impl ImagesStore {
                 atomic_file::png_bytes(&overlay)?,
             ));
         }
-        files.push((self.file(target, ".safetensors"), dump_bytes(output)?));
+        files.push((
+            self.file(target, ".safetensors"),
+            dump_bytes(output, planned.key.recipe.numerics)?,
+        ));
         let key_path = self.file(target, ".key.ron");
         files.push((key_path.clone(), key_text.into_bytes()));
 
@@ -430,8 +434,10 @@ fn read_key(path: &Path) -> Result<KeyFile> {
 
 /// `latents` (f32), `fg_mask` (u8, rows x cols), `bg_len` and `real_len` (i64), and for panels
 /// `match_panel_idx`, `match_identity_idx` (i64) and `match_sim` (f32, the best similarity of
-/// every panel token).
-fn dump_bytes(output: &ImageOutput) -> Result<Vec<u8>> {
+/// every panel token). An image rendered with the reference's rounding says so in the file's
+/// metadata, `numerics: reference`; a file without the entry was rendered exact, as every file
+/// written before the entry existed was, and stays byte for byte what it was.
+fn dump_bytes(output: &ImageOutput, numerics: Numerics) -> Result<Vec<u8>> {
     let cpu = Device::Cpu;
     let mask: Vec<u8> = output.mask.iter().map(|&m| u8::from(m)).collect();
     let mut tensors: HashMap<&str, Tensor> = HashMap::from([
@@ -458,7 +464,11 @@ fn dump_bytes(output: &ImageOutput) -> Result<Vec<u8>> {
         );
         tensors.insert("match_sim", Tensor::new(m.max_sim.as_slice(), &cpu)?);
     }
-    safetensors::serialize(tensors, None).context("cannot serialize the image's tensors")
+    let metadata = match numerics {
+        Numerics::Exact => None,
+        Numerics::Reference => Some(HashMap::from([("numerics".into(), "reference".into())])),
+    };
+    safetensors::serialize(tensors, metadata).context("cannot serialize the image's tensors")
 }
 
 /// The mask and matches of a `{stem}.safetensors`, checked against the image's token grid.

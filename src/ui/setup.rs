@@ -5,6 +5,7 @@ use egui::{RichText, Ui};
 use std::path::PathBuf;
 
 use crate::app_settings::{size_presets, AppSettings};
+use crate::consist::recipe::Numerics;
 use crate::models::discovery::{self, CachedRepo};
 use crate::project::model::Project;
 
@@ -153,6 +154,18 @@ pub fn render_settings_ui(ui: &mut Ui, project: &mut Project, settings: &mut App
             egui::Slider::new(&mut s.recipe.similarity_threshold, 0.0..=1.0)
                 .text("Similarity threshold"),
         );
+        let numerics = &mut s.recipe.numerics;
+        egui::ComboBox::from_label("Numerics")
+            .selected_text(format!("{numerics:?}"))
+            .show_ui(ui, |ui| {
+                ui.selectable_value(numerics, Numerics::Exact, "Exact")
+                    .on_hover_text("f32 masks and similarities: the most exact results.");
+                ui.selectable_value(numerics, Numerics::Reference, "Reference")
+                    .on_hover_text(
+                        "Rounded where the authors' code rounds (fp16 masks, bf16 merge weight), \
+                         for runs comparable with the paper's.",
+                    );
+            });
         ui.horizontal(|ui| {
             ui.label("Sheet columns");
             ui.add(egui::DragValue::new(&mut settings.sheet_columns).range(1..=8));
