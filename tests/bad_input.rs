@@ -114,6 +114,11 @@ fn every_number_has_a_range_checked_before_the_model_loads() {
         ),
         (
             "steps: Some(2))",
+            "steps: Some(2), recipe: (numerix: reference))",
+            "numerix",
+        ),
+        (
+            "steps: Some(2))",
             "steps: Some(2), recipe: (fg_layer_every: 1000000))",
             "settings.recipe.fg_layer_every must be from 1 to 64",
         ),

@@ -11,6 +11,7 @@ use crate::limits;
 
 /// A half-open window of steps `[start, end)` as fractions of the step count.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct StepWindow {
     pub start: f64,
     pub end: f64,
@@ -46,8 +47,10 @@ impl Numerics {
     }
 }
 
+/// Unknown fields are refused, as everywhere in a project file: a misspelt `numerix` must not
+/// silently leave the default in place.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(default)]
+#[serde(default, deny_unknown_fields)]
 pub struct Recipe {
     /// Foreground sharing (point-tracking attention, token merging) in single blocks whose index
     /// is a multiple of this: 2 = the even blocks.
