@@ -1,0 +1,182 @@
+//! Checkpoints and files that are not what they claim: a config.json that disagrees with its
+//! weights or with itself, shapes that imply no FLUX config, integer weights, GGUF and
+//! safetensors headers that claim more than the file holds, missing tokenizer folders, and a
+//! byte-order mark before a prompt or project file. Each is an error that names the file and
+//! the field or tensor, or (for the last two) simply works.
+
+mod common;
+
+use candle_core::{DType, Device, Tensor};
+use charaboard::models::tiny_files::{self, FileDtypes, TRANSFORMER_FILE};
+use charaboard::models::tiny;
+use charaboard::pipeline::FluxModels;
+use common::{assert_mentions, error_of};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+fn load(model: &Path) -> anyhow::Result<FluxModels> {
+    FluxModels::load(model, DType::F32, &Device::Cpu)
+}
+
+/// A tiny dev repository whose transformer/config.json has `field` set to `value`.
+fn repo_with_config(field: &str, value: serde_json::Value) -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    tiny::write_repo(dir.path(), 5, false).unwrap();
+    let config = dir.path().join("transformer/config.json");
+    let mut json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&config).unwrap()).unwrap();
+    json[field] = value;
+    std::fs::write(&config, json.to_string()).unwrap();
+    (dir, config)
+}
+
+#[test]
+fn config_json_that_disagrees_with_its_weights_names_the_field() {
+    // The tiny transformer: 2 double and 4 single blocks, 2 heads of 32, guidance embedder.
+    for (field, value, mentions) in [
+        (
+            "num_layers",
+            serde_json::json!(1),
+            &["num_layers is 1", "2 double blocks"][..],
+        ),
+        (
+            "num_single_layers",
+            serde_json::json!(9),
+            &["num_single_layers is 9", "4 single blocks"],
+        ),
+        (
+            "num_attention_heads",
+            serde_json::json!(3),
+            &[
+                "num_attention_heads x attention_head_dim is 96",
+                "64",
+                "x_embedder.weight",
+            ],
+        ),
+        (
+            "guidance_embeds",
+            serde_json::json!(false),
+            &["guidance_embeds is false", "guidance_embedder"],
+        ),
+        (
+            "joint_attention_dim",
+            serde_json::json!(48),
+            &["joint_attention_dim is 48", "32", "context_embedder.weight"],
+        ),
+    ] {
+        let (dir, config) = repo_with_config(field, value);
+        let message = error_of(load(dir.path()));
+        assert_mentions(&message, &[&config.display().to_string()]);
+        assert_mentions(&message, mentions);
+    }
+}
+
+#[test]
+fn config_json_that_disagrees_with_itself_names_the_field() {
+    for (field, value, mentions) in [
+        // Zero blocks used to render with the checkpoint's blocks silently unused.
+        (
+            "num_layers",
+            serde_json::json!(0),
+            &["num_layers is 0", "expected 1 to"][..],
+        ),
+        (
+            "num_single_layers",
+            serde_json::json!(0),
+            &["num_single_layers is 0"],
+        ),
+        (
+            "num_attention_heads",
+            serde_json::json!(0),
+            &["num_attention_heads is 0"],
+        ),
+        (
+            "attention_head_dim",
+            serde_json::json!(0),
+            &["attention_head_dim is 0"],
+        ),
+        // Absurd counts, and a product that would wrap around.
+        (
+            "num_attention_heads",
+            serde_json::json!(1u64 << 62),
+            &[
+                "num_attention_heads is 4611686018427387904",
+                "expected 1 to 512",
+            ],
+        ),
+        (
+            "num_layers",
+            serde_json::json!(1_000_000),
+            &["num_layers is 1000000"],
+        ),
+        (
+            "axes_dims_rope",
+            serde_json::json!([8, 24]),
+            &["axes_dims_rope [8, 24]", "three even sizes"],
+        ),
+        (
+            "axes_dims_rope",
+            serde_json::json!([7, 13, 12]),
+            &["axes_dims_rope [7, 13, 12]"],
+        ),
+    ] {
+        let (dir, config) = repo_with_config(field, value);
+        let message = error_of(load(dir.path()));
+        assert_mentions(&message, &[&config.display().to_string()]);
+        assert_mentions(&message, mentions);
+    }
+}
+
+/// Rewrites the tensors of a safetensors file through `edit`.
+fn edit_file(file: &Path, edit: impl FnOnce(&mut HashMap<String, Tensor>)) {
+    let mut tensors = candle_core::safetensors::load(file, &Device::Cpu).unwrap();
+    edit(&mut tensors);
+    candle_core::safetensors::save(&tensors, file).unwrap();
+}
+
+fn single_files() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    tiny_files::write_single_files(dir.path(), 5, false, FileDtypes::F32).unwrap();
+    dir
+}
+
+#[test]
+fn shapes_that_imply_no_config_are_refused() {
+    // No single blocks: the config would have none, and the model would render without them.
+    let dir = single_files();
+    let file = dir.path().join(TRANSFORMER_FILE);
+    edit_file(&file, |t| {
+        t.retain(|name, _| !name.contains("single_blocks."))
+    });
+    assert_mentions(
+        &error_of(load(dir.path())),
+        &[TRANSFORMER_FILE, "the single block count", "is 0"],
+    );
+
+    // A head size of 8 divides the width but gives odd RoPE axes ([2, 3, 3]).
+    let dir = single_files();
+    let file = dir.path().join(TRANSFORMER_FILE);
+    edit_file(&file, |t| {
+        let name = "model.diffusion_model.double_blocks.0.img_attn.norm.query_norm.scale";
+        t.insert(
+            name.into(),
+            Tensor::ones(8, DType::F32, &Device::Cpu).unwrap(),
+        );
+    });
+    assert_mentions(
+        &error_of(load(dir.path())),
+        &[TRANSFORMER_FILE, "head size 8", "RoPE axes"],
+    );
+
+    // A VAE of width 0, which the level widths used to be divided by.
+    let dir = single_files();
+    let vae = dir.path().join(tiny_files::VAE_FILE);
+    edit_file(&vae, |t| {
+        let empty = Tensor::zeros((0, 3, 3, 3), DType::F32, &Device::Cpu).unwrap();
+        t.insert("encoder.conv_in.weight".into(), empty);
+    });
+    assert_mentions(
+        &error_of(load(dir.path())),
+        &[tiny_files::VAE_FILE, "the VAE width", "is 0"],
+    );
+}
