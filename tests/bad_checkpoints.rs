@@ -8,8 +8,9 @@ mod common;
 
 use candle_core::{DType, Device, Tensor};
 use charaboard::models::tiny_files::{self, FileDtypes, TRANSFORMER_FILE};
-use charaboard::models::tiny;
+use charaboard::models::{tiny, RepoLayout, TensorStore};
 use charaboard::pipeline::FluxModels;
+use charaboard::project::{self, ProjectError};
 use common::{assert_mentions, error_of};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -179,4 +180,75 @@ fn shapes_that_imply_no_config_are_refused() {
         &error_of(load(dir.path())),
         &[tiny_files::VAE_FILE, "the VAE width", "is 0"],
     );
+}
+
+#[test]
+fn integer_weights_name_the_tensor_file_and_dtypes() {
+    let dir = tempfile::tempdir().unwrap();
+    tiny::write_repo(dir.path(), 5, false).unwrap();
+    let layout = RepoLayout::open(dir.path()).unwrap();
+    let name = "transformer_blocks.0.attn.to_q.weight";
+    let store = TensorStore::open(&layout.transformer.weights).unwrap();
+    let shard = store.file_of(name).unwrap().to_path_buf();
+    drop(store);
+    edit_file(&shard, |t| {
+        let ints = Tensor::zeros((64, 64), DType::I64, &Device::Cpu).unwrap();
+        t.insert(name.into(), ints);
+    });
+    let shard_name = shard.file_name().unwrap().to_str().unwrap();
+    assert_mentions(
+        &error_of(load(dir.path())),
+        &[name, shard_name, "stored as I64", "F32, F16, BF16"],
+    );
+
+    // The same for a single file, in u8.
+    let dir = single_files();
+    let vae = dir.path().join(tiny_files::VAE_FILE);
+    let name = "decoder.conv_in.weight";
+    edit_file(&vae, |t| {
+        let ints = t[name].to_dtype(DType::U8).unwrap();
+        t.insert(name.into(), ints);
+    });
+    assert_mentions(
+        &error_of(load(dir.path())),
+        &[name, tiny_files::VAE_FILE, "stored as U8"],
+    );
+}
+
+const BOM: &str = "\u{feff}";
+
+#[test]
+fn a_byte_order_mark_before_a_prompt_file_is_dropped() {
+    let text = "in a gym,#a strong man,#lifting weights\nin a gym,#a strong man,#waving\n";
+    let plain = project::import(text, false).unwrap();
+    let marked = project::import(&format!("{BOM}{text}"), false).unwrap();
+    assert_eq!(marked[0].identity.environment, "in a gym,");
+    assert_eq!(marked[0].scenes[0].environment, "in a gym,");
+    assert_eq!(marked, plain);
+}
+
+fn parse_position(text: &str) -> (usize, usize) {
+    match project::parse(text, Path::new("story.ron")) {
+        Err(ProjectError::Parse { line, col, .. }) => (line, col),
+        other => panic!("expected a parse error, got {other:?}"),
+    }
+}
+
+#[test]
+fn a_byte_order_mark_before_a_project_file_is_dropped() {
+    let sample = include_str!("../projects/lighthouse-keeper.ron");
+    let path = Path::new("story.ron");
+    assert_eq!(
+        project::parse(&format!("{BOM}{sample}"), path).unwrap(),
+        project::parse(sample, path).unwrap()
+    );
+    // Later errors keep their line and column, on the first line and below.
+    for broken in [
+        "(title: 5)",
+        "(\n    title: \"x\"\n    character: \"y\",\n)",
+    ] {
+        let position = parse_position(broken);
+        assert_eq!(parse_position(&format!("{BOM}{broken}")), position);
+    }
+    assert_eq!(parse_position("(title: 5)"), (1, 8));
 }
