@@ -11,7 +11,7 @@ use charaboard::models::tiny_files::{self, FileDtypes, TRANSFORMER_FILE};
 use charaboard::models::{tiny, RepoLayout, TensorStore};
 use charaboard::pipeline::FluxModels;
 use charaboard::project::{self, ProjectError};
-use common::{assert_mentions, error_of};
+use common::{assert_mentions, draw, error_of, mean_abs};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
@@ -212,6 +212,21 @@ fn integer_weights_name_the_tensor_file_and_dtypes() {
     assert_mentions(
         &error_of(load(dir.path())),
         &[name, tiny_files::VAE_FILE, "stored as U8"],
+    );
+}
+
+#[test]
+fn missing_tokenizer_folders_fall_back_to_the_shipped_tokenizers() {
+    let intact = tempfile::tempdir().unwrap();
+    tiny::write_repo(intact.path(), 5, false).unwrap();
+    let bare = tempfile::tempdir().unwrap();
+    tiny::write_repo(bare.path(), 5, false).unwrap();
+    std::fs::remove_dir_all(bare.path().join("tokenizer")).unwrap();
+    std::fs::remove_dir_all(bare.path().join("tokenizer_2")).unwrap();
+    // The tiny repository's tokenizers are the shipped ones, so the images are the same.
+    assert_eq!(
+        mean_abs(&draw(bare.path(), 3), &draw(intact.path(), 3)),
+        0.0
     );
 }
 
