@@ -6,8 +6,10 @@
 
 mod common;
 
+use candle_core::quantized::{gguf_file, GgmlDType, QTensor};
 use candle_core::{DType, Device, Tensor};
-use charaboard::models::tiny_files::{self, FileDtypes, TRANSFORMER_FILE};
+use charaboard::models::gguf::GgufHeader;
+use charaboard::models::tiny_files::{self, FileDtypes, GGUF_TRANSFORMER_FILE, TRANSFORMER_FILE};
 use charaboard::models::{tiny, RepoLayout, TensorStore};
 use charaboard::pipeline::FluxModels;
 use charaboard::project::{self, ProjectError};
@@ -212,6 +214,60 @@ fn integer_weights_name_the_tensor_file_and_dtypes() {
     assert_mentions(
         &error_of(load(dir.path())),
         &[name, tiny_files::VAE_FILE, "stored as U8"],
+    );
+}
+
+#[test]
+fn headers_claiming_more_than_the_file_holds_are_refused_by_message() {
+    let dir = tempfile::tempdir().unwrap();
+    tiny_files::write_gguf_files(dir.path(), 5, false, GgmlDType::Q8_0).unwrap();
+
+    // A GGUF header claiming 2^60 tensors (the count follows the magic and the version).
+    let gguf = dir.path().join(GGUF_TRANSFORMER_FILE);
+    let mut bytes = std::fs::read(&gguf).unwrap();
+    bytes[8..16].copy_from_slice(&(1u64 << 60).to_le_bytes());
+    let many = dir.path().join("many.gguf");
+    std::fs::write(&many, &bytes).unwrap();
+    assert_mentions(
+        &error_of(GgufHeader::read(&many)),
+        &[
+            "many.gguf",
+            "not a readable GGUF file",
+            "1152921504606846976",
+        ],
+    );
+
+    // A safetensors header claiming to be 1 TB long.
+    let vae = dir.path().join(tiny_files::VAE_FILE);
+    let mut bytes = std::fs::read(&vae).unwrap();
+    bytes[..8].copy_from_slice(&(1u64 << 40).to_le_bytes());
+    let huge = dir.path().join("huge.safetensors");
+    std::fs::write(&huge, &bytes).unwrap();
+    assert_mentions(
+        &error_of(TensorStore::open(&[huge])),
+        &["huge.safetensors", "not a readable safetensors file"],
+    );
+
+    // A GGUF whose `general.alignment` is 0, which candle divides by.
+    let tensor = QTensor::quantize(
+        &Tensor::zeros(32, DType::F32, &Device::Cpu).unwrap(),
+        GgmlDType::F32,
+    )
+    .unwrap();
+    let zero = dir.path().join("zero-alignment.gguf");
+    let mut file = std::fs::File::create(&zero).unwrap();
+    gguf_file::write(
+        &mut file,
+        &[("general.alignment", &gguf_file::Value::U32(0))],
+        &[("img_in.weight", &tensor)],
+    )
+    .unwrap();
+    drop(file);
+    let read = std::panic::catch_unwind(|| GgufHeader::read(&zero).map(|_| ()));
+    let read = read.expect("reading a GGUF with alignment 0 must not panic");
+    assert_mentions(
+        &error_of(read),
+        &["zero-alignment.gguf", "general.alignment"],
     );
 }
 
