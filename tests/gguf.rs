@@ -235,7 +235,7 @@ fn gguf_folders_load_and_are_listed() {
         }
         other => panic!("expected single files, got {other:?}"),
     }
-    let found = inventory::in_dir(dir.path()).unwrap();
+    let found = inventory::in_dir(dir.path()).unwrap().found;
     assert!(!found.is_empty());
     for model in &found {
         assert!(model.complete, "{}", model.name);

@@ -127,3 +127,125 @@ fn models_lists_cached_repositories_and_single_files() {
     );
     assert!(png.is_file());
 }
+
+/// A tiny repository in `home`'s fake cache as `acme/FLUX.1-tiny`.
+fn cached_tiny(home: &Path) -> std::path::PathBuf {
+    let repo = home.join("hub/models--acme--FLUX.1-tiny");
+    let snapshot = repo.join("snapshots/0123abcd");
+    charaboard::models::tiny::write_repo(&snapshot, 1, false).unwrap();
+    std::fs::create_dir_all(repo.join("refs")).unwrap();
+    std::fs::write(repo.join("refs/main"), "0123abcd").unwrap();
+    snapshot
+}
+
+#[test]
+fn generate_and_render_take_a_repository_id_from_the_cache() {
+    let home = tempfile::tempdir().unwrap();
+    cached_tiny(home.path());
+    let png = home.path().join("out.png");
+    charaboard(
+        home.path(),
+        &[
+            "generate",
+            "--model",
+            "acme/FLUX.1-tiny",
+            "--prompt",
+            "a knight",
+            "--width",
+            "32",
+            "--height",
+            "32",
+            "--steps",
+            "2",
+            "--out",
+            png.to_str().unwrap(),
+        ],
+    );
+    assert!(png.is_file());
+
+    // The id from --model, and the same id as the project's settings.model.
+    let project = home.path().join("story.ron");
+    let text = r#"(
+        title: "id test",
+        character: "a courier girl with a green jacket,",
+        identity: (environment: "in an empty background,", action: "standing"),
+        scenes: [(environment: "in an empty background,", lock_background: true)],
+        panels: [(scene: 0, action: "waving")],
+        settings: (model: Some("acme/FLUX.1-tiny"), width: 64, height: 64, steps: Some(4)),
+    )"#;
+    std::fs::write(&project, text).unwrap();
+    for extra in [&["--model", "acme/FLUX.1-tiny"][..], &[]] {
+        let out = home.path().join(format!("images-{}", extra.len()));
+        let mut args = vec![
+            "render",
+            project.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+        ];
+        args.extend_from_slice(extra);
+        charaboard(home.path(), &args);
+        assert!(out.join("panel-01.png").is_file());
+    }
+}
+
+#[test]
+fn models_lists_every_readable_model_and_says_why_the_others_are_not() {
+    let home = tempfile::tempdir().unwrap();
+    let root = home.path().join("models");
+    // A repository whose transformer shard is cut in half, before good models (by name).
+    let broken = root.join("a-broken-repo");
+    charaboard::models::tiny::write_repo(&broken, 1, false).unwrap();
+    let shard = broken.join("transformer/diffusion_pytorch_model-00001-of-00002.safetensors");
+    let bytes = std::fs::read(&shard).unwrap();
+    std::fs::write(&shard, &bytes[..bytes.len() / 2]).unwrap();
+    let good = root.join("b-good-repo");
+    charaboard::models::tiny::write_repo(&good, 1, false).unwrap();
+    let loose = root.join("c-loose");
+    charaboard(
+        home.path(),
+        &[
+            "tiny-model",
+            "--out",
+            loose.to_str().unwrap(),
+            "--layout",
+            "single-file",
+        ],
+    );
+    // A corrupt checkpoint among the loose files, a model file naming a missing file, and a
+    // storyboard, which is RON but no model file and goes unmentioned.
+    std::fs::write(loose.join("junk.safetensors"), b"not a safetensors file").unwrap();
+    std::fs::write(
+        loose.join("missing.ron"),
+        "(transformer: \"gone.safetensors\", vae: \"ae.safetensors\", t5: \"t5xxl_tiny.safetensors\", clip: \"clip_l_tiny.safetensors\")",
+    )
+    .unwrap();
+    std::fs::write(loose.join("story.ron"), "(title: \"a storyboard\")").unwrap();
+
+    let out = charaboard(home.path(), &["models", "--in", root.to_str().unwrap()]);
+    let text = String::from_utf8(out.stdout).unwrap();
+    let line_of = |needle: &str| -> &str {
+        text.lines()
+            .find(|l| l.contains(needle))
+            .unwrap_or_else(|| panic!("no line with `{needle}` in:\n{text}"))
+    };
+    assert!(line_of(&good.join("transformer").display().to_string()).contains("repo-diffusers"));
+    assert!(line_of("flux1-tiny.safetensors").contains("single-file BFL"));
+    line_of(&loose.join("model.ron").display().to_string());
+
+    let unreadable: Vec<&str> = text
+        .lines()
+        .filter(|l| l.starts_with("unreadable"))
+        .collect();
+    assert_eq!(unreadable.len(), 3, "{text}");
+    let why = |path: &Path, because: &str| {
+        let line = line_of(&format!("unreadable  {}:", path.display()));
+        assert!(line.contains(because), "{line}");
+    };
+    why(&broken, "truncated or corrupt");
+    why(
+        &loose.join("junk.safetensors"),
+        "not a readable safetensors file",
+    );
+    why(&loose.join("missing.ron"), "does not exist");
+    assert!(!text.contains("story.ron"), "{text}");
+}

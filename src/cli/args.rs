@@ -3,9 +3,9 @@
 
 use anyhow::Result;
 use candle_core::{DType, Device};
-use std::path::Path;
 
 use crate::device::{parse_device, parse_dtype};
+use crate::models::discovery;
 use crate::pipeline::FluxModels;
 use crate::text::TextOptions;
 
@@ -43,15 +43,17 @@ pub struct RunArgs {
 }
 
 impl RunArgs {
-    /// Loads the model at `path` as these flags say, and reports what it takes on the device.
-    pub fn load(&self, path: &Path) -> Result<FluxModels> {
+    /// Loads the model `spec` names (a folder, a .ron model file or a Hugging Face repository
+    /// id in the cache) as these flags say, and reports what it takes on the device.
+    pub fn load(&self, spec: &str) -> Result<FluxModels> {
+        let path = discovery::resolve(spec)?;
         let (device, dtype) = self.device.device_and_dtype()?;
         eprintln!("loading {} ({dtype:?} on {device:?})", path.display());
         let text = TextOptions {
             on_cpu: self.text_on_cpu,
             free_after_encoding: self.free_text_encoders,
         };
-        let models = FluxModels::load_with(path, dtype, &device, text)?;
+        let models = FluxModels::load_with(&path, dtype, &device, text)?;
         let parts: Vec<String> = models
             .component_bytes()
             .iter()

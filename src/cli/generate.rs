@@ -12,9 +12,10 @@ use crate::sampler::StepControl;
 
 #[derive(clap::Args)]
 pub struct Generate {
-    /// A FLUX.1 repository folder, a folder of single files, or a .ron model file.
+    /// A FLUX.1 repository folder, a folder of single files, a .ron model file, or a Hugging
+    /// Face repository id (ORG/NAME) in the cache.
     #[arg(long)]
-    model: PathBuf,
+    model: String,
     #[arg(long)]
     prompt: String,
     #[arg(long, default_value_t = 1024)]

@@ -25,14 +25,15 @@ pub fn run(args: Models) -> Result<()> {
                 .join(", "),
         }
     );
-    let mut found = inventory::in_caches()?;
+    let mut listing = inventory::in_caches();
     for dir in &args.dirs {
-        found.extend(inventory::in_dir(dir)?);
+        listing.extend(inventory::in_dir(dir)?);
     }
+    let found = &listing.found;
     if found.is_empty() {
         println!("no FLUX.1 models found");
     }
-    for model in &found {
+    for model in found {
         let status = match model.complete {
             true => "",
             false => "  (incomplete: not every component is here)",
@@ -48,6 +49,9 @@ pub fn run(args: Models) -> Result<()> {
                 c.path.display()
             );
         }
+    }
+    for bad in &listing.unreadable {
+        println!("unreadable  {}: {}", bad.path.display(), bad.why);
     }
     Ok(())
 }

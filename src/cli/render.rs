@@ -19,9 +19,10 @@ use crate::sampler::StepControl;
 #[derive(clap::Args)]
 pub struct Render {
     project: PathBuf,
-    /// A FLUX.1 repository folder, folder of single files or .ron model file [default: the project's settings.model].
+    /// A FLUX.1 repository folder, folder of single files, .ron model file or Hugging Face
+    /// repository id (ORG/NAME) in the cache [default: the project's settings.model].
     #[arg(long)]
-    model: Option<PathBuf>,
+    model: Option<String>,
     /// Output folder [default: the images folder beside the project file, which the app reads].
     #[arg(long)]
     out: Option<PathBuf>,
@@ -44,7 +45,7 @@ pub fn run(args: Render) -> Result<()> {
     let model = args
         .model
         .clone()
-        .or_else(|| project.settings.model.as_ref().map(PathBuf::from))
+        .or_else(|| project.settings.model.clone())
         .context("no model: pass --model DIR or set settings.model in the project")?;
     let store = match args.out {
         Some(dir) => ImagesStore::at(dir, project_name(&args.project)),

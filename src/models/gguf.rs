@@ -3,11 +3,13 @@
 //! what the file is, its config (through the same shape rules as safetensors) and whether every
 //! quantization can run; only then are the tensors read.
 
-use anyhow::{bail, Context, Result};
+use anyhow::{anyhow, bail, Context, Result};
 use candle_core::quantized::{gguf_file, GgmlDType, QTensor};
 use candle_core::{DType, Device, Tensor};
 use candle_transformers::quantized_var_builder;
 use std::collections::{BTreeMap, HashMap};
+use std::io::BufReader;
+use std::panic::AssertUnwindSafe;
 use std::path::{Path, PathBuf};
 
 use super::formats::{classify_names, FileKind};
@@ -46,14 +48,25 @@ pub struct GgufHeader {
 
 impl GgufHeader {
     pub fn read(path: &Path) -> Result<Self> {
-        let mut file =
-            std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
-        let content = gguf_file::Content::read(&mut file).with_context(|| {
+        // Buffered: candle reads the header a few bytes at a time.
+        let mut file = BufReader::new(
+            std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?,
+        );
+        let unreadable = || {
             format!(
                 "{} is not a readable GGUF file (truncated, corrupt, or a quantization candle cannot read; {SUPPORTED_HINT})",
                 path.display()
             )
-        })?;
+        };
+        // candle 0.11 divides by the header's `general.alignment` unchecked, so a file that
+        // sets it to 0 panics the reader; that panic is this file's error, not the app's.
+        let content =
+            std::panic::catch_unwind(AssertUnwindSafe(|| gguf_file::Content::read(&mut file)))
+                .map_err(|_| {
+                    anyhow!("the GGUF reader failed on its header (general.alignment is 0?)")
+                })
+                .with_context(unreadable)?
+                .with_context(unreadable)?;
         Ok(Self {
             path: path.to_path_buf(),
             content,

@@ -11,6 +11,7 @@ use super::configs::ClipJsonConfig;
 use super::formats::FileKind;
 use super::names::{transformer_source, Source, TransformerDims};
 use super::store::TensorStore;
+use crate::flux::config::{check_size, MAX_BLOCKS, MAX_HEADS, MAX_WIDTH};
 use crate::flux::FluxConfig;
 
 /// FLUX.1's VAE latent scale and shift (BFL's `ae.safetensors` carries no config).
@@ -109,6 +110,8 @@ pub fn axes_for_head_dim(head_dim: usize) -> Vec<usize> {
 }
 
 /// The FLUX transformer config; dev vs schnell is whether the guidance embedder is present.
+/// Every size must be from 1 to the bounds of [`crate::flux::config`], so that a damaged
+/// header is refused here rather than allocated.
 pub fn flux_config(s: &Shapes) -> Result<FluxConfig> {
     let img_in = s.dims("img_in.weight", 2)?;
     let (hidden, in_channels) = (img_in[0], img_in[1]);
@@ -119,21 +122,66 @@ pub fn flux_config(s: &Shapes) -> Result<FluxConfig> {
         ));
     }
     let axes_dim = axes_for_head_dim(head_dim);
-    if axes_dim.iter().sum::<usize>() != head_dim {
+    // RoPE rotates pairs, so every axis must be even.
+    if axes_dim.iter().sum::<usize>() != head_dim || axes_dim.iter().any(|a| a % 2 != 0) {
         return s.fail(format!(
-            "head size {head_dim} is not a multiple of 8, so the RoPE axes cannot be inferred"
+            "head size {head_dim} is neither 128 nor a multiple of 16, so the RoPE axes cannot be inferred"
         ));
     }
     let mlp = s.dims("double_blocks.0.img_mlp.0.weight", 2)?[0];
+    let vec_in_dim = s.dims("vector_in.in_layer.weight", 2)?[1];
+    let context_in_dim = s.dims("txt_in.weight", 2)?[1];
+    let depth = s.count(|i| format!("double_blocks.{i}.img_attn.qkv.weight"));
+    let depth_single_blocks = s.count(|i| format!("single_blocks.{i}.linear1.weight"));
+    for (what, value, max) in [
+        ("the width (img_in.weight rows)", hidden, MAX_WIDTH),
+        (
+            "the input channels (img_in.weight columns)",
+            in_channels,
+            MAX_WIDTH,
+        ),
+        (
+            "the head count (width / head size)",
+            hidden / head_dim,
+            MAX_HEADS,
+        ),
+        (
+            "the MLP width (double_blocks.0.img_mlp.0.weight rows)",
+            mlp,
+            MAX_WIDTH,
+        ),
+        (
+            "the pooled text width (vector_in.in_layer.weight columns)",
+            vec_in_dim,
+            MAX_WIDTH,
+        ),
+        (
+            "the text width (txt_in.weight columns)",
+            context_in_dim,
+            MAX_WIDTH,
+        ),
+        (
+            "the double block count (double_blocks.N.img_attn.qkv.weight)",
+            depth,
+            MAX_BLOCKS,
+        ),
+        (
+            "the single block count (single_blocks.N.linear1.weight)",
+            depth_single_blocks,
+            MAX_BLOCKS,
+        ),
+    ] {
+        check_size(&format!("{}: {what}", s.file.display()), value, max)?;
+    }
     Ok(FluxConfig {
         in_channels,
-        vec_in_dim: s.dims("vector_in.in_layer.weight", 2)?[1],
-        context_in_dim: s.dims("txt_in.weight", 2)?[1],
+        vec_in_dim,
+        context_in_dim,
         hidden_size: hidden,
         mlp_ratio: mlp as f64 / hidden as f64,
         num_heads: hidden / head_dim,
-        depth: s.count(|i| format!("double_blocks.{i}.img_attn.qkv.weight")),
-        depth_single_blocks: s.count(|i| format!("single_blocks.{i}.linear1.weight")),
+        depth,
+        depth_single_blocks,
         axes_dim,
         theta: 10_000,
         qkv_bias: s.has("double_blocks.0.img_attn.qkv.bias"),
@@ -164,6 +212,14 @@ pub fn diffusers_transformer_dims(file: &Path, store: &TensorStore) -> Result<Tr
 pub fn vae_config(s: &Shapes) -> Result<AeConfig> {
     let conv_in = s.dims("encoder.conv_in.weight", 4)?;
     let (ch, in_channels) = (conv_in[0], conv_in[1]);
+    check_size(
+        &format!(
+            "{}: the VAE width (encoder.conv_in.weight rows)",
+            s.file.display()
+        ),
+        ch,
+        MAX_WIDTH,
+    )?;
     let levels = s.count(|i| format!("encoder.down.{i}.block.0.conv1.weight"));
     let ch_mult = (0..levels)
         .map(|i| Ok(s.dims(&format!("encoder.down.{i}.block.0.conv1.weight"), 4)?[0] / ch))
@@ -229,6 +285,14 @@ pub fn clip_config(s: &Shapes) -> Result<ClipJsonConfig> {
     let emb = "text_model.embeddings";
     let tokens = s.dims(&format!("{emb}.token_embedding.weight"), 2)?;
     let (vocab, hidden) = (tokens[0], tokens[1]);
+    check_size(
+        &format!(
+            "{}: the CLIP width (token_embedding.weight columns)",
+            s.file.display()
+        ),
+        hidden,
+        MAX_WIDTH,
+    )?;
     let heads = if hidden < 64 { 2 } else { hidden / 64 };
     if hidden % heads != 0 {
         return s.fail(format!(

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use super::discovery;
 use super::formats::{classify_store, Role};
 use super::gguf::{self, GgufHeader};
-use super::source::{checkpoints_in, ModelSource};
+use super::source::{is_checkpoint, is_model_file, ModelSource};
 use super::store::TensorStore;
 
 /// How deep `charaboard models --in DIR` looks below DIR (ComfyUI keeps `models/unet/...`).
@@ -59,13 +59,49 @@ fn total_bytes(files: &[PathBuf]) -> Result<u64> {
         .sum::<Result<u64>>()
 }
 
-fn describe_files(
+/// A model or checkpoint file that was found but could not be read, and why.
+#[derive(Debug, Clone)]
+pub struct Unreadable {
+    pub path: PathBuf,
+    pub why: String,
+}
+
+/// What a search found: every model it could read, and the rest with the reason, so that one
+/// broken file neither hides the others nor goes unmentioned.
+#[derive(Debug, Default)]
+pub struct Listing {
+    pub found: Vec<Found>,
+    pub unreadable: Vec<Unreadable>,
+}
+
+impl Listing {
+    pub fn extend(&mut self, other: Listing) {
+        self.found.extend(other.found);
+        self.unreadable.extend(other.unreadable);
+    }
+
+    fn unreadable(&mut self, path: &Path, e: anyhow::Error) {
+        self.unreadable.push(Unreadable {
+            path: path.to_path_buf(),
+            why: format!("{e:#}"),
+        });
+    }
+
+    fn add(&mut self, path: &Path, found: Result<Found>) {
+        match found {
+            Ok(found) => self.found.push(found),
+            Err(e) => self.unreadable(path, e),
+        }
+    }
+}
+
+fn describe_store(
     role: Role,
     format: String,
+    store: &TensorStore,
     files: &[PathBuf],
     path: &Path,
 ) -> Result<ComponentInfo> {
-    let store = TensorStore::open(files)?;
     Ok(ComponentInfo {
         role,
         format,
@@ -75,11 +111,19 @@ fn describe_files(
     })
 }
 
-/// A GGUF transformer, its dtype the quantizations (`Q4_0+F32`: matmul weights, then norms).
+fn describe_files(
+    role: Role,
+    format: String,
+    files: &[PathBuf],
+    path: &Path,
+) -> Result<ComponentInfo> {
+    describe_store(role, format, &TensorStore::open(files)?, files, path)
+}
+
+/// A GGUF transformer, its dtype the quantizations (`Q4_0+F32`: matmul weights, then norms);
+/// `None` for a readable GGUF that is not one.
 fn describe_gguf(file: &Path) -> Result<Option<ComponentInfo>> {
-    let Ok(header) = GgufHeader::read(file) else {
-        return Ok(None);
-    };
+    let header = GgufHeader::read(file)?;
     let Ok(kind) = header.classify() else {
         return Ok(None);
     };
@@ -92,25 +136,18 @@ fn describe_gguf(file: &Path) -> Result<Option<ComponentInfo>> {
     }))
 }
 
-/// One single file; `None` when it is no FLUX.1 component (or no readable safetensors or
-/// GGUF file).
+/// One single file; `None` when it is readable but no FLUX.1 component (a LoRA, another
+/// model), an error when it cannot be read.
 fn describe_file(file: &Path) -> Result<Option<ComponentInfo>> {
     if gguf::is_gguf(file) {
         return describe_gguf(file);
     }
-    let Ok(store) = TensorStore::open(&[file.to_path_buf()]) else {
-        return Ok(None);
-    };
+    let files = [file.to_path_buf()];
+    let store = TensorStore::open(&files)?;
     let Ok(kind) = classify_store(file, &store) else {
         return Ok(None);
     };
-    describe_files(
-        kind.role(),
-        kind.describe().into(),
-        &[file.to_path_buf()],
-        file,
-    )
-    .map(Some)
+    describe_store(kind.role(), kind.describe().into(), &store, &files, file).map(Some)
 }
 
 /// The components of a model source.
@@ -141,29 +178,29 @@ pub fn components(source: &ModelSource) -> Result<Vec<ComponentInfo>> {
 }
 
 /// The FLUX.1 repositories in the Hugging Face caches.
-pub fn in_caches() -> Result<Vec<Found>> {
-    discovery::find_all()
-        .into_iter()
-        .map(|repo| {
-            let source = ModelSource::detect(&repo.snapshot)?;
-            Ok(Found {
-                name: repo.id,
-                path: repo.snapshot,
-                complete: true,
-                components: components(&source)?,
-            })
-        })
-        .collect()
+pub fn in_caches() -> Listing {
+    let mut listing = Listing::default();
+    for repo in discovery::find_all() {
+        let components = ModelSource::detect(&repo.snapshot).and_then(|s| components(&s));
+        let found = components.map(|components| Found {
+            name: repo.id.clone(),
+            path: repo.snapshot.clone(),
+            complete: true,
+            components,
+        });
+        listing.add(&repo.snapshot, found);
+    }
+    listing
 }
 
 /// Repositories, `.ron` model files and folders of single files at or below `dir`.
-pub fn in_dir(dir: &Path) -> Result<Vec<Found>> {
+pub fn in_dir(dir: &Path) -> Result<Listing> {
     if !dir.is_dir() {
         anyhow::bail!("{} is not a folder", dir.display());
     }
-    let mut found = Vec::new();
-    walk(dir, 0, &mut found)?;
-    Ok(found)
+    let mut listing = Listing::default();
+    walk(dir, 0, &mut listing);
+    Ok(listing)
 }
 
 fn entry(path: &Path, source: &ModelSource) -> Result<Found> {
@@ -179,34 +216,32 @@ fn entry(path: &Path, source: &ModelSource) -> Result<Found> {
     })
 }
 
-fn walk(dir: &Path, depth: usize, found: &mut Vec<Found>) -> Result<()> {
+fn walk(dir: &Path, depth: usize, listing: &mut Listing) {
     if dir.join("model_index.json").is_file() {
-        // A broken repository is still worth listing: the error says what is missing.
-        if let Ok(source) = ModelSource::detect(dir) {
-            found.push(entry(dir, &source)?);
-        }
-        return Ok(());
+        listing.add(dir, ModelSource::detect(dir).and_then(|s| entry(dir, &s)));
+        return;
     }
-    let mut entries: Vec<PathBuf> = std::fs::read_dir(dir)
-        .with_context(|| format!("cannot list {}", dir.display()))?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .collect();
+    let entries = std::fs::read_dir(dir).with_context(|| format!("cannot list {}", dir.display()));
+    let mut entries: Vec<PathBuf> = match entries {
+        Ok(entries) => entries.filter_map(|e| e.ok().map(|e| e.path())).collect(),
+        Err(e) => return listing.unreadable(dir, e),
+    };
     entries.sort();
-    for ron in entries
-        .iter()
-        .filter(|p| p.is_file() && p.extension().is_some_and(|e| e == "ron"))
-    {
-        if let Ok(source) = ModelSource::detect(ron) {
-            found.push(entry(ron, &source)?);
+    // Other `.ron` files (storyboards, settings) are not models and go unmentioned.
+    for ron in entries.iter().filter(|p| is_model_file(p)) {
+        listing.add(ron, ModelSource::detect(ron).and_then(|s| entry(ron, &s)));
+    }
+    let mut loose = Vec::new();
+    for file in entries.iter().filter(|p| is_checkpoint(p)) {
+        match describe_file(file) {
+            Ok(Some(component)) => loose.push(component),
+            Ok(None) => {}
+            Err(e) => listing.unreadable(file, e),
         }
     }
-    let mut loose: Vec<ComponentInfo> = checkpoints_in(dir)?
-        .iter()
-        .filter_map(|f| describe_file(f).transpose())
-        .collect::<Result<_>>()?;
     loose.sort_by_key(|c| c.role);
     if !loose.is_empty() {
-        found.push(Found {
+        listing.found.push(Found {
             name: "single files".into(),
             path: dir.to_path_buf(),
             complete: ModelSource::detect(dir).is_ok(),
@@ -215,8 +250,7 @@ fn walk(dir: &Path, depth: usize, found: &mut Vec<Found>) -> Result<()> {
     }
     if depth < MAX_DEPTH {
         for sub in entries.iter().filter(|p| p.is_dir()) {
-            walk(sub, depth + 1, found)?;
+            walk(sub, depth + 1, listing);
         }
     }
-    Ok(())
 }

@@ -23,9 +23,10 @@ pub struct RepoLayout {
     /// T5-XXL encoder.
     pub text_encoder_2: Component,
     pub vae: Component,
-    /// CLIP tokenizer folder (vocab.json + merges.txt, or tokenizer.json).
+    /// CLIP tokenizer folder (vocab.json + merges.txt, or tokenizer.json). It may be missing:
+    /// the shipped CLIP tokenizer, FLUX.1's own, stands in.
     pub tokenizer: PathBuf,
-    /// T5 tokenizer folder (tokenizer.json).
+    /// T5 tokenizer folder (tokenizer.json); it may be missing, like `tokenizer`.
     pub tokenizer_2: PathBuf,
     pub scheduler_config: PathBuf,
 }
@@ -53,8 +54,8 @@ impl RepoLayout {
             text_encoder: component(root, "text_encoder")?,
             text_encoder_2: component(root, "text_encoder_2")?,
             vae: component(root, "vae")?,
-            tokenizer: existing_dir(root, "tokenizer")?,
-            tokenizer_2: existing_dir(root, "tokenizer_2")?,
+            tokenizer: root.join("tokenizer"),
+            tokenizer_2: root.join("tokenizer_2"),
             scheduler_config: existing_file(
                 &existing_dir(root, "scheduler")?,
                 "scheduler_config.json",

@@ -101,19 +101,31 @@ pub fn classify(path: &Path) -> Result<FileKind> {
     classify_store(path, &store)
 }
 
+/// Whether `path` is a `.safetensors` or `.gguf` file.
+pub fn is_checkpoint(path: &Path) -> bool {
+    path.is_file()
+        && path
+            .extension()
+            .is_some_and(|e| e == "safetensors" || e == "gguf")
+}
+
 /// The `.safetensors` and `.gguf` files directly in `dir`, sorted.
 pub fn checkpoints_in(dir: &Path) -> Result<Vec<PathBuf>> {
     let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
         .with_context(|| format!("cannot list {}", dir.display()))?
         .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| {
-            p.is_file()
-                && p.extension()
-                    .is_some_and(|e| e == "safetensors" || e == "gguf")
-        })
+        .filter(|p| is_checkpoint(p))
         .collect();
     files.sort();
     Ok(files)
+}
+
+/// Whether `path` is a `.ron` file with a model file's fields, whether or not the files it
+/// names are there: storyboards and settings are RON too, and are not models.
+pub fn is_model_file(path: &Path) -> bool {
+    path.is_file()
+        && path.extension().is_some_and(|e| e == "ron")
+        && std::fs::read_to_string(path).is_ok_and(|text| ron::from_str::<ModelFile>(&text).is_ok())
 }
 
 /// One file per role out of a folder; files of no role are skipped (and listed if a role is

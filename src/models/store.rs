@@ -13,6 +13,15 @@ use super::names::Source;
 use crate::flux::error::to_candle;
 use crate::flux::weights::LoadedBytes;
 
+/// The storage dtypes a weight may have; candle upcasts each to the run's dtype.
+const WEIGHT_DTYPES: [safetensors::Dtype; 5] = [
+    safetensors::Dtype::F32,
+    safetensors::Dtype::F16,
+    safetensors::Dtype::BF16,
+    safetensors::Dtype::F8_E4M3,
+    safetensors::Dtype::F64,
+];
+
 /// The tensors of one checkpoint component, spread over one or more safetensors files.
 pub struct TensorStore {
     files: Vec<(PathBuf, MmapedSafetensors)>,
@@ -89,11 +98,20 @@ impl TensorStore {
 
     /// Loads `name` and converts it to `dtype` on `dev`: bf16, f16, f32 and fp8 (e4m3fn)
     /// checkpoints all load into the run's dtype, so a file's storage dtype never matters.
+    /// Integer tensors are refused: candle would convert them to floats without a word.
     pub fn load(&self, name: &str, dtype: DType, dev: &Device) -> Result<Tensor> {
         let &i = self.index.get(name).with_context(|| {
             format!("tensor `{name}` is missing from {}", self.describe_files())
         })?;
         let (path, st) = &self.files[i];
+        let stored = st.get(name)?.dtype();
+        if !WEIGHT_DTYPES.contains(&stored) {
+            bail!(
+                "tensor `{name}` in {} is stored as {stored:?}, but weights must be F32, F16, BF16, \
+                 F8_E4M3 or F64: the file holds something other than model weights, or was converted wrongly",
+                path.display()
+            );
+        }
         let t = st
             .load(name, dev)
             .with_context(|| format!("cannot read tensor `{name}` from {}", path.display()))?;

@@ -125,7 +125,7 @@ fn group_project(k: usize, lines: &[Line], lock_background: bool) -> Result<Proj
 /// One project per group of `text`, titled `Story 1`, `Story 2`, …; every scene gets
 /// `lock_background` (the reference's global `--share_bg` flag).
 pub fn import(text: &str, lock_background: bool) -> Result<Vec<Project>> {
-    let groups = groups(text)?;
+    let groups = groups(super::io::without_bom(text))?;
     if groups.is_empty() {
         bail!("no prompt lines found: expected lines of `background#character#action`");
     }

@@ -81,6 +81,8 @@ pub fn load(path: &Path) -> Result<Project, ProjectError> {
 /// `Some(…)` may be left out around optional values (`width: 768`), which is friendlier to
 /// write by hand; saved files spell it out so that any RON reader accepts them.
 pub fn parse(text: &str, path: &Path) -> Result<Project, ProjectError> {
+    // Editors count columns after a byte-order mark, so positions stay right without it.
+    let text = without_bom(text);
     let options = ron::Options::default().with_default_extension(Extensions::IMPLICIT_SOME);
     let project: Project = options.from_str(text).map_err(|e| {
         let at = (e.span.start.line, e.span.start.col);
@@ -101,6 +103,11 @@ pub fn parse(text: &str, path: &Path) -> Result<Project, ProjectError> {
         message: format!("{e:#}"),
     })?;
     Ok(project)
+}
+
+/// `text` without the UTF-8 byte-order mark some Windows editors put at its start.
+pub fn without_bom(text: &str) -> &str {
+    text.strip_prefix('\u{feff}').unwrap_or(text)
 }
 
 /// RON notices a missing comma only at the next token, often on the next line; the comma is

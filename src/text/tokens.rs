@@ -56,7 +56,7 @@ impl PromptTokenizers {
 
     /// The tokenizers of a repository folder: `tokenizer_2/tokenizer.json` for T5 and
     /// `tokenizer/` for CLIP (its vocab.json + merges.txt inside the shipped tokenizer's pipeline,
-    /// or a tokenizer.json); a folder without them falls back to the shipped ones.
+    /// or a tokenizer.json); a folder that is missing or lacks them falls back to the shipped ones.
     pub fn from_repo(layout: &RepoLayout, t5_len: usize) -> Result<Self> {
         let shipped = Self::shipped(t5_len)?;
         let t5_json = layout.tokenizer_2.join("tokenizer.json");

@@ -4,7 +4,7 @@ use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device};
 use std::path::Path;
 
-use crate::flux::Flux;
+use crate::flux::{config, Flux};
 use crate::models::formats::{classify_store, FileKind};
 use crate::models::gguf;
 use crate::models::infer::{self, Shapes};
@@ -15,12 +15,18 @@ use crate::models::store::{RemappedBackend, TensorStore};
 /// The transformer of a repository folder (diffusers names, fused on load), and the bytes of
 /// its weights.
 pub fn from_repo(layout: &RepoLayout, dtype: DType, dev: &Device) -> Result<(Flux, usize)> {
-    let cfg = crate::flux::config::from_diffusers_json(&layout.transformer.config)?;
+    let cfg = config::from_diffusers_json(&layout.transformer.config)?;
     let dims = TransformerDims {
         hidden: cfg.hidden_size,
         mlp: (cfg.hidden_size as f64 * cfg.mlp_ratio) as usize,
     };
     let store = TensorStore::open(&layout.transformer.weights)?;
+    // Where the shapes do not tell a config (a tensor is missing), the loader below names
+    // the missing tensor by its diffusers name.
+    let dir = &layout.transformer.dir;
+    if let Ok(found) = infer::flux_config(&Shapes::new(dir, &store, &FileKind::FluxDiffusers)) {
+        config::check_against_weights(&cfg, &found, &layout.transformer.config)?;
+    }
     let (vb, loaded) = RemappedBackend::new(store, move |n| transformer_source(n, dims))
         .into_var_builder(dtype, dev);
     let flux = Flux::new(&cfg, vb).with_context(|| {
