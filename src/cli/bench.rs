@@ -122,6 +122,32 @@ pub fn transformer_vs_candle(
     })
 }
 
+/// FLOPs of one transformer forward over `tokens` joint tokens: per block, 24 h^2 a token for the
+/// linear layers (a double block's qkv 3h^2, output h^2 and MLP 8h^2 multiply-adds on each
+/// stream; a single block's fused 7h^2 in and 5h^2 out) and 4 N^2 h for attention (q k^T and
+/// the weighted sum of v). Modulation and the embedders are left out: under 1 %.
+pub fn forward_flops(cfg: &FluxConfig, tokens: usize) -> f64 {
+    let (h, n) = (cfg.hidden_size as f64, tokens as f64);
+    let blocks = (cfg.depth + cfg.depth_single_blocks) as f64;
+    blocks * (24.0 * h * h * n + 4.0 * n * n * h)
+}
+
+/// GFLOP/s of an `n` x `n` by `n` x `n` matrix product in `dtype` on `dev`, median of `reps`:
+/// what this machine's matrix kernels reach, the ceiling a forward is measured against.
+pub fn matmul_gflops(n: usize, reps: usize, dtype: DType, dev: &Device) -> Result<f64> {
+    let a = Tensor::randn(0f32, 1., (n, n), dev)?.to_dtype(dtype)?;
+    let b = Tensor::randn(0f32, 1., (n, n), dev)?.to_dtype(dtype)?;
+    a.matmul(&b)?;
+    let mut times = Vec::new();
+    for _ in 0..reps {
+        let start = Instant::now();
+        a.matmul(&b)?;
+        dev.synchronize()?;
+        times.push(start.elapsed());
+    }
+    Ok(2.0 * (n as f64).powi(3) / median(times).as_secs_f64() / 1e9)
+}
+
 /// The medium transformer with the tiny text encoders' widths, for whole-pipeline benchmarks.
 pub fn medium_pipeline_config() -> FluxConfig {
     FluxConfig {
@@ -363,6 +389,16 @@ pub fn run(bench: Bench) -> Result<()> {
                 t.candle.as_secs_f64() * 1e3,
                 t.ratio(),
                 t.max_abs_diff
+            );
+            let flops = forward_flops(&cfg, img_side * img_side + txt_len);
+            let forward = flops / t.ours.as_secs_f64() / 1e9;
+            let peak = matmul_gflops(2048, reps, dtype, &device)?;
+            println!(
+                "  forward {:.1} GFLOP in {:.1} GFLOP/s; a 2048^3 matrix product {:.1} GFLOP/s; forward at {:.1} % of it",
+                flops / 1e9,
+                forward,
+                peak,
+                100.0 * forward / peak
             );
         }
         Bench::Consist {
