@@ -62,3 +62,17 @@ pub fn check_guidance(field: &str, value: f64) -> Result<()> {
 pub fn prompt_too_long(dropped: usize, limit: usize) -> String {
     format!("longer than the {limit} tokens T5 reads: the last {dropped} tokens are dropped")
 }
+
+/// The memory the operating system can still give this process (Linux's `MemAvailable`), in
+/// bytes; `None` where that cannot be read.
+pub fn available_memory() -> Option<u64> {
+    let info = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let kb = info
+        .lines()
+        .find_map(|l| l.strip_prefix("MemAvailable:"))?
+        .split_whitespace()
+        .next()?
+        .parse::<u64>()
+        .ok()?;
+    Some(kb * 1024)
+}

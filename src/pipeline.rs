@@ -150,6 +150,32 @@ impl FluxModels {
         self.transformer.config().guidance_embed
     }
 
+    /// Refuses an image size whose attention would not fit in the memory left on the CPU, before
+    /// any work, instead of letting the allocator abort the process halfway. Attention holds the
+    /// scores and their softmax of every head over the joint sequence; CharaConsist's shared
+    /// keys add up to one image's worth of keys, hence the doubled key count.
+    pub fn check_fits(&self, width: usize, height: usize) -> Result<()> {
+        if !self.device.is_cpu() {
+            return Ok(());
+        }
+        let Some(available) = crate::limits::available_memory() else {
+            return Ok(());
+        };
+        let cfg = self.transformer.config();
+        let image = (width / 16) * (height / 16);
+        let queries = self.tokenizers.t5_len() + image;
+        let keys = queries + image;
+        let bytes = 2 * cfg.num_heads * queries * keys * self.dtype.size_in_bytes();
+        if bytes as u64 > available {
+            bail!(
+                "{width}x{height} needs about {:.1} GB for attention, but {:.1} GB of memory is available: choose a smaller size",
+                bytes as f64 / 1e9,
+                available as f64 / 1e9
+            );
+        }
+        Ok(())
+    }
+
     /// The usual step count: 50 for dev (the CharaConsist reference), 4 for schnell.
     pub fn default_steps(&self) -> usize {
         if self.is_dev() {
@@ -230,6 +256,7 @@ pub fn generate(
     on_step: &mut dyn FnMut(&StepReport) -> Result<StepControl>,
 ) -> Result<Option<Generated>> {
     params.validate()?;
+    models.check_fits(params.width, params.height)?;
     models.begin_job(&[&params.prompt])?;
     let (run, sigmas) = models.prepare_run(
         &params.prompt,

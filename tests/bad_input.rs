@@ -204,6 +204,34 @@ fn files_that_are_not_what_they_claim_are_refused_by_what_they_are() {
 }
 
 #[test]
+fn a_size_whose_attention_would_not_fit_is_refused_before_any_work() {
+    let dir = tempfile::tempdir().unwrap();
+    let (model, _) = tiny_models(dir.path());
+    let png = dir.path().join("out.png");
+    // 4096x4096 is in range, but its attention (65,536 image tokens) outgrows this machine.
+    let err = fails(&[
+        "generate",
+        "--model",
+        model.to_str().unwrap(),
+        "--prompt",
+        "a knight",
+        "--width",
+        "4096",
+        "--height",
+        "4096",
+        "--steps",
+        "1",
+        "--out",
+        png.to_str().unwrap(),
+    ]);
+    assert!(
+        err.contains("4096x4096 needs about") && err.contains("GB of memory is available"),
+        "{err}"
+    );
+    assert!(!png.exists());
+}
+
+#[test]
 fn nan_weights_stop_the_run_at_the_first_step_instead_of_writing_black() {
     let dir = tempfile::tempdir().unwrap();
     let (model, _) = tiny_models(dir.path());

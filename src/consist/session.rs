@@ -147,6 +147,13 @@ impl Renderer {
         for &i in &panels {
             prompts.push(shot_of(models, &plan.panels()[i])?.prompt);
         }
+        for image in
+            std::iter::once(plan.identity()).chain(panels.iter().map(|&i| &plan.panels()[i]))
+        {
+            models
+                .check_fits(image.shot.width, image.shot.height)
+                .with_context(|| image.target.label())?;
+        }
         models.begin_job(&prompts)?;
         let schedule = plan.settings.recipe.schedule(plan.settings.steps);
         if self.ensure_identity(models, plan, &schedule, options, on_event)? == Outcome::Cancelled {
