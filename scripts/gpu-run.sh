@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# The one prepared GPU run (issue 14): full-size FLUX.1-dev-shaped random weights in bf16 and as
+# Q8_0 and Q4_0, transformer steps at 1024x1024 against candle-transformers' Flux, attention
+# alone, a CharaConsist storyboard (identity + 4 panels, 28 steps, one locked scene) and peak GPU
+# memory, written as one JSON file.
+#
+#   scripts/gpu-run.sh BINARY OUT.json [--size full|tiny] [--device cuda|cpu] [more bench flags]
+#
+# BINARY is a stripped `--features cuda` release build (the GPU machine has no Rust toolchain).
+# tests/gpu_script.rs runs this script with `--size tiny --device cpu`.
+set -euo pipefail
+bin=$1 out=$2
+shift 2
+
+# candle 0.11 links cudart, cublas, cublasLt, curand and nvrtc (CUDA 13): where the loader does
+# not find one, take it from the CUDA toolkit or the Python wheels installed on the machine.
+missing() { ldd "$bin" | grep -q 'not found'; }
+if missing; then
+    dirs=$(find /usr/local/cuda/lib64 /usr/local/cuda/targets/*/lib /opt /usr/lib /usr/local/lib \
+        -maxdepth 8 \( -name 'libcublasLt.so.13' -o -name 'libcudart.so.13' -o -name 'libcurand.so.10' \
+        -o -name 'libnvrtc.so.13' \) -printf '%h\n' 2>/dev/null | sort -u | paste -sd: || true)
+    export LD_LIBRARY_PATH=${dirs}${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
+fi
+if missing; then
+    echo "error: libraries $bin needs are not on this machine:" >&2
+    ldd "$bin" | grep 'not found' >&2
+    exit 1
+fi
+
+# 7.5 minutes in all: the binary skips the phases it has no time left for and writes the JSON
+# after every phase, so a run cut short still reports what it measured.
+start=$(date +%s)
+timeout --signal=KILL 450 "$bin" bench gpu-run --out "$out" --budget-s 330 "$@"
+echo "gpu-run.sh: $(($(date +%s) - start)) s, figures in $out"
+cat "$out"
