@@ -43,6 +43,12 @@ fn gpu_run_script_writes_every_figure_at_tiny_size() {
         );
         assert!(figures[name]["file_bytes"].as_u64().unwrap() > 0);
     }
+    // On the CPU the "device" is the CPU: the tiny storyboard must come out the same twice.
+    let parity = &figures["tiny_parity"];
+    assert_eq!(parity["storyboard_as_cpu"], true, "{parity}");
+    assert_eq!(parity["storyboard_images"].as_array().unwrap().len(), 3);
+    assert!(parity["transformer_f32_max_abs_diff"].as_f64().unwrap() < 1e-4);
+
     let attention = &figures["attention"];
     assert_eq!(attention["tokens"], 16 + 512);
     assert!(attention["block_with_shared_keys_ms"].as_f64().unwrap() > 0.0);

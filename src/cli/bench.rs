@@ -684,6 +684,7 @@ pub fn gpu_run(opts: &GpuRunOptions, dev: &Device, dtype: DType) -> Result<()> {
         Box<dyn FnOnce(&mut MemoryPeak) -> Result<serde_json::Value> + 'a>,
     );
     let phases: Vec<Phase> = vec![
+        ("tiny_parity", Box::new(|peak| tiny_parity(opts, dev, peak))),
         (
             "transformer_dense",
             Box::new(|peak| {
@@ -750,6 +751,73 @@ pub fn gpu_run(opts: &GpuRunOptions, dev: &Device, dtype: DType) -> Result<()> {
             .with_context(|| format!("cannot write {}", opts.out.display()))?;
     }
     Ok(())
+}
+
+/// What one image of a storyboard decided: its foreground mask and its kept matches.
+type Decisions = (Vec<bool>, Option<(Vec<u32>, Vec<u32>)>);
+
+/// The tiny model on `dev` against the CPU, both in f32: the transformer against candle's Flux,
+/// and a storyboard (identity + 2 panels, locked background, 8 steps) whose masks and matches
+/// should be the CPU's.
+fn tiny_parity(
+    opts: &GpuRunOptions,
+    dev: &Device,
+    peak: &mut MemoryPeak,
+) -> Result<serde_json::Value> {
+    let t = transformer_vs_candle(
+        &crate::models::tiny::flux_config(false),
+        8,
+        64,
+        1,
+        DType::F32,
+        dev,
+    )?;
+    let dir = opts.work.join("tiny-parity");
+    crate::models::tiny::write_repo(&dir, 0, false)?;
+    let project = bench_project(2, 64, 8, true);
+    let mut render_on = |device: &Device| -> Result<Vec<Decisions>> {
+        let mut models = FluxModels::load(&dir, DType::F32, device)?;
+        let plan = crate::project::plan(&project, &PlanModel::of(&models), None)?;
+        let mut decisions = Vec::new();
+        let mut on_event = |e: RenderEvent| {
+            peak.sample(dev);
+            if let RenderEvent::Finished { output, .. } = e {
+                let matches = output
+                    .matches
+                    .as_ref()
+                    .map(|m| (m.panel_idx.clone(), m.identity_idx.clone()));
+                decisions.push((output.mask.clone(), matches));
+            }
+            StepControl::Continue
+        };
+        Renderer::default().render(
+            &mut models,
+            &plan,
+            RenderRequest::All,
+            &RenderOptions::default(),
+            &mut on_event,
+        )?;
+        Ok(decisions)
+    };
+    let here = render_on(dev)?;
+    let cpu = render_on(&Device::Cpu)?;
+    let images: Vec<serde_json::Value> = here
+        .iter()
+        .zip(&cpu)
+        .map(|((mask, matches), (cpu_mask, cpu_matches))| {
+            let agree = mask.iter().zip(cpu_mask).filter(|(a, b)| a == b).count();
+            serde_json::json!({
+                "mask_tokens": mask.len(),
+                "mask_tokens_as_cpu": agree,
+                "matches_as_cpu": matches == cpu_matches,
+            })
+        })
+        .collect();
+    Ok(serde_json::json!({
+        "transformer_f32_max_abs_diff": t.max_abs_diff,
+        "storyboard_images": images,
+        "storyboard_as_cpu": here == cpu,
+    }))
 }
 
 /// The identity and 4 panels of one locked scene, on the tiny text encoders and VAE with a
