@@ -4,13 +4,22 @@
 # alone, a CharaConsist storyboard (identity + 4 panels, 28 steps, one locked scene) and peak GPU
 # memory, written as one JSON file.
 #
-#   scripts/gpu-run.sh BINARY OUT.json [--size full|tiny] [--device cuda|cpu] [more bench flags]
+#   scripts/gpu-run.sh BINARY[.gz] OUT.json [--size full|tiny] [--device cuda|cpu] [bench flags]
 #
-# BINARY is a stripped `--features cuda` release build (the GPU machine has no Rust toolchain).
-# tests/gpu_script.rs runs this script with `--size tiny --device cpu`.
+# BINARY is a stripped `--features cuda` release build (the GPU machine has no Rust toolchain),
+# gzipped to travel: stripped it is about 92 MB (candle-kernels' PTX and sm_90a code), gzipped
+# 23 MB, under the 64 MiB carried. tests/gpu_script.rs runs this with `--size tiny --device cpu`.
 set -euo pipefail
 bin=$1 out=$2
 shift 2
+if [[ $bin == *.gz ]]; then
+    tmp=$(mktemp -d)
+    trap 'rm -rf "$tmp"' EXIT
+    unpacked=$tmp/charaboard
+    gzip -dc "$bin" >"$unpacked"
+    chmod +x "$unpacked"
+    bin=$unpacked
+fi
 
 # candle 0.11 links cudart, cublas, cublasLt, curand and nvrtc (CUDA 13): where the loader does
 # not find one, take it from the CUDA toolkit or the Python wheels installed on the machine.

@@ -8,8 +8,20 @@ use std::process::Command;
 fn gpu_run_script_writes_every_figure_at_tiny_size() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("gpu-run.json");
+    // Gzipped, as the binary travels to the GPU machine.
+    let packed = dir.path().join("charaboard.gz");
+    let gzip = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "gzip -1 -c '{}' > '{}'",
+            env!("CARGO_BIN_EXE_charaboard"),
+            packed.display()
+        ))
+        .status()
+        .unwrap();
+    assert!(gzip.success());
     let run = Command::new(concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/gpu-run.sh"))
-        .arg(env!("CARGO_BIN_EXE_charaboard"))
+        .arg(&packed)
         .arg(&out)
         .args(["--size", "tiny", "--device", "cpu"])
         .output()
