@@ -737,7 +737,12 @@ pub fn gpu_run(opts: &GpuRunOptions, dev: &Device, dtype: DType) -> Result<()> {
         } else {
             let phase_start = Instant::now();
             eprintln!("gpu-run: {name}");
-            figures[name] = phase(&mut peak)?;
+            // A phase that fails (an op missing on this device, say) is reported, and the
+            // others still run.
+            figures[name] = phase(&mut peak).unwrap_or_else(|e| {
+                eprintln!("gpu-run: {name} failed: {e:#}");
+                serde_json::json!({ "error": format!("{e:#}") })
+            });
             figures["phases_s"][name] = phase_start.elapsed().as_secs_f64().into();
         }
         figures["gpu_memory"] = match peak.0 {
