@@ -21,13 +21,15 @@ if [[ $bin == *.gz ]]; then
     bin=$unpacked
 fi
 
-# candle 0.11 links cudart, cublas, cublasLt, curand and nvrtc (CUDA 13): where the loader does
-# not find one, take it from the CUDA toolkit or the Python wheels installed on the machine.
+# candle 0.11 links the driver's libcuda and cudart, cublas, cublasLt and curand (CUDA 13): where
+# the loader does not find one, take it from the driver's folder, the CUDA toolkit or the Python
+# wheels installed on the machine.
 missing() { ldd "$bin" | grep -q 'not found'; }
 if missing; then
-    dirs=$(find /usr/local/cuda/lib64 /usr/local/cuda/targets/*/lib /opt /usr/lib /usr/local/lib \
-        -maxdepth 8 \( -name 'libcublasLt.so.13' -o -name 'libcudart.so.13' -o -name 'libcurand.so.10' \
-        -o -name 'libnvrtc.so.13' \) -printf '%h\n' 2>/dev/null | sort -u | paste -sd: || true)
+    dirs=$(find /usr/local/nvidia /usr/local/cuda/lib64 /usr/local/cuda/targets/*/lib /opt /usr/lib \
+        /usr/local/lib -maxdepth 8 \( -name 'libcuda.so.1' -o -name 'libcublasLt.so.13' \
+        -o -name 'libcudart.so.13' -o -name 'libcurand.so.10' \) -printf '%h\n' 2>/dev/null |
+        sort -u | paste -sd: || true)
     export LD_LIBRARY_PATH=${dirs}${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
 fi
 if missing; then
