@@ -44,3 +44,15 @@ pub fn parse_dtype(spec: Option<&str>, device: &Device) -> Result<DType> {
         Some(other) => bail!("unknown dtype `{other}`: expected f32, bf16 or f16"),
     }
 }
+
+/// Bytes of device memory in use on the whole card (total minus free, as the driver reports
+/// them) for a CUDA device; `None` elsewhere.
+pub fn gpu_memory_in_use(device: &Device) -> Option<u64> {
+    #[cfg(feature = "cuda")]
+    if let Device::Cuda(cuda) = device {
+        let (free, total) = cuda.cuda_stream().context().mem_get_info().ok()?;
+        return Some((total - free) as u64);
+    }
+    let _ = device;
+    None
+}

@@ -1,9 +1,14 @@
 //! Benchmarks that report ratios measured in one run (never timed tests).
 
-use anyhow::Result;
-use candle_core::{DType, Device, Tensor};
+use anyhow::{Context, Result};
+use candle_core::quantized::GgmlDType;
+use candle_core::{DType, Device, Shape, Tensor};
+use candle_nn::var_builder::SimpleBackend;
 use candle_nn::VarBuilder;
 use candle_transformers::models::flux::WithForward;
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use super::args::DeviceArgs;
@@ -11,6 +16,7 @@ use crate::consist::bank::{identity_bank_bytes, BankDims};
 use crate::consist::plan::{Plan, PlanModel, RenderRequest, Target};
 use crate::consist::recipe::Recipe;
 use crate::consist::session::{RenderEvent, RenderOptions, Renderer};
+use crate::flux::attention::scaled_dot_product;
 use crate::flux::{Flux, FluxConfig, StepInput, TokenLayout};
 use crate::pipeline::{generate, FluxModels, GenerateParams, NoiseSource};
 use crate::project::model::{IdentityShot, Panel, Project, RenderSettings, Scene};
@@ -66,6 +72,22 @@ pub fn transformer_vs_candle(
     let vb = VarBuilder::from_tensors(weights.into_iter().collect(), dtype, dev);
     let ours = Flux::new(cfg, vb.clone())?;
     let theirs = candle_transformers::models::flux::model::Flux::new(cfg, vb)?;
+    time_against(&ours, &theirs, img_side, txt_len, reps, dtype, dev)
+}
+
+/// Times `ours` against `theirs` (a candle-transformers FLUX on the same weights) on the same
+/// random inputs in `dtype`, alternating the two; medians of `reps`, after one untimed pass each
+/// whose outputs give the largest difference.
+pub fn time_against(
+    ours: &Flux,
+    theirs: &impl WithForward,
+    img_side: usize,
+    txt_len: usize,
+    reps: usize,
+    dtype: DType,
+    dev: &Device,
+) -> Result<TransformerTiming> {
+    let cfg = ours.config();
     let img =
         Tensor::randn(0f32, 1., (1, img_side * img_side, cfg.in_channels), dev)?.to_dtype(dtype)?;
     let txt = Tensor::randn(0f32, 1., (1, txt_len, cfg.context_in_dim), dev)?.to_dtype(dtype)?;
@@ -357,6 +379,27 @@ pub enum Bench {
     },
     /// The identity bank's bytes for FLUX.1-dev at 1024x1024, next to the reference's.
     Bank,
+    /// The prepared GPU run (scripts/gpu-run.sh): FLUX.1-dev-shaped random weights made on the
+    /// device, steps timed against candle-transformers' Flux in the run's dtype and as Q8_0 and
+    /// Q4_0, attention alone, a CharaConsist storyboard and peak GPU memory, as one JSON file.
+    GpuRun {
+        #[arg(long)]
+        out: PathBuf,
+        #[arg(long, value_enum, default_value = "full")]
+        size: RunSize,
+        #[arg(long, default_value_t = 28)]
+        steps: usize,
+        #[arg(long, default_value_t = 3)]
+        reps: usize,
+        /// Seconds after which the phases not yet begun are skipped (and listed as skipped).
+        #[arg(long, default_value_t = 420)]
+        budget_s: u64,
+        /// Scratch folder for the tiny encoders and VAE and the GGUF files [default: a temporary one].
+        #[arg(long)]
+        work: Option<PathBuf>,
+        #[command(flatten)]
+        run: DeviceArgs,
+    },
 }
 
 fn gb(bytes: usize) -> f64 {
@@ -446,6 +489,31 @@ pub fn run(bench: Bench) -> Result<()> {
             }
             std::fs::remove_dir_all(&dir).ok();
         }
+        Bench::GpuRun {
+            out,
+            size,
+            steps,
+            reps,
+            budget_s,
+            work,
+            run,
+        } => {
+            let (device, dtype) = run.device_and_dtype()?;
+            let scratch =
+                std::env::temp_dir().join(format!("charaboard-gpu-run-{}", std::process::id()));
+            let opts = GpuRunOptions {
+                out,
+                size,
+                steps,
+                reps,
+                budget: Duration::from_secs(budget_s),
+                work: work.unwrap_or_else(|| scratch.clone()),
+            };
+            let result = gpu_run(&opts, &device, dtype);
+            std::fs::remove_dir_all(&scratch).ok();
+            result?;
+            println!("gpu-run: figures in {}", opts.out.display());
+        }
         Bench::Bank => {
             let reference = reference_bank_bytes(1024);
             println!("identity bank, FLUX.1-dev at 1024x1024, bf16, default recipe (reference: {:.1} GB whatever the foreground):", gb(reference));
@@ -464,4 +532,425 @@ pub fn run(bench: Bench) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// The sizes `bench gpu-run` runs at: FLUX.1-dev's at 1024x1024, or the tiny model's at 64x64,
+/// the same work at a size a CPU test runs in seconds.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RunSize {
+    Full,
+    Tiny,
+}
+
+impl RunSize {
+    fn config(self) -> FluxConfig {
+        match self {
+            RunSize::Full => FluxConfig::dev(),
+            RunSize::Tiny => crate::models::tiny::flux_config(false),
+        }
+    }
+
+    /// Image side in pixels.
+    fn side(self) -> usize {
+        match self {
+            RunSize::Full => 1024,
+            RunSize::Tiny => 64,
+        }
+    }
+}
+
+/// Random weights made on the device as a model asks for them (N(0, 1/fan_in) matrices, norm
+/// scales 1, small biases), kept by name so that a second model with the same names shares them:
+/// a full-size FLUX needs no file and no host memory.
+#[derive(Clone, Default)]
+struct RandomWeights(Arc<Mutex<BTreeMap<String, Tensor>>>);
+
+impl RandomWeights {
+    fn var_builder(&self, dtype: DType, dev: &Device) -> VarBuilder<'static> {
+        VarBuilder::from_backend(Box::new(self.clone()), dtype, dev.clone())
+    }
+
+    fn made(&self) -> candle_core::Result<MutexGuard<'_, BTreeMap<String, Tensor>>> {
+        self.0
+            .lock()
+            .map_err(|_| candle_core::Error::Msg("poisoned weights".into()))
+    }
+}
+
+impl SimpleBackend for RandomWeights {
+    fn get(
+        &self,
+        shape: Shape,
+        name: &str,
+        _: candle_nn::Init,
+        dtype: DType,
+        dev: &Device,
+    ) -> candle_core::Result<Tensor> {
+        let mut made = self.made()?;
+        if let Some(t) = made.get(name) {
+            return t.to_dtype(dtype);
+        }
+        let t = match shape.dims() {
+            [rows, ..] if shape.rank() >= 2 => {
+                let fan_in = shape.elem_count() / rows;
+                (Tensor::randn(0f32, 1., shape, dev)? / (fan_in as f64).sqrt())?
+            }
+            _ if name.contains("norm") || name.ends_with(".scale") => {
+                Tensor::ones(shape, DType::F32, dev)?
+            }
+            _ => Tensor::randn(0f32, 0.05, shape, dev)?,
+        }
+        .to_dtype(dtype)?;
+        made.insert(name.to_string(), t.clone());
+        Ok(t)
+    }
+
+    fn get_unchecked(&self, name: &str, dtype: DType, _: &Device) -> candle_core::Result<Tensor> {
+        match self.made()?.get(name) {
+            Some(t) => t.to_dtype(dtype),
+            None => candle_core::bail!("no random tensor `{name}` was made"),
+        }
+    }
+
+    fn contains_tensor(&self, _: &str) -> bool {
+        true
+    }
+}
+
+/// Milliseconds of one block's attention over `tokens` queries and keys, alone and with `extra`
+/// shared keys appended under an additive mask (as CharaConsist appends the identity's); medians
+/// of `reps` after one untimed pass.
+fn attention_ms(
+    cfg: &FluxConfig,
+    tokens: usize,
+    extra: usize,
+    reps: usize,
+    dtype: DType,
+    dev: &Device,
+) -> Result<(f64, f64)> {
+    let heads = cfg.num_heads;
+    let head_dim = cfg.hidden_size / heads;
+    let randn = |n: usize| -> Result<Tensor> {
+        Ok(Tensor::randn(0f32, 1., (1, heads, n, head_dim), dev)?.to_dtype(dtype)?)
+    };
+    let (q, k, v) = (randn(tokens)?, randn(tokens)?, randn(tokens)?);
+    let k_ext = Tensor::cat(&[&k, &randn(extra)?], 2)?;
+    let v_ext = Tensor::cat(&[&v, &randn(extra)?], 2)?;
+    let mask = Tensor::zeros((tokens, tokens + extra), dtype, dev)?;
+    let time = |k: &Tensor, v: &Tensor, mask: Option<&Tensor>| -> Result<f64> {
+        scaled_dot_product(&q, k, v, mask)?;
+        dev.synchronize()?;
+        let mut times = Vec::new();
+        for _ in 0..reps {
+            let start = Instant::now();
+            scaled_dot_product(&q, k, v, mask)?;
+            dev.synchronize()?;
+            times.push(start.elapsed());
+        }
+        Ok(median(times).as_secs_f64() * 1e3)
+    };
+    Ok((time(&k, &v, None)?, time(&k_ext, &v_ext, Some(&mask))?))
+}
+
+/// What `bench gpu-run` does and where it writes; see [`Bench::GpuRun`].
+pub struct GpuRunOptions {
+    pub out: PathBuf,
+    pub size: RunSize,
+    pub steps: usize,
+    pub reps: usize,
+    pub budget: Duration,
+    pub work: PathBuf,
+}
+
+/// The largest device memory in use seen so far (the whole card, from the driver), sampled
+/// after every step and phase: a lower bound of the true peak.
+#[derive(Default)]
+struct MemoryPeak(Option<u64>);
+
+impl MemoryPeak {
+    fn sample(&mut self, dev: &Device) {
+        if let Some(used) = crate::device::gpu_memory_in_use(dev) {
+            self.0 = Some(self.0.map_or(used, |p| p.max(used)));
+        }
+    }
+}
+
+fn timing_json(t: &TransformerTiming, extra: serde_json::Value) -> serde_json::Value {
+    let mut v = serde_json::json!({
+        "charaboard_ms": t.ours.as_secs_f64() * 1e3,
+        "candle_ms": t.candle.as_secs_f64() * 1e3,
+        "ratio": t.ratio(),
+        "max_abs_diff": t.max_abs_diff,
+    });
+    if let (Some(v), serde_json::Value::Object(extra)) = (v.as_object_mut(), extra) {
+        v.extend(extra);
+    }
+    v
+}
+
+/// The prepared device run of `scripts/gpu-run.sh`: each phase's figures go into one JSON
+/// object, rewritten after every phase so that a run cut short keeps what it measured.
+pub fn gpu_run(opts: &GpuRunOptions, dev: &Device, dtype: DType) -> Result<()> {
+    let start = Instant::now();
+    let cfg = opts.size.config();
+    let side = opts.size.side();
+    let img_side = side / 16;
+    let txt_len = crate::text::t5_len_for(&cfg);
+    let mut peak = MemoryPeak::default();
+    let mut figures = serde_json::json!({
+        "size": format!("{:?}", opts.size).to_lowercase(),
+        "device": format!("{dev:?}"),
+        "dtype": format!("{dtype:?}").to_lowercase(),
+        "transformer_config": {
+            "hidden": cfg.hidden_size, "heads": cfg.num_heads, "double_blocks": cfg.depth,
+            "single_blocks": cfg.depth_single_blocks,
+        },
+        "image": [side, side],
+        "image_tokens": img_side * img_side,
+        "text_tokens": txt_len,
+        "steps": opts.steps,
+        "reps": opts.reps,
+        "phases_s": {},
+        "skipped": [],
+    });
+    std::fs::create_dir_all(&opts.work)
+        .with_context(|| format!("cannot create {}", opts.work.display()))?;
+    type Phase<'a> = (
+        &'static str,
+        Box<dyn FnOnce(&mut MemoryPeak) -> Result<serde_json::Value> + 'a>,
+    );
+    let phases: Vec<Phase> = vec![
+        ("tiny_parity", Box::new(|peak| tiny_parity(opts, dev, peak))),
+        (
+            "transformer_dense",
+            Box::new(|peak| {
+                let weights = RandomWeights::default();
+                let ours = Flux::new(&cfg, weights.var_builder(dtype, dev))?;
+                let theirs = candle_transformers::models::flux::model::Flux::new(
+                    &cfg,
+                    weights.var_builder(dtype, dev),
+                )?;
+                peak.sample(dev);
+                let t = time_against(&ours, &theirs, img_side, txt_len, opts.reps, dtype, dev)?;
+                peak.sample(dev);
+                Ok(timing_json(&t, serde_json::json!({})))
+            }),
+        ),
+        (
+            "attention",
+            Box::new(|peak| {
+                let tokens = img_side * img_side + txt_len;
+                let extra = img_side * img_side;
+                let (plain, shared) = attention_ms(&cfg, tokens, extra, opts.reps, dtype, dev)?;
+                peak.sample(dev);
+                let blocks = cfg.depth + cfg.depth_single_blocks;
+                Ok(serde_json::json!({
+                    "tokens": tokens, "heads": cfg.num_heads, "shared_keys": extra,
+                    "block_ms": plain, "block_with_shared_keys_ms": shared,
+                    "step_ms": plain * blocks as f64,
+                    "step_with_shared_keys_ms": shared * blocks as f64,
+                }))
+            }),
+        ),
+        (
+            "storyboard",
+            Box::new(|peak| storyboard(opts, &cfg, dtype, dev, peak)),
+        ),
+        (
+            "transformer_q8_0",
+            Box::new(|peak| quantized(opts, &cfg, GgmlDType::Q8_0, dev, peak)),
+        ),
+        (
+            "transformer_q4_0",
+            Box::new(|peak| quantized(opts, &cfg, GgmlDType::Q4_0, dev, peak)),
+        ),
+    ];
+    let mut skipped = Vec::new();
+    for (name, phase) in phases {
+        if start.elapsed() > opts.budget {
+            skipped.push(name);
+            figures["skipped"] = skipped.clone().into();
+        } else {
+            let phase_start = Instant::now();
+            eprintln!("gpu-run: {name}");
+            // A phase that fails (an op missing on this device, say) is reported, and the
+            // others still run.
+            figures[name] = phase(&mut peak).unwrap_or_else(|e| {
+                eprintln!("gpu-run: {name} failed: {e:#}");
+                serde_json::json!({ "error": format!("{e:#}") })
+            });
+            figures["phases_s"][name] = phase_start.elapsed().as_secs_f64().into();
+        }
+        figures["gpu_memory"] = match peak.0 {
+            Some(bytes) => serde_json::json!({"peak_in_use_bytes": bytes,
+                "note": "total minus free from the driver, sampled after every step and phase"}),
+            None => serde_json::json!({"peak_in_use_bytes": null, "note": "not a CUDA device"}),
+        };
+        figures["host_peak_resident_bytes"] = resident_memory().0.into();
+        figures["elapsed_s"] = start.elapsed().as_secs_f64().into();
+        std::fs::write(&opts.out, serde_json::to_string_pretty(&figures)?)
+            .with_context(|| format!("cannot write {}", opts.out.display()))?;
+    }
+    Ok(())
+}
+
+/// What one image of a storyboard decided: its foreground mask and its kept matches.
+type Decisions = (Vec<bool>, Option<(Vec<u32>, Vec<u32>)>);
+
+/// The tiny model on `dev` against the CPU, both in f32: the transformer against candle's Flux,
+/// and a storyboard (identity + 2 panels, locked background, 8 steps) whose masks and matches
+/// should be the CPU's.
+fn tiny_parity(
+    opts: &GpuRunOptions,
+    dev: &Device,
+    peak: &mut MemoryPeak,
+) -> Result<serde_json::Value> {
+    let t = transformer_vs_candle(
+        &crate::models::tiny::flux_config(false),
+        8,
+        64,
+        1,
+        DType::F32,
+        dev,
+    )?;
+    let dir = opts.work.join("tiny-parity");
+    crate::models::tiny::write_repo(&dir, 0, false)?;
+    let project = bench_project(2, 64, 8, true);
+    let mut render_on = |device: &Device| -> Result<Vec<Decisions>> {
+        let mut models = FluxModels::load(&dir, DType::F32, device)?;
+        let plan = crate::project::plan(&project, &PlanModel::of(&models), None)?;
+        let mut decisions = Vec::new();
+        let mut on_event = |e: RenderEvent| {
+            peak.sample(dev);
+            if let RenderEvent::Finished { output, .. } = e {
+                let matches = output
+                    .matches
+                    .as_ref()
+                    .map(|m| (m.panel_idx.clone(), m.identity_idx.clone()));
+                decisions.push((output.mask.clone(), matches));
+            }
+            StepControl::Continue
+        };
+        Renderer::default().render(
+            &mut models,
+            &plan,
+            RenderRequest::All,
+            &RenderOptions::default(),
+            &mut on_event,
+        )?;
+        Ok(decisions)
+    };
+    let here = render_on(dev)?;
+    let cpu = render_on(&Device::Cpu)?;
+    let images: Vec<serde_json::Value> = here
+        .iter()
+        .zip(&cpu)
+        .map(|((mask, matches), (cpu_mask, cpu_matches))| {
+            let agree = mask.iter().zip(cpu_mask).filter(|(a, b)| a == b).count();
+            serde_json::json!({
+                "mask_tokens": mask.len(),
+                "mask_tokens_as_cpu": agree,
+                "matches_as_cpu": matches == cpu_matches,
+            })
+        })
+        .collect();
+    Ok(serde_json::json!({
+        "transformer_f32_max_abs_diff": t.max_abs_diff,
+        "storyboard_images": images,
+        "storyboard_as_cpu": here == cpu,
+    }))
+}
+
+/// The identity and 4 panels of one locked scene, on the tiny text encoders and VAE with a
+/// random transformer of `cfg`'s size (its text widths the tiny encoders'), with the bank on the
+/// device, the one bank mode there is.
+fn storyboard(
+    opts: &GpuRunOptions,
+    cfg: &FluxConfig,
+    dtype: DType,
+    dev: &Device,
+    peak: &mut MemoryPeak,
+) -> Result<serde_json::Value> {
+    let dir = opts.work.join("tiny-model");
+    crate::models::tiny::write_repo(&dir, 0, !cfg.guidance_embed)?;
+    let mut models = FluxModels::load(&dir, dtype, dev)?;
+    let story_cfg = FluxConfig {
+        context_in_dim: models.transformer.config().context_in_dim,
+        vec_in_dim: models.transformer.config().vec_in_dim,
+        ..cfg.clone()
+    };
+    models.transformer = Flux::new(&story_cfg, RandomWeights::default().var_builder(dtype, dev))?;
+    let project = bench_project(4, opts.size.side(), opts.steps, true);
+    let plan = crate::project::plan(&project, &PlanModel::of(&models), None)?;
+    let mut renderer = Renderer::default();
+    let start = Instant::now();
+    let mut finished = Vec::new();
+    let mut on_event = |e: RenderEvent| {
+        peak.sample(dev);
+        if let RenderEvent::Finished { output, .. } = e {
+            finished.push((output.target.label(), start.elapsed().as_secs_f64()));
+        }
+        StepControl::Continue
+    };
+    renderer.render(
+        &mut models,
+        &plan,
+        RenderRequest::All,
+        &RenderOptions::default(),
+        &mut on_event,
+    )?;
+    let images: Vec<serde_json::Value> = finished
+        .iter()
+        .map(|(target, at)| serde_json::json!({"image": target, "done_at_s": at}))
+        .collect();
+    Ok(serde_json::json!({
+        "bank_modes": {
+            "device": {
+                "images": images,
+                "total_s": start.elapsed().as_secs_f64(),
+                "bank_bytes": renderer.bank_bytes(),
+            },
+        },
+        "panels": project.panels.len(),
+        "locked_background": true,
+    }))
+}
+
+/// The transformer stored as `quant` in a GGUF (written from random weights, then loaded the
+/// way a user's file is), timed in f32 activations against candle-transformers' quantized Flux
+/// reading the same file (one timed pass each).
+fn quantized(
+    opts: &GpuRunOptions,
+    cfg: &FluxConfig,
+    quant: GgmlDType,
+    dev: &Device,
+    peak: &mut MemoryPeak,
+) -> Result<serde_json::Value> {
+    let path = opts
+        .work
+        .join(format!("flux-{quant:?}.gguf").to_lowercase());
+    let write_start = Instant::now();
+    {
+        let weights = RandomWeights::default();
+        Flux::new(cfg, weights.var_builder(DType::F32, dev))?;
+        peak.sample(dev);
+        let tensors = weights.made()?.clone();
+        crate::models::gguf::write(&path, &tensors, crate::models::gguf::city96_quant(quant))?;
+    }
+    let write_s = write_start.elapsed().as_secs_f64();
+    let file_bytes = std::fs::metadata(&path)?.len();
+    let (ours, _) = crate::models::gguf::load_transformer(&path, DType::F32, dev)?;
+    let qvb = candle_transformers::quantized_var_builder::VarBuilder::from_gguf(&path, dev)?;
+    let theirs = candle_transformers::models::flux::quantized_model::Flux::new(cfg, qvb)?;
+    std::fs::remove_file(&path).ok();
+    peak.sample(dev);
+    let img_side = opts.size.side() / 16;
+    let txt_len = crate::text::t5_len_for(cfg);
+    // One timed pass each: a full-size quantized step in f32 activations takes seconds.
+    let t = time_against(&ours, &theirs, img_side, txt_len, 1, DType::F32, dev)?;
+    peak.sample(dev);
+    Ok(timing_json(
+        &t,
+        serde_json::json!({"file_bytes": file_bytes, "write_s": write_s, "reps": 1}),
+    ))
 }
