@@ -10,7 +10,7 @@ use charaboard::export::pdf::Paper;
 use charaboard::export::storyboard::{export_all, SheetOptions, StalePanels};
 use charaboard::project::{self, ImagesStore};
 use charaboard::worker::{Event, Job, Worker};
-use common::{charaboard, ok, tiny_models};
+use common::{charaboard, generate, ok, tiny_models};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -31,6 +31,13 @@ fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
     path
 }
 
+/// The stderr of a `generate` that must fail.
+fn generate_fails(model: &str, out: &Path, extra: &[&str]) -> String {
+    let run = generate(model, out, extra);
+    assert!(!run.status.success(), "{extra:?} succeeded");
+    String::from_utf8_lossy(&run.stderr).into_owned()
+}
+
 /// Runs the binary and returns its stderr, asserting that it failed.
 fn fails(args: &[&str]) -> String {
     let out = charaboard(args);
@@ -45,19 +52,6 @@ fn every_number_has_a_range_checked_before_the_model_loads() {
     let model = dir.path().join("no-model");
     let model = model.to_str().unwrap();
     let png = dir.path().join("out.png");
-    let generate = |extra: &[&str]| {
-        let mut args = vec![
-            "generate",
-            "--model",
-            model,
-            "--prompt",
-            "a knight",
-            "--out",
-            png.to_str().unwrap(),
-        ];
-        args.extend_from_slice(extra);
-        fails(&args)
-    };
     for (extra, message) in [
         (
             &["--width", "100000"][..],
@@ -84,7 +78,7 @@ fn every_number_has_a_range_checked_before_the_model_loads() {
             "guidance must be a number from 0 to 100, found inf",
         ),
     ] {
-        let err = generate(extra);
+        let err = generate_fails(model, &png, extra);
         assert!(err.contains(message), "{extra:?}: {err}");
         assert!(!err.contains("no-model"), "refused before loading: {err}");
     }
@@ -157,23 +151,9 @@ fn files_that_are_not_what_they_claim_are_refused_by_what_they_are() {
     let model = model.to_str().unwrap();
     let png = dir.path().join("out.png");
     let generate = |noise: &Path| {
-        fails(&[
-            "generate",
-            "--model",
-            model,
-            "--prompt",
-            "a knight",
-            "--width",
-            "64",
-            "--height",
-            "64",
-            "--steps",
-            "2",
-            "--noise",
-            noise.to_str().unwrap(),
-            "--out",
-            png.to_str().unwrap(),
-        ])
+        let size = ["--width", "64", "--height", "64", "--steps", "2", "--noise"];
+        let noise = noise.to_str().unwrap();
+        generate_fails(model, &png, &[&size[..], &[noise]].concat())
     };
     let err = generate(Path::new("/dev/zero"));
     assert!(err.contains("is not a noise file"), "{err}");
@@ -209,21 +189,11 @@ fn a_size_whose_attention_would_not_fit_is_refused_before_any_work() {
     let (model, _) = tiny_models(dir.path());
     let png = dir.path().join("out.png");
     // 4096x4096 is in range, but its attention (65,536 image tokens) outgrows this machine.
-    let err = fails(&[
-        "generate",
-        "--model",
+    let err = generate_fails(
         model.to_str().unwrap(),
-        "--prompt",
-        "a knight",
-        "--width",
-        "4096",
-        "--height",
-        "4096",
-        "--steps",
-        "1",
-        "--out",
-        png.to_str().unwrap(),
-    ]);
+        &png,
+        &["--width", "4096", "--height", "4096", "--steps", "1"],
+    );
     assert!(
         err.contains("4096x4096 needs about") && err.contains("GB of memory is available"),
         "{err}"
@@ -249,21 +219,11 @@ fn nan_weights_stop_the_run_at_the_first_step_instead_of_writing_black() {
     tensors.insert(name, poisoned);
     candle_core::safetensors::save(&tensors, &shard).unwrap();
     let png = dir.path().join("out.png");
-    let err = fails(&[
-        "generate",
-        "--model",
+    let err = generate_fails(
         model.to_str().unwrap(),
-        "--prompt",
-        "a knight",
-        "--width",
-        "64",
-        "--height",
-        "64",
-        "--steps",
-        "3",
-        "--out",
-        png.to_str().unwrap(),
-    ]);
+        &png,
+        &["--width", "64", "--height", "64", "--steps", "3"],
+    );
     assert!(
         err.contains("no longer finite after step 1 of 3") && err.contains("weights"),
         "{err}"

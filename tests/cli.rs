@@ -3,8 +3,7 @@
 use std::path::Path;
 mod common;
 
-use common::{charaboard, ok};
-use std::process::Output;
+use common::{charaboard, generate, ok};
 
 fn tiny_model(dir: &Path, schnell: bool) -> String {
     let model = dir.join(if schnell { "schnell" } else { "dev" });
@@ -20,20 +19,6 @@ fn tiny_model(dir: &Path, schnell: bool) -> String {
     }
     ok(&charaboard(&args));
     model.to_str().unwrap().to_string()
-}
-
-fn generate(model: &str, out: &Path, extra: &[&str]) -> Output {
-    let mut args = vec![
-        "generate",
-        "--model",
-        model,
-        "--prompt",
-        "a knight in a forest",
-        "--out",
-        out.to_str().unwrap(),
-    ];
-    args.extend_from_slice(extra);
-    charaboard(&args)
 }
 
 #[test]

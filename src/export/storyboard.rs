@@ -16,7 +16,7 @@ use super::text::TextRenderer;
 use crate::atomic_file::{save_png, write_atomic};
 use crate::consist::plan::Target;
 use crate::limits;
-use crate::project::images::{ImagesStore, RenderedImage};
+use crate::project::images::{not_current, ImagesStore, RenderedImage};
 use crate::project::model::Project;
 
 /// How the panel sheet is laid out.
@@ -276,14 +276,14 @@ pub fn export_all(
             store.dir().display()
         );
     }
-    let mut stale_panels = Vec::new();
-    for (i, image) in saved.iter().enumerate() {
-        if let Some(image) = image {
-            if !image.matches_project(project)? {
-                stale_panels.push(i);
-            }
-        }
-    }
+    let stale_panels: Vec<usize> =
+        not_current(project, &saved.iter().flatten().collect::<Vec<_>>())?
+            .into_iter()
+            .filter_map(|t| match t {
+                Target::Panel(i) => Some(i),
+                Target::Identity => None,
+            })
+            .collect();
     let mut shown = project.clone();
     if !stale_panels.is_empty() {
         match stale {

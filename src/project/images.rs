@@ -83,20 +83,36 @@ impl RenderedImage {
         plan.image(self.target)
             .is_some_and(|p| self.key.as_ref() == Some(&p.key))
     }
+}
 
-    /// Current for `project` as it is now, judged for the model and step count the image was
-    /// rendered with (an export loads no model). An image without a key, or one rendered from
-    /// a noise file, cannot be judged and is not current.
-    pub fn matches_project(&self, project: &Project) -> Result<bool> {
-        let Some(key) = &self.key else {
-            return Ok(false);
+/// Which of `images` are not current for `project` as it is now, each judged for the model and
+/// step count it was rendered with (an export loads no model): one plan per model met. An image
+/// without a key, or one rendered from a noise file, cannot be judged and is not current.
+pub fn not_current(project: &Project, images: &[&RenderedImage]) -> Result<Vec<Target>> {
+    let mut plans: Vec<(PlanModel, Plan)> = Vec::new();
+    let mut stale = Vec::new();
+    for image in images {
+        let Some(key) = &image.key else {
+            stale.push(image.target);
+            continue;
         };
         let model = PlanModel {
             key: key.model.clone(),
             default_steps: key.steps,
         };
-        Ok(self.is_current(&super::plan::plan(project, &model, None)?))
+        let plan = match plans.iter().position(|(m, _)| *m == model) {
+            Some(k) => &plans[k].1,
+            None => {
+                let plan = super::plan::plan(project, &model, None)?;
+                plans.push((model, plan));
+                &plans[plans.len() - 1].1
+            }
+        };
+        if !image.is_current(plan) {
+            stale.push(image.target);
+        }
     }
+    Ok(stale)
 }
 
 /// `{stem}.key.ron`.

@@ -2,7 +2,7 @@
 #![allow(dead_code)]
 
 use candle_core::{DType, Device, Tensor};
-use charaboard::pipeline::{generate, FluxModels, GenerateParams, NoiseSource};
+use charaboard::pipeline::{FluxModels, GenerateParams, NoiseSource};
 use charaboard::project::model::{IdentityShot, Panel, Project, RenderSettings, Scene};
 use charaboard::sampler::StepControl;
 use image::RgbImage;
@@ -15,6 +15,21 @@ pub fn charaboard(args: &[&str]) -> Output {
         .args(args)
         .output()
         .expect("runs")
+}
+
+/// `charaboard generate` of "a knight in a forest" with `model` into `out`, and `extra` flags.
+pub fn generate(model: &str, out: &Path, extra: &[&str]) -> Output {
+    let mut args = vec![
+        "generate",
+        "--model",
+        model,
+        "--prompt",
+        "a knight in a forest",
+        "--out",
+        out.to_str().unwrap(),
+    ];
+    args.extend_from_slice(extra);
+    charaboard(&args)
 }
 
 /// Asserts that a run succeeded, showing its stderr if not.
@@ -37,7 +52,7 @@ pub fn draw(model: &Path, seed: u64) -> RgbImage {
         guidance: 3.5,
         noise: NoiseSource::Seed(seed),
     };
-    generate(&mut models, &params, None, &mut |_| {
+    charaboard::pipeline::generate(&mut models, &params, None, &mut |_| {
         Ok(StepControl::Continue)
     })
     .unwrap()
