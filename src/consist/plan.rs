@@ -95,7 +95,7 @@ impl PlanModel {
     }
 }
 
-/// The initial noise as a key: a seed, or the content of a noise file (not its name).
+/// The initial noise as a key: a seed, or the values of a noise file (not its name).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum NoiseKey {
     Seed(u64),
@@ -103,14 +103,18 @@ pub enum NoiseKey {
 }
 
 impl NoiseKey {
-    fn of(noise: &NoiseSource) -> Result<Self> {
-        Ok(match noise {
+    /// The key of `shot`'s noise. A noise file is read once here, checked against the shot's
+    /// size (so one that does not fit a later scene fails before any image is rendered) and
+    /// keyed by its values.
+    fn of(shot: &Shot) -> Result<Self> {
+        Ok(match &shot.noise {
             NoiseSource::Seed(seed) => NoiseKey::Seed(*seed),
             NoiseSource::File(path) => {
+                let noise = crate::sampler::load_noise(path, shot.width, shot.height)?;
+                let values = noise.flatten_all()?.to_vec1::<f32>()?;
+                let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
                 NoiseKey::File {
-                    fnv64: fnv64(&std::fs::read(path).with_context(|| {
-                        format!("cannot read the noise file {}", path.display())
-                    })?),
+                    fnv64: fnv64(&bytes),
                 }
             }
         })
@@ -219,17 +223,15 @@ impl Plan {
     /// scene's size fails before the first image is rendered.
     pub fn new(settings: PlanSettings, identity: Shot, panels: Vec<PanelShot>) -> Result<Self> {
         let key_of = |target: Target, shot: &Shot, background, depends_on| -> Result<ImageKey> {
-            if let NoiseSource::File(path) = &shot.noise {
-                crate::sampler::load_noise(path, shot.width, shot.height)
-                    .with_context(|| format!("the noise of {}", target.label()))?;
-            }
+            let noise =
+                NoiseKey::of(shot).with_context(|| format!("the noise of {}", target.label()))?;
             Ok(ImageKey {
                 model: settings.model.clone(),
                 prompt: shot.prompt.clone(),
                 environment: shot.environment.clone(),
                 width: shot.width,
                 height: shot.height,
-                noise: NoiseKey::of(&shot.noise)?,
+                noise,
                 steps: settings.steps,
                 guidance: settings.guidance,
                 recipe: settings.recipe.clone(),
