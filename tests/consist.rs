@@ -12,7 +12,7 @@ use charaboard::consist::session::{ImageOutput, Outcome, RenderEvent, RenderOpti
 use charaboard::pipeline::{generate, FluxModels, GenerateParams, NoiseSource};
 use charaboard::project::model::Project;
 use charaboard::sampler::StepControl;
-use common::{knight_project, tiny_models, tiny_models_in, CLEARING};
+use common::{knight_project, tiny_models, CLEARING};
 use std::collections::BTreeMap;
 
 fn grid_from(rows: &[&str]) -> (Vec<bool>, Grid) {
@@ -290,24 +290,33 @@ fn identity_image_is_plain_flux_byte_for_byte() {
 
 #[test]
 fn a_panel_equal_to_the_identity_matches_every_foreground_token_to_itself() {
-    panel_equal_to_the_identity_matches_itself(DType::F32, 128, 12);
+    let dir = tempfile::tempdir().unwrap();
+    let (_, mut models) = tiny_models(dir.path());
+    let p = knight_project(vec![(0, "standing, front view")], vec![(CLEARING, false)]);
+    panel_equal_to_the_identity_matches_itself(&mut models, p);
 }
 
-/// The same in bf16, smaller: the bf16 CPU path rounds exactly as the identity's run did.
+/// The same in bf16, at 64x64 and 4 steps (the CPU's bf16 path is slower). On the random tiny
+/// models the mask hangs on text attention that barely prefers either span: in bf16 the
+/// knight's is empty on [`tiny_models`]' weights, so this is the courier of
+/// tests/render_cli.rs on `charaboard tiny-model`'s (seed 0), whose identity has a foreground.
 #[test]
 fn a_panel_equal_to_the_identity_matches_every_foreground_token_to_itself_in_bf16() {
-    panel_equal_to_the_identity_matches_itself(DType::BF16, 64, 4);
+    let dir = tempfile::tempdir().unwrap();
+    charaboard::models::tiny::write_repo(dir.path(), 0, false).unwrap();
+    let mut models = FluxModels::load(dir.path(), DType::BF16, &Device::Cpu).unwrap();
+    let empty = "in an empty background,";
+    let mut p = knight_project(vec![(0, "standing, front view")], vec![(empty, false)]);
+    p.character = "a courier girl with short black hair and a green jacket,".into();
+    p.identity.environment = empty.into();
+    (p.settings.width, p.settings.height, p.settings.steps) = (64, 64, Some(4));
+    panel_equal_to_the_identity_matches_itself(&mut models, p);
 }
 
-fn panel_equal_to_the_identity_matches_itself(dtype: DType, side: usize, steps: usize) {
-    let dir = tempfile::tempdir().unwrap();
-    let (_, mut models) = tiny_models_in(dir.path(), dtype);
-    let mut p = knight_project(vec![(0, "standing, front view")], vec![(CLEARING, false)]);
-    (p.settings.width, p.settings.height) = (side, side);
-    p.settings.steps = Some(steps);
+fn panel_equal_to_the_identity_matches_itself(models: &mut FluxModels, p: Project) {
     let out = render(
         &mut Renderer::default(),
-        &mut models,
+        models,
         &p,
         RenderRequest::All,
         None,

@@ -73,14 +73,9 @@ pub fn mean_abs(a: &RgbImage, b: &RgbImage) -> f64 {
 
 /// A tiny dev-style model in the Hugging Face layout under `dir/model`, and the same loaded.
 pub fn tiny_models(dir: &Path) -> (std::path::PathBuf, FluxModels) {
-    tiny_models_in(dir, DType::F32)
-}
-
-/// [`tiny_models`] loaded in `dtype`.
-pub fn tiny_models_in(dir: &Path, dtype: DType) -> (std::path::PathBuf, FluxModels) {
     let path = dir.join("model");
     charaboard::models::tiny::write_repo(&path, 21, false).unwrap();
-    let models = FluxModels::load(&path, dtype, &Device::Cpu).unwrap();
+    let models = FluxModels::load(&path, DType::F32, &Device::Cpu).unwrap();
     (path, models)
 }
 
