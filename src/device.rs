@@ -32,17 +32,53 @@ fn best_device() -> Result<Device> {
     Ok(Device::Cpu)
 }
 
-/// Parses `f32`, `bf16` or `f16`; `None` gives bf16 on GPUs and f32 on the CPU (whose bf16
-/// matmuls are no faster and lose precision).
+/// Parses `f32`, `bf16` or `f16`, refusing one the device cannot run (see [`refusal`]); `None`
+/// gives bf16 on GPUs that run it and f32 elsewhere (the CPU's bf16 matmuls widen to f32 each
+/// product, so they are slower, and lose precision).
 pub fn parse_dtype(spec: Option<&str>, device: &Device) -> Result<DType> {
-    match spec {
-        None if device.is_cpu() => Ok(DType::F32),
-        None => Ok(DType::BF16),
-        Some("f32") => Ok(DType::F32),
-        Some("bf16") => Ok(DType::BF16),
-        Some("f16") => Ok(DType::F16),
+    let cuda = cuda_compute_capability(device);
+    let dtype = match spec {
+        None if device.is_cpu() || refusal(DType::BF16, cuda).is_some() => DType::F32,
+        None => DType::BF16,
+        Some("f32") => DType::F32,
+        Some("bf16") => DType::BF16,
+        Some("f16") => DType::F16,
         Some(other) => bail!("unknown dtype `{other}`: expected f32, bf16 or f16"),
+    };
+    match refusal(dtype, cuda) {
+        Some(why) => bail!("{why}"),
+        None => Ok(dtype),
     }
+}
+
+/// Why `dtype` cannot run on a device whose CUDA compute capability is `cuda`, with what to use
+/// instead. `None` for the CPU, which runs all three, and for Metal, whose bf16 kernels need
+/// macOS 14 (Metal 3.1), which this check cannot see.
+pub fn refusal(dtype: DType, cuda: Option<(i32, i32)>) -> Option<String> {
+    match (dtype, cuda) {
+        // candle-kernels compiles its bf16 kernels for compute capability 8.0 (Ampere) and up.
+        (DType::BF16, Some((major, minor))) if major < 8 => Some(format!(
+            "bf16 needs a CUDA GPU of compute capability 8.0 or newer, and this one is \
+             {major}.{minor}: use --dtype f32, or --dtype f16 with --text-on-cpu (an f16 run \
+             encodes text in bf16, as T5 overflows in f16)"
+        )),
+        _ => None,
+    }
+}
+
+fn cuda_compute_capability(device: &Device) -> Option<(i32, i32)> {
+    #[cfg(feature = "cuda")]
+    if let Device::Cuda(cuda) = device {
+        return cuda.cuda_stream().context().compute_capability().ok();
+    }
+    let _ = device;
+    None
+}
+
+/// Whether `device` has a convolution kernel for `dtype`. candle's CPU convolution multiplies
+/// through a gemm without bf16, so the VAE widens bf16 products to f32 there (`vae::conv`).
+pub fn has_native_conv(device: &Device, dtype: DType) -> bool {
+    !(device.is_cpu() && dtype == DType::BF16)
 }
 
 /// Bytes of device memory in use on the whole card (total minus free, as the driver reports

@@ -24,6 +24,7 @@ pub struct FluxModels {
     pub dtype: DType,
     pub device: Device,
     transformer_bytes: usize,
+    vae_bytes: usize,
 }
 
 impl FluxModels {
@@ -53,7 +54,7 @@ impl FluxModels {
         device: &Device,
         text: TextOptions,
     ) -> Result<Self> {
-        let ((transformer, transformer_bytes), tokenizers, (ae, vae_bytes), scheduler) =
+        let ((transformer, transformer_bytes), tokenizers, (vae, vae_bytes), scheduler) =
             match source {
                 ModelSource::Repo(layout) => {
                     let transformer = load::transformer::from_repo(layout, dtype, device)?;
@@ -86,11 +87,12 @@ impl FluxModels {
             transformer,
             text: PromptEncoder::load(source, dtype, device, text)?,
             tokenizers,
-            vae: Vae::new(ae, vae_bytes),
+            vae,
             scheduler,
             dtype,
             device: device.clone(),
             transformer_bytes,
+            vae_bytes,
         })
     }
 
@@ -100,7 +102,7 @@ impl FluxModels {
         let (t5, clip) = self.text.bytes_on(&self.device);
         vec![
             ("transformer", self.transformer_bytes),
-            ("vae", self.vae.bytes()),
+            ("vae", self.vae_bytes),
             ("t5", t5),
             ("clip", clip),
         ]

@@ -10,7 +10,7 @@ use charaboard::export::pdf::Paper;
 use charaboard::export::storyboard::{export_all, SheetOptions, StalePanels};
 use charaboard::project::{self, ImagesStore};
 use charaboard::worker::{Event, Job, Worker};
-use common::{charaboard, generate, ok, tiny_models};
+use common::{assert_mentions, charaboard, generate, ok, tiny_models};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -139,6 +139,26 @@ fn every_number_has_a_range_checked_before_the_model_loads() {
         err.contains("columns must be from 1 to 12, found 1000"),
         "{err}"
     );
+}
+
+/// A dtype the device cannot run is refused when the flags are read, with what to use instead:
+/// bf16 below CUDA compute capability 8.0 (no GPU here, so the rule is checked on its own), and
+/// no dtype on the CPU, where bf16 runs (and is tested in tests/render_cli.rs).
+#[test]
+fn a_dtype_the_device_cannot_run_is_refused_with_what_to_use_instead() {
+    use charaboard::device::{parse_dtype, refusal};
+    let turing = refusal(DType::BF16, Some((7, 5))).expect("bf16 on compute capability 7.5");
+    assert_mentions(&turing, &["compute capability 8.0", "7.5", "--dtype f32"]);
+    assert_eq!(refusal(DType::BF16, Some((8, 0))), None);
+    assert_eq!(refusal(DType::F16, Some((7, 5))), None);
+    for dtype in [DType::F32, DType::BF16, DType::F16] {
+        assert_eq!(refusal(dtype, None), None, "{dtype:?} on the CPU");
+    }
+    assert_eq!(
+        parse_dtype(Some("bf16"), &Device::Cpu).unwrap(),
+        DType::BF16
+    );
+    assert_eq!(parse_dtype(None, &Device::Cpu).unwrap(), DType::F32);
 }
 
 #[test]

@@ -31,10 +31,7 @@ const TXT: usize = 7;
 
 fn fixture(cfg: &FluxConfig) -> anyhow::Result<Fixture> {
     let dev = Device::Cpu;
-    let weights = tiny::transformer_weights(cfg, 11)?;
-    let vb = VarBuilder::from_tensors(weights.into_iter().collect(), DType::F32, &dev);
-    let ours = Flux::new(cfg, vb.clone())?;
-    let theirs = candle_transformers::models::flux::model::Flux::new(cfg, vb)?;
+    let (ours, theirs) = transformers(cfg, DType::F32)?;
     let img = Tensor::randn(0f32, 1., (1, IMG_H * IMG_W, cfg.in_channels), &dev)?;
     let txt = Tensor::randn(0f32, 1., (1, TXT, cfg.context_in_dim), &dev)?;
     let pooled = Tensor::randn(0f32, 1., (1, cfg.vec_in_dim), &dev)?;
@@ -59,7 +56,38 @@ fn fixture(cfg: &FluxConfig) -> anyhow::Result<Fixture> {
     })
 }
 
+/// Ours and candle-transformers' FLUX on the same tiny weights, in `dtype`.
+fn transformers(
+    cfg: &FluxConfig,
+    dtype: DType,
+) -> anyhow::Result<(Flux, candle_transformers::models::flux::model::Flux)> {
+    let weights = tiny::transformer_weights(cfg, 11)?;
+    let vb = VarBuilder::from_tensors(weights.into_iter().collect(), dtype, &Device::Cpu);
+    let ours = Flux::new(cfg, vb.clone())?;
+    Ok((
+        ours,
+        candle_transformers::models::flux::model::Flux::new(cfg, vb)?,
+    ))
+}
+
 impl Fixture {
+    /// The same weights and inputs, rounded to `dtype`.
+    fn in_dtype(&self, cfg: &FluxConfig, dtype: DType) -> anyhow::Result<Fixture> {
+        let (ours, theirs) = transformers(cfg, dtype)?;
+        let (img_ids, txt_ids) = (self.img_ids.to_dtype(dtype)?, self.txt_ids.to_dtype(dtype)?);
+        Ok(Fixture {
+            pe: ours.rope_table(&txt_ids, &img_ids)?,
+            ours,
+            theirs,
+            img: self.img.to_dtype(dtype)?,
+            txt: self.txt.to_dtype(dtype)?,
+            pooled: self.pooled.to_dtype(dtype)?,
+            img_ids,
+            txt_ids,
+            layout: self.layout,
+        })
+    }
+
     fn ours(&self, hook: Option<&mut dyn AttentionHook>) -> Result<Tensor> {
         let input = StepInput {
             img: &self.img,
@@ -88,9 +116,13 @@ impl Fixture {
     }
 }
 
-/// Max |a - b| relative to max |b|.
+/// Max |a - b| relative to max |b|, in f32.
 fn rel_diff(a: &Tensor, b: &Tensor) -> f32 {
-    max_abs(&(a - b).unwrap()) / max_abs(b)
+    let (a, b) = (
+        a.to_dtype(DType::F32).unwrap(),
+        b.to_dtype(DType::F32).unwrap(),
+    );
+    max_abs(&(a - &b).unwrap()) / max_abs(&b)
 }
 
 #[test]
@@ -102,6 +134,35 @@ fn hooks_off_equals_candle_flux_dev_and_schnell() -> anyhow::Result<()> {
         let d = rel_diff(&ours, &theirs);
         assert!(d <= 1e-4, "schnell={schnell}: relative max difference {d}");
         assert!(max_abs(&theirs) > 0.1, "degenerate output");
+    }
+    Ok(())
+}
+
+/// bf16, as GPUs run it: both transformers on bf16 weights and inputs (the CPU's matrix products
+/// widen each to f32 and round the result, as a GPU's bf16 GEMM accumulates in f32). They run
+/// the same operations, so they differ only where the order of rounding does: a few bf16 ulps
+/// (2^-8 = 0.4% each) relative to the output's scale. Against f32 the whole model's rounding
+/// shows: bf16 moves the output by a few percent of its scale, no more.
+#[test]
+fn hooks_off_equals_candle_flux_in_bf16() -> anyhow::Result<()> {
+    for schnell in [false, true] {
+        let cfg = tiny::flux_config(schnell);
+        let exact = fixture(&cfg)?;
+        let bf16 = exact.in_dtype(&cfg, DType::BF16)?;
+        let (ours, theirs) = (bf16.ours(None)?, bf16.theirs()?);
+        assert_eq!(ours.dtype(), DType::BF16);
+        let d = rel_diff(&ours, &theirs);
+        let rounding = rel_diff(&ours, &exact.theirs()?);
+        eprintln!("schnell={schnell}: ours vs candle in bf16 {d:.2e}, bf16 vs f32 {rounding:.2e}");
+        assert!(d <= 2e-2, "schnell={schnell}: relative max difference {d}");
+        assert!(
+            rounding <= 3e-2,
+            "schnell={schnell}: bf16 vs f32 {rounding}"
+        );
+        assert!(
+            rounding > 0.0,
+            "schnell={schnell}: bf16 computed exactly what f32 did"
+        );
     }
     Ok(())
 }

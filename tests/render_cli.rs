@@ -193,3 +193,118 @@ fn import_turns_reference_prompt_files_into_projects() {
     assert_eq!(second.panels.len(), 1);
     assert!(!out_dir.join("prompts-bg_fg-03.ron").exists());
 }
+
+/// [`PROJECT`] at 64x64 and 4 steps: the CPU's bf16 path widens every product to f32, so it is
+/// several times slower than f32.
+fn small_project() -> String {
+    PROJECT
+        .replace("width: Some(96)", "width: Some(48)")
+        .replace(
+            "settings: (width: 128, height: 128, steps: Some(6))",
+            "settings: (width: 64, height: 64, steps: Some(4))",
+        )
+}
+
+/// The fraction of equal elements of two u8 or i64 tensors of one shape.
+fn agreement(a: &candle_core::Tensor, b: &candle_core::Tensor) -> f64 {
+    let equal = a.eq(b).unwrap().to_dtype(candle_core::DType::F32).unwrap();
+    equal.mean_all().unwrap().to_scalar::<f32>().unwrap() as f64
+}
+
+/// Kept matches as panel token -> identity token.
+fn matches(dump: &std::collections::HashMap<String, candle_core::Tensor>) -> Vec<(i64, i64)> {
+    let panel = dump["match_panel_idx"].to_vec1::<i64>().unwrap();
+    let identity = dump["match_identity_idx"].to_vec1::<i64>().unwrap();
+    panel.into_iter().zip(identity).collect()
+}
+
+/// bf16 on the CPU renders a whole storyboard (the bank, masks, matching, token merge, overlays,
+/// the sheet) and exports it; how far it moves each image's mask, matches and latents from the
+/// f32 render is printed (README's dtype figures come from
+/// `cargo test --release --test render_cli bf16 -- --nocapture`), the latents' bounded.
+#[test]
+fn bf16_renders_and_exports_a_storyboard_near_its_f32_render() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = dir.path().join("model");
+    ok(&charaboard(&[
+        "tiny-model",
+        "--out",
+        model.to_str().unwrap(),
+    ]));
+    let render = |dtype: &str| {
+        let project = dir.path().join(dtype).join("courier.ron");
+        std::fs::create_dir_all(project.parent().unwrap()).unwrap();
+        std::fs::write(&project, small_project()).unwrap();
+        let (project, model) = (project.to_str().unwrap(), model.to_str().unwrap());
+        ok(&charaboard(&[
+            "render", project, "--model", model, "--dtype", dtype,
+        ]));
+        dir.path().join(dtype).join("courier.images")
+    };
+    let (exact, bf16) = (render("f32"), render("bf16"));
+    let dump = |images: &std::path::Path, stem: &str| {
+        candle_core::safetensors::load(
+            images.join(format!("{stem}.safetensors")),
+            &candle_core::Device::Cpu,
+        )
+        .unwrap()
+    };
+    for stem in ["identity", "panel-01", "panel-02", "panel-03", "panel-04"] {
+        let (a, b) = (dump(&exact, stem), dump(&bf16, stem));
+        let mask = agreement(&a["fg_mask"], &b["fg_mask"]);
+        let (la, lb) = (&a["latents"], &b["latents"]);
+        let scale = common::max_abs(la);
+        let latents_max = common::max_abs_diff(la, lb) / scale;
+        let mean_abs = |t: &candle_core::Tensor| {
+            t.abs()
+                .unwrap()
+                .mean_all()
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap()
+        };
+        let latents_mean = mean_abs(&(la - lb).unwrap()) / mean_abs(la);
+        let mut line = format!(
+            "{stem}: mask {:.1}% of tokens alike; latents max |diff| {:.1}% of max |f32|, \
+             mean {:.1}% of mean",
+            100.0 * mask,
+            100.0 * latents_max,
+            100.0 * latents_mean
+        );
+        if stem != "identity" {
+            let (ma, mb) = (matches(&a), matches(&b));
+            let alike = ma.iter().filter(|m| mb.contains(m)).count();
+            line += &format!(
+                "; matches: f32 keeps {}, bf16 {}, {alike} alike",
+                ma.len(),
+                mb.len()
+            );
+            assert!(
+                bf16.join(format!("{stem}-matches.png")).is_file(),
+                "{stem} overlay"
+            );
+        }
+        println!("{line}");
+        assert!(bf16.join(format!("{stem}-mask.png")).is_file(), "{stem}");
+        // The random tiny model's masks and matches hang on attention that barely prefers a
+        // span, so bf16 may flip them (README, "Dtypes"); its latents move by about a fifth.
+        assert_eq!(a["fg_mask"].dims(), b["fg_mask"].dims(), "{stem}");
+        assert!(
+            latents_mean > 0.0,
+            "{stem}: bf16 computed exactly what f32 did"
+        );
+        assert!(latents_mean <= 0.35, "{stem}: latents moved {latents_mean}");
+    }
+    assert!(bf16.join("sheet.png").is_file());
+    let out = dir.path().join("export");
+    let project = dir.path().join("bf16").join("courier.ron");
+    let exported = charaboard(&[
+        "export",
+        project.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    ok(&exported);
+    let listed = String::from_utf8_lossy(&exported.stdout);
+    assert!(listed.lines().any(|l| l.ends_with(".pdf")), "{listed}");
+}

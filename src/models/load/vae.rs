@@ -1,8 +1,7 @@
-//! FLUX's VAE from a diffusers `vae/` folder or BFL's single-file `ae.safetensors`.
+//! FLUX's VAE decoder from a diffusers `vae/` folder or BFL's single-file `ae.safetensors`.
 
 use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device};
-use candle_transformers::models::flux::autoencoder::AutoEncoder;
 use std::path::Path;
 
 use crate::models::configs;
@@ -11,22 +10,23 @@ use crate::models::infer::{self, Shapes};
 use crate::models::layout::RepoLayout;
 use crate::models::names::vae_source;
 use crate::models::store::{plain_var_builder, RemappedBackend, TensorStore};
+use crate::vae::Vae;
 
-/// The VAE of a repository folder (diffusers names), and the bytes of its weights.
-pub fn from_repo(layout: &RepoLayout, dtype: DType, dev: &Device) -> Result<(AutoEncoder, usize)> {
+/// The VAE decoder of a repository folder (diffusers names), and the bytes of its weights.
+pub fn from_repo(layout: &RepoLayout, dtype: DType, dev: &Device) -> Result<(Vae, usize)> {
     let cfg = configs::vae_from_json(&layout.vae.config)?;
     let levels = cfg.ch_mult.len();
     let store = TensorStore::open(&layout.vae.weights)?;
     let (vb, loaded) = RemappedBackend::new(store, move |name| vae_source(name, levels))
         .into_var_builder(dtype, dev);
-    let ae = AutoEncoder::new(&cfg, vb)
+    let vae = Vae::new(&cfg, vb)
         .with_context(|| format!("loading the VAE from {}", layout.vae.dir.display()))?;
-    Ok((ae, loaded.get()))
+    Ok((vae, loaded.get()))
 }
 
 /// BFL's single-file `ae.safetensors`, its config inferred from the tensor shapes, and the
 /// bytes of its weights.
-pub fn from_file(path: &Path, dtype: DType, dev: &Device) -> Result<(AutoEncoder, usize)> {
+pub fn from_file(path: &Path, dtype: DType, dev: &Device) -> Result<(Vae, usize)> {
     let store = TensorStore::open(&[path.to_path_buf()])?;
     let kind = classify_store(path, &store)?;
     if kind != FileKind::VaeBfl {
@@ -38,7 +38,7 @@ pub fn from_file(path: &Path, dtype: DType, dev: &Device) -> Result<(AutoEncoder
     }
     let cfg = infer::vae_config(&Shapes::new(path, &store, &kind))?;
     let (vb, loaded) = plain_var_builder(store, dtype, dev);
-    let ae = AutoEncoder::new(&cfg, vb)
-        .with_context(|| format!("loading the VAE from {}", path.display()))?;
-    Ok((ae, loaded.get()))
+    let vae =
+        Vae::new(&cfg, vb).with_context(|| format!("loading the VAE from {}", path.display()))?;
+    Ok((vae, loaded.get()))
 }

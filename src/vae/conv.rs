@@ -1,0 +1,56 @@
+//! The VAE's convolution, run in the weights' dtype on every device.
+//!
+//! candle's CPU convolution has no bf16 kernel (it multiplies through a gemm that lacks one),
+//! so where [`device::has_native_conv`] says the device cannot convolve a dtype, the operands
+//! are widened to f32 for the product and the result narrowed back: what candle's CPU matmul
+//! does for bf16, and what a GPU's bf16 convolution (cuDNN's pseudo-bf16: bf16 data, f32
+//! accumulation) computes. Weights and activations stay in the run's dtype either way.
+
+use candle_core::{DType, Module, Result, Tensor};
+use candle_nn::{Conv2dConfig, VarBuilder};
+
+use crate::device;
+
+/// A 2-D convolution with bias, loaded from `weight` and `bias` under its prefix.
+#[derive(Debug, Clone)]
+pub struct Conv {
+    inner: candle_nn::Conv2d,
+}
+
+impl Conv {
+    pub fn new(
+        in_channels: usize,
+        out_channels: usize,
+        kernel: usize,
+        padding: usize,
+        vb: VarBuilder,
+    ) -> Result<Self> {
+        let cfg = Conv2dConfig {
+            padding,
+            ..Default::default()
+        };
+        let inner = candle_nn::conv2d(in_channels, out_channels, kernel, cfg, vb)?;
+        Ok(Self { inner })
+    }
+}
+
+impl Module for Conv {
+    fn forward(&self, xs: &Tensor) -> Result<Tensor> {
+        if device::has_native_conv(xs.device(), xs.dtype()) {
+            return self.inner.forward(xs);
+        }
+        let cfg = self.inner.config();
+        let wide = xs.to_dtype(DType::F32)?.conv2d(
+            &self.inner.weight().to_dtype(DType::F32)?,
+            cfg.padding,
+            cfg.stride,
+            cfg.dilation,
+            cfg.groups,
+        )?;
+        let ys = wide.to_dtype(xs.dtype())?;
+        match self.inner.bias() {
+            None => Ok(ys),
+            Some(bias) => ys.broadcast_add(&bias.reshape((1, bias.dims1()?, 1, 1))?),
+        }
+    }
+}
