@@ -1,5 +1,6 @@
 //! Lockstep rendering (`--bank recompute`) gives the banked mode's images: every scene mode,
-//! panels of another size than the identity, dev and schnell, a re-roll of one panel.
+//! panels of another size than the identity, dev and schnell, a re-roll of one panel; and so
+//! does the bank in host memory (`--bank host`).
 
 mod common;
 
@@ -189,4 +190,14 @@ fn lockstep_gives_the_banked_images_with_schnell() {
         4,
     );
     assert_same(&banked, &lockstep);
+    // The bank in host memory gives the same images too (on the CPU host and device are one).
+    let host = render(
+        &mut Renderer::default(),
+        &mut models,
+        &p,
+        RenderRequest::All,
+        BankMode::Host,
+        1,
+    );
+    assert_same(&banked, &host);
 }
