@@ -210,7 +210,7 @@ fn slices_rendered_by_two_processes_from_one_bank_file_equal_one_render_of_all()
     ]));
     let project = dir.path().join("courier.ron");
     let small = PROJECT
-        .replace("width: 128, height: 128", "width: 64, height: 64")
+        .replace("width: 128, height: 128", "width: 32, height: 32")
         .replace("width: Some(96)", "width: Some(48)");
     std::fs::write(&project, &small).unwrap();
     let bank = dir.path().join("shared").join("courier.bank");
