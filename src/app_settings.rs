@@ -13,6 +13,7 @@ use ron::extensions::Extensions;
 use ron::ser::PrettyConfig;
 use serde::{Deserialize, Serialize};
 
+use crate::consist::session::BankMode;
 use crate::project::model::RenderSettings;
 
 /// Overrides the folder that holds `charaboard/settings.ron`, so tests (and portable installs)
@@ -38,6 +39,8 @@ pub struct AppSettings {
     pub defaults: RenderSettings,
     /// Columns of the contact sheet.
     pub sheet_columns: usize,
+    /// Where the identity's bank lives while rendering (the images are the same in every mode).
+    pub bank: BankMode,
 }
 
 impl Default for AppSettings {
@@ -49,6 +52,7 @@ impl Default for AppSettings {
             recent_projects: Vec::new(),
             defaults: RenderSettings::default(),
             sheet_columns: 3,
+            bank: BankMode::Device,
         }
     }
 }

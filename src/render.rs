@@ -17,8 +17,8 @@ pub struct RenderJob<'a> {
     pub request: RenderRequest,
     /// `None` keeps the images in memory only.
     pub store: Option<&'a ImagesStore>,
-    /// Decode a preview every this many steps.
-    pub preview_every: Option<usize>,
+    /// Previews, the bank mode and the lockstep batch.
+    pub options: RenderOptions,
 }
 
 /// What a running job reports.
@@ -51,9 +51,7 @@ pub fn run(
     job: &RenderJob,
     on_progress: &mut dyn FnMut(Progress) -> StepControl,
 ) -> Ended {
-    let options = RenderOptions {
-        preview_every: job.preview_every,
-    };
+    let options = &job.options;
     let _lock = match job.store.map(ImagesStore::lock).transpose() {
         Ok(lock) => lock,
         Err(error) => {
@@ -65,40 +63,46 @@ pub fn run(
     };
     let mut current: Option<Target> = None;
     let mut write_failure: Option<(Target, Error)> = None;
-    let outcome = renderer.render(models, job.plan, job.request, &options, &mut |event| {
-        let report = match event {
-            RenderEvent::Started(target) => {
-                current = Some(target);
-                Progress::Started(target)
-            }
-            RenderEvent::Step(step) => Progress::Step(step),
-            RenderEvent::Finished { output, identity } => {
-                current = None;
-                let Some(planned) = job.plan.image(output.target) else {
-                    write_failure = Some((
-                        output.target,
-                        anyhow::anyhow!("internal: an image the plan does not have"),
-                    ));
-                    return StepControl::Cancel;
-                };
-                let files = match job.store {
-                    Some(store) => match store.write(output, identity, planned) {
-                        Ok(files) => files,
-                        Err(e) => {
-                            write_failure = Some((output.target, e));
-                            return StepControl::Cancel;
-                        }
-                    },
-                    None => vec![],
-                };
-                Progress::Finished {
-                    image: Box::new(RenderedImage::new(output, planned)),
-                    files,
+    let outcome = renderer.render(
+        models,
+        job.plan,
+        job.request.clone(),
+        options,
+        &mut |event| {
+            let report = match event {
+                RenderEvent::Started(target) => {
+                    current = Some(target);
+                    Progress::Started(target)
                 }
-            }
-        };
-        on_progress(report)
-    });
+                RenderEvent::Step(step) => Progress::Step(step),
+                RenderEvent::Finished { output, identity } => {
+                    current = None;
+                    let Some(planned) = job.plan.image(output.target) else {
+                        write_failure = Some((
+                            output.target,
+                            anyhow::anyhow!("internal: an image the plan does not have"),
+                        ));
+                        return StepControl::Cancel;
+                    };
+                    let files = match job.store {
+                        Some(store) => match store.write(output, identity, planned) {
+                            Ok(files) => files,
+                            Err(e) => {
+                                write_failure = Some((output.target, e));
+                                return StepControl::Cancel;
+                            }
+                        },
+                        None => vec![],
+                    };
+                    Progress::Finished {
+                        image: Box::new(RenderedImage::new(output, planned)),
+                        files,
+                    }
+                }
+            };
+            on_progress(report)
+        },
+    );
     if let Some((target, error)) = write_failure {
         return Ended::Failed {
             target: Some(target),

@@ -8,7 +8,7 @@ use serde::Deserialize;
 use std::path::Path;
 
 use crate::flux::hook::reborrow;
-use crate::flux::{AttentionHook, Flux, StepInput, TokenLayout};
+use crate::flux::{AttentionHook, Flux, LockstepInput, StepInput, TokenLayout};
 
 /// The shift parameters of diffusers' `FlowMatchEulerDiscreteScheduler` (scheduler_config.json).
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -288,35 +288,98 @@ pub fn denoise_from(
     mut hook: Option<&mut dyn AttentionHook>,
     on_step: &mut dyn FnMut(&StepReport) -> Result<StepControl>,
 ) -> Result<Denoised> {
-    let dev = run.img.device();
-    let guidance = Tensor::full(guidance as f32, 1, dev)?;
-    let steps = sigmas.len().saturating_sub(1);
-    let mut img = img;
-    for (step, pair) in sigmas.windows(2).enumerate().skip(first) {
-        let (t_curr, t_prev) = (pair[0], pair[1]);
-        let t = Tensor::full(t_curr as f32, 1, dev)?;
-        let velocity = model.forward(
-            &run.step_input(&img),
-            &t,
-            Some(&guidance),
-            step,
-            reborrow(&mut hook),
-        )?;
-        let next = (&img + (&velocity * (t_prev - t_curr))?)?;
-        check_finite(&next, step, steps)?;
-        let report = StepReport {
-            step,
-            steps,
-            sigma: t_curr,
-            latents: &img,
-            velocity: &velocity,
-            next: &next,
+    let mut runs = [LockstepRun {
+        run,
+        sigmas,
+        first,
+        end: sigmas.len().saturating_sub(1),
+        img,
+        hook: reborrow(&mut hook),
+    }];
+    match denoise_lockstep(model, &mut runs, guidance, &mut |_, r| on_step(r))? {
+        Lockstep::Done => Ok(Denoised::Done(runs[0].img.clone())),
+        Lockstep::Cancelled(steps) => Ok(Denoised::Cancelled(steps)),
+    }
+}
+
+/// One run of a lockstep batch: it takes steps `first..end` of its schedule.
+pub struct LockstepRun<'a> {
+    pub run: &'a RunInputs,
+    pub sigmas: &'a [f64],
+    pub first: usize,
+    pub end: usize,
+    /// The latents before step `first`; after the loop, the latents after its last step.
+    pub img: Tensor,
+    pub hook: Option<&'a mut dyn AttentionHook>,
+}
+
+/// How a lockstep batch ended.
+pub enum Lockstep {
+    Done,
+    /// Cancelled after this many steps (of the step index).
+    Cancelled(usize),
+}
+
+/// Euler integration of several runs at once: at every step index each run whose window holds
+/// it goes through one [`Flux::forward_lockstep`] with the others, in the order of `runs`, so
+/// a run's hook can read what the hooks of earlier runs saw in the same block. Each run
+/// computes what [`denoise_from`] computes for it alone. `on_step(i, report)` follows every
+/// step of run `i`.
+pub fn denoise_lockstep(
+    model: &Flux,
+    runs: &mut [LockstepRun],
+    guidance: f64,
+    on_step: &mut dyn FnMut(usize, &StepReport) -> Result<StepControl>,
+) -> Result<Lockstep> {
+    let Some(dev) = runs.first().map(|r| r.run.img.device().clone()) else {
+        return Ok(Lockstep::Done);
+    };
+    let guidance = Tensor::full(guidance as f32, 1, &dev)?;
+    let first = runs.iter().map(|r| r.first).min().unwrap_or(0);
+    let end = runs.iter().map(|r| r.end).max().unwrap_or(0);
+    for step in first..end {
+        let active: Vec<usize> = (0..runs.len())
+            .filter(|&i| (runs[i].first..runs[i].end).contains(&step))
+            .collect();
+        let times = active
+            .iter()
+            .map(|&i| Tensor::full(runs[i].sigmas[step] as f32, 1, &dev))
+            .collect::<candle_core::Result<Vec<_>>>()?;
+        let velocities = {
+            let mut inputs: Vec<LockstepInput> = runs
+                .iter_mut()
+                .enumerate()
+                .filter(|(i, _)| active.contains(i))
+                .zip(&times)
+                .map(|((_, r), t)| LockstepInput {
+                    input: r.run.step_input(&r.img),
+                    t,
+                    step,
+                    hook: reborrow(&mut r.hook),
+                })
+                .collect();
+            model.forward_lockstep(&mut inputs, Some(&guidance))?
         };
-        let control = on_step(&report)?;
-        img = next;
-        if control == StepControl::Cancel {
-            return Ok(Denoised::Cancelled(step + 1));
+        for (&i, velocity) in active.iter().zip(&velocities) {
+            let r = &mut runs[i];
+            let (t_curr, t_prev) = (r.sigmas[step], r.sigmas[step + 1]);
+            let steps = r.sigmas.len().saturating_sub(1);
+            let next = (&r.img + (velocity * (t_prev - t_curr))?)?;
+            check_finite(&next, step, steps)?;
+            let report = StepReport {
+                step,
+                steps,
+                sigma: t_curr,
+                latents: &r.img,
+                velocity,
+                next: &next,
+            };
+            let control = on_step(i, &report)?;
+            r.img = next;
+            if control == StepControl::Cancel {
+                return Ok(Lockstep::Cancelled(step + 1));
+            }
         }
     }
-    Ok(Denoised::Done(img))
+    Ok(Lockstep::Done)
 }

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 
 use crate::consist::plan::{Plan, PlanModel, RenderRequest, Target};
-use crate::consist::session::{ImageStep, Renderer};
+use crate::consist::session::{ImageStep, RenderOptions, Renderer};
 use crate::device::{parse_device, parse_dtype};
 use crate::pipeline::FluxModels;
 use crate::project::images::{ImagesStore, RenderedImage};
@@ -30,7 +30,7 @@ pub enum Job {
         plan: Box<Plan>,
         request: RenderRequest,
         store: Option<ImagesStore>,
-        preview_every: Option<usize>,
+        options: RenderOptions,
     },
     CreateTinyModel {
         dir: PathBuf,
@@ -223,7 +223,7 @@ impl State {
                 plan,
                 request,
                 store,
-                preview_every,
+                options,
             } => {
                 let models = self
                     .models
@@ -234,7 +234,7 @@ impl State {
                     plan: &plan,
                     request,
                     store: store.as_ref(),
-                    preview_every,
+                    options,
                 };
                 let ended = render::run(&mut self.renderer, models, &job, &mut |progress| {
                     send(match progress {

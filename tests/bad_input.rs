@@ -6,6 +6,7 @@ mod common;
 
 use candle_core::{DType, Device, Tensor};
 use charaboard::consist::plan::{PlanModel, RenderRequest};
+use charaboard::consist::session::RenderOptions;
 use charaboard::export::pdf::Paper;
 use charaboard::export::storyboard::{export_all, SheetOptions, StalePanels};
 use charaboard::project::{self, ImagesStore};
@@ -387,7 +388,7 @@ fn a_panic_inside_a_render_is_reported_and_the_worker_keeps_working() {
         plan: Box::new(plan.clone()),
         request: RenderRequest::All,
         store: Some(ImagesStore::beside(&path)),
-        preview_every: None,
+        options: RenderOptions::default(),
     };
     armed.store(true, Ordering::SeqCst);
     worker.send(render());

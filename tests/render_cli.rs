@@ -308,3 +308,116 @@ fn bf16_renders_and_exports_a_storyboard_near_its_f32_render() {
     let listed = String::from_utf8_lossy(&exported.stdout);
     assert!(listed.lines().any(|l| l.ends_with(".pdf")), "{listed}");
 }
+
+/// PNG bytes of `stem` in an images folder.
+fn png(images: &std::path::Path, stem: &str) -> Vec<u8> {
+    std::fs::read(images.join(format!("{stem}.png"))).unwrap()
+}
+
+#[test]
+fn slices_rendered_by_two_processes_from_one_bank_file_equal_one_render_of_all() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = dir.path().join("model");
+    ok(&charaboard(&[
+        "tiny-model",
+        "--out",
+        model.to_str().unwrap(),
+    ]));
+    let project = dir.path().join("courier.ron");
+    let small = PROJECT
+        .replace("width: 128, height: 128", "width: 32, height: 32")
+        .replace("width: Some(96)", "width: Some(48)");
+    std::fs::write(&project, &small).unwrap();
+    let bank = dir.path().join("shared").join("courier.bank");
+    std::fs::create_dir_all(bank.parent().unwrap()).unwrap();
+    let render = |out: &str, extra: &[&str]| {
+        let out_dir = dir.path().join(out);
+        let mut args = vec![
+            "render",
+            project.to_str().unwrap(),
+            "--model",
+            model.to_str().unwrap(),
+            "--out",
+            out_dir.to_str().unwrap(),
+        ];
+        args.extend_from_slice(extra);
+        let run = charaboard(&args);
+        ok(&run);
+        (out_dir, String::from_utf8_lossy(&run.stderr).to_string())
+    };
+    let bank_arg = bank.to_str().unwrap();
+    let (all, _) = render("all", &[]);
+    // Process A computes the identity and writes the bank; panel 3 follows panel 2's background,
+    // so A renders panel 2 too.
+    let (a, _) = render("a", &["--panels", "1,3", "--bank-file", bank_arg]);
+    assert!(bank.is_file() && a.join("identity.png").is_file());
+    // Process B reuses the bank: it renders no identity.
+    let (b, note) = render("b", &["--panels", "2-2,4", "--bank-file", bank_arg]);
+    assert!(!b.join("identity.png").exists(), "{note}");
+    assert!(!b.join("panel-01.png").exists() && !b.join("panel-03.png").exists());
+    for (slice, stem) in [
+        (&a, "panel-01"),
+        (&a, "panel-03"),
+        (&b, "panel-02"),
+        (&b, "panel-04"),
+    ] {
+        assert!(png(slice, stem) == png(&all, stem), "{stem}");
+    }
+    assert!(png(&a, "identity") == png(&all, "identity"));
+
+    // A cut-short bank file is named, ignored, computed again and written whole.
+    let bytes = std::fs::read(&bank).unwrap();
+    std::fs::write(&bank, &bytes[..bytes.len() / 2]).unwrap();
+    let (c, note) = render("c", &["--panels", "4", "--bank-file", bank_arg]);
+    assert!(
+        note.contains("is damaged") && note.contains("courier.bank"),
+        "{note}"
+    );
+    assert!(c.join("identity.png").is_file() && png(&c, "panel-04") == png(&all, "panel-04"));
+    assert_eq!(
+        std::fs::read(&bank).unwrap().len(),
+        bytes.len(),
+        "rewritten whole"
+    );
+
+    // A bank of another identity is refused by its key, with what differs.
+    std::fs::write(&project, small.replace("short black hair", "long red hair")).unwrap();
+    let (d, note) = render("d", &["--panels", "1", "--bank-file", bank_arg]);
+    assert!(note.contains("another identity (other prompt)"), "{note}");
+    assert!(d.join("identity.png").is_file());
+}
+
+#[test]
+fn bad_panel_lists_are_refused_before_the_model_loads() {
+    let dir = tempfile::tempdir().unwrap();
+    let project = dir.path().join("courier.ron");
+    std::fs::write(&project, PROJECT).unwrap();
+    for (list, says) in [
+        ("0", "panel 0 does not exist"),
+        ("5", "panel 5 does not exist (the storyboard has 4 panels"),
+        ("3-1", "the range `3-1` runs backwards"),
+        ("1,,2", "`` is not a panel number"),
+        ("two", "`two` is not a panel number"),
+    ] {
+        let out = charaboard(&[
+            "render",
+            project.to_str().unwrap(),
+            "--model",
+            "/no/such/model",
+            "--panels",
+            list,
+        ]);
+        assert!(!out.status.success());
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(says), "{list}: {err}");
+    }
+    let recompute = charaboard(&[
+        "render",
+        project.to_str().unwrap(),
+        "--bank",
+        "recompute",
+        "--bank-file",
+        "x.bank",
+    ]);
+    assert!(String::from_utf8_lossy(&recompute.stderr).contains("--bank-file needs a bank"));
+}

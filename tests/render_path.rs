@@ -5,7 +5,7 @@
 mod common;
 
 use charaboard::consist::plan::{ModelKey, PanelShot, Plan, PlanModel, RenderRequest, Target};
-use charaboard::consist::session::Renderer;
+use charaboard::consist::session::{RenderOptions, Renderer};
 use charaboard::pipeline::{FluxModels, NoiseSource};
 use charaboard::project::images::ImagesStore;
 use charaboard::project::{self, Project};
@@ -62,7 +62,7 @@ fn render_into(
         plan,
         request,
         store,
-        preview_every: None,
+        options: RenderOptions::default(),
     };
     let ended = render::run(renderer, models, &job, &mut |p| {
         if let Progress::Finished { image, .. } = p {
@@ -149,7 +149,7 @@ fn cli_renders_open_as_current_in_the_app_state_and_app_renders_in_the_store() {
         plan: Box::new(other_plan.clone()),
         request: RenderRequest::All,
         store: Some(other_store.clone()),
-        preview_every: None,
+        options: RenderOptions::default(),
     });
     wait_for(&worker, "the render", |e| matches!(e, Event::Idle));
     let found = other_store.read_all(4);
@@ -191,7 +191,7 @@ fn rerendering_one_panel_with_a_cached_identity_matches_it_against_the_identity(
         plan: Box::new(plan.clone()),
         request: RenderRequest::All,
         store: Some(store.clone()),
-        preview_every: None,
+        options: RenderOptions::default(),
     });
     wait_for(&worker, "the first render", |e| matches!(e, Event::Idle));
     let matches_png = store.dir().join("panel-04-matches.png");
@@ -202,7 +202,7 @@ fn rerendering_one_panel_with_a_cached_identity_matches_it_against_the_identity(
         plan: Box::new(plan),
         request: RenderRequest::Panel(3),
         store: Some(store.clone()),
-        preview_every: None,
+        options: RenderOptions::default(),
     });
     let mut done = Vec::new();
     loop {
@@ -504,7 +504,7 @@ fn a_failure_before_a_panels_first_step_names_that_panel() {
         plan: &plan,
         request: RenderRequest::All,
         store: None,
-        preview_every: None,
+        options: RenderOptions::default(),
     };
     let ended = render::run(&mut Renderer::default(), &mut models, &job, &mut |p| {
         match p {

@@ -9,7 +9,7 @@ use super::progress::step_bar;
 use crate::atomic_file::save_png;
 use crate::consist::plan::{PlanModel, RenderRequest};
 use crate::consist::recipe::Numerics;
-use crate::consist::session::Renderer;
+use crate::consist::session::{BankMode, RenderOptions, Renderer};
 use crate::export::sheet::contact_sheet;
 use crate::limits::prompt_too_long;
 use crate::project::images::{project_name, stem, ImagesStore};
@@ -33,6 +33,23 @@ pub struct Render {
     /// the paper) [default: the project's settings.recipe.numerics].
     #[arg(long, value_enum)]
     numerics: Option<Numerics>,
+    /// device: the identity's lean bank on the device; host: the same bank in host memory,
+    /// moved to the device one block's slice at a time; recompute: no bank, the identity
+    /// computed again beside the panels it steers (lockstep).
+    #[arg(long, value_enum, default_value_t = BankMode::Device)]
+    bank: BankMode,
+    /// The identity's bank on disk: reused when it holds this identity's bank (same model,
+    /// prompt, size, noise, steps, guidance and recipe), written when the identity is computed.
+    /// With --panels, processes that share one bank file render disjoint slices of a storyboard.
+    #[arg(long)]
+    bank_file: Option<PathBuf>,
+    /// Render only these panels (and what they depend on, when not rendered in this process):
+    /// 1-based numbers and ranges, e.g. 2,5-7.
+    #[arg(long)]
+    panels: Option<String>,
+    /// With --bank recompute: the most panels computed beside the identity at once.
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=64))]
+    batch: u16,
     #[command(flatten)]
     run: RunArgs,
 }
@@ -42,6 +59,13 @@ pub fn run(args: Render) -> Result<()> {
     if let Some(numerics) = args.numerics {
         project.settings.recipe.numerics = numerics;
     }
+    if args.bank_file.is_some() && args.bank == BankMode::Recompute {
+        bail!("--bank-file needs a bank: use --bank device or --bank host (recompute keeps none)");
+    }
+    let request = match &args.panels {
+        Some(list) => RenderRequest::Panels(parse_panels(list, project.panels.len())?),
+        None => RenderRequest::All,
+    };
     let model = args
         .model
         .clone()
@@ -69,9 +93,14 @@ pub fn run(args: Render) -> Result<()> {
     let mut images = Vec::new();
     let job = RenderJob {
         plan: &plan,
-        request: RenderRequest::All,
+        request,
         store: Some(&store),
-        preview_every: None,
+        options: RenderOptions {
+            bank: args.bank,
+            batch: usize::from(args.batch),
+            bank_file: args.bank_file.clone(),
+            ..RenderOptions::default()
+        },
     };
     let ended = render::run(&mut renderer, &mut models, &job, &mut |progress| {
         match progress {
@@ -103,6 +132,9 @@ pub fn run(args: Render) -> Result<()> {
         StepControl::Continue
     });
     bar.finish_and_clear();
+    for note in renderer.take_notes() {
+        eprintln!("note: {note}");
+    }
     match ended {
         Ended::Finished => {}
         Ended::Cancelled => bail!("rendering was cancelled"),
@@ -115,16 +147,52 @@ pub fn run(args: Render) -> Result<()> {
             error,
         } => return Err(error),
     }
-    images.sort_by_key(|(t, _)| *t);
-    let panels: Vec<&image::RgbImage> = images.iter().map(|(_, i)| i).collect();
-    let sheet = contact_sheet(&panels, 4, 256, 12)?;
+    // A slice of the storyboard makes no sheet: `export` makes it once every slice is done.
     let sheet_path = store.dir().join("sheet.png");
-    save_png(&sheet, &sheet_path)?;
+    if args.panels.is_none() {
+        images.sort_by_key(|(t, _)| *t);
+        let panels: Vec<&image::RgbImage> = images.iter().map(|(_, i)| i).collect();
+        save_png(&contact_sheet(&panels, 4, 256, 12)?, &sheet_path)?;
+    }
     eprintln!(
-        "wrote {} (identity bank {:.1} MB, peak {:.1} MB)",
-        sheet_path.display(),
+        "{} (identity bank {:.1} MB, peak {:.1} MB; {} transformer forwards)",
+        match args.panels.is_none() {
+            true => format!("wrote {}", sheet_path.display()),
+            false => "rendered the slice".into(),
+        },
         renderer.bank_bytes() as f64 / 1e6,
-        renderer.identity_peak_bytes().unwrap_or(0) as f64 / 1e6
+        renderer.identity_peak_bytes().unwrap_or(0) as f64 / 1e6,
+        renderer.forwards()
     );
     Ok(())
+}
+
+/// `--panels 2,5-7`: 1-based panel numbers and inclusive ranges, checked against the storyboard
+/// before any model loads; the result is 0-based and ascending.
+fn parse_panels(list: &str, count: usize) -> Result<Vec<usize>> {
+    let number = |s: &str| -> Result<usize> {
+        let n: usize = s
+            .trim()
+            .parse()
+            .with_context(|| format!("--panels {list}: `{}` is not a panel number", s.trim()))?;
+        if n == 0 || n > count {
+            bail!("--panels {list}: panel {n} does not exist (the storyboard has {count} panels, numbered from 1)");
+        }
+        Ok(n - 1)
+    };
+    let mut panels = std::collections::BTreeSet::new();
+    for part in list.split(',') {
+        let (first, last) = match part.split_once('-') {
+            Some((a, b)) => (number(a)?, number(b)?),
+            None => (number(part)?, number(part)?),
+        };
+        if first > last {
+            bail!(
+                "--panels {list}: the range `{}` runs backwards",
+                part.trim()
+            );
+        }
+        panels.extend(first..=last);
+    }
+    Ok(panels.into_iter().collect())
 }

@@ -119,6 +119,41 @@ impl TokenSubset {
     pub fn token_count(&self) -> usize {
         self.tokens.len()
     }
+
+    /// The kept tokens, keys and values, and attention outputs (for a bank file).
+    #[allow(clippy::type_complexity)]
+    pub fn parts(
+        &self,
+    ) -> (
+        &[u32],
+        &BTreeMap<Slot, (Tensor, Tensor)>,
+        &BTreeMap<Slot, Tensor>,
+    ) {
+        (&self.tokens, &self.kv, &self.out)
+    }
+
+    /// A subset read back from a bank file: `tokens` ascending image tokens of `img_len`.
+    pub fn from_parts(
+        tokens: Vec<u32>,
+        img_len: usize,
+        kv: BTreeMap<Slot, (Tensor, Tensor)>,
+        out: BTreeMap<Slot, Tensor>,
+    ) -> Result<Self> {
+        anyhow::ensure!(
+            tokens.windows(2).all(|w| w[0] < w[1])
+                && tokens.last().is_none_or(|&t| (t as usize) < img_len),
+            "the kept tokens are not ascending image tokens"
+        );
+        let mut member = vec![false; img_len];
+        for &t in &tokens {
+            member[t as usize] = true;
+        }
+        Ok(Self {
+            kv,
+            out,
+            ..Self::new(&member)
+        })
+    }
 }
 
 /// What a recording run keeps (decided by its role).
@@ -146,6 +181,34 @@ impl RecordPlan {
     fn bg_kv(&self, s: &Schedule, (step, layer): Slot) -> bool {
         self.background && s.shares(step) && s.is_bg_layer(layer)
     }
+
+    pub fn wants_kv(&self, s: &Schedule, slot: Slot) -> bool {
+        self.fg_kv(s, slot) || self.bg_kv(s, slot)
+    }
+
+    pub fn wants_out(&self, s: &Schedule, slot: Slot) -> bool {
+        self.fg_out(s, slot)
+    }
+
+    pub fn wants_features(&self, s: &Schedule, step: usize) -> bool {
+        self.features && step == s.mask_step
+    }
+}
+
+/// Where a recording run's hook puts what later runs read: a [`Recorder`] (a bank kept across
+/// runs) or a lockstep reference (one block's worth, read by the runs beside it).
+pub trait Record {
+    fn wants_kv(&self, slot: Slot) -> bool;
+    fn wants_out(&self, slot: Slot) -> bool;
+    fn wants_features(&self, step: usize) -> bool;
+    /// Image keys (pre-RoPE) and values, as rows (img_len, hidden).
+    fn record_kv(&mut self, slot: Slot, k: Tensor, v: Tensor) -> Result<()>;
+    /// The image tokens' attention output (img_len, hidden).
+    fn record_out(&mut self, slot: Slot, out: Tensor) -> Result<()>;
+    /// Normalized attention outputs of every image token at the mask step.
+    fn record_features(&mut self, slot: Slot, normalized: Tensor) -> Result<()>;
+    /// The recorded image's foreground mask at the mask step.
+    fn set_mask(&mut self, mask: Vec<bool>) -> Result<()>;
 }
 
 /// Full-size records of the steps before the mask is known.
@@ -165,11 +228,15 @@ pub struct Recorder {
     features: BTreeMap<usize, Tensor>,
     mask: Option<Vec<bool>>,
     peak_bytes: usize,
+    /// Where the bank is held: the device, or host memory (`--bank host`), from where a run
+    /// moves one block's slice at a time to the device.
+    home: Device,
 }
 
 impl Recorder {
-    pub fn new(plan: RecordPlan, schedule: Schedule) -> Self {
+    pub fn new(plan: RecordPlan, schedule: Schedule, home: Device) -> Self {
         Self {
+            home,
             plan,
             schedule,
             pending: Pending::default(),
@@ -179,45 +246,6 @@ impl Recorder {
             mask: None,
             peak_bytes: 0,
         }
-    }
-
-    pub fn wants_kv(&self, slot: Slot) -> bool {
-        self.plan.fg_kv(&self.schedule, slot) || self.plan.bg_kv(&self.schedule, slot)
-    }
-
-    pub fn wants_out(&self, slot: Slot) -> bool {
-        self.plan.fg_out(&self.schedule, slot)
-    }
-
-    pub fn wants_features(&self, step: usize) -> bool {
-        self.plan.features && step == self.schedule.mask_step
-    }
-
-    /// Records image keys (pre-RoPE) and values, as rows (img_len, hidden).
-    pub fn record_kv(&mut self, slot: Slot, k: Tensor, v: Tensor) -> Result<()> {
-        if self.mask.is_none() {
-            self.pending.kv.insert(slot, (k, v));
-        } else {
-            self.store_kv(slot, &k, &v)?;
-        }
-        self.update_peak();
-        Ok(())
-    }
-
-    /// Records the image tokens' attention output (img_len, hidden).
-    pub fn record_out(&mut self, slot: Slot, out: Tensor) -> Result<()> {
-        if self.mask.is_none() {
-            self.pending.out.insert(slot, out);
-        } else {
-            self.store_out(slot, &out)?;
-        }
-        self.update_peak();
-        Ok(())
-    }
-
-    pub fn record_features(&mut self, layer: usize, normalized: Tensor) {
-        self.features.insert(layer, normalized);
-        self.update_peak();
     }
 
     fn store_kv(&mut self, slot: Slot, k: &Tensor, v: &Tensor) -> Result<()> {
@@ -238,22 +266,6 @@ impl Recorder {
         let fg = self.fg.as_mut().context("foreground subset")?;
         let kept = fg.prune(out)?;
         fg.out.insert(slot, kept);
-        Ok(())
-    }
-
-    /// The recorded image's foreground mask is known: prune everything held at full size.
-    pub fn set_mask(&mut self, mask: Vec<bool>) -> Result<()> {
-        let background: Vec<bool> = mask.iter().map(|&m| !m).collect();
-        self.fg = Some(TokenSubset::new(&mask));
-        self.bg = self.plan.background.then(|| TokenSubset::new(&background));
-        self.mask = Some(mask);
-        let pending = std::mem::take(&mut self.pending);
-        for (slot, (k, v)) in pending.kv {
-            self.store_kv(slot, &k, &v)?;
-        }
-        for (slot, out) in pending.out {
-            self.store_out(slot, &out)?;
-        }
         Ok(())
     }
 
@@ -299,6 +311,65 @@ impl Recorder {
     }
 }
 
+impl Record for Recorder {
+    fn wants_kv(&self, slot: Slot) -> bool {
+        self.plan.wants_kv(&self.schedule, slot)
+    }
+
+    fn wants_out(&self, slot: Slot) -> bool {
+        self.plan.wants_out(&self.schedule, slot)
+    }
+
+    fn wants_features(&self, step: usize) -> bool {
+        self.plan.wants_features(&self.schedule, step)
+    }
+
+    fn record_kv(&mut self, slot: Slot, k: Tensor, v: Tensor) -> Result<()> {
+        let (k, v) = (k.to_device(&self.home)?, v.to_device(&self.home)?);
+        if self.mask.is_none() {
+            self.pending.kv.insert(slot, (k, v));
+        } else {
+            self.store_kv(slot, &k, &v)?;
+        }
+        self.update_peak();
+        Ok(())
+    }
+
+    fn record_out(&mut self, slot: Slot, out: Tensor) -> Result<()> {
+        let out = out.to_device(&self.home)?;
+        if self.mask.is_none() {
+            self.pending.out.insert(slot, out);
+        } else {
+            self.store_out(slot, &out)?;
+        }
+        self.update_peak();
+        Ok(())
+    }
+
+    fn record_features(&mut self, (_, layer): Slot, normalized: Tensor) -> Result<()> {
+        self.features
+            .insert(layer, normalized.to_device(&self.home)?);
+        self.update_peak();
+        Ok(())
+    }
+
+    /// The recorded image's foreground mask is known: prune everything held at full size.
+    fn set_mask(&mut self, mask: Vec<bool>) -> Result<()> {
+        let background: Vec<bool> = mask.iter().map(|&m| !m).collect();
+        self.fg = Some(TokenSubset::new(&mask));
+        self.bg = self.plan.background.then(|| TokenSubset::new(&background));
+        self.mask = Some(mask);
+        let pending = std::mem::take(&mut self.pending);
+        for (slot, (k, v)) in pending.kv {
+            self.store_kv(slot, &k, &v)?;
+        }
+        for (slot, out) in pending.out {
+            self.store_out(slot, &out)?;
+        }
+        Ok(())
+    }
+}
+
 /// A finished recording: the identity's (foreground, features and maybe background) or a scene
 /// reference panel's (background only).
 pub struct Bank {
@@ -312,6 +383,28 @@ pub struct Bank {
     pub bytes: usize,
     /// The most bytes held at any moment of the recording run.
     pub peak_bytes: usize,
+}
+
+impl Bank {
+    /// A bank read back from a bank file.
+    pub fn restored(
+        mask: Vec<bool>,
+        fg: Option<TokenSubset>,
+        bg: Option<TokenSubset>,
+        features: BTreeMap<usize, Tensor>,
+    ) -> Self {
+        let bytes = fg.as_ref().map_or(0, TokenSubset::bytes)
+            + bg.as_ref().map_or(0, TokenSubset::bytes)
+            + features.values().map(bytes_of).sum::<usize>();
+        Self {
+            mask,
+            fg,
+            bg,
+            features,
+            bytes,
+            peak_bytes: bytes,
+        }
+    }
 }
 
 /// The sizes that decide a bank's bytes.

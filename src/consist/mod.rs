@@ -2,9 +2,11 @@
 //! characonsist-spec.md describes the reference behaviour these modules reproduce.
 
 pub mod bank;
+pub mod bank_file;
 pub mod mask;
 pub mod matching;
 pub mod plan;
 pub mod recipe;
+pub mod reference;
 pub mod session;
 pub mod steer;

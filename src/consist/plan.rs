@@ -203,11 +203,13 @@ impl PlannedImage {
 }
 
 /// Which images a render is asked for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RenderRequest {
     All,
     Identity,
     Panel(usize),
+    /// A subset of the panels (`render --panels 2,5-7`), ascending.
+    Panels(Vec<usize>),
 }
 
 /// Every image of a storyboard, identity first, then the panels in order.
@@ -300,19 +302,27 @@ impl Plan {
     }
 
     /// The panels `request` asks for, checked against the plan.
-    pub fn requested_panels(&self, request: RenderRequest) -> Result<Vec<usize>> {
+    pub fn requested_panels(&self, request: &RenderRequest) -> Result<Vec<usize>> {
+        let exists = |i: usize| match i < self.panels().len() {
+            true => Ok(i),
+            false => Err(anyhow::anyhow!(
+                "panel {} does not exist (the storyboard has {})",
+                i + 1,
+                self.panels().len()
+            )),
+        };
         Ok(match request {
             RenderRequest::Identity => vec![],
-            RenderRequest::Panel(i) if i >= self.panels().len() => {
-                anyhow::bail!("panel {} does not exist", i + 1)
+            RenderRequest::Panel(i) => vec![exists(*i)?],
+            RenderRequest::Panels(panels) => {
+                panels.iter().map(|&i| exists(i)).collect::<Result<_>>()?
             }
-            RenderRequest::Panel(i) => vec![i],
             RenderRequest::All => (0..self.panels().len()).collect(),
         })
     }
 
     /// The images a render of `request` produces when nothing is cached, in render order.
-    pub fn requested_targets(&self, request: RenderRequest) -> Result<Vec<Target>> {
+    pub fn requested_targets(&self, request: &RenderRequest) -> Result<Vec<Target>> {
         let panels = self.requested_panels(request)?;
         Ok(std::iter::once(Target::Identity)
             .chain(panels.into_iter().map(Target::Panel))

@@ -8,11 +8,13 @@ use image::RgbImage;
 use std::collections::BTreeMap;
 use std::time::Instant;
 
-use super::bank::{Bank, RecordPlan, Recorder};
+use super::bank::{Bank, Record, RecordPlan, Recorder};
+use super::bank_file::{self, Refused};
 use super::mask::{Grid, TextSpans};
 use super::matching::Matches;
 use super::plan::{BackgroundMode, ImageKey, Phase, Plan, PlannedImage, RenderRequest, Target};
 use super::recipe::Schedule;
+use super::reference::{BackgroundRef, IdentityRef};
 use super::steer::{ConsistHook, References, Role, RunObservations};
 use crate::pipeline::{FluxModels, NoiseSource};
 use crate::sampler::{self, Denoised, RunInputs, StepControl, StepReport};
@@ -55,10 +57,51 @@ pub enum RenderEvent<'a> {
     },
 }
 
-#[derive(Debug, Clone, Default)]
+/// Where the identity's (and a scene reference's) keys and values live between the runs they
+/// steer.
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    Default,
+    PartialEq,
+    Eq,
+    serde::Serialize,
+    serde::Deserialize,
+    clap::ValueEnum,
+)]
+pub enum BankMode {
+    /// A lean bank on the device, kept between jobs (a re-roll costs one panel).
+    #[default]
+    Device,
+    /// The same bank in host memory, moved to the device one block's slice at a time.
+    Host,
+    /// No bank: the identity (and a locked scene's first panel) is computed again beside the
+    /// panels it steers, in the same lockstep forward.
+    Recompute,
+}
+
+#[derive(Debug, Clone)]
 pub struct RenderOptions {
     /// Decode a preview every this many steps.
     pub preview_every: Option<usize>,
+    pub bank: BankMode,
+    /// In lockstep, the most panels computed beside the identity at once.
+    pub batch: usize,
+    /// The banked modes: where the identity's bank is read from when its key matches, and
+    /// written to when it is computed.
+    pub bank_file: Option<std::path::PathBuf>,
+}
+
+impl Default for RenderOptions {
+    fn default() -> Self {
+        Self {
+            preview_every: None,
+            bank: BankMode::default(),
+            batch: 4,
+            bank_file: None,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -69,9 +112,9 @@ pub enum Outcome {
 
 struct IdentityCache {
     key: ImageKey,
-    /// Whether the bank holds the background too (a locked panel on the identity's background).
-    with_background: bool,
-    bank: Bank,
+    /// The bank (banked modes), and whether it holds the background too (a locked panel on the
+    /// identity's background). Lockstep keeps none.
+    bank: Option<(Bank, bool)>,
     output: ImageOutput,
 }
 
@@ -79,6 +122,8 @@ struct SceneReference {
     key: ImageKey,
     bank: Bank,
 }
+
+mod lockstep;
 
 type EventSink<'a> = dyn FnMut(RenderEvent) -> StepControl + 'a;
 
@@ -88,6 +133,12 @@ type EventSink<'a> = dyn FnMut(RenderEvent) -> StepControl + 'a;
 pub struct Renderer {
     identity: Option<IdentityCache>,
     scene_refs: BTreeMap<usize, SceneReference>,
+    /// Lockstep: the scene references a later panel may recompute.
+    replayed: BTreeMap<usize, lockstep::ReplayedReference>,
+    /// Transformer forwards run so far (one per run and step).
+    forwards: usize,
+    /// What the caller should be told (a bank file refused), oldest first.
+    notes: Vec<String>,
 }
 
 /// Everything a run needs that does not change between its steps.
@@ -118,7 +169,10 @@ fn shot_of<'a>(models: &FluxModels, image: &'a PlannedImage) -> Result<Shot<'a>>
 impl Renderer {
     /// Bytes held by the identity bank and scene references now.
     pub fn bank_bytes(&self) -> usize {
-        self.identity.as_ref().map_or(0, |c| c.bank.bytes)
+        self.identity
+            .as_ref()
+            .and_then(|c| c.bank.as_ref())
+            .map_or(0, |(bank, _)| bank.bytes)
             + self
                 .scene_refs
                 .values()
@@ -128,7 +182,20 @@ impl Renderer {
 
     /// The identity bank's peak bytes during its recording run.
     pub fn identity_peak_bytes(&self) -> Option<usize> {
-        self.identity.as_ref().map(|c| c.bank.peak_bytes)
+        self.identity
+            .as_ref()
+            .and_then(|c| c.bank.as_ref())
+            .map(|(bank, _)| bank.peak_bytes)
+    }
+
+    /// The notes gathered since the last call (a bank file refused, and why).
+    pub fn take_notes(&mut self) -> Vec<String> {
+        std::mem::take(&mut self.notes)
+    }
+
+    /// Transformer forwards run so far, one per run and step, recomputations included.
+    pub fn forwards(&self) -> usize {
+        self.forwards
     }
 
     /// Renders what `request` asks for, and whatever of its dependencies is not cached.
@@ -140,7 +207,7 @@ impl Renderer {
         options: &RenderOptions,
         on_event: &mut EventSink,
     ) -> Result<Outcome> {
-        let panels = plan.requested_panels(request)?;
+        let panels = plan.requested_panels(&request)?;
         // Every prompt is checked before anything is rendered, so a bad one costs no work,
         // and encoded once for the job (after which the encoders may be freed).
         let mut prompts = vec![shot_of(models, plan.identity())?.prompt];
@@ -155,6 +222,29 @@ impl Renderer {
                 .with_context(|| image.target.label())?;
         }
         models.begin_job(&prompts)?;
+        if options.bank == BankMode::Recompute {
+            return self.render_lockstep(models, plan, &panels, options, on_event);
+        }
+        // Every forward of the banked modes reports one step.
+        let mut steps = 0;
+        let result = self.render_banked(models, plan, &panels, options, &mut |event| {
+            if let RenderEvent::Step(_) = event {
+                steps += 1;
+            }
+            on_event(event)
+        });
+        self.forwards += steps;
+        result
+    }
+
+    fn render_banked(
+        &mut self,
+        models: &mut FluxModels,
+        plan: &Plan,
+        panels: &[usize],
+        options: &RenderOptions,
+        on_event: &mut EventSink,
+    ) -> Result<Outcome> {
         let schedule = plan.settings.recipe.schedule(plan.settings.steps);
         if self.ensure_identity(models, plan, &schedule, options, on_event)? == Outcome::Cancelled {
             return Ok(Outcome::Cancelled);
@@ -186,15 +276,40 @@ impl Renderer {
     ) -> Result<Outcome> {
         let planned = plan.identity();
         let with_background = plan.identity_background_needed();
-        if self
-            .identity
-            .as_ref()
-            .is_some_and(|c| c.key == planned.key && c.with_background == with_background)
-        {
+        if self.identity.as_ref().is_some_and(|c| {
+            c.key == planned.key && c.bank.as_ref().is_some_and(|b| b.1 || !with_background)
+        }) {
             return Ok(Outcome::Finished);
         }
         self.identity = None;
         self.scene_refs.clear();
+        self.replayed.clear();
+        if let Some(path) = &options.bank_file {
+            let home = bank_home(models, options);
+            match bank_file::read(path, &planned.key, with_background, &home) {
+                Ok(stored) => {
+                    let shot = shot_of(models, planned)?;
+                    let output = ImageOutput {
+                        target: Target::Identity,
+                        image: stored.image,
+                        latents: stored.latents,
+                        grid: grid_of(&shot),
+                        mask: stored.bank.mask.clone(),
+                        matches: None,
+                        spans: shot.spans,
+                        seconds: 0.0,
+                    };
+                    self.identity = Some(IdentityCache {
+                        key: planned.key.clone(),
+                        bank: Some((stored.bank, stored.with_background)),
+                        output,
+                    });
+                    return Ok(Outcome::Finished);
+                }
+                Err(Refused::Missing) => {}
+                Err(Refused::Note(note)) => self.notes.push(note),
+            }
+        }
         if on_event(RenderEvent::Started(Target::Identity)) == StepControl::Cancel {
             return Ok(Outcome::Cancelled);
         }
@@ -204,7 +319,7 @@ impl Renderer {
             background: with_background,
             features: true,
         };
-        let mut recorder = Recorder::new(record, schedule.clone());
+        let mut recorder = Recorder::new(record, schedule.clone(), bank_home(models, options));
         let start = Instant::now();
         let Some((image, latents)) = run_identity(
             models,
@@ -219,6 +334,9 @@ impl Renderer {
             return Ok(Outcome::Cancelled);
         };
         let bank = recorder.finish()?;
+        if let Some(path) = &options.bank_file {
+            bank_file::write(path, &planned.key, with_background, &bank, &image, &latents)?;
+        }
         let output = ImageOutput {
             target: Target::Identity,
             image,
@@ -235,8 +353,7 @@ impl Renderer {
         });
         self.identity = Some(IdentityCache {
             key: planned.key.clone(),
-            with_background,
-            bank,
+            bank: Some((bank, with_background)),
             output,
         });
         Ok(Outcome::Finished)
@@ -266,7 +383,11 @@ impl Renderer {
                     background: true,
                     features: false,
                 };
-                recorder = Some(Recorder::new(record, schedule.clone()));
+                recorder = Some(Recorder::new(
+                    record,
+                    schedule.clone(),
+                    bank_home(models, options),
+                ));
             }
             BackgroundMode::SceneReference { first_panel } => {
                 let key = &plan.panels()[first_panel].key;
@@ -286,16 +407,19 @@ impl Renderer {
             .identity
             .as_ref()
             .context("the identity is rendered first")?;
+        let (bank, _) = identity.bank.as_ref().context("the identity has a bank")?;
         let background = match planned.background {
             BackgroundMode::Free => None,
-            BackgroundMode::Identity => identity.bank.bg.as_ref(),
+            BackgroundMode::Identity => bank.bg.as_ref().map(BackgroundRef::Bank),
             BackgroundMode::SceneReference { first_panel } if first_panel == i => None,
-            BackgroundMode::SceneReference { .. } => {
-                self.scene_refs.get(&scene).and_then(|r| r.bank.bg.as_ref())
-            }
+            BackgroundMode::SceneReference { .. } => self
+                .scene_refs
+                .get(&scene)
+                .and_then(|r| r.bank.bg.as_ref())
+                .map(BackgroundRef::Bank),
         };
         let refs = References {
-            identity: &identity.bank,
+            identity: IdentityRef::Bank(bank),
             background,
         };
         let shot = shot_of(models, planned)?;
@@ -427,7 +551,7 @@ fn run_identity(
         p.heads,
         models.dtype,
         None,
-        Some(recorder),
+        Some(recorder as &mut dyn Record),
     );
     let models_ref: &FluxModels = models;
     let result = sampler::denoise(
@@ -508,7 +632,7 @@ fn run_panel(
         p.heads,
         models.dtype,
         Some(refs),
-        recorder,
+        recorder.map(|r| r as &mut dyn Record),
     );
     main.resume_after_step0(&pre, &dev)?;
     let result = sampler::denoise_from(
@@ -524,13 +648,28 @@ fn run_panel(
     let Denoised::Done(packed) = result else {
         return Ok(None);
     };
-    let mut observations = main.observations();
-    // With a mask step of 0 the main run (which starts at step 1) takes its mask and matches
-    // from the pre-run.
-    if observations.mask.is_none() {
-        observations.mask = pre.mask;
-        observations.matches = observations.matches.or(pre.matches);
-    }
+    let observations = panel_observations(main.observations(), &pre);
     let (image, latents) = models.decode_packed(&packed, shot.width, shot.height)?;
     Ok(Some((image, latents, observations)))
+}
+
+/// Where a bank is held.
+fn bank_home(models: &FluxModels, options: &RenderOptions) -> candle_core::Device {
+    match options.bank {
+        BankMode::Host => candle_core::Device::Cpu,
+        BankMode::Device | BankMode::Recompute => models.device.clone(),
+    }
+}
+
+/// A panel's mask and matches: its main run's, or with a mask step of 0 (the main run starts at
+/// step 1) its pre-run's.
+fn panel_observations(main: RunObservations, pre: &RunObservations) -> RunObservations {
+    match main.mask {
+        Some(_) => main,
+        None => RunObservations {
+            mask: pre.mask.clone(),
+            matches: main.matches.or_else(|| pre.matches.clone()),
+            first_mask: main.first_mask,
+        },
+    }
 }

@@ -6,10 +6,11 @@
 use anyhow::Context;
 use candle_core::{DType, Result, Tensor};
 
-use super::bank::{from_rows, to_rows, Bank, Recorder, TokenSubset};
+use super::bank::{from_rows, to_rows, Record};
 use super::mask::{reference_text_probs, Grid, MaskAccumulator, TextSpans};
 use super::matching::{normalize_rows, MatchAccumulator, Matches};
 use super::recipe::{Numerics, Schedule};
+use super::reference::{BackgroundRef, IdentityRef};
 use crate::flux::error::to_candle;
 use crate::flux::rope::{apply_rope, gather_positions};
 use crate::flux::{
@@ -29,9 +30,9 @@ pub enum Role {
 /// What a panel run reads from earlier runs.
 #[derive(Clone, Copy)]
 pub struct References<'a> {
-    pub identity: &'a Bank,
+    pub identity: IdentityRef<'a>,
     /// Keys and values to lock the background onto (the identity's or the scene reference's).
-    pub background: Option<&'a TokenSubset>,
+    pub background: Option<BackgroundRef<'a>>,
 }
 
 /// The matches driving foreground sharing, with their index tensors built once.
@@ -76,7 +77,7 @@ pub struct ConsistHook<'a> {
     heads: usize,
     dtype: DType,
     refs: Option<References<'a>>,
-    recorder: Option<&'a mut Recorder>,
+    recorder: Option<&'a mut dyn Record>,
     mask_acc: MaskAccumulator,
     match_acc: MatchAccumulator,
     /// The image's foreground mask from its latest finished step up to the mask step.
@@ -89,10 +90,13 @@ pub struct ConsistHook<'a> {
     /// Outputs: the mask after step 0, and the mask and the matches of the mask step.
     first_mask: Option<Vec<bool>>,
     mask_at_match_step: Option<Vec<bool>>,
+    /// The device the run computes on (seen in its first block).
+    device: Option<candle_core::Device>,
     matches: Option<Matches>,
 }
 
 /// The result of a run's hook: its mask-step mask and, for panels, its mask-step matches.
+#[derive(Clone)]
 pub struct RunObservations {
     pub mask: Option<Vec<bool>>,
     pub matches: Option<Matches>,
@@ -110,7 +114,7 @@ impl<'a> ConsistHook<'a> {
         heads: usize,
         dtype: DType,
         refs: Option<References<'a>>,
-        recorder: Option<&'a mut Recorder>,
+        recorder: Option<&'a mut dyn Record>,
     ) -> Self {
         Self {
             role,
@@ -134,6 +138,7 @@ impl<'a> ConsistHook<'a> {
             first_mask: None,
             mask_at_match_step: None,
             matches: None,
+            device: None,
         }
     }
 
@@ -196,17 +201,19 @@ impl<'a> ConsistHook<'a> {
 
     /// Background tokens shared at this step: in the reference background and not in the
     /// panel's current foreground.
-    fn shared_bg_tokens(&mut self, background: &TokenSubset) -> Vec<u32> {
+    fn shared_bg_tokens(&mut self, background: BackgroundRef) -> Result<Vec<u32>> {
         if self.bg_tokens.is_none() {
+            let reference = background.background().map_err(to_candle)?;
             let fg = self.fg_mask.as_deref().unwrap_or(&[]);
             let tokens = (0..self.grid.len() as u32)
                 .filter(|&t| {
-                    background.contains(t) && !fg.get(t as usize).copied().unwrap_or(false)
+                    reference.get(t as usize).copied().unwrap_or(false)
+                        && !fg.get(t as usize).copied().unwrap_or(false)
                 })
                 .collect();
             self.bg_tokens = Some(tokens);
         }
-        self.bg_tokens.clone().unwrap_or_default()
+        Ok(self.bg_tokens.clone().unwrap_or_default())
     }
 
     /// The additive mask over `[text | image | bg keys | fg keys]`: text queries see no borrowed
@@ -255,9 +262,9 @@ impl<'a> ConsistHook<'a> {
             .and_then(|r| r.background)
             .filter(|_| self.bg_active(ctx))
         {
-            let tokens = self.shared_bg_tokens(background);
+            let tokens = self.shared_bg_tokens(background)?;
             if !tokens.is_empty() {
-                if let Some((k, v)) = background.kv(slot, &tokens).map_err(to_candle)? {
+                if let Some((k, v)) = background.kv(slot, &tokens, &dev).map_err(to_candle)? {
                     let positions: Vec<u32> =
                         tokens.iter().map(|&t| t + ctx.txt_len as u32).collect();
                     let pe_bg = gather_positions(pe, &Tensor::new(positions.as_slice(), &dev)?)?;
@@ -276,13 +283,8 @@ impl<'a> ConsistHook<'a> {
                 .map_err(to_candle)?
                 .identity;
             let active = self.active.as_ref().context("matches").map_err(to_candle)?;
-            let fg = identity
-                .fg
-                .as_ref()
-                .context("the identity bank has no foreground")
-                .map_err(to_candle)?;
-            if let Some((k, v)) = fg
-                .kv(slot, &active.matches.identity_idx)
+            if let Some((k, v)) = identity
+                .kv(slot, &active.matches.identity_idx, &dev)
                 .map_err(to_candle)?
             {
                 let pe_fg = gather_positions(pe, &active.positions)?;
@@ -311,11 +313,13 @@ impl<'a> ConsistHook<'a> {
         let (Some(refs), Some(active)) = (self.refs, self.active.as_ref()) else {
             return Ok(img_out);
         };
-        let Some(fg) = refs.identity.fg.as_ref() else {
-            return Ok(img_out);
-        };
-        let Some(id_out) = fg
-            .out((ctx.step, ctx.index), &active.matches.identity_idx)
+        let Some(id_out) = refs
+            .identity
+            .out(
+                (ctx.step, ctx.index),
+                &active.matches.identity_idx,
+                img_out.device(),
+            )
             .map_err(to_candle)?
         else {
             return Ok(img_out);
@@ -331,6 +335,9 @@ impl<'a> ConsistHook<'a> {
 impl AttentionHook for ConsistHook<'_> {
     fn before_attention(&mut self, ctx: &BlockCtx, qkv: QkvView<'_>) -> Result<AttentionRequest> {
         let mut request = AttentionRequest::default();
+        if self.device.is_none() {
+            self.device = Some(qkv.q.device().clone());
+        }
         if ctx.kind != BlockKind::Single {
             return Ok(request);
         }
@@ -384,16 +391,9 @@ impl AttentionHook for ConsistHook<'_> {
                 .map_err(to_candle)?
                 .identity;
             let features = identity
-                .features
-                .get(&ctx.index)
-                .with_context(|| {
-                    format!(
-                        "the identity bank has no features of single block {}",
-                        ctx.index
-                    )
-                })
+                .features(slot, img_out.device())
                 .map_err(to_candle)?;
-            self.match_acc.add(&img_out, features).map_err(to_candle)?;
+            self.match_acc.add(&img_out, &features).map_err(to_candle)?;
         }
         let dtype = self.dtype;
         if let Some(recorder) = self.recorder.as_deref_mut() {
@@ -401,7 +401,9 @@ impl AttentionHook for ConsistHook<'_> {
                 let normalized = normalize_rows(&img_out.squeeze(0)?, self.schedule.numerics)
                     .map_err(to_candle)?
                     .to_dtype(dtype)?;
-                recorder.record_features(ctx.index, normalized);
+                recorder
+                    .record_features(slot, normalized)
+                    .map_err(to_candle)?;
             }
             if recorder.wants_out(slot) {
                 recorder
@@ -441,18 +443,18 @@ impl AttentionHook for ConsistHook<'_> {
                 .context("panel runs read the identity")
                 .map_err(to_candle)?
                 .identity;
+            let identity_mask = identity.mask().map_err(to_candle)?;
             let panel_mask = self.fg_mask.as_deref().unwrap_or(&[]);
             let matches = self
                 .match_acc
-                .finish(panel_mask, &identity.mask, self.schedule.threshold)
+                .finish(panel_mask, &identity_mask, self.schedule.threshold)
                 .map_err(to_candle)?;
             if self.role == Role::Main {
-                let dev = identity
-                    .features
-                    .values()
-                    .next()
-                    .map(|t| t.device().clone());
-                let dev = dev.context("identity features").map_err(to_candle)?;
+                let dev = self
+                    .device
+                    .clone()
+                    .context("a step ran before matches")
+                    .map_err(to_candle)?;
                 self.active = Some(ActiveMatches::new(
                     matches.clone(),
                     self.layout.txt_len,

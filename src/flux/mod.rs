@@ -13,5 +13,5 @@ pub mod weights;
 
 pub use config::FluxConfig;
 pub use hook::{AttentionHook, AttentionRequest, BlockCtx, BlockKind, ExtraKv, QkvView};
-pub use model::{Flux, StepInput, TokenLayout};
+pub use model::{Flux, LockstepInput, StepInput, TokenLayout};
 pub use weights::{GgufWeights, Weights};

@@ -305,6 +305,7 @@ pub struct TokenLayout {
 }
 
 /// Everything the transformer reads at one step, apart from the timestep.
+#[derive(Clone, Copy)]
 pub struct StepInput<'a> {
     /// Packed latents (b, img_h*img_w, in_channels).
     pub img: &'a Tensor,
@@ -382,37 +383,95 @@ impl Flux {
         step: usize,
         mut hook: Option<&mut dyn AttentionHook>,
     ) -> Result<Tensor> {
-        let dtype = input.img.dtype();
-        let mut txt = input.txt.apply(&self.txt_in)?;
-        let mut img = input.img.apply(&self.img_in)?;
-        let mut vec_ = self.time_in.forward(&timestep_embedding(t, 256, dtype)?)?;
-        if let (Some(g_in), Some(g)) = (&self.guidance_in, guidance) {
-            vec_ = (vec_ + g_in.forward(&timestep_embedding(g, 256, dtype)?)?)?;
+        let mut runs = [LockstepInput {
+            input: *input,
+            t,
+            step,
+            hook: reborrow(&mut hook),
+        }];
+        Ok(self.forward_lockstep(&mut runs, guidance)?.remove(0))
+    }
+
+    /// One velocity prediction for each of several runs, advanced block by block: every run
+    /// passes block `i` before any run enters block `i + 1`, and runs earlier in `runs` pass it
+    /// first. A hook can so read what an earlier run's hook saw in the same block of the same
+    /// step (lockstep rendering); each run computes exactly what [`Self::forward`] computes for
+    /// it alone. Hooks end their steps in the order of `runs`.
+    pub fn forward_lockstep(
+        &self,
+        runs: &mut [LockstepInput],
+        guidance: Option<&Tensor>,
+    ) -> Result<Vec<Tensor>> {
+        struct State {
+            txt: Tensor,
+            img: Tensor,
+            vec_: Tensor,
         }
-        let vec_ = (vec_ + self.vector_in.forward(input.pooled)?)?;
-        let layout = input.layout;
-        let ctx = |kind, index| BlockCtx {
+        let mut states = Vec::with_capacity(runs.len());
+        for run in runs.iter() {
+            let input = &run.input;
+            let dtype = input.img.dtype();
+            let txt = input.txt.apply(&self.txt_in)?;
+            let img = input.img.apply(&self.img_in)?;
+            let mut vec_ = self
+                .time_in
+                .forward(&timestep_embedding(run.t, 256, dtype)?)?;
+            if let (Some(g_in), Some(g)) = (&self.guidance_in, guidance) {
+                vec_ = (vec_ + g_in.forward(&timestep_embedding(g, 256, dtype)?)?)?;
+            }
+            let vec_ = (vec_ + self.vector_in.forward(input.pooled)?)?;
+            states.push(State { txt, img, vec_ });
+        }
+        let ctx = |run: &LockstepInput, kind, index| BlockCtx {
             kind,
             index,
-            step,
-            txt_len: layout.txt_len,
-            img_h: layout.img_h,
-            img_w: layout.img_w,
+            step: run.step,
+            txt_len: run.input.layout.txt_len,
+            img_h: run.input.layout.img_h,
+            img_w: run.input.layout.img_w,
         };
         for (i, block) in self.double_blocks.iter().enumerate() {
-            let c = ctx(BlockKind::Double, i);
-            (img, txt) = block.forward(&img, &txt, &vec_, input.pe, &c, reborrow(&mut hook))?;
+            for (run, s) in runs.iter_mut().zip(states.iter_mut()) {
+                let c = ctx(&*run, BlockKind::Double, i);
+                (s.img, s.txt) = block.forward(
+                    &s.img,
+                    &s.txt,
+                    &s.vec_,
+                    run.input.pe,
+                    &c,
+                    reborrow(&mut run.hook),
+                )?;
+            }
         }
-        let mut xs = Tensor::cat(&[&txt, &img], 1)?;
+        let mut joint = states
+            .iter()
+            .map(|s| Tensor::cat(&[&s.txt, &s.img], 1))
+            .collect::<Result<Vec<_>>>()?;
         for (i, block) in self.single_blocks.iter().enumerate() {
-            let c = ctx(BlockKind::Single, i);
-            xs = block.forward(&xs, &vec_, input.pe, &c, reborrow(&mut hook))?;
+            for ((run, s), xs) in runs.iter_mut().zip(&states).zip(joint.iter_mut()) {
+                let c = ctx(&*run, BlockKind::Single, i);
+                *xs = block.forward(xs, &s.vec_, run.input.pe, &c, reborrow(&mut run.hook))?;
+            }
         }
-        let img = xs.narrow(1, layout.txt_len, xs.dim(1)? - layout.txt_len)?;
-        let out = self.final_layer.forward(&img, &vec_)?;
-        if let Some(hook) = hook {
-            hook.end_step(step)?;
+        let mut out = Vec::with_capacity(runs.len());
+        for ((run, s), xs) in runs.iter().zip(&states).zip(&joint) {
+            let txt_len = run.input.layout.txt_len;
+            let img = xs.narrow(1, txt_len, xs.dim(1)? - txt_len)?;
+            out.push(self.final_layer.forward(&img, &s.vec_)?);
+        }
+        for run in runs.iter_mut() {
+            if let Some(hook) = run.hook.as_deref_mut() {
+                hook.end_step(run.step)?;
+            }
         }
         Ok(out)
     }
+}
+
+/// One run of a lockstep forward: its inputs, timestep, step index and hook.
+pub struct LockstepInput<'a> {
+    pub input: StepInput<'a>,
+    pub t: &'a Tensor,
+    pub step: usize,
+    pub hook: Option<&'a mut dyn AttentionHook>,
 }

@@ -16,6 +16,7 @@ use super::inspector::{inspector_ui, Overlays};
 use super::setup::{self, CacheScan, ModelStatus};
 use crate::app_settings::AppSettings;
 use crate::consist::plan::{Plan, PlanModel, RenderRequest, Target};
+use crate::consist::session::RenderOptions;
 use crate::export::storyboard::{panel_list, Exported, StalePanels};
 use crate::text::{PromptTokenizers, T5_LEN_DEV};
 use crate::worker::{Event, Job, Worker};
@@ -223,7 +224,7 @@ impl CharaboardApp {
             return;
         };
         let planned = crate::project::plan(&self.doc.project, &model, None)
-            .and_then(|plan| Ok((plan.requested_targets(request)?, plan)));
+            .and_then(|plan| Ok((plan.requested_targets(&request)?, plan)));
         let (targets, plan) = match planned {
             Ok(planned) => planned,
             Err(e) => {
@@ -240,7 +241,11 @@ impl CharaboardApp {
             plan: Box::new(plan),
             request,
             store: self.doc.images_store(),
-            preview_every: Some(5),
+            options: RenderOptions {
+                preview_every: Some(5),
+                bank: self.settings.bank,
+                ..RenderOptions::default()
+            },
         });
     }
 

@@ -6,6 +6,7 @@ use std::path::PathBuf;
 
 use crate::app_settings::{size_presets, AppSettings};
 use crate::consist::recipe::Numerics;
+use crate::consist::session::BankMode;
 use crate::models::discovery::{self, CachedRepo};
 use crate::project::model::Project;
 
@@ -164,6 +165,22 @@ pub fn render_settings_ui(ui: &mut Ui, project: &mut Project, settings: &mut App
                     .on_hover_text(
                         "Rounded where the authors' code rounds (fp16 masks, bf16 merge weight), \
                          for runs comparable with the paper's.",
+                    );
+            });
+        let bank = &mut settings.bank;
+        egui::ComboBox::from_label("Identity bank")
+            .selected_text(format!("{bank:?}"))
+            .show_ui(ui, |ui| {
+                ui.selectable_value(bank, BankMode::Device, "Device")
+                    .on_hover_text(
+                        "Kept on the device between renders: a re-roll costs one panel.",
+                    );
+                ui.selectable_value(bank, BankMode::Host, "Host")
+                    .on_hover_text("Kept in RAM, moved to the device one block at a time.");
+                ui.selectable_value(bank, BankMode::Recompute, "Recompute")
+                    .on_hover_text(
+                        "No bank: the identity is computed again beside the panels (lockstep), \
+                         for cards too small for a bank. Same images.",
                     );
             });
         ui.horizontal(|ui| {

@@ -1,0 +1,203 @@
+//! Lockstep rendering (`--bank recompute`) gives the banked mode's images: every scene mode,
+//! panels of another size than the identity, dev and schnell, a re-roll of one panel; and so
+//! does the bank in host memory (`--bank host`).
+
+mod common;
+
+use charaboard::consist::plan::{PlanModel, RenderRequest, Target};
+use charaboard::consist::session::{
+    BankMode, ImageOutput, Outcome, RenderEvent, RenderOptions, Renderer,
+};
+use charaboard::pipeline::FluxModels;
+use charaboard::project::model::Project;
+use charaboard::sampler::StepControl;
+use common::{knight_project, max_abs_diff, tiny_models, CLEARING};
+use std::collections::BTreeMap;
+
+/// What a render keeps of each image, in the order they finished.
+type Images = Vec<(Target, ImageOutput)>;
+
+fn render(
+    renderer: &mut Renderer,
+    models: &mut FluxModels,
+    p: &Project,
+    request: RenderRequest,
+    bank: BankMode,
+    batch: usize,
+) -> Images {
+    let plan = charaboard::project::plan(p, &PlanModel::of(models), None).unwrap();
+    let options = RenderOptions {
+        bank,
+        batch,
+        ..RenderOptions::default()
+    };
+    let mut images = Vec::new();
+    let outcome = renderer
+        .render(models, &plan, request, &options, &mut |e| {
+            if let RenderEvent::Finished { output: o, .. } = e {
+                let copy = ImageOutput {
+                    target: o.target,
+                    image: o.image.clone(),
+                    latents: o.latents.clone(),
+                    grid: o.grid,
+                    mask: o.mask.clone(),
+                    matches: o.matches.clone(),
+                    spans: o.spans,
+                    seconds: o.seconds,
+                };
+                images.push((o.target, copy));
+            }
+            StepControl::Continue
+        })
+        .unwrap();
+    assert_eq!(outcome, Outcome::Finished);
+    images
+}
+
+/// Final latents within 1e-4, masks and matches identical, image by image.
+fn assert_same(banked: &Images, lockstep: &Images) {
+    let lockstep: BTreeMap<Target, &ImageOutput> = lockstep.iter().map(|(t, o)| (*t, o)).collect();
+    assert_eq!(banked.len(), lockstep.len(), "the same images");
+    for (target, b) in banked {
+        let l = lockstep[target];
+        let diff = max_abs_diff(&b.latents, &l.latents);
+        assert!(diff <= 1e-4, "{}: latents differ by {diff}", target.label());
+        assert_eq!(b.mask, l.mask, "{}: mask", target.label());
+        assert_eq!(b.matches, l.matches, "{}: matches", target.label());
+    }
+    // The comparison counts only where panels were steered: a mixed identity mask, matches.
+    let identity = &banked[0].1;
+    assert!(identity.mask.iter().any(|&m| m) && identity.mask.iter().any(|&m| !m));
+    assert!(banked
+        .iter()
+        .any(|(_, o)| o.matches.as_ref().is_some_and(|m| !m.panel_idx.is_empty())));
+}
+
+const MARKET: &str = "on a busy market street at noon,";
+const HARBOUR: &str = "by a grey harbour in the rain,";
+
+/// Every scene mode in one storyboard: a panel locked onto the identity's background, one with
+/// its own background, and a locked scene of another size (its first panel is the others'
+/// background reference).
+fn every_mode(steps: Option<usize>) -> Project {
+    let mut p = knight_project(
+        vec![
+            (0, "drawing a sword"),
+            (1, "running"),
+            (2, "buying bread"),
+            (2, "laughing"),
+        ],
+        vec![(CLEARING, true), (HARBOUR, false), (MARKET, true)],
+    );
+    p.settings.width = 64;
+    p.settings.height = 64;
+    p.settings.steps = steps;
+    // On so few tokens, erosion would leave the tiny model's masks empty.
+    p.settings.recipe.erode = 1;
+    p.settings.recipe.dilate = 1;
+    p.scenes[2].width = Some(48);
+    p.scenes[2].height = Some(80);
+    p
+}
+
+#[test]
+fn lockstep_gives_the_banked_images_in_every_scene_mode() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_, mut models) = tiny_models(dir.path());
+    let p = every_mode(Some(6));
+    let mut banked = Renderer::default();
+    let reference = render(
+        &mut banked,
+        &mut models,
+        &p,
+        RenderRequest::All,
+        BankMode::Device,
+        1,
+    );
+    let mut lockstep = Renderer::default();
+    let recomputed = render(
+        &mut lockstep,
+        &mut models,
+        &p,
+        RenderRequest::All,
+        BankMode::Recompute,
+        2,
+    );
+    assert_same(&reference, &recomputed);
+    assert_eq!(lockstep.bank_bytes(), 0, "lockstep keeps no bank");
+
+    // 6 steps, mask step 1, sharing until step 5. Banked: the identity, then per panel a
+    // pre-run (2 steps) and a main run (5).
+    assert_eq!(banked.forwards(), 6 + 4 * (2 + 5));
+    // Lockstep: the identity's first 2 steps alone (panel 1 locks onto its background); panels
+    // 1-2 beside it (pre-runs with 2 identity steps, main runs with all 6: the identity image);
+    // panel 3 with 2 and 5 identity steps; panel 4 (following panel 3's background) with 2 and
+    // 5 identity steps and panel 3's main run again (1 and 4 steps).
+    let expected = 2 + (2 + 2 * 2 + 6 + 2 * 5) + (2 + 2 + 5 + 5) + (2 + 1 + 2 + 5 + 4 + 5);
+    assert_eq!(lockstep.forwards(), expected);
+
+    // Re-rolling the last panel is one batch of the identity, its scene's first panel and
+    // itself, and gives the same image.
+    let before = lockstep.forwards();
+    let again = render(
+        &mut lockstep,
+        &mut models,
+        &p,
+        RenderRequest::Panel(3),
+        BankMode::Recompute,
+        2,
+    );
+    assert_eq!(again.len(), 1);
+    assert_eq!(lockstep.forwards() - before, (2 + 1 + 2) + (5 + 4 + 5));
+    let last = &reference
+        .iter()
+        .find(|(t, _)| *t == Target::Panel(3))
+        .unwrap()
+        .1;
+    assert!(max_abs_diff(&again[0].1.latents, &last.latents) <= 1e-4);
+}
+
+#[test]
+fn lockstep_gives_the_banked_images_with_schnell() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("schnell");
+    charaboard::models::tiny::write_repo(&path, 21, true).unwrap();
+    let mut models =
+        FluxModels::load(&path, candle_core::DType::F32, &candle_core::Device::Cpu).unwrap();
+    // The model's own 4 steps; a locked panel on the identity and a panel of another size.
+    let mut p = knight_project(
+        vec![(0, "kneeling"), (1, "buying bread")],
+        vec![(CLEARING, true), (MARKET, false)],
+    );
+    p.settings.width = 64;
+    p.settings.height = 64;
+    p.settings.steps = None;
+    p.scenes[1].width = Some(80);
+    let banked = render(
+        &mut Renderer::default(),
+        &mut models,
+        &p,
+        RenderRequest::All,
+        BankMode::Device,
+        1,
+    );
+    let lockstep = render(
+        &mut Renderer::default(),
+        &mut models,
+        &p,
+        RenderRequest::All,
+        BankMode::Recompute,
+        4,
+    );
+    assert_same(&banked, &lockstep);
+    // The bank in host memory gives the same images too (on the CPU host and device are one).
+    let host = render(
+        &mut Renderer::default(),
+        &mut models,
+        &p,
+        RenderRequest::All,
+        BankMode::Host,
+        1,
+    );
+    assert_same(&banked, &host);
+}
