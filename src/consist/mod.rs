@@ -6,5 +6,6 @@ pub mod mask;
 pub mod matching;
 pub mod plan;
 pub mod recipe;
+pub mod score;
 pub mod session;
 pub mod steer;
