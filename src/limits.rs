@@ -12,8 +12,12 @@ pub const SIDE: RangeInclusive<usize> = 16..=4096;
 pub const STEPS: RangeInclusive<usize> = 1..=1000;
 /// FLUX.1-dev's distilled guidance (3.5 in the reference).
 pub const GUIDANCE: RangeInclusive<f64> = 0.0..=100.0;
-/// Panels per row on a sheet.
+/// Seconds a panel is on screen: at least one frame at 24 fps, at most ten minutes.
+pub const DURATION: RangeInclusive<f64> = (1.0 / 24.0)..=600.0;
+/// Panels per row on a sheet or a PDF page.
 pub const COLUMNS: RangeInclusive<usize> = 1..=12;
+/// Rows of panels on a PDF page.
+pub const ROWS: RangeInclusive<usize> = 1..=12;
 /// Side of a mask's erosion or dilation kernel (odd; 1 = off).
 pub const KERNEL: RangeInclusive<usize> = 1..=31;
 /// "Every n-th single block" strides of the recipe; FLUX.1 has 38 single blocks.
@@ -52,6 +56,18 @@ pub fn check_guidance(field: &str, value: f64) -> Result<()> {
         bail!(
             "{field} must be a number from {}, found {value}",
             range(&GUIDANCE)
+        );
+    }
+    Ok(())
+}
+
+/// A panel's duration in seconds: in [`DURATION`] (NaN and infinity fail the range test).
+pub fn check_duration(field: &str, value: f64) -> Result<()> {
+    if !DURATION.contains(&value) {
+        bail!(
+            "{field} must be a number of seconds from {:.3} to {}, found {value}",
+            DURATION.start(),
+            DURATION.end()
         );
     }
     Ok(())

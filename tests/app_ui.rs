@@ -8,6 +8,7 @@ use charaboard::consist::recipe::Numerics;
 use charaboard::ui::app::{CharaboardApp, StartOptions};
 use charaboard::ui::cells::CellState;
 use charaboard::ui::dialogs::Dialogs;
+use charaboard::ui::grid::{consistency, MIN_CELL_WIDTH};
 use charaboard::ui::setup::ModelStatus;
 use common::{charaboard, ok};
 use egui_kittest::kittest::Queryable;
@@ -50,6 +51,7 @@ fn app(
             dialogs: Dialogs::scripted(answers),
             settings: AppSettings::default(),
             persist: false,
+            layout_report: None,
         },
     )
 }
@@ -229,6 +231,27 @@ fn render_on_a_tiny_model_then_overlays_and_export() {
         assert!(images.join(f).is_file(), "{f}");
     }
 
+    // Every rendered panel shows its consistency with the identity, and the grid can put the
+    // most drifted first.
+    let score = |a: &CharaboardApp, t: Target| consistency(&a.cells, t).map(|c| c.score());
+    for (k, t) in [(1, Target::Panel(0)), (2, Target::Panel(1))] {
+        let s = score(h.state(), t).expect("a rendered panel has a score");
+        assert!((0.0..=1.0).contains(&s), "{s}");
+        let label = format!("Panel {k} consistency {:.0}%", 100.0 * s);
+        assert!(h.query_by_label(&label).is_some(), "{label}");
+    }
+    h.get_by_label("Most drifted first").click();
+    h.run_steps(2);
+    let order: Vec<Target> = h.state().layout.cells.iter().map(|c| c.0).collect();
+    let mut sorted = [Target::Panel(0), Target::Panel(1)];
+    sorted.sort_by(|a, b| {
+        score(h.state(), *a)
+            .unwrap()
+            .total_cmp(&score(h.state(), *b).unwrap())
+    });
+    assert_eq!(order[0], Target::Identity);
+    assert_eq!(order[1..], sorted[..]);
+
     // Select panel 2 and toggle the overlays.
     h.state_mut().selected = Some(Target::Panel(1));
     h.run_steps(2);
@@ -319,4 +342,146 @@ fn the_render_settings_choose_reference_numerics() {
     h.key_press_modifiers(egui::Modifiers::COMMAND, egui::Key::Z);
     h.run_steps(2);
     assert_eq!(numerics(h.state()), Numerics::Exact);
+}
+
+/// Every cell lies inside the grid's rect (none cut off at the side), and the grid keeps at least
+/// one whole cell.
+fn assert_grid_fits(h: &Harness<CharaboardApp>, cells: usize, when: &str) {
+    let layout = &h.state().layout;
+    let grid = layout.grid;
+    assert_eq!(layout.cells.len(), cells, "{when}: every cell is drawn");
+    assert!(
+        grid.width() >= MIN_CELL_WIDTH,
+        "{when}: the grid is {} wide, less than a cell",
+        grid.width()
+    );
+    let window = h.ctx.content_rect();
+    assert!(
+        window.x_range().contains(grid.min.x) && grid.max.x <= window.max.x,
+        "{when}: grid {grid:?} in window {window:?}"
+    );
+    for &(target, rect) in &layout.cells {
+        // Within a point: rects are rounded to pixels.
+        assert!(
+            grid.expand(1.0).contains_rect(rect),
+            "{when}: {target:?} at {rect:?} outside {grid:?}"
+        );
+        assert!(
+            rect.width() >= MIN_CELL_WIDTH - 0.5,
+            "{when}: {target:?} is {rect:?}"
+        );
+    }
+    if let Some(inspector) = h.state().inspector_rect {
+        assert!(
+            inspector.min.x >= grid.max.x,
+            "{when}: the inspector {inspector:?} overlaps the grid {grid:?}"
+        );
+    }
+}
+
+#[test]
+fn the_frame_grid_never_clips_at_laptop_and_desktop_sizes() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("story.ron");
+    let panels: String = (0..9)
+        .map(|i| format!("(scene: {}, action: \"pose {i}\"),", i % 2))
+        .collect();
+    let many = PROJECT.replace(
+        r#"(scene: 0, action: "waving", caption: "Hello there"),"#,
+        &panels,
+    );
+    std::fs::write(&path, many).unwrap();
+    // The last window is too narrow for the editor, the inspector and two cells: the side
+    // panels give way and the grid keeps one whole cell.
+    for size in [(1280.0, 800.0), (1920.0, 1080.0), (820.0, 700.0)] {
+        let when = |what: &str| format!("{}x{}, {what}", size.0, size.1);
+        let mut h = Harness::builder().with_size(size).build_ui_state(
+            |ui, app: &mut CharaboardApp| app.show(ui),
+            app(Some(path.clone()), None, vec![]),
+        );
+        h.run_steps(3);
+        assert_grid_fits(&h, 11, &when("no inspector"));
+        let columns_alone = columns(&h);
+
+        // Clicking a cell opens the inspector beside the grid.
+        h.get_by_label("Identity: empty").click();
+        h.run_steps(6);
+        assert_eq!(h.state().selected, Some(Target::Identity));
+        assert!(h.state().inspector_rect.is_some(), "the inspector is open");
+        assert_grid_fits(&h, 11, &when("inspector open"));
+        assert!(columns(&h) <= columns_alone);
+
+        // Folded away from the menu bar, the grid takes the room back.
+        h.get_by_label("Inspector").click();
+        h.run_steps(6);
+        assert!(h.state().inspector_rect.is_none());
+        assert_grid_fits(&h, 11, &when("inspector folded"));
+        assert_eq!(columns(&h), columns_alone);
+    }
+}
+
+/// Cells in the first row of the grid.
+fn columns(h: &Harness<CharaboardApp>) -> usize {
+    let cells = &h.state().layout.cells;
+    cells
+        .iter()
+        .filter(|(_, r)| r.min.y == cells[0].1.min.y)
+        .count()
+}
+
+#[test]
+fn the_animatic_player_advances_by_the_panels_durations() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("story.ron");
+    let timed = PROJECT
+        .replace(
+            r#"caption: "Hello there")"#,
+            r#"caption: "Hello there", duration: 0.5)"#,
+        )
+        .replace(
+            r#"action: "running with a parcel")"#,
+            r#"action: "running with a parcel", duration: 1.0)"#,
+        );
+    std::fs::write(&path, timed).unwrap();
+    let mut h = harness(app(Some(path), None, vec![]));
+    h.run_steps(2);
+    h.get_by_label("Animatic").click();
+    h.run_steps(2);
+    assert!(h.query_by_label("Animatic: panel 1 of 2").is_some());
+    assert!(h
+        .query_by_label_contains("00:00:00:00 / 00:00:01:12")
+        .is_some());
+
+    // Each frame moves the play head on by the frame's time (a quarter second in the harness).
+    h.get_by_label("Play").click();
+    let mut shown = Vec::new();
+    for _ in 0..10 {
+        h.step();
+        let p = h.state().player.clone();
+        let panel = (1..=2)
+            .find(|k| {
+                h.query_by_label(&format!("Animatic: panel {k} of 2"))
+                    .is_some()
+            })
+            .unwrap();
+        shown.push((p.position, panel, p.playing));
+    }
+    for &(t, panel, _) in &shown {
+        assert_eq!(panel, if t < 0.5 { 1 } else { 2 }, "at {t} s: {shown:?}");
+    }
+    assert!(shown.iter().any(|s| s.1 == 1) && shown.iter().any(|s| s.1 == 2));
+    let last = shown.last().unwrap();
+    assert_eq!(
+        (last.0, last.2),
+        (1.5, false),
+        "stops at the end: {shown:?}"
+    );
+
+    // Scrubbing (the slider's value) moves the play head back to the panel there.
+    h.state_mut().player.position = 0.2;
+    h.run_steps(1);
+    assert!(h.query_by_label("Animatic: panel 1 of 2").is_some());
+    assert!(h
+        .query_by_label_contains("00:00:00:05 / 00:00:01:12")
+        .is_some());
 }

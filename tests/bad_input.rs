@@ -7,7 +7,7 @@ mod common;
 use candle_core::{DType, Device, Tensor};
 use charaboard::consist::plan::{PlanModel, RenderRequest};
 use charaboard::consist::session::RenderOptions;
-use charaboard::export::pdf::Paper;
+use charaboard::export::pdf::PdfOptions;
 use charaboard::export::storyboard::{export_all, SheetOptions, StalePanels};
 use charaboard::project::{self, ImagesStore};
 use charaboard::worker::{Event, Job, Worker};
@@ -345,7 +345,7 @@ fn stale_panels_are_refused_by_export_or_marked_and_named() {
         &ImagesStore::beside(&path),
         &export,
         &SheetOptions::default(),
-        Paper::A4,
+        &PdfOptions::default(),
         StalePanels::Mark,
     )
     .unwrap();

@@ -5,11 +5,16 @@ use std::fs;
 use std::path::Path;
 
 use charaboard::atomic_file::save_png;
-use charaboard::export::pdf::{storyboard_pdf, Paper};
-use charaboard::export::storyboard::{export_all, panel_sheet, SheetOptions, StalePanels};
+use charaboard::export::board::BoardFields;
+use charaboard::export::pdf::{storyboard_pdf, Orientation, Paper, PdfOptions};
+use charaboard::export::storyboard::{
+    export_all, export_animatic, panel_sheet, SheetOptions, StalePanels,
+};
 use charaboard::export::text::TextRenderer;
 use charaboard::project::ImagesStore;
-use charaboard::project::{IdentityShot, Panel, Project, RenderSettings, Scene};
+use charaboard::project::{
+    CameraAngle, IdentityShot, Panel, Project, RenderSettings, Scene, ShotSize,
+};
 use image::{Rgb, RgbImage};
 
 const RED: Rgb<u8> = Rgb([220, 20, 30]);
@@ -37,10 +42,8 @@ fn project(captions: &[&str]) -> Project {
         panels: captions
             .iter()
             .map(|c| Panel {
-                scene: 0,
-                action: "looking at the sea".into(),
                 caption: (*c).into(),
-                seed: None,
+                ..Panel::new(0, "looking at the sea")
             })
             .collect(),
         settings: RenderSettings::default(),
@@ -96,7 +99,10 @@ fn drawn_text_blends_into_the_image() {
 #[test]
 fn rows_grow_to_show_a_long_caption() {
     let images = vec![Some(RgbImage::from_pixel(64, 64, RED)), None];
-    let opts = SheetOptions::default();
+    let opts = SheetOptions {
+        fields: "caption".parse().unwrap(),
+        ..SheetOptions::default()
+    };
     let short = panel_sheet(&project(&["Dawn.", "Dusk."]), &images, None, &opts).unwrap();
     let long = panel_sheet(&project(&["Dawn.", LONG_CAPTION]), &images, None, &opts).unwrap();
     assert_eq!(short.width(), long.width());
@@ -120,7 +126,7 @@ fn panels_are_drawn_in_reading_order() {
     let opts = SheetOptions {
         columns: 2,
         cell_width: 100,
-        include_identity: false,
+        ..SheetOptions::default()
     };
     let sheet = panel_sheet(&project(&["one", "two", "three"]), &images, None, &opts).unwrap();
     let half = sheet.width() / 2;
@@ -198,24 +204,61 @@ fn pdf_pages_follow_panels_per_page() {
         .map(|i| (i % 2 == 0).then(|| RgbImage::from_pixel(32, 32, RED)))
         .collect();
     let p = project(&captions);
-    for (per_page, paper, pages) in [
-        (6, Paper::A4, 2),
-        (4, Paper::Letter, 2),
-        (7, Paper::A4, 1),
-        (1, Paper::Letter, 7),
+    for ((columns, rows), paper, orientation, pages, media) in [
+        (
+            (3, 2),
+            Paper::A4,
+            Orientation::Landscape,
+            2,
+            "[0 0 842 595]",
+        ),
+        (
+            (2, 2),
+            Paper::Letter,
+            Orientation::Landscape,
+            2,
+            "[0 0 792 612]",
+        ),
+        (
+            (4, 2),
+            Paper::A3,
+            Orientation::Portrait,
+            1,
+            "[0 0 842 1191]",
+        ),
+        (
+            (1, 1),
+            Paper::Tabloid,
+            Orientation::Landscape,
+            7,
+            "[0 0 1224 792]",
+        ),
+        ((2, 3), Paper::A4, Orientation::Portrait, 2, "[0 0 595 842]"),
     ] {
-        let pdf = storyboard_pdf(&p, &images, paper, per_page).unwrap();
+        let opts = PdfOptions {
+            paper,
+            orientation,
+            columns,
+            rows,
+            ..PdfOptions::default()
+        };
+        let pdf = storyboard_pdf(&p, &images, &opts).unwrap();
         assert!(pdf.starts_with(b"%PDF-"));
-        assert_eq!(page_count(&pdf), pages, "{per_page} per page");
+        assert_eq!(page_count(&pdf), pages, "{columns} x {rows} per page");
         let text = String::from_utf8_lossy(&pdf);
         assert!(text.contains(&format!("(Page {pages} of {pages})")));
-        let media = match paper {
-            Paper::A4 => "/MediaBox [0 0 842 595]",
-            Paper::Letter => "/MediaBox [0 0 792 612]",
-        };
-        assert_eq!(text.matches(media).count(), pages);
+        let media = format!("/MediaBox {media}");
+        assert_eq!(text.matches(&media).count(), pages, "{media}");
     }
-    assert!(storyboard_pdf(&p, &images, Paper::A4, 0).is_err());
+    for (columns, rows) in [(0, 2), (3, 0), (13, 1)] {
+        let opts = PdfOptions {
+            columns,
+            rows,
+            ..PdfOptions::default()
+        };
+        let err = storyboard_pdf(&p, &images, &opts).unwrap_err().to_string();
+        assert!(err.contains("from 1 to 12"), "{err}");
+    }
 }
 
 #[test]
@@ -226,7 +269,7 @@ fn pdf_captions_are_never_cut_and_stay_win_ansi() {
         "caf\u{e9} \u{2018}ok\u{2019}",
     ];
     let images = vec![None, Some(RgbImage::from_pixel(16, 16, BLUE)), None];
-    let pdf = storyboard_pdf(&project(&captions), &images, Paper::A4, 6).unwrap();
+    let pdf = storyboard_pdf(&project(&captions), &images, &PdfOptions::default()).unwrap();
     let text = String::from_utf8_lossy(&pdf);
     for word in words(LONG_CAPTION) {
         assert!(text.contains(word), "{word:?} is missing from the PDF");
@@ -269,7 +312,12 @@ fn pdf_images_decode_to_the_exact_pixels() {
     let img = RgbImage::from_fn(37, 23, |x, y| {
         Rgb([(x * 7) as u8, (y * 11) as u8, ((x * y) % 256) as u8])
     });
-    let pdf = storyboard_pdf(&project(&["one"]), &[Some(img.clone())], Paper::A4, 6).unwrap();
+    let pdf = storyboard_pdf(
+        &project(&["one"]),
+        &[Some(img.clone())],
+        &PdfOptions::default(),
+    )
+    .unwrap();
     let (dict, stream) = first_image_stream(&pdf);
     assert!(
         dict.contains("/Width 37") && dict.contains("/Height 23"),
@@ -334,7 +382,7 @@ fn paper_names_parse() {
     assert_eq!("Letter".parse::<Paper>().unwrap(), Paper::Letter);
     let err = "legal".parse::<Paper>().unwrap_err().to_string();
     assert!(
-        err.contains("legal") && err.contains("a4 or letter"),
+        err.contains("legal") && err.contains("a4, letter, a3 or tabloid"),
         "{err}"
     );
 }
@@ -374,7 +422,10 @@ fn export_all_writes_the_sheet_pdf_and_rendered_panels() {
         &store(&images),
         &out,
         &opts,
-        Paper::Letter,
+        &PdfOptions {
+            paper: Paper::Letter,
+            ..PdfOptions::default()
+        },
         StalePanels::Mark,
     )
     .unwrap()
@@ -445,7 +496,7 @@ fn export_all_names_an_output_folder_it_cannot_create() {
         &store(&images),
         &out,
         &SheetOptions::default(),
-        Paper::A4,
+        &PdfOptions::default(),
         StalePanels::Mark,
     )
     .unwrap_err();
@@ -464,7 +515,7 @@ fn export_all_asks_for_a_render_first() {
         &store(&images),
         &out,
         &SheetOptions::default(),
-        Paper::A4,
+        &PdfOptions::default(),
         StalePanels::Refuse,
     )
     .unwrap_err();
@@ -480,9 +531,231 @@ fn export_all_asks_for_a_render_first() {
         &store(&missing),
         &out,
         &SheetOptions::default(),
-        Paper::A4,
+        &PdfOptions::default(),
         StalePanels::Refuse,
     )
     .unwrap_err();
     assert!(format!("{err:#}").contains("render"));
+}
+
+/// Every line of text a PDF shows, with where it starts: `(x, y, text)`. The content streams
+/// are uncompressed; strings are `(literal)` or `<hex>` WinAnsi, each drawn by `x y Td (..) Tj`.
+fn pdf_lines(pdf: &[u8]) -> Vec<(f32, f32, String)> {
+    let text = String::from_utf8_lossy(pdf);
+    let mut lines = Vec::new();
+    let mut rest: &str = &text;
+    while let Some(at) = rest.find(" Td") {
+        let mut coords = rest[..at]
+            .rsplit(char::is_whitespace)
+            .take(2)
+            .map(|n| n.parse::<f32>().unwrap());
+        let (y, x) = (coords.next().unwrap(), coords.next().unwrap());
+        let after = rest[at + 3..].trim_start();
+        let end = after.find(" Tj").expect("a string follows its position");
+        let shown = &after[..end];
+        let decoded = match shown.strip_prefix('<') {
+            Some(hex) => {
+                let hex = hex.trim_end_matches('>');
+                (0..hex.len() / 2)
+                    .map(|k| u8::from_str_radix(&hex[2 * k..2 * k + 2], 16).unwrap() as char)
+                    .collect()
+            }
+            None => shown[1..shown.len() - 1]
+                .replace("\\(", "(")
+                .replace("\\)", ")")
+                .replace("\\\\", "\\"),
+        };
+        lines.push((x, y, decoded));
+        rest = &after[end..];
+    }
+    lines
+}
+
+fn board_project() -> Project {
+    let mut p = project(&["The storm breaks.", "", "Silence."]);
+    p.scenes.push(Scene {
+        name: "The lamp room".into(),
+        ..p.scenes[0].clone()
+    });
+    p.panels[0].shot = Some(ShotSize::ExtremeWide);
+    p.panels[0].angle = Some(CameraAngle::Low);
+    p.panels[0].duration = 3.5;
+    p.panels[1].shot = Some(ShotSize::CloseUp);
+    p.panels[1].camera_move = "slow push in".into();
+    p.panels[1].dialogue = format!("Is anyone there? {LONG_CAPTION}");
+    p.panels[1].notes = "hold on the eyes".into();
+    p.panels[1].scene = 1;
+    p.panels[2].scene = 1;
+    p.panels[2].duration = 0.25;
+    p
+}
+
+#[test]
+fn the_pdf_carries_the_board_and_its_text_is_never_cut() {
+    let p = board_project();
+    let images = vec![Some(RgbImage::from_pixel(32, 32, RED)), None, None];
+    for (columns, rows, orientation) in [
+        (3, 1, Orientation::Landscape),
+        (2, 4, Orientation::Portrait),
+        (3, 3, Orientation::Landscape),
+    ] {
+        let opts = PdfOptions {
+            columns,
+            rows,
+            orientation,
+            ..PdfOptions::default()
+        };
+        let pdf = storyboard_pdf(&p, &images, &opts).unwrap();
+        let lines = pdf_lines(&pdf);
+        let all: String = lines
+            .iter()
+            .map(|l| l.2.as_str())
+            .collect::<Vec<_>>()
+            .join(" ");
+        for expected in [
+            "SCENE 1",
+            "SCENE 2: The lamp room",
+            "Extreme wide (EWS) | Low angle | 3.5 s at 00:00:00:00",
+            "Close-up (CU) | slow push in | 2 s at 00:00:03:12",
+            "0.25 s at 00:00:05:12",
+            "hold on the eyes",
+            "The storm breaks.",
+            "Silence.",
+            "Running time 00:00:05:18 (5.75 s)",
+            "Page 1 of 1",
+        ] {
+            assert!(
+                all.contains(expected),
+                "{columns}x{rows}: {expected:?} in {all}"
+            );
+        }
+        for word in words(LONG_CAPTION) {
+            assert!(
+                all.contains(word),
+                "{columns}x{rows}: dialogue word {word:?}"
+            );
+        }
+        assert!(
+            all.contains("\"Is anyone there?"),
+            "dialogue is quoted: {all}"
+        );
+        assert_eq!(
+            all.matches("SCENE").count(),
+            2,
+            "a header where each scene begins"
+        );
+        let (w, h) = opts.page_size();
+        for (x, y, line) in &lines {
+            assert!(
+                (0.0..w).contains(x) && (0.0..h).contains(y),
+                "{columns}x{rows}: {line:?} at ({x}, {y}) is off the {w}x{h} page"
+            );
+        }
+    }
+
+    // Fields left out are not printed.
+    let opts = PdfOptions {
+        fields: "dialogue,caption".parse().unwrap(),
+        ..PdfOptions::default()
+    };
+    let all: String = pdf_lines(&storyboard_pdf(&p, &images, &opts).unwrap())
+        .into_iter()
+        .map(|l| l.2)
+        .collect::<Vec<_>>()
+        .join(" ");
+    assert!(all.contains("Is anyone there?") && all.contains("Silence."));
+    for absent in ["SCENE", "Close-up", "slow push", "hold on", "3.5 s at"] {
+        assert!(!all.contains(absent), "{absent:?} was left out: {all}");
+    }
+    let err = "shot,colour"
+        .parse::<BoardFields>()
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("\"colour\"") && err.contains("dialogue"),
+        "{err}"
+    );
+}
+
+#[test]
+fn the_animatic_gif_holds_each_panel_for_its_duration() {
+    let tmp = tempfile::tempdir().unwrap();
+    let images = tmp.path().join("story.images");
+    rendered_images(&images, &[0, 2]);
+    let mut p = board_project();
+    p.panels[1].duration = 1.234;
+    let out = tmp.path().join("out");
+    let written = export_animatic(&p, &store(&images), &out, 64, StalePanels::Mark)
+        .unwrap()
+        .files;
+
+    let file = fs::File::open(out.join("animatic.gif")).unwrap();
+    let decoder = image::codecs::gif::GifDecoder::new(std::io::BufReader::new(file)).unwrap();
+    let frames = image::AnimationDecoder::into_frames(decoder)
+        .collect_frames()
+        .unwrap();
+    assert_eq!(frames.len(), 3, "one frame per panel");
+    let delays_ms: Vec<f64> = frames
+        .iter()
+        .map(|f| {
+            let (n, d) = f.delay().numer_denom_ms();
+            f64::from(n) / f64::from(d)
+        })
+        .collect();
+    // GIF keeps hundredths of a second: 1.234 s is held 1.23 s.
+    assert_eq!(delays_ms, [3500.0, 1230.0, 250.0]);
+    let (w, h) = frames[0].buffer().dimensions();
+    assert_eq!(w, 64, "the long side");
+    assert!(h > 64, "a caption bar under the 64x64 picture: {h}");
+    // Panel 1 is rendered (its blue-ish colour), panel 2 is a grey card.
+    let has = |k: usize, rgb: [u8; 3]| {
+        frames[k]
+            .buffer()
+            .pixels()
+            .any(|p| p.0[..3].iter().zip(rgb).all(|(a, b)| a.abs_diff(b) < 12))
+    };
+    assert!(has(0, [0, 100, 200]) && !has(1, [0, 100, 200]) && has(2, [60, 100, 200]));
+
+    let concat = fs::read_to_string(out.join("animatic").join("animatic.ffconcat")).unwrap();
+    assert_eq!(
+        concat,
+        "ffconcat version 1.0\nfile 0001.png\nduration 3.5\nfile 0002.png\nduration 1.234\n\
+         file 0003.png\nduration 0.25\nfile 0003.png\n"
+    );
+    for k in 1..=3 {
+        let png = image::open(out.join("animatic").join(format!("{k:04}.png"))).unwrap();
+        assert_eq!(png.width(), 64);
+    }
+    assert_eq!(written.len(), 5, "{written:?}");
+}
+
+#[test]
+fn an_animatic_that_cannot_be_written_leaves_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let images = tmp.path().join("story.images");
+    rendered_images(&images, &[0]);
+    let p = board_project();
+    // A file where the output folder should be.
+    let file = tmp.path().join("a-file");
+    fs::write(&file, b"not a folder").unwrap();
+    let err = export_animatic(
+        &p,
+        &store(&images),
+        &file.join("out"),
+        64,
+        StalePanels::Mark,
+    )
+    .unwrap_err();
+    assert!(format!("{err:#}").contains("a-file"), "{err:#}");
+
+    // A folder in the way of the third frame: no frame and no ffconcat file is written.
+    let out = tmp.path().join("out");
+    fs::create_dir_all(out.join("animatic").join("0003.png")).unwrap();
+    let err = export_animatic(&p, &store(&images), &out, 64, StalePanels::Mark).unwrap_err();
+    assert!(format!("{err:#}").contains("0003.png"), "{err:#}");
+    let left: Vec<_> = fs::read_dir(out.join("animatic"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(left, ["0003.png"], "only the folder that was in the way");
 }

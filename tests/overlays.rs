@@ -148,3 +148,44 @@ fn contact_sheet_rejects_bad_input() {
     assert!(contact_sheet(&[&a], 0, 64, 4).is_err());
     assert!(contact_sheet(&[], 2, 64, 4).is_err());
 }
+
+#[test]
+fn consistency_is_foreground_similarity_times_identity_coverage() {
+    use charaboard::consist::matching::Matches;
+    use charaboard::consist::score::Consistency;
+    // Panel tokens 0..4 with foreground 1, 2, 3; identity tokens 0..4 with foreground 0, 1.
+    let panel_mask = [false, true, true, true];
+    let identity_mask = [true, true, false, false];
+    let matches = Matches::filter(
+        &[3, 0, 0, 1],
+        vec![0.9, 0.8, 0.6, -0.2],
+        &panel_mask,
+        &identity_mask,
+        0.5,
+    );
+    let c = Consistency::of(&panel_mask, &matches, &identity_mask).unwrap();
+    // Foreground similarities 0.8, 0.6 and -0.2 (as 0); both kept matches land on identity
+    // token 0, so half the identity's foreground is reached.
+    assert!((c.similarity - 1.4 / 3.0).abs() < 1e-6, "{c:?}");
+    assert_eq!(c.coverage, 0.5);
+    assert!((c.score() - 0.7 / 3.0).abs() < 1e-6);
+
+    let all = Matches::filter(
+        &[3, 0, 1, 1],
+        vec![0.9, 0.8, 0.9, 0.7],
+        &panel_mask,
+        &identity_mask,
+        0.5,
+    );
+    let better = Consistency::of(&panel_mask, &all, &identity_mask).unwrap();
+    assert_eq!(better.coverage, 1.0);
+    assert!(better.score() > c.score());
+
+    let lost = Consistency::of(&[false; 4], &matches, &identity_mask).unwrap();
+    assert_eq!(lost.score(), 0.0, "no character found in the panel");
+    assert_eq!(Consistency::of(&panel_mask, &matches, &[false; 4]), None);
+    assert_eq!(
+        Consistency::of(&panel_mask[..3], &matches, &identity_mask),
+        None
+    );
+}

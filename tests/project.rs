@@ -4,7 +4,9 @@
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use charaboard::project::{self, Project, ProjectError};
+use charaboard::consist::plan::{ModelKey, PlanModel, Target};
+use charaboard::project::timing::{starts, timecode};
+use charaboard::project::{self, CameraAngle, Project, ProjectError, ShotSize};
 
 fn sample_path(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -24,11 +26,16 @@ fn full_project() -> Project {
         height: Some(1280),
     });
     p.panels.push(project::Panel {
-        scene: 1,
-        action: "waving, \"quoted\" and #hashed".into(),
-        caption: String::new(),
         seed: Some(u64::MAX),
+        shot: Some(ShotSize::CloseUp),
+        angle: Some(CameraAngle::OverTheShoulder),
+        camera_move: "slow push in".into(),
+        dialogue: "\"Who's there?\"\nA second line.".into(),
+        notes: "hold on the eyes".into(),
+        duration: 3.25,
+        ..project::Panel::new(1, "waving, \"quoted\" and #hashed")
     });
+    p.settings.shot_in_prompt = true;
     p.settings.model = Some("models/FLUX.1-schnell".into());
     p.settings.steps = Some(4);
     p.settings.guidance = 0.0;
@@ -265,6 +272,68 @@ fn validation_names_the_field() {
     let mut p = ok.clone();
     p.settings.recipe.merge_weight = 2.0;
     assert!(invalid_message(&p).starts_with("settings.recipe.merge_weight"));
+
+    for bad in [0.0, -1.0, 601.0, f64::NAN, f64::INFINITY] {
+        let mut p = ok.clone();
+        p.panels[2].duration = bad;
+        assert_eq!(
+            invalid_message(&p),
+            format!(
+                "panels[2].duration must be a number of seconds from 0.042 to 600, found {bad}"
+            )
+        );
+    }
+}
+
+#[test]
+fn shots_and_timing_load_with_defaults_and_join_the_prompt_when_asked() {
+    // A file written before shots existed loads with no shot fields and 2 s panels.
+    let mut p = project::load(&sample_path("courier-journey.ron")).unwrap();
+    assert!(p
+        .panels
+        .iter()
+        .all(|x| x.shot.is_none() && x.dialogue.is_empty()));
+    assert!(p.panels.iter().all(|x| x.duration == 2.0));
+    let (at, total) = starts(&p);
+    assert_eq!(at[..3], [0.0, 2.0, 4.0]);
+    assert_eq!(total, 12.0);
+    assert_eq!(timecode(total), "00:00:12:00");
+    assert_eq!(timecode(3725.5), "01:02:05:12");
+    assert_eq!(timecode(1.0 / 24.0), "00:00:00:01");
+
+    let model = PlanModel {
+        key: ModelKey {
+            source: "test".into(),
+            dtype: "f32".into(),
+        },
+        default_steps: 4,
+    };
+    let key = |p: &Project, i: usize| {
+        let plan = project::plan(p, &model, None).unwrap();
+        plan.image(Target::Panel(i)).unwrap().key.clone()
+    };
+    let before = (key(&p, 0), key(&p, 1));
+    p.panels[0].shot = Some(ShotSize::ExtremeWide);
+    p.panels[0].angle = Some(CameraAngle::BirdsEye);
+    p.panels[0].duration = 0.5;
+    // Shot fields and timing are for the board until the switch is on.
+    assert_eq!((key(&p, 0), key(&p, 1)), before);
+    p.settings.shot_in_prompt = true;
+    let (shot, other) = (key(&p, 0), key(&p, 1));
+    assert_eq!(
+        shot.prompt,
+        format!(
+            "{} {} {}, extreme wide shot, bird's-eye view",
+            p.panel_environment(0),
+            p.character,
+            p.panels[0].action
+        )
+    );
+    assert_ne!(shot, before.0, "the panel's key follows its prompt");
+    assert_eq!(
+        other.prompt, before.1.prompt,
+        "a panel without a shot is as it was"
+    );
 }
 
 #[test]

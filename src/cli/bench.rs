@@ -210,12 +210,7 @@ pub fn bench_project(panels: usize, side: usize, steps: usize, lock_background: 
             height: None,
         }],
         panels: (0..panels)
-            .map(|i| Panel {
-                scene: 0,
-                action: format!("walking, step {i}"),
-                caption: String::new(),
-                seed: None,
-            })
+            .map(|i| Panel::new(0, format!("walking, step {i}")))
             .collect(),
         settings: RenderSettings {
             width: side,

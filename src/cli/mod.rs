@@ -32,6 +32,9 @@ pub struct Cli {
     /// Render every panel as soon as the model is loaded.
     #[arg(long)]
     render_on_start: bool,
+    /// Write where the grid's cells are on screen to this file (for the end-to-end test).
+    #[arg(long, hide = true)]
+    layout_report: Option<PathBuf>,
 }
 
 #[derive(Subcommand)]
@@ -62,7 +65,7 @@ pub fn run(cli: Cli) -> Result<()> {
             .model
             .map(|m| crate::models::discovery::resolve(&m))
             .transpose()?;
-        return crate::ui::run(cli.project, model, cli.render_on_start);
+        return crate::ui::run(cli.project, model, cli.render_on_start, cli.layout_report);
     };
     match command {
         Command::Generate(args) => generate::run(args),

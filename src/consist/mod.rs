@@ -8,5 +8,6 @@ pub mod matching;
 pub mod plan;
 pub mod recipe;
 pub mod reference;
+pub mod score;
 pub mod session;
 pub mod steer;

@@ -1,6 +1,8 @@
 //! Pictures made from rendered panels: contact sheets and the
 //! storyboard export (captioned sheet, PDF and numbered panels).
 
+pub mod animatic;
+pub mod board;
 pub mod pdf;
 pub mod sheet;
 pub mod storyboard;

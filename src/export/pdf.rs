@@ -13,24 +13,31 @@ use miniz_oxide::deflate::compress_to_vec_zlib;
 use pdf_writer::types::Predictor;
 use pdf_writer::{Content, Filter, Finish, Name, Pdf, Rect, Ref, Str, TextStr};
 
+use super::board::{panel_text, running_time_label, BoardFields};
 use super::panel_shape;
 use super::text::wrap_by;
+use crate::limits;
 use crate::project::model::Project;
 
-/// Paper sizes, always used in landscape because panels sit side by side.
+/// Paper sizes.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub enum Paper {
     #[default]
     A4,
     Letter,
+    A3,
+    /// 11 x 17 inches (ledger when landscape).
+    Tabloid,
 }
 
 impl Paper {
-    /// `(width, height)` in points, landscape.
+    /// `(width, height)` in points, portrait.
     pub fn size(self) -> (f32, f32) {
         match self {
-            Paper::A4 => (842.0, 595.0),
-            Paper::Letter => (792.0, 612.0),
+            Paper::A4 => (595.0, 842.0),
+            Paper::Letter => (612.0, 792.0),
+            Paper::A3 => (842.0, 1191.0),
+            Paper::Tabloid => (792.0, 1224.0),
         }
     }
 }
@@ -38,18 +45,72 @@ impl Paper {
 impl FromStr for Paper {
     type Err = anyhow::Error;
 
-    /// `a4` or `letter`, in any case, as typed on a command line.
+    /// `a4`, `letter`, `a3` or `tabloid`, in any case, as typed on a command line.
     fn from_str(s: &str) -> Result<Self> {
         match s.to_ascii_lowercase().as_str() {
             "a4" => Ok(Paper::A4),
             "letter" => Ok(Paper::Letter),
-            _ => bail!("unknown paper size {s:?}: use a4 or letter"),
+            "a3" => Ok(Paper::A3),
+            "tabloid" => Ok(Paper::Tabloid),
+            _ => bail!("unknown paper size {s:?}: use a4, letter, a3 or tabloid"),
         }
     }
 }
 
-/// Panels per page when the caller has no preference: 3 columns × 2 rows.
-pub const DEFAULT_PER_PAGE: usize = 6;
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Orientation {
+    Portrait,
+    /// Panels sit side by side, as storyboards are usually printed.
+    #[default]
+    Landscape,
+}
+
+impl FromStr for Orientation {
+    type Err = anyhow::Error;
+
+    fn from_str(s: &str) -> Result<Self> {
+        match s.to_ascii_lowercase().as_str() {
+            "portrait" => Ok(Orientation::Portrait),
+            "landscape" => Ok(Orientation::Landscape),
+            _ => bail!("unknown orientation {s:?}: use portrait or landscape"),
+        }
+    }
+}
+
+/// How the PDF is laid out: the paper, its orientation, the panel grid of every page and the
+/// fields printed under each panel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PdfOptions {
+    pub paper: Paper,
+    pub orientation: Orientation,
+    pub columns: usize,
+    pub rows: usize,
+    pub fields: BoardFields,
+}
+
+impl Default for PdfOptions {
+    /// A4 landscape, 3 columns x 2 rows, every field.
+    fn default() -> Self {
+        Self {
+            paper: Paper::A4,
+            orientation: Orientation::Landscape,
+            columns: 3,
+            rows: 2,
+            fields: BoardFields::all(),
+        }
+    }
+}
+
+impl PdfOptions {
+    /// `(width, height)` of a page in points.
+    pub fn page_size(&self) -> (f32, f32) {
+        let (w, h) = self.paper.size();
+        match self.orientation {
+            Orientation::Portrait => (w, h),
+            Orientation::Landscape => (h, w),
+        }
+    }
+}
 
 const REGULAR: Name<'static> = Name(b"F1");
 const BOLD: Name<'static> = Name(b"F2");
@@ -65,8 +126,10 @@ const MIN_CAPTION_PT: f32 = 6.0;
 const CAPTION_STEP_PT: f32 = 0.5;
 const CAPTION_GAP: f32 = 4.0;
 const LEADING: f32 = 1.2;
-/// An image may shrink to this fraction of its height to make room for its caption.
+/// An image may shrink to this fraction of its height to make room for its caption, and to the
+/// last fraction once the caption is as small as it gets.
 const MIN_IMAGE_FRACTION: f32 = 0.5;
+const LAST_IMAGE_FRACTION: f32 = 0.2;
 const BADGE_PT: f32 = 9.0;
 const BADGE_PAD: f32 = 2.5;
 const BADGE_INSET: f32 = 3.0;
@@ -141,13 +204,6 @@ fn wrap(text: &str, size: f32, max_width: f32) -> Vec<Vec<u8>> {
         .iter()
         .map(|l| win_ansi(l))
         .collect()
-}
-
-/// `(columns, rows)` for `per_page` panels on a landscape page: about 1.5 columns per row, so
-/// 6 is 3×2, 4 is 2×2 and 1 to 3 make a single row.
-fn grid(per_page: usize) -> (usize, usize) {
-    let rows = ((per_page as f64 / 1.5).sqrt().round() as usize).max(1);
-    (per_page.div_ceil(rows), rows)
 }
 
 /// Allocates object ids in order.
@@ -230,8 +286,9 @@ struct CellLayout {
 
 /// Fits an image of `aspect` (height / width) and its caption into a `w`×`h` cell. The image
 /// first fills the cell; the caption starts at full size, and the image gives up height (down
-/// to [`MIN_IMAGE_FRACTION`]) before the caption shrinks, step by step, to [`MIN_CAPTION_PT`].
-/// A caption that still does not fit runs on below the cell: text is never dropped.
+/// to [`MIN_IMAGE_FRACTION`]) before the caption shrinks, step by step, to [`MIN_CAPTION_PT`];
+/// then the image gives up more, down to [`LAST_IMAGE_FRACTION`]. A caption that still does not
+/// fit runs on below the cell: text is never dropped.
 fn layout_cell(caption: &str, aspect: f32, w: f32, h: f32) -> CellLayout {
     let natural = (w * aspect).min(h);
     let min_height = natural * MIN_IMAGE_FRACTION;
@@ -244,8 +301,13 @@ fn layout_cell(caption: &str, aspect: f32, w: f32, h: f32) -> CellLayout {
             CAPTION_GAP + lines.len() as f32 * size * LEADING
         };
         let image_height = natural.min(h - caption_height);
-        if image_height >= min_height || size - CAPTION_STEP_PT < MIN_CAPTION_PT {
-            let image_height = image_height.max(min_height);
+        let smallest = size - CAPTION_STEP_PT < MIN_CAPTION_PT;
+        if image_height >= min_height || smallest {
+            let floor = match smallest {
+                true => natural * LAST_IMAGE_FRACTION,
+                false => min_height,
+            };
+            let image_height = image_height.max(floor);
             return CellLayout {
                 image_width: image_height / aspect,
                 image_height,
@@ -257,18 +319,17 @@ fn layout_cell(caption: &str, aspect: f32, w: f32, h: f32) -> CellLayout {
     }
 }
 
-/// The storyboard as a PDF: `per_page` panels a page (6 is 3 columns × 2 rows, 4 is 2 × 2),
-/// in reading order, on landscape `paper`. Every page has the title and "Page k of n" at the
-/// top; each cell has the panel image (a grey "not rendered" box where `images[i]` is `None`),
-/// its number in a dark badge on the image's corner and its caption wrapped underneath in
-/// Helvetica, shrunk when long but never cut.
+/// The storyboard as a PDF: `opts.columns` x `opts.rows` panels a page, in reading order, on
+/// `opts.paper`. Every page has the title, "Page k of n" and the running time at the top; each
+/// cell has the panel image (a grey "not rendered" box where `images[i]` is `None`), its number
+/// in a dark badge on the image's corner and its board text (see [`panel_text`]) wrapped
+/// underneath in Helvetica, shrunk when long but never cut.
 ///
 /// `images` has one entry per panel of `project`.
 pub fn storyboard_pdf(
     project: &Project,
     images: &[Option<RgbImage>],
-    paper: Paper,
-    per_page: usize,
+    opts: &PdfOptions,
 ) -> Result<Vec<u8>> {
     ensure!(
         images.len() == project.panels.len(),
@@ -276,7 +337,8 @@ pub fn storyboard_pdf(
         project.panels.len(),
         images.len()
     );
-    ensure!(per_page > 0, "a PDF page needs room for at least one panel");
+    limits::check("columns", opts.columns, &limits::COLUMNS)?;
+    limits::check("rows", opts.rows, &limits::ROWS)?;
     ensure!(!images.is_empty(), "the project has no panels to print");
     ensure!(
         images
@@ -286,27 +348,32 @@ pub fn storyboard_pdf(
         "cannot print an empty panel image"
     );
 
-    let (page_w, page_h) = paper.size();
-    let (cols, rows) = grid(per_page);
+    let (page_w, page_h) = opts.page_size();
+    let (cols, rows) = (opts.columns, opts.rows);
+    let per_page = cols * rows;
     let pages = images.len().div_ceil(per_page);
 
     // The header is the same on every page but for the page number, whose widest form is
     // "Page n of n"; the title wraps in the room left beside it.
+    let running_time = win_ansi(&running_time_label(project));
     let widest_label = win_ansi(&format!("Page {pages} of {pages}"));
-    let label_w = text_width(&widest_label, PAGE_LABEL_PT);
+    let label_w =
+        text_width(&widest_label, PAGE_LABEL_PT).max(text_width(&running_time, PAGE_LABEL_PT));
     let title = wrap(
         &project.title,
         TITLE_PT,
         page_w - 2.0 * MARGIN - label_w - GAP,
     );
-    let header_h = title.len().max(1) as f32 * TITLE_PT * LEADING + HEADER_GAP;
+    let header_h = (title.len().max(1) as f32 * TITLE_PT * LEADING)
+        .max(2.0 * PAGE_LABEL_PT * LEADING + TITLE_PT * 0.8)
+        + HEADER_GAP;
     let grid_top = page_h - MARGIN - header_h;
     let cell_w = (page_w - 2.0 * MARGIN - (cols - 1) as f32 * GAP) / cols as f32;
     let cell_h = (grid_top - MARGIN - (rows - 1) as f32 * GAP) / rows as f32;
     ensure!(
         cell_w >= 24.0 && cell_h >= 24.0,
-        "{per_page} panels and a {}-line title leave no room for panels on a page; \
-         use fewer panels per page or a shorter title",
+        "{cols} x {rows} panels and a {}-line title leave no room for panels on a page; \
+         use fewer panels per page, larger paper or a shorter title",
         title.len()
     );
 
@@ -350,6 +417,16 @@ pub fn storyboard_pdf(
             label_y,
             &label,
         );
+        let time_x = page_w - MARGIN - text_width(&running_time, PAGE_LABEL_PT);
+        let time_y = label_y - PAGE_LABEL_PT * LEADING;
+        show(
+            &mut content,
+            REGULAR,
+            PAGE_LABEL_PT,
+            time_x,
+            time_y,
+            &running_time,
+        );
 
         let mut x_objects = Vec::new();
         for (j, image) in chunk.iter().enumerate() {
@@ -360,7 +437,7 @@ pub fn storyboard_pdf(
                 .as_ref()
                 .map_or_else(|| panel_shape(project, i), RgbImage::dimensions);
             let layout = layout_cell(
-                &project.panels[i].caption,
+                &panel_text(project, i, &opts.fields),
                 h as f32 / w as f32,
                 cell_w,
                 cell_h,

@@ -10,8 +10,9 @@ use image::{imageops, imageops::FilterType, Rgb, RgbImage};
 use std::fs;
 use std::path::{Path, PathBuf};
 
+use super::board::{panel_text, running_time_label, BoardFields};
 use super::panel_shape;
-use super::pdf::{storyboard_pdf, Paper, DEFAULT_PER_PAGE};
+use super::pdf::{storyboard_pdf, PdfOptions};
 use super::text::TextRenderer;
 use crate::atomic_file::{save_png, write_atomic};
 use crate::consist::plan::Target;
@@ -27,6 +28,8 @@ pub struct SheetOptions {
     pub cell_width: u32,
     /// Put the identity shot in the first cell, for reviewing the character's look.
     pub include_identity: bool,
+    /// What is printed under each panel.
+    pub fields: BoardFields,
 }
 
 impl Default for SheetOptions {
@@ -35,6 +38,7 @@ impl Default for SheetOptions {
             columns: 3,
             cell_width: 320,
             include_identity: false,
+            fields: BoardFields::all(),
         }
     }
 }
@@ -85,10 +89,10 @@ fn text_height(text: &TextRenderer, lines: usize, px: f32) -> u32 {
     (lines as f32 * text.line_height(px)).ceil() as u32
 }
 
-/// The panel sheet: the title at the top, then one cell per panel in reading order, each with
-/// its image scaled to `opts.cell_width` (a grey "not rendered" box where `images[i]` is
-/// `None`), its number in a dark badge on the image's corner and its whole caption wrapped
-/// underneath. Rows are as tall as their tallest cell, so long captions are never cut.
+/// The panel sheet: the title and running time at the top, then one cell per panel in reading
+/// order, each with its image scaled to `opts.cell_width` (a grey "not rendered" box where
+/// `images[i]` is `None`), its number in a dark badge on the image's corner and its whole board
+/// text (see [`panel_text`]) wrapped underneath. Rows are as tall as their tallest cell, so long captions are never cut.
 ///
 /// `images` has one entry per panel of `project`; `identity` is used only with
 /// `opts.include_identity`, as a first cell labelled "identity".
@@ -138,12 +142,12 @@ pub fn panel_sheet(
             &project.character,
         ));
     }
-    for (i, (image, panel)) in images.iter().zip(&project.panels).enumerate() {
+    for (i, image) in images.iter().enumerate() {
         cells.push(make_cell(
             image.as_ref(),
             panel_shape(project, i),
             (i + 1).to_string(),
-            &panel.caption,
+            &panel_text(project, i, &opts.fields),
         ));
     }
 
@@ -160,7 +164,8 @@ pub fn panel_sheet(
         .collect();
     let used_columns = opts.columns.min(cells.len()) as u32;
     let content_width = used_columns * cell_width + (used_columns - 1) * GAP;
-    let title = text.wrap(&project.title, TITLE_PX, content_width as f32);
+    let mut title = text.wrap(&project.title, TITLE_PX, content_width as f32);
+    title.extend(text.wrap(&running_time_label(project), TITLE_PX, content_width as f32));
     let title_height = if title.is_empty() {
         0
     } else {
@@ -250,7 +255,7 @@ pub fn panel_list(panels: &[usize]) -> String {
 }
 
 /// Exports a rendered storyboard into `out_dir` (created if needed): `sheet.png` (see
-/// [`panel_sheet`]), `storyboard.pdf` (see [`storyboard_pdf`], 6 panels a page) and `01.png`,
+/// [`panel_sheet`]), `storyboard.pdf` (see [`storyboard_pdf`]) and `01.png`,
 /// `02.png`, ... as byte-for-byte copies of the rendered panels. Panels not rendered yet appear
 /// as placeholders on the sheet and PDF and get no numbered file.
 ///
@@ -262,11 +267,65 @@ pub fn export_all(
     store: &ImagesStore,
     out_dir: &Path,
     opts: &SheetOptions,
-    paper: Paper,
+    pdf: &PdfOptions,
     stale: StalePanels,
 ) -> Result<Exported> {
     // The layout is checked again by `panel_sheet`; here it is checked before any image is read.
     limits::check("columns", opts.columns, &limits::COLUMNS)?;
+    limits::check("rows", pdf.rows, &limits::ROWS)?;
+    let Board {
+        shown,
+        images,
+        stale: stale_panels,
+    } = read_board(project, store, stale)?;
+    let identity = match opts.include_identity {
+        true => read_saved(store, Target::Identity)?.map(|saved| saved.image),
+        false => None,
+    };
+
+    let sheet = panel_sheet(&shown, &images, identity.as_ref(), opts)?;
+    let pdf = storyboard_pdf(&shown, &images, pdf)?;
+
+    fs::create_dir_all(out_dir)
+        .with_context(|| format!("cannot create the output folder {}", out_dir.display()))?;
+    let mut written = Vec::new();
+    let sheet_path = out_dir.join("sheet.png");
+    save_png(&sheet, &sheet_path)?;
+    written.push(sheet_path);
+    let pdf_path = out_dir.join("storyboard.pdf");
+    write_atomic(&pdf_path, &pdf)?;
+    written.push(pdf_path);
+
+    for (i, image) in images.iter().enumerate() {
+        if image.is_none() {
+            continue;
+        }
+        let from = store.png_path(Target::Panel(i));
+        let to = out_dir.join(format!("{:02}.png", i + 1));
+        let bytes = fs::read(&from).with_context(|| format!("cannot read {}", from.display()))?;
+        write_atomic(&to, &bytes)?;
+        written.push(to);
+    }
+    Ok(Exported {
+        files: written,
+        stale: stale_panels,
+    })
+}
+
+/// A storyboard's rendered panels as an export shows them.
+struct Board {
+    /// The project with stale panels' captions marked.
+    shown: Project,
+    /// One per panel; `None` where it is not rendered yet.
+    images: Vec<Option<RgbImage>>,
+    /// The stale panels (0-based).
+    stale: Vec<usize>,
+}
+
+/// Reads every panel's saved image and checks them against the project: one that is there but
+/// is not this project's stops the export with the reason, no rendered panel at all asks for a
+/// render, and stale panels are refused or marked as `stale` says.
+fn read_board(project: &Project, store: &ImagesStore, stale: StalePanels) -> Result<Board> {
     let saved = (0..project.panels.len())
         .map(|i| read_saved(store, Target::Panel(i)))
         .collect::<Result<Vec<_>>>()?;
@@ -302,41 +361,42 @@ pub fn export_all(
             }
         }
     }
-    let images: Vec<Option<RgbImage>> = saved
+    let images = saved
         .into_iter()
         .map(|s| s.map(|saved| saved.image))
         .collect();
-    let identity = match opts.include_identity {
-        true => read_saved(store, Target::Identity)?.map(|saved| saved.image),
-        false => None,
-    };
+    Ok(Board {
+        shown,
+        images,
+        stale: stale_panels,
+    })
+}
 
-    let sheet = panel_sheet(&shown, &images, identity.as_ref(), opts)?;
-    let pdf = storyboard_pdf(&shown, &images, paper, DEFAULT_PER_PAGE)?;
-
+/// Exports the animatic into `out_dir` (created if needed): `animatic.gif` and the numbered
+/// PNG sequence with its ffconcat file in `animatic/` (see [`super::animatic`]), frames
+/// `long_side` pixels on their long side. Checked as [`export_all`] checks; nothing is written
+/// before every frame is made.
+pub fn export_animatic(
+    project: &Project,
+    store: &ImagesStore,
+    out_dir: &Path,
+    long_side: u32,
+    stale: StalePanels,
+) -> Result<Exported> {
+    let board = read_board(project, store, stale)?;
+    let frames = super::animatic::frames(&board.shown, &board.images, long_side)?;
     fs::create_dir_all(out_dir)
         .with_context(|| format!("cannot create the output folder {}", out_dir.display()))?;
-    let mut written = Vec::new();
-    let sheet_path = out_dir.join("sheet.png");
-    save_png(&sheet, &sheet_path)?;
-    written.push(sheet_path);
-    let pdf_path = out_dir.join("storyboard.pdf");
-    write_atomic(&pdf_path, &pdf)?;
-    written.push(pdf_path);
-
-    for (i, image) in images.iter().enumerate() {
-        if image.is_none() {
-            continue;
-        }
-        let from = store.png_path(Target::Panel(i));
-        let to = out_dir.join(format!("{:02}.png", i + 1));
-        let bytes = fs::read(&from).with_context(|| format!("cannot read {}", from.display()))?;
-        write_atomic(&to, &bytes)?;
-        written.push(to);
-    }
+    let gif = out_dir.join("animatic.gif");
+    super::animatic::write_gif(&frames, &gif)?;
+    let mut files = vec![gif];
+    files.extend(super::animatic::write_sequence(
+        &frames,
+        &out_dir.join("animatic"),
+    )?);
     Ok(Exported {
-        files: written,
-        stale: stale_panels,
+        files,
+        stale: board.stale,
     })
 }
 

@@ -98,12 +98,7 @@ fn group_project(k: usize, lines: &[Line], lock_background: bool) -> Result<Proj
                 scenes.len() - 1
             }
         };
-        panels.push(Panel {
-            scene,
-            action: line.action.to_string(),
-            caption: String::new(),
-            seed: None,
-        });
+        panels.push(Panel::new(scene, line.action));
     }
     let project = Project {
         title: format!("Story {k}"),

@@ -10,9 +10,12 @@ pub mod import;
 pub mod io;
 pub mod model;
 pub mod plan;
+pub mod shot;
+pub mod timing;
 
 pub use images::{images_dir, ImagesStore, RenderedImage};
 pub use import::{import, import_file};
 pub use io::{load, parse, sample, save, ProjectError};
 pub use model::{IdentityShot, Panel, Project, RenderSettings, Scene};
 pub use plan::plan;
+pub use shot::{CameraAngle, ShotSize};

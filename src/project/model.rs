@@ -9,6 +9,7 @@
 use anyhow::{anyhow, bail, Result};
 use serde::{Deserialize, Serialize};
 
+use super::shot::{CameraAngle, ShotSize};
 use crate::consist::recipe::Recipe;
 use crate::limits::{self, check_side};
 
@@ -68,6 +69,66 @@ pub struct Panel {
     /// reference uses one seed for everything, which is what keeps layouts close.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub seed: Option<u64>,
+    /// The shot list: how the panel is framed and seen, and how the camera moves (free text,
+    /// e.g. "slow push in"). Shot size and angle join the prompt where
+    /// [`RenderSettings::shot_in_prompt`] says so; the rest is for the board only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shot: Option<ShotSize>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub angle: Option<CameraAngle>,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub camera_move: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub dialogue: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub notes: String,
+    /// Seconds on screen in the animatic and the running time (see [`limits::DURATION`]).
+    #[serde(
+        default = "default_duration",
+        skip_serializing_if = "is_default_duration"
+    )]
+    pub duration: f64,
+}
+
+fn default_duration() -> f64 {
+    2.0
+}
+
+fn is_default_duration(d: &f64) -> bool {
+    *d == default_duration()
+}
+
+impl Panel {
+    /// A panel of `scene` doing `action`, with nothing else set.
+    pub fn new(scene: usize, action: impl Into<String>) -> Self {
+        Self {
+            scene,
+            action: action.into(),
+            caption: String::new(),
+            seed: None,
+            shot: None,
+            angle: None,
+            camera_move: String::new(),
+            dialogue: String::new(),
+            notes: String::new(),
+            duration: default_duration(),
+        }
+    }
+
+    /// The action as the prompt takes it: with the shot size and angle after it when asked.
+    pub fn prompt_action(&self, shot_in_prompt: bool) -> String {
+        let mut action = self.action.clone();
+        if shot_in_prompt {
+            let words = [
+                self.shot.map(ShotSize::prompt_words),
+                self.angle.map(CameraAngle::prompt_words),
+            ];
+            for w in words.into_iter().flatten() {
+                action = format!("{action}, {w}");
+            }
+        }
+        action
+    }
 }
 
 /// How images are rendered. Every field has a default, so the whole block may be left out.
@@ -92,6 +153,10 @@ pub struct RenderSettings {
     pub seed: u64,
     #[serde(default)]
     pub recipe: Recipe,
+    /// Adds each panel's shot size and camera angle to its action prompt, so the picture
+    /// follows the shot list (a change re-renders the panels that have them).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub shot_in_prompt: bool,
 }
 
 fn default_side() -> usize {
@@ -116,6 +181,7 @@ impl Default for RenderSettings {
             guidance: default_guidance(),
             seed: default_seed(),
             recipe: Recipe::default(),
+            shot_in_prompt: false,
         }
     }
 }
@@ -134,7 +200,8 @@ impl Project {
 
     /// Panics if `i` or the panel's scene is out of range; [`Project::validate`] rules that out.
     pub fn panel_prompt(&self, i: usize) -> String {
-        self.prompt(self.panel_environment(i), &self.panels[i].action)
+        let action = self.panels[i].prompt_action(self.settings.shot_in_prompt);
+        self.prompt(self.panel_environment(i), &action)
     }
 
     /// The environment of panel `i`'s scene: the prefix that marks its background tokens.
@@ -183,6 +250,7 @@ impl Project {
             if panel.action.trim().is_empty() {
                 bail!("panels[{i}].action: the action prompt is empty");
             }
+            limits::check_duration(&format!("panels[{i}].duration"), panel.duration)?;
             if panel.scene >= self.scenes.len() {
                 bail!(
                     "panels[{i}].scene is {} but there {} (indices start at 0)",

@@ -3,16 +3,18 @@
 //! its events every frame.
 
 use crossbeam_channel::{unbounded, Receiver, Sender};
-use egui::{Key, KeyboardShortcut, Modifiers, RichText, Ui};
+use egui::{Key, KeyboardShortcut, Modifiers, Rect, RichText, Ui};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use super::animatic::Player;
 use super::cells::{CellState, Cells};
 use super::dialogs::{Dialogs, Purpose};
 use super::document::Document;
 use super::editor::{editor_ui, TokenCounter};
-use super::grid::grid_ui;
+use super::grid::{grid_ui, GridLayout, MIN_GRID_WIDTH};
 use super::inspector::{inspector_ui, Overlays};
+use super::layout_report::LayoutReport;
 use super::setup::{self, CacheScan, ModelStatus};
 use crate::app_settings::AppSettings;
 use crate::consist::plan::{Plan, PlanModel, RenderRequest, Target};
@@ -27,6 +29,8 @@ const REDO: KeyboardShortcut =
     KeyboardShortcut::new(Modifiers::COMMAND.plus(Modifiers::SHIFT), Key::Z);
 const RENDER: KeyboardShortcut = KeyboardShortcut::new(Modifiers::COMMAND, Key::Enter);
 const RECOVERY_EVERY: Duration = Duration::from_secs(20);
+/// Long side of the exported animatic's frames, in pixels.
+const ANIMATIC_SIDE: u32 = 512;
 
 /// What an export wrote, or why it failed.
 type ExportResult = Result<Exported, String>;
@@ -40,13 +44,24 @@ pub struct StartOptions {
     pub settings: AppSettings,
     /// Write settings and recovery copies to disk (off in tests).
     pub persist: bool,
+    /// Where to write the layout report for the end-to-end run, if anywhere.
+    pub layout_report: Option<PathBuf>,
 }
 
 pub struct CharaboardApp {
     pub doc: Document,
     pub cells: Cells,
     pub selected: Option<Target>,
+    /// The inspector shows the selected cell; the user may fold it away (menu or drag).
+    pub inspector_open: bool,
+    pub player: Player,
+    /// Orders the grid's panels by rising consistency, to find those that drifted.
+    pub most_drifted_first: bool,
     pub overlays: Overlays,
+    /// Where the grid and its cells were drawn in the last frame, and the inspector if shown.
+    pub layout: GridLayout,
+    pub inspector_rect: Option<Rect>,
+    layout_report: Option<LayoutReport>,
     pub model: ModelStatus,
     /// The loaded model as plans see it.
     plan_model: Option<PlanModel>,
@@ -86,7 +101,13 @@ impl CharaboardApp {
             doc: Document::new(crate::project::io::sample(), None),
             cells: Cells::default(),
             selected: None,
+            inspector_open: true,
+            player: Player::default(),
+            most_drifted_first: false,
             overlays: Overlays::default(),
+            layout: GridLayout::default(),
+            inspector_rect: None,
+            layout_report: start.layout_report.map(LayoutReport::new),
             model: ModelStatus::None,
             plan_model: None,
             plan: None,
@@ -379,10 +400,21 @@ impl CharaboardApp {
                 &store,
                 &out,
                 &options,
-                crate::export::pdf::Paper::A4,
+                &crate::export::pdf::PdfOptions::default(),
                 // The artist sees which panels are stale in the grid; the export says so too.
                 StalePanels::Mark,
-            );
+            )
+            .and_then(|mut board| {
+                let animatic = crate::export::storyboard::export_animatic(
+                    &project,
+                    &store,
+                    &out,
+                    ANIMATIC_SIDE,
+                    StalePanels::Mark,
+                )?;
+                board.files.extend(animatic.files);
+                Ok(board)
+            });
             let _ = tx.send(result.map_err(|e| format!("{e:#}")));
         });
         self.info("exporting...");
@@ -488,6 +520,9 @@ impl CharaboardApp {
                 self.cancel();
             }
             ui.separator();
+            ui.checkbox(&mut self.inspector_open, "Inspector");
+            ui.checkbox(&mut self.player.open, "Animatic");
+            ui.separator();
             ui.label(match &self.model {
                 ModelStatus::None => "no model".to_string(),
                 ModelStatus::Loading(d) => format!("loading {}...", d.display()),
@@ -528,9 +563,12 @@ impl CharaboardApp {
                 }
             });
         });
+        // Side panels never take the grid's last whole cell (see MIN_GRID_WIDTH).
+        let editor_max = (ui.available_width() - MIN_GRID_WIDTH).max(0.0);
         egui::Panel::left("editor")
             .resizable(true)
             .default_size(380.0)
+            .max_size(editor_max)
             .show(ui, |ui| {
                 egui::ScrollArea::vertical().show(ui, |ui| {
                     let old_len = self.doc.project.panels.len();
@@ -553,13 +591,12 @@ impl CharaboardApp {
                     }
                 });
             });
-        if let Some(target) = self.selected {
-            egui::Panel::right("inspector")
+        self.inspector_panel(ui);
+        if self.player.open {
+            egui::Panel::bottom("animatic")
                 .resizable(true)
-                .default_size(520.0)
-                .show(ui, |ui| {
-                    inspector_ui(ui, &self.cells, target, &mut self.overlays);
-                });
+                .default_size(320.0)
+                .show(ui, |ui| self.player.ui(ui, &self.doc.project, &self.cells));
         }
         egui::CentralPanel::default().show(ui, |ui| {
             if !matches!(self.model, ModelStatus::Loaded { .. }) {
@@ -577,20 +614,53 @@ impl CharaboardApp {
                 ui.separator();
             }
             self.plan();
-            grid_ui(
+            ui.checkbox(&mut self.most_drifted_first, "Most drifted first")
+                .on_hover_text("Order the panels by rising consistency with the identity.");
+            self.layout = grid_ui(
                 ui,
                 &self.doc.project,
                 self.plan.as_ref(),
                 &self.cells,
                 &mut self.selected,
+                self.most_drifted_first,
             );
         });
         self.recovery_modal(ui);
+        if let Some(report) = &mut self.layout_report {
+            let (window, ppp) = (ui.ctx().content_rect(), ui.ctx().pixels_per_point());
+            if let Err(e) = report.update(window, &self.layout, self.inspector_rect, ppp) {
+                self.status = Some((format!("could not write the layout report: {e:#}"), true));
+            }
+        }
         if self.persist && self.last_recovery.elapsed() > RECOVERY_EVERY {
             self.last_recovery = Instant::now();
             if let Err(e) = self.doc.write_recovery() {
                 self.error(format!("could not write the recovery copy: {e}"));
             }
+        }
+    }
+
+    /// The inspector: a resizable side panel that folds away, never wider than leaves the grid
+    /// one whole cell.
+    fn inspector_panel(&mut self, ui: &mut Ui) {
+        let max = (ui.available_width() - MIN_GRID_WIDTH).max(0.0);
+        let mut expanded = self.inspector_open && self.selected.is_some();
+        let was_expanded = expanded;
+        self.inspector_rect = egui::Panel::right("inspector")
+            .resizable(true)
+            .default_size(520.0)
+            .min_size(160.0)
+            .max_size(max)
+            .show_collapsible(ui, &mut expanded, |ui| match self.selected {
+                Some(target) => inspector_ui(ui, &self.cells, target, &mut self.overlays),
+                None => {
+                    ui.label("Click a cell to inspect it.");
+                }
+            })
+            .map(|r| r.response.rect);
+        // Dragged shut (or open) by the user; a deselected cell leaves the choice as it was.
+        if expanded != was_expanded {
+            self.inspector_open = expanded;
         }
     }
 

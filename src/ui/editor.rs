@@ -5,6 +5,8 @@ use std::collections::HashMap;
 
 use crate::limits::prompt_too_long;
 use crate::project::model::{Panel, Project, Scene};
+use crate::project::shot::{CameraAngle, ShotSize};
+use crate::project::timing::{seconds_label, starts, timecode};
 use crate::text::PromptTokenizers;
 
 /// A change to the panel list that the frame grid must follow.
@@ -38,12 +40,7 @@ impl PanelEdit {
         match *self {
             PanelEdit::Added => {
                 let scene = panels.last().map_or(0, |p| p.scene);
-                panels.push(Panel {
-                    scene,
-                    action: "a new action".into(),
-                    caption: String::new(),
-                    seed: None,
-                });
+                panels.push(Panel::new(scene, "a new action"));
             }
             PanelEdit::Duplicated(i) => {
                 let copy = panels[i].clone();
@@ -115,6 +112,50 @@ fn labelled_text(ui: &mut Ui, label: &str, text: &mut String, multiline: bool) {
         false => TextEdit::singleline(text),
     };
     ui.add(edit.desired_width(f32::INFINITY)).labelled_by(l.id);
+}
+
+/// A panel's shot list entry: size, angle, camera move, dialogue, notes and duration.
+fn shot_ui(ui: &mut Ui, i: usize, panel: &mut Panel) {
+    let n = i + 1;
+    ui.horizontal_wrapped(|ui| {
+        egui::ComboBox::from_label(format!("shot size of panel {n}"))
+            .selected_text(panel.shot.map_or("no shot size", ShotSize::label))
+            .show_ui(ui, |ui| {
+                ui.selectable_value(&mut panel.shot, None, "none");
+                for size in ShotSize::ALL {
+                    ui.selectable_value(&mut panel.shot, Some(size), size.label());
+                }
+            });
+        egui::ComboBox::from_label(format!("angle of panel {n}"))
+            .selected_text(panel.angle.map_or("no angle", CameraAngle::label))
+            .show_ui(ui, |ui| {
+                ui.selectable_value(&mut panel.angle, None, "none");
+                for angle in CameraAngle::ALL {
+                    ui.selectable_value(&mut panel.angle, Some(angle), angle.label());
+                }
+            });
+        let l = ui.label(format!("Panel {n} duration"));
+        ui.add(
+            egui::DragValue::new(&mut panel.duration)
+                .range(crate::limits::DURATION)
+                .speed(0.05)
+                .suffix(" s"),
+        )
+        .labelled_by(l.id);
+    });
+    labelled_text(
+        ui,
+        &format!("Panel {n} camera move"),
+        &mut panel.camera_move,
+        false,
+    );
+    labelled_text(
+        ui,
+        &format!("Panel {n} dialogue"),
+        &mut panel.dialogue,
+        true,
+    );
+    labelled_text(ui, &format!("Panel {n} notes"), &mut panel.notes, true);
 }
 
 /// Draws the editor; returns the panel-list edit the user made this frame, if any.
@@ -193,6 +234,18 @@ fn scenes_ui(ui: &mut Ui, project: &mut Project, tokens: &mut TokenCounter) {
 
 fn panels_ui(ui: &mut Ui, project: &mut Project, tokens: &mut TokenCounter) -> Option<PanelEdit> {
     ui.heading("Panels");
+    let (_, running_time) = starts(project);
+    ui.label(format!(
+        "{} panels, running time {} ({})",
+        project.panels.len(),
+        timecode(running_time),
+        seconds_label(running_time)
+    ));
+    ui.checkbox(
+        &mut project.settings.shot_in_prompt,
+        "Shot size and angle in prompts",
+    )
+    .on_hover_text("Adds each panel's shot size and camera angle to its action prompt.");
     let mut edit = None;
     let n = project.panels.len();
     let scene_names: Vec<String> = project
@@ -243,6 +296,7 @@ fn panels_ui(ui: &mut Ui, project: &mut Project, tokens: &mut TokenCounter) -> O
                         &mut panel.caption,
                         true,
                     );
+                    shot_ui(ui, i, panel);
                     ui.horizontal(|ui| {
                         let mut own = panel.seed.is_some();
                         if ui

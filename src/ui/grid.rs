@@ -1,12 +1,55 @@
-//! The frame grid: the identity first, then the panels, reflowing with the window.
+//! The frame grid: the identity first, then the panels, in rows as wide as the grid has room
+//! for. Cells shrink to a minimum width before the grid wraps to fewer columns, so a cell is
+//! never cut off at the side; rows that do not fit the height scroll.
 
-use egui::{Color32, RichText, Sense, Ui, Vec2};
+use egui::{Color32, Rect, RichText, Sense, Ui, Vec2};
 
 use super::cells::{CellState, Cells};
 use crate::consist::plan::{Plan, Target};
+use crate::consist::score::Consistency;
 use crate::project::model::Project;
 
-const CELL_WIDTH: f32 = 200.0;
+/// Cells shrink to this outer width before the grid wraps to fewer columns.
+pub const MIN_CELL_WIDTH: f32 = 150.0;
+/// ...and grow to this at most, so a wide window shows more cells rather than huge ones.
+const MAX_CELL_WIDTH: f32 = 260.0;
+const GAP: f32 = 10.0;
+/// The narrowest the grid's panel may be made: one whole cell plus the panel's margins and the
+/// scroll bar. The side panels are capped so the grid always keeps this much.
+pub const MIN_GRID_WIDTH: f32 = MIN_CELL_WIDTH + 40.0;
+/// One width for selected and other cells' borders, so selecting a cell moves nothing.
+const BORDER: f32 = 2.0;
+
+/// Where the grid and its cells were drawn in the last frame, in points: for the layout tests
+/// and the end-to-end run's report.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GridLayout {
+    /// What of the grid is visible.
+    pub viewport: Rect,
+    /// The whole grid: the viewport's width, as tall as its rows (reached by scrolling).
+    pub grid: Rect,
+    pub cells: Vec<(Target, Rect)>,
+}
+
+impl Default for GridLayout {
+    /// Nothing drawn yet.
+    fn default() -> Self {
+        Self {
+            viewport: Rect::NOTHING,
+            grid: Rect::NOTHING,
+            cells: Vec::new(),
+        }
+    }
+}
+
+/// `(columns, outer cell width)` for a grid `available` points wide: as many columns as fit at
+/// the minimum width, each widened to share the room (up to the maximum). Narrower than one
+/// minimum cell, the one column takes what there is.
+pub fn fit(available: f32) -> (usize, f32) {
+    let columns = (((available + GAP) / (MIN_CELL_WIDTH + GAP)).floor() as usize).max(1);
+    let width = (available - GAP * (columns - 1) as f32) / columns as f32;
+    (columns, width.clamp(1.0, MAX_CELL_WIDTH))
+}
 
 pub fn title(target: Target) -> String {
     match target {
@@ -15,27 +58,58 @@ pub fn title(target: Target) -> String {
     }
 }
 
-/// `plan` is what the cells' images are compared with to tell which are stale.
+/// How closely a rendered panel's character follows the identity (see [`Consistency`]).
+pub fn consistency(cells: &Cells, target: Target) -> Option<Consistency> {
+    let Target::Panel(_) = target else {
+        return None;
+    };
+    let image = cells.get(target)?.image.as_ref()?;
+    let identity = cells.get(Target::Identity)?.image.as_ref()?;
+    Consistency::of(&image.mask, image.matches.as_ref()?, &identity.mask)
+}
+
+/// `plan` is what the cells' images are compared with to tell which are stale. With
+/// `most_drifted_first`, the panels come in rising order of consistency (unscored last).
 pub fn grid_ui(
     ui: &mut Ui,
     project: &Project,
     plan: Option<&Plan>,
     cells: &Cells,
     selected: &mut Option<Target>,
-) {
-    let targets: Vec<Target> = std::iter::once(Target::Identity)
-        .chain((0..project.panels.len()).map(Target::Panel))
-        .collect();
-    egui::ScrollArea::vertical().show(ui, |ui| {
-        ui.horizontal_wrapped(|ui| {
-            ui.spacing_mut().item_spacing = Vec2::splat(10.0);
-            for target in targets {
-                cell_ui(ui, project, plan, cells, target, selected);
+    most_drifted_first: bool,
+) -> GridLayout {
+    let mut panels: Vec<Target> = (0..project.panels.len()).map(Target::Panel).collect();
+    if most_drifted_first {
+        let score = |t: &Target| consistency(cells, *t).map_or(f32::INFINITY, |c| c.score());
+        panels.sort_by(|a, b| score(a).total_cmp(&score(b)));
+    }
+    let targets: Vec<Target> = std::iter::once(Target::Identity).chain(panels).collect();
+    let mut rects = Vec::with_capacity(targets.len());
+    let output = egui::ScrollArea::vertical()
+        .auto_shrink([false, false])
+        .show(ui, |ui| {
+            let (columns, width) = fit(ui.available_width());
+            ui.spacing_mut().item_spacing = Vec2::splat(GAP);
+            for row in targets.chunks(columns) {
+                ui.horizontal_top(|ui| {
+                    for &target in row {
+                        let rect = cell_ui(ui, project, plan, cells, target, selected, width);
+                        rects.push((target, rect));
+                    }
+                });
             }
         });
-    });
+    let viewport = output.inner_rect;
+    let top = viewport.min.y - output.state.clamped_offset().y;
+    let height = output.content_size.y.max(viewport.height());
+    GridLayout {
+        viewport,
+        grid: Rect::from_x_y_ranges(viewport.x_range(), top..=top + height),
+        cells: rects,
+    }
 }
 
+/// One cell, `width` points wide with its border; returns where it was drawn.
 fn cell_ui(
     ui: &mut Ui,
     project: &Project,
@@ -43,22 +117,27 @@ fn cell_ui(
     cells: &Cells,
     target: Target,
     selected: &mut Option<Target>,
-) {
+    width: f32,
+) -> Rect {
     let cell = cells.get(target);
     let state = cell.map_or_else(|| "empty".to_string(), |c| c.label(plan));
     let (w, h) = match target {
         Target::Identity => (project.settings.width, project.settings.height),
         Target::Panel(i) => project.panel_size(i),
     };
-    let image_size = Vec2::new(CELL_WIDTH, CELL_WIDTH * h as f32 / w as f32);
     let is_selected = *selected == Some(target);
-    let frame = egui::Frame::group(ui.style()).stroke(match is_selected {
-        true => egui::Stroke::new(2.0, ui.visuals().selection.stroke.color),
-        false => ui.visuals().widgets.noninteractive.bg_stroke,
-    });
+    let frame = egui::Frame::group(ui.style()).stroke(egui::Stroke::new(
+        BORDER,
+        match is_selected {
+            true => ui.visuals().selection.stroke.color,
+            false => ui.visuals().widgets.noninteractive.bg_stroke.color,
+        },
+    ));
+    let inner_width = (width - frame.total_margin().sum().x).max(1.0);
+    let image_size = Vec2::new(inner_width, inner_width * h as f32 / w as f32);
     let response = frame
         .show(ui, |ui| {
-            ui.set_width(CELL_WIDTH);
+            ui.set_width(inner_width);
             ui.vertical(|ui| {
                 ui.strong(title(target));
                 let texture = cell.and_then(|c| c.preview.as_ref().or(c.texture.as_ref()));
@@ -75,7 +154,7 @@ fn cell_ui(
                 if let Some(CellState::Rendering { step, steps, .. }) = cell.map(|c| &c.state) {
                     ui.add(
                         egui::ProgressBar::new((*step + 1) as f32 / *steps as f32)
-                            .desired_width(CELL_WIDTH),
+                            .desired_width(inner_width),
                     );
                 }
                 let color = match cell.map(|c| &c.state) {
@@ -83,11 +162,29 @@ fn cell_ui(
                     _ if state == "stale" => Color32::from_rgb(200, 140, 0),
                     _ => ui.visuals().weak_text_color(),
                 };
-                ui.label(
-                    RichText::new(format!("{}: {state}", title(target)))
-                        .small()
-                        .color(color),
+                ui.add(
+                    egui::Label::new(
+                        RichText::new(format!("{}: {state}", title(target)))
+                            .small()
+                            .color(color),
+                    )
+                    .wrap(),
                 );
+                if let Some(c) = consistency(cells, target) {
+                    ui.label(
+                        RichText::new(format!(
+                            "{} consistency {:.0}%",
+                            title(target),
+                            100.0 * c.score()
+                        ))
+                        .small(),
+                    )
+                    .on_hover_text(format!(
+                        "foreground similarity {:.2} x identity matched {:.0}%",
+                        c.similarity,
+                        100.0 * c.coverage
+                    ));
+                }
             });
         })
         .response;
@@ -101,4 +198,5 @@ fn cell_ui(
     {
         *selected = Some(target);
     }
+    response.rect
 }

@@ -73,7 +73,7 @@ fn show_image(ui: &mut Ui, texture: &egui::TextureHandle, size: Vec2) -> Rect {
 }
 
 pub fn inspector_ui(ui: &mut Ui, cells: &Cells, selected: Target, overlays: &mut Overlays) {
-    ui.horizontal(|ui| {
+    ui.horizontal_wrapped(|ui| {
         ui.heading(title(selected));
         ui.checkbox(&mut overlays.mask, "Show foreground mask");
         ui.checkbox(&mut overlays.identity_mask, "Show identity mask");

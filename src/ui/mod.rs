@@ -1,5 +1,6 @@
 //! The desktop app (egui/eframe): state in `app`, one small view per module.
 
+pub mod animatic;
 pub mod app;
 pub mod cells;
 pub mod dialogs;
@@ -7,6 +8,7 @@ pub mod document;
 pub mod editor;
 pub mod grid;
 pub mod inspector;
+pub mod layout_report;
 pub mod setup;
 
 use std::path::PathBuf;
@@ -16,6 +18,7 @@ pub fn run(
     project: Option<PathBuf>,
     model: Option<PathBuf>,
     render_on_start: bool,
+    layout_report: Option<PathBuf>,
 ) -> anyhow::Result<()> {
     let options = eframe::NativeOptions {
         viewport: egui::ViewportBuilder::default()
@@ -34,6 +37,7 @@ pub fn run(
                 dialogs: dialogs::Dialogs::native(),
                 settings: crate::app_settings::AppSettings::load(),
                 persist: true,
+                layout_report,
             };
             Ok(Box::new(app::CharaboardApp::new(
                 Some(cc.egui_ctx.clone()),

@@ -93,7 +93,8 @@ pub fn setup_ui(ui: &mut Ui, model: &ModelStatus, scan: &mut CacheScan) -> Optio
     if ui.button("Look again").clicked() {
         scan.scanned = None;
     }
-    ui.horizontal(|ui| {
+    // Wrapped, so that a narrow grid column is not widened past its panel.
+    ui.horizontal_wrapped(|ui| {
         if ui.button("Choose model folder...").clicked() {
             action = Some(SetupAction::PickFolder);
         }

@@ -136,12 +136,7 @@ pub fn knight_project(panels: Vec<(usize, &str)>, scenes: Vec<(&str, bool)>) -> 
             .collect(),
         panels: panels
             .into_iter()
-            .map(|(scene, action)| Panel {
-                scene,
-                action: action.into(),
-                caption: String::new(),
-                seed: None,
-            })
+            .map(|(scene, action)| Panel::new(scene, action))
             .collect(),
         settings: RenderSettings {
             width: 128,
