@@ -10,7 +10,7 @@ use super::rope::apply_rope;
 pub const SCORE_CHUNK_BYTES: usize = 256 << 20;
 
 /// softmax(q k^T / sqrt(d) + mask) v for (b, heads, seq, d) inputs, returned as (b, seq_q, heads*d).
-/// `mask` is additive, (1 or b, 1, seq_q, seq_k). On the CPU a fused kernel that never holds the
+/// `mask` is additive, (1 or b, 1, seq_q, seq_k) or (seq_q, seq_k). On the CPU a fused kernel that never holds the
 /// scores (bf16 and f16 inputs are computed in f32); elsewhere query chunks whose scores stay
 /// under [`SCORE_CHUNK_BYTES`], so a block's transient memory is bounded at every size and batch.
 pub fn scaled_dot_product(
@@ -21,22 +21,24 @@ pub fn scaled_dot_product(
 ) -> Result<Tensor> {
     let (_, heads, _, _) = q.dims4()?;
     let keys = k.dim(2)?;
-    if let Some(mask) = mask {
-        check_mask(mask, q, keys)?;
-    }
+    let mask = mask.map(|m| batched_mask(m, q, keys)).transpose()?;
+    let mask = mask.as_ref();
     let empty = q.elem_count() == 0 || keys == 0;
     if matches!(q.device(), Device::Cpu) && cpu_attention::supports(q.dtype()) && !empty {
         return fused_attention(q, k, v, mask);
     }
-    let rows = (SCORE_CHUNK_BYTES / (heads * keys * q.dtype().size_in_bytes())).max(1);
+    let row_bytes = heads * keys * q.dtype().size_in_bytes();
+    let rows = (SCORE_CHUNK_BYTES / row_bytes.max(1)).max(1);
     attention_in_query_chunks(q, k, v, mask, rows)
 }
 
-fn check_mask(mask: &Tensor, q: &Tensor, keys: usize) -> Result<()> {
+/// The mask as (1 or b, 1, seq_q, seq_k); a (seq_q, seq_k) one is taken for every image and head.
+fn batched_mask(mask: &Tensor, q: &Tensor, keys: usize) -> Result<Tensor> {
     let (b, _, seq, _) = q.dims4()?;
-    match mask.dims() {
-        &[mb, 1, mq, mk] if (mb == 1 || mb == b) && mq == seq && mk == keys => Ok(()),
-        dims => candle_core::bail!(
+    match *mask.dims() {
+        [mq, mk] if mq == seq && mk == keys => mask.reshape((1, 1, mq, mk)),
+        [mb, 1, mq, mk] if (mb == 1 || mb == b) && mq == seq && mk == keys => Ok(mask.clone()),
+        ref dims => candle_core::bail!(
             "attention mask {dims:?} does not fit {seq} queries over {keys} keys in a batch of {b}"
         ),
     }
