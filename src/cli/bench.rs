@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use super::args::DeviceArgs;
 use crate::consist::bank::{identity_bank_bytes, BankDims};
-use crate::consist::plan::{Plan, PlanModel, RenderRequest, Target};
+use crate::consist::plan::{Phase, Plan, PlanModel, RenderRequest, Target};
 use crate::consist::recipe::Recipe;
 use crate::consist::session::{RenderEvent, RenderOptions, Renderer};
 use crate::flux::attention::scaled_dot_product;
@@ -289,6 +289,57 @@ pub fn consist_vs_vanilla(
     })
 }
 
+pub struct StoryboardTiming {
+    /// Seconds of the whole render.
+    pub total: f64,
+    /// Seconds and steps of each phase; a step's time runs from the event before it, so the text
+    /// encoding before an image's first step counts there and the final decode does not.
+    pub phases: [(Phase, f64, usize); 3],
+}
+
+impl StoryboardTiming {
+    /// Seconds per forward and forwards of `phase`.
+    pub fn per_forward(&self, phase: Phase) -> (f64, usize) {
+        let (_, s, n) = self
+            .phases
+            .iter()
+            .find(|p| p.0 == phase)
+            .copied()
+            .unwrap_or((phase, 0.0, 0));
+        (s / n.max(1) as f64, n)
+    }
+}
+
+/// Renders every image of `project`'s plan and times its steps by phase.
+pub fn storyboard_phases(models: &mut FluxModels, project: &Project) -> Result<StoryboardTiming> {
+    let plan = crate::project::plan(project, &PlanModel::of(models), None)?;
+    let mut phases = [Phase::Identity, Phase::PreRun, Phase::Main].map(|p| (p, 0.0, 0));
+    let start = Instant::now();
+    let mut last = start;
+    let mut on_event = |e: RenderEvent| {
+        let now = Instant::now();
+        if let RenderEvent::Step(step) = e {
+            if let Some(entry) = phases.iter_mut().find(|p| p.0 == step.phase) {
+                entry.1 += (now - last).as_secs_f64();
+                entry.2 += 1;
+            }
+        }
+        last = now;
+        StepControl::Continue
+    };
+    Renderer::default().render(
+        models,
+        &plan,
+        RenderRequest::All,
+        &RenderOptions::default(),
+        &mut on_event,
+    )?;
+    Ok(StoryboardTiming {
+        total: start.elapsed().as_secs_f64(),
+        phases,
+    })
+}
+
 /// (panels rendered, bank bytes, peak resident bytes, current resident bytes) after each panel.
 pub fn memory_by_panel(
     models: &mut FluxModels,
@@ -369,6 +420,20 @@ pub enum Bench {
         /// Steps for the memory-over-panels run (2, 4 and 8 panels).
         #[arg(long, default_value_t = 10)]
         memory_steps: usize,
+        #[command(flatten)]
+        run: DeviceArgs,
+    },
+    /// A storyboard (the identity and three panels of one scene) on the tiny and on the medium
+    /// random pipeline: seconds in all and per forward in each phase.
+    Storyboard {
+        #[arg(long, default_value_t = 50)]
+        steps: usize,
+        /// Image side in pixels.
+        #[arg(long, default_value_t = 256)]
+        side: usize,
+        /// Lock the scene's background onto the identity.
+        #[arg(long)]
+        lock_background: bool,
         #[command(flatten)]
         run: DeviceArgs,
     },
@@ -508,6 +573,45 @@ pub fn run(bench: Bench) -> Result<()> {
             std::fs::remove_dir_all(&scratch).ok();
             result?;
             println!("gpu-run: figures in {}", opts.out.display());
+        }
+        Bench::Storyboard {
+            steps,
+            side,
+            lock_background,
+            run,
+        } => {
+            let (device, dtype) = run.device_and_dtype()?;
+            let project = bench_project(3, side, steps, lock_background);
+            println!(
+                "storyboard: identity + 3 panels, {side}x{side}, {steps} steps, background {}, {dtype:?} on {device:?}:",
+                if lock_background { "locked" } else { "switched" }
+            );
+            let pipelines = [
+                ("tiny", crate::models::tiny::flux_config(false)),
+                ("medium", medium_pipeline_config()),
+            ];
+            for (name, cfg) in pipelines {
+                let dir =
+                    std::env::temp_dir().join(format!("charaboard-bench-{}", std::process::id()));
+                crate::models::tiny::write_repo_with(&dir, 0, &cfg)?;
+                let mut models = FluxModels::load(&dir, dtype, &device)?;
+                let t = storyboard_phases(&mut models, &project)?;
+                std::fs::remove_dir_all(&dir).ok();
+                let per_forward = |p: Phase| {
+                    let (s, n) = t.per_forward(p);
+                    format!("{:.1} ms ({n})", 1e3 * s)
+                };
+                println!(
+                    "  {name} (hidden {}, {}+{} blocks): {:.2} s; per forward: identity {}, pre-runs {}, main runs {}",
+                    cfg.hidden_size,
+                    cfg.depth,
+                    cfg.depth_single_blocks,
+                    t.total,
+                    per_forward(Phase::Identity),
+                    per_forward(Phase::PreRun),
+                    per_forward(Phase::Main),
+                );
+            }
         }
         Bench::Bank => {
             let reference = reference_bank_bytes(1024);

@@ -4,11 +4,15 @@
 
 pub mod attention;
 pub mod config;
+pub mod cpu_attention;
 pub mod error;
+pub mod gelu;
 pub mod hook;
 pub mod linear;
 pub mod model;
+pub mod modulate;
 pub mod rope;
+pub mod vexp;
 pub mod weights;
 
 pub use config::FluxConfig;

@@ -2,19 +2,16 @@
 //! with the tensor names of candle-transformers' `flux/model.rs` (BFL names), plus the hook seam.
 
 use candle_core::{DType, Result, Tensor, D};
-use candle_nn::{LayerNorm, RmsNorm, VarBuilder};
+use candle_nn::{RmsNorm, VarBuilder};
 use candle_transformers::models::flux::model::EmbedNd;
 
 use super::attention::block_attention;
+use super::gelu::gelu;
 use super::hook::{reborrow, AttentionHook, BlockCtx, BlockKind};
 use super::linear::Linear;
+use super::modulate::{gated_residual, norm_modulate};
 use super::weights::Weights;
 use super::FluxConfig;
-
-fn layer_norm(dim: usize, vb: &Weights) -> Result<LayerNorm> {
-    let ones = Tensor::ones(dim, vb.dtype(), vb.device())?;
-    Ok(LayerNorm::new_no_bias(ones, 1e-6))
-}
 
 /// Sinusoidal embedding of t in [0, 1] (times 1000), `[cos | sin]`; the same arithmetic as
 /// candle's `timestep_embedding`, which is crate-private there.
@@ -72,13 +69,14 @@ struct Modulation {
 }
 
 impl Modulation {
-    fn scale_shift(&self, xs: &Tensor) -> Result<Tensor> {
-        xs.broadcast_mul(&(&self.scale + 1.)?)?
-            .broadcast_add(&self.shift)
+    /// The affine-free LayerNorm of `xs`, scaled and shifted.
+    fn norm_scale_shift(&self, xs: &Tensor) -> Result<Tensor> {
+        norm_modulate(xs, &self.scale, &self.shift)
     }
 
-    fn gate(&self, xs: &Tensor) -> Result<Tensor> {
-        self.gate.broadcast_mul(xs)
+    /// `residual + gate * xs`.
+    fn gated_add(&self, residual: &Tensor, xs: &Tensor) -> Result<Tensor> {
+        gated_residual(residual, &self.gate, xs)
     }
 }
 
@@ -100,13 +98,14 @@ fn modulations(lin: &Linear, vec_: &Tensor, n: usize) -> Result<Vec<Modulation>>
 }
 
 /// Splits fused (b, l, 3*hidden) projections into q, k, v of shape (b, heads, l, head_dim),
-/// with q and k RMS-normalised.
+/// with q and k RMS-normalised. q and k are made contiguous first so that the norm (and RoPE
+/// after it) run as one-pass kernels; v stays a view, which attention reads through its strides.
 fn split_qkv(qkv: &Tensor, heads: usize, norm: &QkNorm) -> Result<(Tensor, Tensor, Tensor)> {
     let (b, l, _) = qkv.dims3()?;
     let qkv = qkv.reshape((b, l, 3, heads, ()))?;
     let part = |i: usize| qkv.get_on_dim(2, i)?.transpose(1, 2);
-    let q = part(0)?.apply(&norm.query)?;
-    let k = part(1)?.apply(&norm.key)?;
+    let q = part(0)?.contiguous()?.apply(&norm.query)?;
+    let k = part(1)?.contiguous()?.apply(&norm.key)?;
     Ok((q, k, part(2)?))
 }
 
@@ -124,18 +123,16 @@ impl Mlp {
     }
 
     fn forward(&self, xs: &Tensor) -> Result<Tensor> {
-        xs.apply(&self.lin1)?.gelu()?.apply(&self.lin2)
+        gelu(&xs.apply(&self.lin1)?)?.apply(&self.lin2)
     }
 }
 
 /// The image or text half of a double block.
 struct Stream {
     modulation: Linear,
-    norm1: LayerNorm,
     qkv: Linear,
     qk_norm: QkNorm,
     proj: Linear,
-    norm2: LayerNorm,
     mlp: Mlp,
 }
 
@@ -146,11 +143,9 @@ impl Stream {
         let attn = vb.pp(format!("{name}_attn"));
         Ok(Self {
             modulation: vb.linear(h, 6 * h, true, &format!("{name}_mod.lin"))?,
-            norm1: layer_norm(h, vb)?,
             qkv: attn.linear(h, 3 * h, cfg.qkv_bias, "qkv")?,
             qk_norm: QkNorm::new(h / cfg.num_heads, attn.pp("norm"))?,
             proj: attn.linear(h, h, true, "proj")?,
-            norm2: layer_norm(h, vb)?,
             mlp: Mlp::new(h, mlp_sz, vb.pp(format!("{name}_mlp")))?,
         })
     }
@@ -163,19 +158,15 @@ impl Stream {
         heads: usize,
     ) -> Result<(Vec<Modulation>, (Tensor, Tensor, Tensor))> {
         let mods = modulations(&self.modulation, vec_, 2)?;
-        let x = mods[0]
-            .scale_shift(&xs.apply(&self.norm1)?)?
-            .apply(&self.qkv)?;
+        let x = mods[0].norm_scale_shift(xs)?.apply(&self.qkv)?;
         let qkv = split_qkv(&x, heads, &self.qk_norm)?;
         Ok((mods, qkv))
     }
 
     fn post_attention(&self, xs: &Tensor, attn: &Tensor, mods: &[Modulation]) -> Result<Tensor> {
-        let xs = (xs + mods[0].gate(&attn.apply(&self.proj)?)?)?;
-        let mlp = self
-            .mlp
-            .forward(&mods[1].scale_shift(&xs.apply(&self.norm2)?)?)?;
-        &xs + mods[1].gate(&mlp)?
+        let xs = mods[0].gated_add(xs, &attn.apply(&self.proj)?)?;
+        let mlp = self.mlp.forward(&mods[1].norm_scale_shift(&xs)?)?;
+        mods[1].gated_add(&xs, &mlp)
     }
 }
 
@@ -223,7 +214,6 @@ struct SingleStreamBlock {
     linear1: Linear,
     linear2: Linear,
     qk_norm: QkNorm,
-    pre_norm: LayerNorm,
     modulation: Linear,
     hidden: usize,
     heads: usize,
@@ -237,7 +227,6 @@ impl SingleStreamBlock {
             linear1: vb.linear(h, 3 * h + mlp_sz, true, "linear1")?,
             linear2: vb.linear(h + mlp_sz, h, true, "linear2")?,
             qk_norm: QkNorm::new(h / cfg.num_heads, vb.pp("norm"))?,
-            pre_norm: layer_norm(h, &vb)?,
             modulation: vb.linear(h, 3 * h, true, "modulation.lin")?,
             hidden: h,
             heads: cfg.num_heads,
@@ -253,9 +242,7 @@ impl SingleStreamBlock {
         hook: Option<&mut dyn AttentionHook>,
     ) -> Result<Tensor> {
         let m = modulations(&self.modulation, vec_, 1)?.remove(0);
-        let x = m
-            .scale_shift(&xs.apply(&self.pre_norm)?)?
-            .apply(&self.linear1)?;
+        let x = m.norm_scale_shift(xs)?.apply(&self.linear1)?;
         let qkv = x.narrow(D::Minus1, 0, 3 * self.hidden)?;
         let mlp = x.narrow(
             D::Minus1,
@@ -264,13 +251,12 @@ impl SingleStreamBlock {
         )?;
         let (q, k, v) = split_qkv(&qkv, self.heads, &self.qk_norm)?;
         let attn = block_attention(&q, &k, &v, pe, ctx, hook)?;
-        let out = Tensor::cat(&[attn, mlp.gelu()?], 2)?.apply(&self.linear2)?;
-        xs + m.gate(&out)?
+        let out = Tensor::cat(&[attn, gelu(&mlp)?], 2)?.apply(&self.linear2)?;
+        m.gated_add(xs, &out)
     }
 }
 
 struct LastLayer {
-    norm_final: LayerNorm,
     linear: Linear,
     ada_ln_modulation: Linear,
 }
@@ -279,7 +265,6 @@ impl LastLayer {
     fn new(cfg: &FluxConfig, vb: Weights) -> Result<Self> {
         let h = cfg.hidden_size;
         Ok(Self {
-            norm_final: layer_norm(h, &vb)?,
             linear: vb.linear(h, cfg.in_channels, true, "linear")?,
             ada_ln_modulation: vb.linear(h, 2 * h, true, "adaLN_modulation.1")?,
         })
@@ -289,10 +274,7 @@ impl LastLayer {
         // BFL order: shift first, then scale.
         let chunks = vec_.silu()?.apply(&self.ada_ln_modulation)?.chunk(2, 1)?;
         let (shift, scale) = (&chunks[0], &chunks[1]);
-        xs.apply(&self.norm_final)?
-            .broadcast_mul(&(scale.unsqueeze(1)? + 1.0)?)?
-            .broadcast_add(&shift.unsqueeze(1)?)?
-            .apply(&self.linear)
+        norm_modulate(xs, &scale.unsqueeze(1)?, &shift.unsqueeze(1)?)?.apply(&self.linear)
     }
 }
 

@@ -3,16 +3,24 @@
 
 use candle_core::{DType, Device, Result, Tensor, D};
 
-/// Rotates consecutive pairs of `x` (b, heads, seq, head_dim) by the angles in `pe`.
-/// Mirrors `apply_rope` of candle-transformers' flux/model.rs.
+/// Rotates consecutive pairs of `x` (b, heads, seq, head_dim) by the angles in `pe`: the
+/// arithmetic of `apply_rope` in candle-transformers' flux/model.rs (x0 cos - x1 sin,
+/// x0 sin + x1 cos, bit for bit), in one pass through candle's interleaved RoPE kernel.
 pub fn apply_rope(x: &Tensor, pe: &Tensor) -> Result<Tensor> {
-    let (b, heads, seq, dim) = x.dims4()?;
-    let x = x.reshape((b, heads, seq, dim / 2, 2))?;
-    let x0 = x.narrow(D::Minus1, 0, 1)?;
-    let x1 = x.narrow(D::Minus1, 1, 1)?;
-    let fr0 = pe.get_on_dim(D::Minus1, 0)?;
-    let fr1 = pe.get_on_dim(D::Minus1, 1)?;
-    (fr0.broadcast_mul(&x0)? + fr1.broadcast_mul(&x1)?)?.reshape((b, heads, seq, dim))
+    let b = x.dim(0)?;
+    let angles = |row: usize| -> Result<Tensor> {
+        let t = pe
+            .get_on_dim(1, 0)?
+            .narrow(D::Minus2, row, 1)?
+            .narrow(D::Minus1, 0, 1)?;
+        let t = t.flatten_from(2)?;
+        match t.dim(0)? {
+            1 if b > 1 => t.squeeze(0)?.contiguous(),
+            _ => t.contiguous(),
+        }
+    };
+    // pe[.., 0, 0] = cos and pe[.., 1, 0] = sin (EmbedNd's rotation matrices).
+    candle_nn::rotary_emb::rope_i(&x.contiguous()?, &angles(0)?, &angles(1)?)
 }
 
 /// The rows of `pe` for the given token positions: `positions` index the joint sequence.

@@ -1,0 +1,133 @@
+//! The adaLN modulation of FLUX's blocks: the affine-free LayerNorm followed by
+//! `norm(x) * (1 + scale) + shift`, and the gated residual `x + gate * y`. On the CPU in f32 each
+//! is one pass over its rows (candle runs them as nine and two tensor operations, each a pass over
+//! memory, in the same order of operations); elsewhere candle's operations.
+
+use candle_core::{bail, CpuStorage, CustomOp3, DType, Device, Layout, Result, Shape, Tensor};
+use candle_nn::{LayerNorm, Module};
+use rayon::prelude::*;
+
+const EPS: f64 = 1e-6;
+
+struct NormModulate;
+
+/// The contiguous f32 elements of a tensor.
+fn contiguous<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> Result<&'a [f32]> {
+    match (s, l.contiguous_offsets()) {
+        (CpuStorage::F32(data), Some((start, end))) => Ok(&data[start..end]),
+        _ => bail!("norm-modulate: {what} must be contiguous f32"),
+    }
+}
+
+impl CustomOp3 for NormModulate {
+    fn name(&self) -> &'static str {
+        "norm-modulate"
+    }
+
+    fn cpu_fwd(
+        &self,
+        x: &CpuStorage,
+        x_l: &Layout,
+        scale1: &CpuStorage,
+        scale1_l: &Layout,
+        shift: &CpuStorage,
+        shift_l: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let x_data = contiguous(x, x_l, "x")?;
+        let scale1 = contiguous(scale1, scale1_l, "scale")?;
+        let shift = contiguous(shift, shift_l, "shift")?;
+        let (b, len, hidden) = x_l.shape().dims3()?;
+        if scale1.len() != b * hidden || shift.len() != b * hidden {
+            bail!(
+                "norm-modulate: modulation of {} values for a batch of {b} x {hidden}",
+                scale1.len()
+            );
+        }
+        let mut out = vec![0f32; x_data.len()];
+        out.par_chunks_mut(hidden)
+            .zip(x_data.par_chunks(hidden))
+            .enumerate()
+            .for_each(|(row, (y, x))| {
+                let bi = row / len;
+                let (scale1, shift) = (
+                    &scale1[bi * hidden..][..hidden],
+                    &shift[bi * hidden..][..hidden],
+                );
+                // The two-pass variance of candle's LayerNorm, in its order of operations.
+                let mean = x.iter().sum::<f32>() / hidden as f32;
+                let var = x.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>() / hidden as f32;
+                let std = (var + EPS as f32).sqrt();
+                for (((y, &x), &s), &t) in y.iter_mut().zip(x).zip(scale1).zip(shift) {
+                    *y = (x - mean) / std * s + t;
+                }
+            });
+        Ok((CpuStorage::F32(out), x_l.shape().clone()))
+    }
+}
+
+/// LayerNorm (no weight, no bias, eps 1e-6) of `xs` (b, len, hidden), times `1 + scale` plus
+/// `shift`, both (b, 1, hidden).
+pub fn norm_modulate(xs: &Tensor, scale: &Tensor, shift: &Tensor) -> Result<Tensor> {
+    let scale1 = (scale + 1.0)?;
+    if matches!(xs.device(), Device::Cpu) && xs.dtype() == DType::F32 && xs.elem_count() > 0 {
+        return xs.contiguous()?.apply_op3_no_bwd(
+            &scale1.contiguous()?,
+            &shift.contiguous()?,
+            &NormModulate,
+        );
+    }
+    let hidden = xs.dim(candle_core::D::Minus1)?;
+    let ones = Tensor::ones(hidden, xs.dtype(), xs.device())?;
+    LayerNorm::new_no_bias(ones, EPS)
+        .forward(xs)?
+        .broadcast_mul(&scale1)?
+        .broadcast_add(shift)
+}
+
+struct GatedResidual;
+
+impl CustomOp3 for GatedResidual {
+    fn name(&self) -> &'static str {
+        "gated-residual"
+    }
+
+    fn cpu_fwd(
+        &self,
+        x: &CpuStorage,
+        x_l: &Layout,
+        gate: &CpuStorage,
+        gate_l: &Layout,
+        y: &CpuStorage,
+        y_l: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (x_data, y) = (contiguous(x, x_l, "x")?, contiguous(y, y_l, "y")?);
+        let gate = contiguous(gate, gate_l, "gate")?;
+        let (b, len, hidden) = x_l.shape().dims3()?;
+        if y.len() != x_data.len() || gate.len() != b * hidden {
+            bail!("gated-residual: shapes differ");
+        }
+        let mut out = vec![0f32; x_data.len()];
+        out.par_chunks_mut(hidden)
+            .zip(x_data.par_chunks(hidden).zip(y.par_chunks(hidden)))
+            .enumerate()
+            .for_each(|(row, (o, (x, y)))| {
+                let g = &gate[(row / len) * hidden..][..hidden];
+                for (((o, &x), &y), &g) in o.iter_mut().zip(x).zip(y).zip(g) {
+                    *o = x + g * y;
+                }
+            });
+        Ok((CpuStorage::F32(out), x_l.shape().clone()))
+    }
+}
+
+/// `xs + gate * ys` for `xs`, `ys` (b, len, hidden) and `gate` (b, 1, hidden).
+pub fn gated_residual(xs: &Tensor, gate: &Tensor, ys: &Tensor) -> Result<Tensor> {
+    if matches!(xs.device(), Device::Cpu) && xs.dtype() == DType::F32 && xs.elem_count() > 0 {
+        return xs.contiguous()?.apply_op3_no_bwd(
+            &gate.contiguous()?,
+            &ys.contiguous()?,
+            &GatedResidual,
+        );
+    }
+    xs + gate.broadcast_mul(ys)?
+}
