@@ -293,7 +293,20 @@ fn a_panel_equal_to_the_identity_matches_every_foreground_token_to_itself() {
     let dir = tempfile::tempdir().unwrap();
     let (_, mut models) = tiny_models(dir.path());
     let p = knight_project(vec![(0, "standing, front view")], vec![(CLEARING, false)]);
-    panel_equal_to_the_identity_matches_itself(&mut models, p);
+    panel_equal_to_the_identity_matches_itself(&mut models, p, Exactness::Exact);
+}
+
+/// How closely a panel equal to the identity must match itself.
+enum Exactness {
+    /// Every foreground token matched to itself.
+    Exact,
+    /// Every foreground token matched with a similarity within this of 1: to itself or to a
+    /// token it cannot be told from at this precision. The random tiny model's attention outputs
+    /// are nearly parallel across tokens (best similarities 0.997-0.9997 in bf16, and even in
+    /// f32 some tokens' self-similarity is 0.998-0.9993 rather than 1), so in bf16 the argmax
+    /// among them is decided by rounding: with the fused attention 9 of 16 tokens pick
+    /// themselves, with candle's plain bf16 attention all 16 did.
+    Within(f32),
 }
 
 /// The same in bf16, at 64x64 and 4 steps (the CPU's bf16 path is slower). On the random tiny
@@ -310,10 +323,15 @@ fn a_panel_equal_to_the_identity_matches_every_foreground_token_to_itself_in_bf1
     p.character = "a courier girl with short black hair and a green jacket,".into();
     p.identity.environment = empty.into();
     (p.settings.width, p.settings.height, p.settings.steps) = (64, 64, Some(4));
-    panel_equal_to_the_identity_matches_itself(&mut models, p);
+    // 2^-7: twice bf16's relative rounding, summed over a unit vector's products.
+    panel_equal_to_the_identity_matches_itself(&mut models, p, Exactness::Within(1.0 / 128.0));
 }
 
-fn panel_equal_to_the_identity_matches_itself(models: &mut FluxModels, p: Project) {
+fn panel_equal_to_the_identity_matches_itself(
+    models: &mut FluxModels,
+    p: Project,
+    exactness: Exactness,
+) {
     let out = render(
         &mut Renderer::default(),
         models,
@@ -329,7 +347,19 @@ fn panel_equal_to_the_identity_matches_itself(models: &mut FluxModels, p: Projec
         .collect();
     assert!(!both.is_empty(), "the tiny model's masks have a foreground");
     assert_eq!(m.panel_idx, both, "every foreground token is kept");
-    assert_eq!(m.identity_idx, both, "... and matched to itself");
+    match exactness {
+        Exactness::Exact => assert_eq!(m.identity_idx, both, "... and matched to itself"),
+        Exactness::Within(tolerance) => {
+            let far = m.max_sim.iter().filter(|&&s| s < 1.0 - tolerance);
+            assert_eq!(far.count(), 0, "similarities {:?}", m.max_sim);
+            let selves = m.identity_idx.iter().zip(&both).filter(|(a, b)| a == b);
+            println!(
+                "bf16: {} of {} matched to themselves",
+                selves.count(),
+                both.len()
+            );
+        }
+    }
 }
 
 #[test]
