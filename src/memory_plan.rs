@@ -554,25 +554,29 @@ impl MemoryPlan {
 
     /// Why nothing fits, with the plan's numbers and what to change.
     pub fn too_small(&self) -> String {
-        let least = self
-            .options
-            .iter()
-            .min_by_key(|o| self.device_bytes(o))
-            .map_or(0, |o| self.device_bytes(o));
+        let least = self.options.iter().min_by_key(|o| self.device_bytes(o));
         let parts: Vec<String> = self
             .components
             .iter()
             .filter(|c| c.1 > 0)
             .map(|c| format!("{} {}", c.0, gb(c.1)))
             .collect();
+        let smallest = least.map_or(String::new(), |o| {
+            format!(
+                " the smallest (--bank {} --batch {}) needs {} on the device and {} on the host \
+                 ({}, plus its bank and activations).",
+                mode_name(o.mode),
+                o.batch,
+                gb(self.device_bytes(o)),
+                gb(self.host_bytes(o)),
+                parts.join(", ")
+            )
+        });
         format!(
-            "no bank mode fits the budget of {}: the smallest (--bank recompute --batch 1) needs {} \
-             on the device ({}, plus activations). Use a smaller quantisation of the transformer \
-             (a Q8_0 or Q4_0 GGUF), a smaller image size, or keep the text encoders on the CPU \
-             (--text-on-cpu)",
+            "no bank mode fits the budget of {}:{smallest} Use a smaller quantisation of the \
+             transformer (a Q8_0 or Q4_0 GGUF), a smaller image size, or keep the text encoders \
+             on the CPU (--text-on-cpu)",
             gb(self.budget),
-            gb(least),
-            parts.join(", ")
         )
     }
 }
