@@ -92,3 +92,15 @@ pub fn gpu_memory_in_use(device: &Device) -> Option<u64> {
     let _ = device;
     None
 }
+
+/// Bytes of device memory free on the whole card, as the driver reports them, for a CUDA
+/// device; `None` elsewhere.
+pub fn gpu_free_memory(device: &Device) -> Option<u64> {
+    #[cfg(feature = "cuda")]
+    if let Device::Cuda(cuda) = device {
+        let (free, _) = cuda.cuda_stream().context().mem_get_info().ok()?;
+        return Some(free as u64);
+    }
+    let _ = device;
+    None
+}

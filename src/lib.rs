@@ -12,6 +12,7 @@ pub mod device;
 pub mod export;
 pub mod flux;
 pub mod limits;
+pub mod memory_plan;
 pub mod models;
 pub mod overlay;
 pub mod pipeline;

@@ -180,11 +180,7 @@ impl FluxModels {
 
     /// The usual step count: 50 for dev (the CharaConsist reference), 4 for schnell.
     pub fn default_steps(&self) -> usize {
-        if self.is_dev() {
-            50
-        } else {
-            4
-        }
+        default_steps_for(self.transformer.config())
     }
 
     pub fn encode(&mut self, prompt: &str) -> Result<PromptEmbedding> {
@@ -280,4 +276,12 @@ pub fn generate(
     };
     let (image, latents) = models.decode_packed(&packed, params.width, params.height)?;
     Ok(Some(Generated { image, latents }))
+}
+
+/// The usual step count of a transformer: 50 for FLUX.1-dev (guidance-distilled), 4 for schnell.
+pub fn default_steps_for(cfg: &crate::flux::FluxConfig) -> usize {
+    match cfg.guidance_embed {
+        true => 50,
+        false => 4,
+    }
 }

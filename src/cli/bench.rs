@@ -18,6 +18,7 @@ use crate::consist::recipe::Recipe;
 use crate::consist::session::{RenderEvent, RenderOptions, Renderer};
 use crate::flux::attention::scaled_dot_product;
 use crate::flux::{Flux, FluxConfig, StepInput, TokenLayout};
+use crate::memory_plan::{mode_name, MemoryPlan, ModelMemory, Storage, Storyboard};
 use crate::pipeline::{generate, FluxModels, GenerateParams, NoiseSource};
 use crate::project::model::{IdentityShot, Panel, Project, RenderSettings, Scene};
 use crate::sampler::StepControl;
@@ -439,6 +440,10 @@ pub enum Bench {
     },
     /// The identity bank's bytes for FLUX.1-dev at 1024x1024, next to the reference's.
     Bank,
+    /// `charaboard plan` for FLUX.1-dev at 1024x1024 (identity + 8 panels locked onto the
+    /// identity's background, text encoders on the CPU) with Q8_0, Q4_0 and bf16 transformers on
+    /// 12, 16, 24 and 80 GB cards, from the architecture's tensor shapes.
+    Plan,
     /// The prepared GPU run (scripts/gpu-run.sh): FLUX.1-dev-shaped random weights made on the
     /// device, steps timed against candle-transformers' Flux in the run's dtype and as Q8_0 and
     /// Q4_0, attention alone, a CharaConsist storyboard and peak GPU memory, as one JSON file.
@@ -613,6 +618,7 @@ pub fn run(bench: Bench) -> Result<()> {
                 );
             }
         }
+        Bench::Plan => flux_dev_plans()?,
         Bench::Bank => {
             let reference = reference_bank_bytes(1024);
             println!("identity bank, FLUX.1-dev at 1024x1024, bf16, default recipe (reference: {:.1} GB whatever the foreground):", gb(reference));
@@ -1052,4 +1058,91 @@ fn quantized(
         &t,
         serde_json::json!({"file_bytes": file_bytes, "write_s": write_s, "reps": 1}),
     ))
+}
+
+/// FLUX.1-dev's encoders and VAE as their configs name them: T5-XXL v1.1 and CLIP-L.
+fn flux_dev_memory(storage: Storage) -> Result<ModelMemory> {
+    let t5: candle_transformers::models::t5::Config = serde_json::from_value(serde_json::json!({
+        "d_ff": 10240, "d_kv": 64, "d_model": 4096, "num_heads": 64, "num_layers": 24,
+        "vocab_size": 32128, "feed_forward_proj": "gated-gelu", "is_gated_act": true,
+        "dense_act_fn": "gelu_new", "layer_norm_epsilon": 1e-06, "relative_attention_num_buckets": 32,
+        "relative_attention_max_distance": 128, "tie_word_embeddings": false,
+        "dropout_rate": 0.1, "initializer_factor": 1.0, "is_encoder_decoder": true,
+        "pad_token_id": 0, "eos_token_id": 1, "decoder_start_token_id": 0
+    }))?;
+    let clip = crate::models::configs::ClipJsonConfig {
+        vocab_size: 49408,
+        hidden_size: 768,
+        intermediate_size: 3072,
+        num_hidden_layers: 12,
+        num_attention_heads: 12,
+        max_position_embeddings: 77,
+        projection_dim: 768,
+        hidden_act: "quick_gelu".into(),
+    }
+    .to_candle(std::path::Path::new("CLIP-L"))?;
+    ModelMemory::of_architecture(
+        &FluxConfig::dev(),
+        &t5,
+        &clip,
+        &candle_transformers::models::flux::autoencoder::Config::dev(),
+        storage,
+        DType::BF16,
+    )
+}
+
+fn flux_dev_plans() -> Result<()> {
+    const GB: u64 = 1_000_000_000;
+    // What most FLUX users have beside a 12-24 GB card.
+    const HOST_RAM: u64 = 64 * GB;
+    let board = Storyboard {
+        schedule: Recipe::default().schedule(50),
+        identity_tokens: 64 * 64,
+        largest_tokens: 64 * 64,
+        backgrounds: vec![crate::consist::plan::BackgroundMode::Identity; 8],
+    };
+    println!("FLUX.1-dev at 1024x1024, identity + 8 panels locked onto the identity's background, bf16, text encoders on the CPU, 64 GB of host memory");
+    println!("| transformer | card | mode | batch | device | host | forwards |");
+    println!("|---|---|---|---|---|---|---|");
+    for (name, storage) in [
+        ("Q8_0 GGUF", Storage::Gguf(GgmlDType::Q8_0)),
+        ("Q4_0 GGUF", Storage::Gguf(GgmlDType::Q4_0)),
+        ("bf16 safetensors", Storage::Dense),
+    ] {
+        let model = flux_dev_memory(storage)?;
+        for card in [12u64, 16, 24, 80] {
+            let plan = MemoryPlan::new(
+                &model,
+                &board,
+                DType::BF16,
+                true,
+                card * GB,
+                Some(HOST_RAM),
+                false,
+            );
+            match plan.chosen {
+                Some(w) => println!(
+                    "| {name} | {card} GB | {} | {} | {:.1} GB | {:.1} GB | {} |",
+                    mode_name(w.mode),
+                    w.batch,
+                    gb(plan.device_bytes(&w) as usize),
+                    gb(plan.host_bytes(&w) as usize),
+                    w.forwards
+                ),
+                None => {
+                    let least = plan
+                        .options
+                        .iter()
+                        .map(|w| plan.device_bytes(w))
+                        .min()
+                        .unwrap_or(0);
+                    println!(
+                        "| {name} | {card} GB | none fits (needs {:.1} GB) | | | | |",
+                        gb(least as usize)
+                    )
+                }
+            }
+        }
+    }
+    Ok(())
 }

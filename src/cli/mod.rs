@@ -6,6 +6,7 @@ mod export;
 mod generate;
 mod import;
 mod models;
+mod plan;
 mod progress;
 mod render;
 mod tiny_model;
@@ -43,6 +44,9 @@ enum Command {
     Generate(generate::Generate),
     /// Render a storyboard project: the identity, every panel, overlays and a contact sheet.
     Render(render::Render),
+    /// The memory plan of a storyboard on a model: every component's bytes, the bank's in each
+    /// bank mode, the activations and forwards, and the fastest mode that fits; loads nothing.
+    Plan(plan::PlanArgs),
     /// Export a rendered storyboard: a captioned panel sheet, a PDF and the numbered panels.
     Export(export::Export),
     /// Turn the reference implementation's prompt file (`background#character#action` lines,
@@ -70,6 +74,7 @@ pub fn run(cli: Cli) -> Result<()> {
     match command {
         Command::Generate(args) => generate::run(args),
         Command::Render(args) => render::run(args),
+        Command::Plan(args) => plan::run(args),
         Command::Export(args) => export::run(args),
         Command::Import(args) => import::run(args),
         Command::TinyModel(args) => tiny_model::run(args),

@@ -33,11 +33,16 @@ pub struct Render {
     /// the paper) [default: the project's settings.recipe.numerics].
     #[arg(long, value_enum)]
     numerics: Option<Numerics>,
+    /// auto: the fastest of the others that fits --budget (`charaboard plan` shows why);
     /// device: the identity's lean bank on the device; host: the same bank in host memory,
     /// moved to the device one block's slice at a time; recompute: no bank, the identity
     /// computed again beside the panels it steers (lockstep).
-    #[arg(long, value_enum, default_value_t = BankMode::Device)]
-    bank: BankMode,
+    #[arg(long, value_enum, default_value_t = BankChoice::Auto)]
+    bank: BankChoice,
+    /// With --bank auto: device memory to plan for, e.g. 24GB [default: the device's free
+    /// memory].
+    #[arg(long, value_parser = super::plan::parse_bytes)]
+    budget: Option<u64>,
     /// The identity's bank on disk: reused when it holds this identity's bank (same model,
     /// prompt, size, noise, steps, guidance and recipe), written when the identity is computed.
     /// With --panels, processes that share one bank file render disjoint slices of a storyboard.
@@ -47,11 +52,64 @@ pub struct Render {
     /// 1-based numbers and ranges, e.g. 2,5-7.
     #[arg(long)]
     panels: Option<String>,
-    /// With --bank recompute: the most panels computed beside the identity at once.
-    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=64))]
-    batch: u16,
+    /// With --bank recompute: the most panels computed beside the identity at once [default: 4,
+    /// or the plan's choice with --bank auto].
+    #[arg(long, value_parser = clap::value_parser!(u16).range(1..=64))]
+    batch: Option<u16>,
     #[command(flatten)]
     run: RunArgs,
+}
+
+/// `--bank`: a bank mode, or the memory plan's choice.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum BankChoice {
+    Auto,
+    Device,
+    Host,
+    Recompute,
+}
+
+/// The bank mode and batch to render with: the one named, or the fastest the memory plan fits
+/// in the budget (refused before any weight is loaded when nothing fits).
+fn bank_and_batch(
+    args: &Render,
+    project: &crate::project::Project,
+    model: &str,
+) -> Result<(BankMode, usize)> {
+    let named = match args.bank {
+        BankChoice::Auto => None,
+        BankChoice::Device => Some(BankMode::Device),
+        BankChoice::Host => Some(BankMode::Host),
+        BankChoice::Recompute => Some(BankMode::Recompute),
+    };
+    if let Some(mode) = named {
+        return Ok((mode, args.batch.map_or(4, usize::from)));
+    }
+    let plan = super::plan::memory_plan(
+        project,
+        model,
+        &args.run,
+        args.budget,
+        args.noise.as_deref(),
+    )?;
+    let way = plan
+        .best(|w| {
+            let keeps_bank = args.bank_file.is_none() || w.mode != BankMode::Recompute;
+            let batch = args
+                .batch
+                .is_none_or(|b| w.mode != BankMode::Recompute || w.batch == usize::from(b));
+            keeps_bank && batch
+        })
+        .with_context(|| plan.too_small())?;
+    eprintln!(
+        "memory plan: --bank {} --batch {} ({:.1} GB on the device, {:.1} GB on the host, {} forwards)",
+        crate::memory_plan::mode_name(way.mode),
+        way.batch,
+        plan.device_bytes(&way) as f64 / 1e9,
+        plan.host_bytes(&way) as f64 / 1e9,
+        way.forwards
+    );
+    Ok((way.mode, way.batch))
 }
 
 pub fn run(args: Render) -> Result<()> {
@@ -59,18 +117,15 @@ pub fn run(args: Render) -> Result<()> {
     if let Some(numerics) = args.numerics {
         project.settings.recipe.numerics = numerics;
     }
-    if args.bank_file.is_some() && args.bank == BankMode::Recompute {
+    if args.bank_file.is_some() && args.bank == BankChoice::Recompute {
         bail!("--bank-file needs a bank: use --bank device or --bank host (recompute keeps none)");
     }
     let request = match &args.panels {
         Some(list) => RenderRequest::Panels(parse_panels(list, project.panels.len())?),
         None => RenderRequest::All,
     };
-    let model = args
-        .model
-        .clone()
-        .or_else(|| project.settings.model.clone())
-        .context("no model: pass --model DIR or set settings.model in the project")?;
+    let model = super::plan::model_spec(args.model.as_deref(), &project)?;
+    let (bank, batch) = bank_and_batch(&args, &project, &model)?;
     let store = match args.out {
         Some(dir) => ImagesStore::at(dir, project_name(&args.project)),
         None => ImagesStore::beside(&args.project),
@@ -96,8 +151,8 @@ pub fn run(args: Render) -> Result<()> {
         request,
         store: Some(&store),
         options: RenderOptions {
-            bank: args.bank,
-            batch: usize::from(args.batch),
+            bank,
+            batch,
             bank_file: args.bank_file.clone(),
             ..RenderOptions::default()
         },

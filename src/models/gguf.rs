@@ -77,6 +77,14 @@ impl GgufHeader {
         self.content.tensor_infos.keys().map(String::as_str)
     }
 
+    /// Every tensor's name, dims and quantization, from the header.
+    pub fn tensors(&self) -> impl Iterator<Item = (&str, &[usize], GgmlDType)> {
+        self.content
+            .tensor_infos
+            .iter()
+            .map(|(name, info)| (name.as_str(), info.shape.dims(), info.ggml_dtype))
+    }
+
     /// The file's kind: a FLUX transformer under BFL names (the only GGUF this app loads).
     pub fn classify(&self) -> Result<FileKind> {
         self.flux_prefix()

@@ -58,6 +58,14 @@ impl TensorStore {
         self.index.keys().map(String::as_str)
     }
 
+    /// Every tensor's name and how many values it holds, from the headers (nothing is read).
+    pub fn value_counts(&self) -> impl Iterator<Item = (String, usize)> + '_ {
+        self.files
+            .iter()
+            .flat_map(|(_, st)| st.tensors())
+            .map(|(name, view)| (name, view.shape().iter().product()))
+    }
+
     /// The file that holds `name`.
     pub fn file_of(&self, name: &str) -> Option<&Path> {
         self.index.get(name).map(|&i| self.files[i].0.as_path())
