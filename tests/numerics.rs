@@ -9,7 +9,7 @@ use charaboard::consist::mask::{reference_text_probs, Grid, MaskAccumulator, Tex
 use charaboard::consist::matching::normalize_rows;
 use charaboard::consist::recipe::{Numerics, Recipe};
 use charaboard::flux::attention::text_probs;
-use common::{charaboard, ok};
+use common::ok;
 use half::{bf16, f16};
 use std::path::Path;
 
@@ -241,26 +241,12 @@ fn dump_numerics(path: &Path) -> Option<String> {
 #[test]
 fn render_numerics_override_the_project_and_are_recorded_in_keys_and_dumps() {
     let dir = tempfile::tempdir().unwrap();
-    let model = dir.path().join("model");
-    ok(&charaboard(&[
-        "tiny-model",
-        "--out",
-        model.to_str().unwrap(),
-    ]));
+    let model = common::tiny_model_cli(dir.path());
     let project = dir.path().join("story.ron");
     std::fs::write(&project, PROJECT).unwrap();
     let render = |out: &str, extra: &[&str]| {
         let out = dir.path().join(out);
-        let mut args = vec![
-            "render",
-            project.to_str().unwrap(),
-            "--model",
-            model.to_str().unwrap(),
-            "--out",
-            out.to_str().unwrap(),
-        ];
-        args.extend_from_slice(extra);
-        ok(&charaboard(&args));
+        ok(&common::render_cli(&project, &model, &out, extra));
         out
     };
     let exact = render("exact", &[]);

@@ -25,12 +25,7 @@ const PROJECT: &str = r#"(
 #[test]
 fn render_writes_images_overlays_sheet_dumps_and_keys_beside_the_project() {
     let dir = tempfile::tempdir().unwrap();
-    let model = dir.path().join("model");
-    ok(&charaboard(&[
-        "tiny-model",
-        "--out",
-        model.to_str().unwrap(),
-    ]));
+    let model = common::tiny_model_cli(dir.path());
     let project = dir.path().join("courier.ron");
     std::fs::write(&project, PROJECT).unwrap();
     ok(&charaboard(&[
@@ -100,12 +95,7 @@ fn render_writes_images_overlays_sheet_dumps_and_keys_beside_the_project() {
 #[test]
 fn bad_projects_name_the_field_and_render_nothing() {
     let dir = tempfile::tempdir().unwrap();
-    let model = dir.path().join("model");
-    ok(&charaboard(&[
-        "tiny-model",
-        "--out",
-        model.to_str().unwrap(),
-    ]));
+    let model = common::tiny_model_cli(dir.path());
     let cases = [
         (
             PROJECT.replace(
@@ -225,12 +215,7 @@ fn matches(dump: &std::collections::HashMap<String, candle_core::Tensor>) -> Vec
 #[test]
 fn bf16_renders_and_exports_a_storyboard_near_its_f32_render() {
     let dir = tempfile::tempdir().unwrap();
-    let model = dir.path().join("model");
-    ok(&charaboard(&[
-        "tiny-model",
-        "--out",
-        model.to_str().unwrap(),
-    ]));
+    let model = common::tiny_model_cli(dir.path());
     let render = |dtype: &str| {
         let project = dir.path().join(dtype).join("courier.ron");
         std::fs::create_dir_all(project.parent().unwrap()).unwrap();
@@ -317,12 +302,7 @@ fn png(images: &std::path::Path, stem: &str) -> Vec<u8> {
 #[test]
 fn slices_rendered_by_two_processes_from_one_bank_file_equal_one_render_of_all() {
     let dir = tempfile::tempdir().unwrap();
-    let model = dir.path().join("model");
-    ok(&charaboard(&[
-        "tiny-model",
-        "--out",
-        model.to_str().unwrap(),
-    ]));
+    let model = common::tiny_model_cli(dir.path());
     let project = dir.path().join("courier.ron");
     let small = PROJECT
         .replace("width: 128, height: 128", "width: 32, height: 32")
@@ -332,16 +312,7 @@ fn slices_rendered_by_two_processes_from_one_bank_file_equal_one_render_of_all()
     std::fs::create_dir_all(bank.parent().unwrap()).unwrap();
     let render = |out: &str, extra: &[&str]| {
         let out_dir = dir.path().join(out);
-        let mut args = vec![
-            "render",
-            project.to_str().unwrap(),
-            "--model",
-            model.to_str().unwrap(),
-            "--out",
-            out_dir.to_str().unwrap(),
-        ];
-        args.extend_from_slice(extra);
-        let run = charaboard(&args);
+        let run = common::render_cli(&project, &model, &out_dir, extra);
         ok(&run);
         (out_dir, String::from_utf8_lossy(&run.stderr).to_string())
     };

@@ -6,7 +6,7 @@ use charaboard::pipeline::{FluxModels, GenerateParams, NoiseSource};
 use charaboard::project::model::{IdentityShot, Panel, Project, RenderSettings, Scene};
 use charaboard::sampler::StepControl;
 use image::RgbImage;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 /// Runs the `charaboard` binary built for these tests.
@@ -25,6 +25,31 @@ pub fn generate(model: &str, out: &Path, extra: &[&str]) -> Output {
         model,
         "--prompt",
         "a knight in a forest",
+        "--out",
+        out.to_str().unwrap(),
+    ];
+    args.extend_from_slice(extra);
+    charaboard(&args)
+}
+
+/// `charaboard tiny-model --out DIR/model` (the dev-style model, seed 0); the model's folder.
+pub fn tiny_model_cli(dir: &Path) -> PathBuf {
+    let model = dir.join("model");
+    ok(&charaboard(&[
+        "tiny-model",
+        "--out",
+        model.to_str().unwrap(),
+    ]));
+    model
+}
+
+/// `charaboard render PROJECT --model MODEL --out OUT EXTRA...`, not checked.
+pub fn render_cli(project: &Path, model: &Path, out: &Path, extra: &[&str]) -> Output {
+    let mut args = vec![
+        "render",
+        project.to_str().unwrap(),
+        "--model",
+        model.to_str().unwrap(),
         "--out",
         out.to_str().unwrap(),
     ];
