@@ -107,12 +107,18 @@ fn models_lists_cached_repositories_and_single_files() {
 
     // The listed single files load and draw.
     let png = home.path().join("out.png");
+    draw_32(home.path(), loose.join("model.ron").to_str().unwrap(), &png);
+    assert!(png.is_file());
+}
+
+/// `charaboard generate` of a 32x32, 2-step knight from `model` into `png`, with `home`'s caches.
+fn draw_32(home: &Path, model: &str, png: &Path) {
     charaboard(
-        home.path(),
+        home,
         &[
             "generate",
             "--model",
-            loose.join("model.ron").to_str().unwrap(),
+            model,
             "--prompt",
             "a knight",
             "--width",
@@ -125,7 +131,6 @@ fn models_lists_cached_repositories_and_single_files() {
             png.to_str().unwrap(),
         ],
     );
-    assert!(png.is_file());
 }
 
 /// A tiny repository in `home`'s fake cache as `acme/FLUX.1-tiny`.
@@ -143,24 +148,7 @@ fn generate_and_render_take_a_repository_id_from_the_cache() {
     let home = tempfile::tempdir().unwrap();
     cached_tiny(home.path());
     let png = home.path().join("out.png");
-    charaboard(
-        home.path(),
-        &[
-            "generate",
-            "--model",
-            "acme/FLUX.1-tiny",
-            "--prompt",
-            "a knight",
-            "--width",
-            "32",
-            "--height",
-            "32",
-            "--steps",
-            "2",
-            "--out",
-            png.to_str().unwrap(),
-        ],
-    );
+    draw_32(home.path(), "acme/FLUX.1-tiny", &png);
     assert!(png.is_file());
 
     // The id from --model, and the same id as the project's settings.model.
