@@ -11,6 +11,7 @@ pub mod consist;
 pub mod device;
 pub mod export;
 pub mod flux;
+pub mod heap_meter;
 pub mod limits;
 pub mod memory_plan;
 pub mod models;
