@@ -128,6 +128,8 @@ struct SceneReference {
 mod inversion;
 mod lockstep;
 
+pub use inversion::invert_picture;
+
 type EventSink<'a> = dyn FnMut(RenderEvent) -> StepControl + 'a;
 
 /// Renders storyboards, keeping the identity bank (and the current scene's background reference)

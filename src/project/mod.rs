@@ -19,5 +19,5 @@ pub use io::{load, parse, sample, save, ProjectError};
 pub use model::{
     IdentityShot, IdentitySource, Panel, PictureIdentity, Project, RenderSettings, Scene,
 };
-pub use plan::{plan, plan_at};
+pub use plan::plan;
 pub use shot::{CameraAngle, ShotSize};

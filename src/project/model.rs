@@ -81,6 +81,20 @@ pub struct PictureIdentity {
     pub fit: Fit,
     #[serde(default)]
     pub inverter: Inverter,
+    /// The folder of the project file it was read from, against which a relative path is
+    /// taken (set by `io::parse`; not written).
+    #[serde(skip)]
+    pub folder: Option<PathBuf>,
+}
+
+impl PictureIdentity {
+    /// The picture's path as the file system finds it.
+    pub fn resolved(&self) -> PathBuf {
+        match &self.folder {
+            Some(folder) if self.path.is_relative() => folder.join(&self.path),
+            _ => self.path.clone(),
+        }
+    }
 }
 
 /// A place. Panels in the same scene share its environment prompt, and with

@@ -13,18 +13,8 @@ use crate::pipeline::NoiseSource;
 
 /// Plans every image of `project` for `model`. `noise_file` replaces the project's seed for the
 /// identity and every panel without a seed of its own (`charaboard render --noise`). A picture
-/// identity's relative path is taken from the current folder; see [`plan_at`].
+/// identity's picture is read and checked here, so a bad one fails before any work.
 pub fn plan(project: &Project, model: &PlanModel, noise_file: Option<&Path>) -> Result<Plan> {
-    plan_at(project, None, model, noise_file)
-}
-
-/// [`plan`] for a project saved in `folder`, against which a picture's relative path is read.
-pub fn plan_at(
-    project: &Project,
-    folder: Option<&Path>,
-    model: &PlanModel,
-    noise_file: Option<&Path>,
-) -> Result<Plan> {
     project.validate()?;
     let s = &project.settings;
     let noise = |own_seed: Option<u64>| match (own_seed, noise_file) {
@@ -41,7 +31,7 @@ pub fn plan_at(
         noise: noise(None),
         picture: match &project.identity.source {
             IdentitySource::Generated => None,
-            IdentitySource::Picture(p) => Some(planned_picture(p, folder, s.width, s.height)?),
+            IdentitySource::Picture(p) => Some(planned_picture(p, s.width, s.height)?),
         },
     };
     let panels = (0..project.panels.len())
@@ -73,17 +63,19 @@ pub fn plan_at(
     Plan::new(settings, identity, panels)
 }
 
+/// Reads and checks a picture identity's picture, so that a command can refuse a bad one
+/// before it loads a model (the plan checks it again, as it reads it).
+pub fn check_picture(project: &Project) -> Result<()> {
+    if let IdentitySource::Picture(p) = &project.identity.source {
+        let s = &project.settings;
+        picture::load(&p.resolved(), s.width, s.height, p.fit)?;
+    }
+    Ok(())
+}
+
 /// The identity's picture read, checked and fitted, and its key.
-fn planned_picture(
-    p: &PictureIdentity,
-    folder: Option<&Path>,
-    width: usize,
-    height: usize,
-) -> Result<PlannedPicture> {
-    let path = match folder {
-        Some(folder) if p.path.is_relative() => folder.join(&p.path),
-        _ => p.path.clone(),
-    };
+fn planned_picture(p: &PictureIdentity, width: usize, height: usize) -> Result<PlannedPicture> {
+    let path = p.resolved();
     let image = picture::load(&path, width, height, p.fit)?;
     Ok(PlannedPicture {
         key: PictureKey {

@@ -8,7 +8,7 @@
 //! The character reaches the panels the CharaConsist way, through the identity's bank.
 
 use anyhow::Result;
-use candle_core::Tensor;
+use candle_core::{DType, Device, Tensor};
 use candle_transformers::models::flux::sampling::unpack;
 
 use super::super::plan::PlannedPicture;
@@ -16,7 +16,7 @@ use crate::invert::{self, Inverted};
 use crate::pipeline::FluxModels;
 use crate::sampler::StepControl;
 
-/// The unpacked noise (1, 16, H/8, W/8) that `picture` inverts to under `prompt` on the
+/// The unpacked noise (1, 16, H/8, W/8), f32 on the CPU, that `picture` inverts to under `prompt` on the
 /// schedule of `steps`; `None` when `on_step(done, steps)` cancelled it.
 pub fn invert_picture(
     models: &mut FluxModels,
@@ -41,9 +41,11 @@ pub fn invert_picture(
         on_step,
     )?;
     Ok(match inverted {
-        Inverted::Done(packed) => {
-            Some(unpack(&packed, height, width)?.to_dtype(candle_core::DType::F32)?)
-        }
+        Inverted::Done(packed) => Some(
+            unpack(&packed, height, width)?
+                .to_dtype(DType::F32)?
+                .to_device(&Device::Cpu)?,
+        ),
         Inverted::Cancelled(_) => None,
     })
 }
