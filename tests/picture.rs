@@ -53,6 +53,8 @@ struct Measured {
     noise_error: f64,
     /// Of the reconstruction against the picture, in dB.
     psnr: f64,
+    /// Seconds of the picture's generation and of its inversion.
+    seconds: (f64, f64),
 }
 
 /// Generates a picture from seed 7 in `steps` steps, inverts its latents with `inverter` in
@@ -60,7 +62,7 @@ struct Measured {
 ///
 /// The latents are inverted directly: the tiny VAE's random encoder is no inverse of its
 /// random decoder, so a round trip through pixels would measure the VAE, not the inverter
-/// (the encoder's part is proven by the parity test above, the pixel path by tests/render_cli).
+/// (the encoder's part is proven by the parity test above, the pixel path end to end below).
 fn measure(
     models: &mut FluxModels,
     steps: usize,
@@ -75,9 +77,12 @@ fn measure(
         guidance: 3.5,
         noise: NoiseSource::Seed(7),
     };
+    let start = std::time::Instant::now();
     let picture =
         charaboard::pipeline::generate(models, &params, None, &mut |_| Ok(StepControl::Continue))?
             .expect("not cancelled");
+    let generated = start.elapsed().as_secs_f64();
+    let start = std::time::Instant::now();
     let (run, sigmas) = models.prepare_run_from(PROMPT, &picture.latents, inversion_steps)?;
     let Inverted::Done(packed) = invert::invert(
         &models.transformer,
@@ -91,6 +96,7 @@ fn measure(
         panic!("not cancelled")
     };
     let noise = unpack(&packed, SIDE, SIDE)?;
+    let inverted = start.elapsed().as_secs_f64();
     let original = sampler::seeded_noise(7, SIDE, SIDE)?;
     let rms = |t: &Tensor| -> anyhow::Result<f64> {
         Ok(f64::from(t.sqr()?.mean_all()?.to_scalar::<f32>()?).sqrt())
@@ -112,6 +118,7 @@ fn measure(
     Ok(Measured {
         noise_error,
         psnr: psnr(&picture.image, &image),
+        seconds: (generated, inverted),
     })
 }
 
@@ -128,11 +135,13 @@ fn inverters_give_back_the_noise_and_the_picture() -> anyhow::Result<()> {
         for inverter in Inverter::ALL {
             let m = measure(&mut models, steps, inverter, steps)?;
             println!(
-                "{:<12} {steps} steps, {} forwards: noise error {:.5}, PSNR {:.2} dB",
+                "{:<12} {steps} steps, {} forwards: noise error {:.5}, PSNR {:.2} dB; inversion {:.3} s against {:.3} s to generate",
                 inverter.label(),
                 inverter.forwards(steps),
                 m.noise_error,
-                m.psnr
+                m.psnr,
+                m.seconds.1,
+                m.seconds.0
             );
             table.push((steps, inverter, m));
         }
@@ -426,6 +435,9 @@ fn the_identity_key_follows_the_picture() -> anyhow::Result<()> {
             .clone()
     };
     let first = key(&project);
+    // The sample project's shipped picture loads and fits its identity.
+    let sample = charaboard::project::load(std::path::Path::new("projects/own-character.ron"))?;
+    assert!(key(&sample).depends_on[0].picture.is_some());
     assert!(first.depends_on[0].picture.is_some());
     let mut boxed = project.clone();
     let charaboard::project::IdentitySource::Picture(p) = &mut boxed.identity.source else {
