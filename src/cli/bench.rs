@@ -216,10 +216,7 @@ pub fn bench_project(panels: usize, side: usize, steps: usize, lock_background: 
     Project {
         title: "benchmark".into(),
         character: "a young knight in silver armour with a red cape,".into(),
-        identity: IdentityShot {
-            environment: environment.into(),
-            action: "standing, front view".into(),
-        },
+        identity: IdentityShot::new(environment, "standing, front view"),
         scenes: vec![Scene {
             name: "clearing".into(),
             environment: environment.into(),
