@@ -137,11 +137,15 @@ fn query_chunks_give_the_same_result_as_one_pass() {
         let chunked = attention_in_query_chunks(&q, &k, &v, Some(&mask), rows).unwrap();
         let diff = max_abs_diff(&chunked, &whole);
         println!("{rows} rows a chunk: max |diff| {diff:.2e}");
-        // Rows are independent; only the matrix kernel's blocking (a single row takes another
-        // path) can change a rounding.
+        // Rows are independent; only the matrix kernel's blocking (a chunk's row count picks
+        // other tile kernels) changes the order of the sums over the keys. A sum of n terms in
+        // another order moves by at most n ulps of its largest partial sum: here, the
+        // softmax weights summing to 1, n eps max|v| (measured up to 2.6e-6 under load).
+        let keys = k.dim(2).unwrap() as f32;
+        let bound = keys * f32::EPSILON * max_abs(&v);
         assert!(
-            diff <= 1e-6 * max_abs(&whole),
-            "{rows} rows a chunk: max |diff| {diff}"
+            diff <= bound,
+            "{rows} rows a chunk: max |diff| {diff} over {bound}"
         );
     }
 }

@@ -456,8 +456,12 @@ pub enum Bench {
     /// image's for batches 1, 2, 4, 8 (and at twice the steps and blocks), and its time over
     /// the banked mode's for one scene locked onto the identity and for mixed scenes.
     Lockstep {
-        #[arg(long, default_value_t = 16)]
+        /// Steps of the timed storyboards.
+        #[arg(long, default_value_t = 20)]
         steps: usize,
+        /// Steps of the memory runs (and twice as many for the row that doubles them).
+        #[arg(long, default_value_t = 8)]
+        memory_steps: usize,
         /// Image side in pixels.
         #[arg(long, default_value_t = 256)]
         side: usize,
@@ -650,12 +654,13 @@ pub fn run(bench: Bench) -> Result<()> {
         Bench::Plan => flux_dev_plans()?,
         Bench::Lockstep {
             steps,
+            memory_steps,
             side,
             panels,
             run,
         } => {
             let (device, dtype) = run.device_and_dtype()?;
-            lockstep::run(side, steps, panels, dtype, &device)?;
+            lockstep::run(side, steps, memory_steps, panels, dtype, &device)?;
         }
         Bench::Bank => {
             let reference = reference_bank_bytes(1024);

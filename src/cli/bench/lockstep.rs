@@ -164,7 +164,14 @@ fn timing_project(panels: usize, side: usize, steps: usize, mixed: bool) -> Proj
     p
 }
 
-pub fn run(side: usize, steps: usize, panels: usize, dtype: DType, device: &Device) -> Result<()> {
+pub fn run(
+    side: usize,
+    steps: usize,
+    memory_steps: usize,
+    panels: usize,
+    dtype: DType,
+    device: &Device,
+) -> Result<()> {
     if !heap_meter::is_counting() {
         bail!("this binary does not count its heap (install heap_meter::CountingAllocator)");
     }
@@ -174,7 +181,7 @@ pub fn run(side: usize, steps: usize, panels: usize, dtype: DType, device: &Devi
     println!("peak heap over what the weights hold: a vanilla image against identity + b panels in lockstep (batch b, background locked)");
     println!("| blocks | steps | batch | vanilla image | lockstep | ratio |");
     println!("|---|---|---|---|---|---|");
-    for r in memory_rows(side, steps, dtype, device)? {
+    for r in memory_rows(side, memory_steps, dtype, device)? {
         println!(
             "| {} | {} | {} | {:.1} MB | {:.1} MB | {:.2}x |",
             r.blocks,
