@@ -87,7 +87,9 @@ fn editing_reordering_locking_and_undo() {
     character.focus();
     character.type_text(" with a scar");
     h.run_steps(2);
-    assert!(h.state().doc.project.character.ends_with("with a scar"));
+    assert!(h.state().doc.project.characters[0]
+        .prompt
+        .ends_with("with a scar"));
 
     h.get_by_label("Add panel").click();
     h.run_steps(2);

@@ -13,7 +13,7 @@ use charaboard::export::storyboard::{
 use charaboard::export::text::TextRenderer;
 use charaboard::project::ImagesStore;
 use charaboard::project::{
-    CameraAngle, IdentityShot, Panel, Project, RenderSettings, Scene, ShotSize,
+    CameraAngle, Character, IdentityShot, Panel, Project, RenderSettings, Scene, ShotSize,
 };
 use image::{Rgb, RgbImage};
 
@@ -27,11 +27,13 @@ const LONG_CAPTION: &str = "The keeper climbs the spiral stairs one last time, l
 fn project(captions: &[&str]) -> Project {
     Project {
         title: "The Lighthouse Keeper".into(),
-        character: "an old lighthouse keeper with a grey beard".into(),
-        identity: IdentityShot {
-            environment: "in a white studio,".into(),
-            action: "standing".into(),
-        },
+        characters: vec![Character::new(
+            "an old lighthouse keeper with a grey beard",
+            IdentityShot {
+                environment: "in a white studio,".into(),
+                action: "standing".into(),
+            },
+        )],
         scenes: vec![Scene {
             name: String::new(),
             environment: "on a rocky coast,".into(),

@@ -42,10 +42,11 @@ pub fn project_name(project_path: &Path) -> String {
         .map_or_else(|| "project".into(), |s| s.to_string_lossy().into_owned())
 }
 
-/// `identity` or `panel-01`, `panel-02`, ...
+/// `identity` (the first character's), `identity-2`, ..., or `panel-01`, `panel-02`, ...
 pub fn stem(target: Target) -> String {
     match target {
         Target::Identity => "identity".into(),
+        Target::IdentityOf(k) => format!("identity-{}", k + 1),
         Target::Panel(i) => format!("panel-{:02}", i + 1),
     }
 }
@@ -314,11 +315,13 @@ impl ImagesStore {
         }))
     }
 
-    /// Every image saved for the identity and `panels` panels; what cannot be read is left out
-    /// with a note.
+    /// Every image saved for the identities and `panels` panels; what cannot be read is left
+    /// out with a note.
     pub fn read_all(&self, panels: usize) -> Found {
         let mut found = Found::default();
-        let targets = std::iter::once(Target::Identity).chain((0..panels).map(Target::Panel));
+        let targets = (0..crate::limits::MAX_CHARACTERS)
+            .map(Target::identity_of)
+            .chain((0..panels).map(Target::Panel));
         for target in targets {
             match self.read(target) {
                 Ok(Some(image)) => found.images.push(image),

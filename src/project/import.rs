@@ -8,7 +8,7 @@ use std::path::Path;
 
 use anyhow::{bail, Context, Result};
 
-use super::model::{IdentityShot, Panel, Project, RenderSettings, Scene};
+use super::model::{Character, IdentityShot, Panel, Project, RenderSettings, Scene};
 
 /// One parsed prompt line.
 struct Line<'a> {
@@ -102,11 +102,13 @@ fn group_project(k: usize, lines: &[Line], lock_background: bool) -> Result<Proj
     }
     let project = Project {
         title: format!("Story {k}"),
-        character: id.character.to_string(),
-        identity: IdentityShot {
-            environment: id.background.to_string(),
-            action: id.action.to_string(),
-        },
+        characters: vec![Character::new(
+            id.character,
+            IdentityShot {
+                environment: id.background.to_string(),
+                action: id.action.to_string(),
+            },
+        )],
         scenes,
         panels,
         settings: RenderSettings::default(),

@@ -5,7 +5,7 @@ use anyhow::Result;
 use std::path::Path;
 
 use super::model::Project;
-use crate::consist::plan::{PanelShot, Plan, PlanModel, PlanSettings, Shot};
+use crate::consist::plan::{PanelShot, Plan, PlanModel, PlanSettings, Shot, ShotCharacter};
 use crate::pipeline::NoiseSource;
 
 /// Plans every image of `project` for `model`. `noise_file` replaces the project's seed for the
@@ -18,14 +18,27 @@ pub fn plan(project: &Project, model: &PlanModel, noise_file: Option<&Path>) -> 
         (None, Some(path)) => NoiseSource::File(path.to_path_buf()),
         (None, None) => NoiseSource::Seed(s.seed),
     };
-    let identity = Shot {
-        prompt: project.identity_prompt(),
-        environment: project.identity.environment.clone(),
-        environment_field: "identity.environment".into(),
-        width: s.width,
-        height: s.height,
-        noise: noise(None),
+    let shows = |characters: &[usize]| -> Vec<ShotCharacter> {
+        characters
+            .iter()
+            .map(|&index| ShotCharacter {
+                index,
+                prompt: project.characters[index].prompt.clone(),
+            })
+            .collect()
     };
+    let identities = (0..project.characters.len())
+        .map(|k| Shot {
+            prompt: project.identity_prompt_of(k),
+            environment: project.characters[k].identity.environment.clone(),
+            environment_field: format!("characters[{k}].identity.environment"),
+            characters: shows(&[k]),
+            characters_field: format!("characters[{k}].prompt"),
+            width: s.width,
+            height: s.height,
+            noise: noise(None),
+        })
+        .collect();
     let panels = (0..project.panels.len())
         .map(|i| {
             let panel = &project.panels[i];
@@ -36,6 +49,8 @@ pub fn plan(project: &Project, model: &PlanModel, noise_file: Option<&Path>) -> 
                     prompt: project.panel_prompt(i),
                     environment: scene.environment.clone(),
                     environment_field: format!("scenes[{}].environment", panel.scene),
+                    characters: shows(&project.panel_characters(i)),
+                    characters_field: format!("panels[{i}].characters"),
                     width,
                     height,
                     noise: noise(panel.seed),
@@ -51,5 +66,5 @@ pub fn plan(project: &Project, model: &PlanModel, noise_file: Option<&Path>) -> 
         guidance: s.guidance,
         recipe: s.recipe.clone(),
     };
-    Plan::new(settings, identity, panels)
+    Plan::with_identities(settings, identities, panels)
 }
