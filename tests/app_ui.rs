@@ -210,11 +210,15 @@ fn render_on_a_tiny_model_then_overlays_and_export() {
     });
     // Beside the Render button: the memory plan's choice (Auto), then a named mode's numbers.
     h.run_steps(2);
-    assert!(h.query_by_label_contains("memory plan: --bank device --batch 1").is_some());
+    assert!(h
+        .query_by_label_contains("memory plan: --bank device --batch 1")
+        .is_some());
     h.state_mut().settings.bank = BankChoice::Recompute;
     h.state_mut().settings.batch = Some(2);
     h.run_steps(2);
-    assert!(h.query_by_label_contains("memory plan: --bank recompute --batch 2").is_some());
+    assert!(h
+        .query_by_label_contains("memory plan: --bank recompute --batch 2")
+        .is_some());
     h.state_mut().settings.bank = BankChoice::Auto;
     h.state_mut().settings.batch = None;
 

@@ -243,6 +243,7 @@ fn render(
                             latents: out.latents.clone(),
                             grid: out.grid,
                             mask: out.mask.clone(),
+                            owners: out.owners.clone(),
                             matches: out.matches.clone(),
                             spans: out.spans,
                             seconds: out.seconds,
