@@ -216,7 +216,8 @@ fn one_character_owns_exactly_todays_mask() {
     for numerics in [Numerics::Exact, Numerics::Reference] {
         for (erode, dilate) in [(1, 1), (3, 1), (1, 3), (3, 3)] {
             let mut today = MaskAccumulator::new(spans, numerics);
-            let mut one = MaskAccumulator::with_characters(spans, vec![5..9], numerics);
+            let mut one =
+                MaskAccumulator::with_characters(spans, std::iter::once(5..9).collect(), numerics);
             for l in &layers {
                 today.add(l).unwrap();
                 one.add(l).unwrap();
