@@ -29,10 +29,7 @@ fn project(captions: &[&str]) -> Project {
         title: "The Lighthouse Keeper".into(),
         characters: vec![Character::new(
             "an old lighthouse keeper with a grey beard",
-            IdentityShot {
-                environment: "in a white studio,".into(),
-                action: "standing".into(),
-            },
+            IdentityShot::new("in a white studio,", "standing"),
         )],
         scenes: vec![Scene {
             name: String::new(),

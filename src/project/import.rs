@@ -104,10 +104,7 @@ fn group_project(k: usize, lines: &[Line], lock_background: bool) -> Result<Proj
         title: format!("Story {k}"),
         characters: vec![Character::new(
             id.character,
-            IdentityShot {
-                environment: id.background.to_string(),
-                action: id.action.to_string(),
-            },
+            IdentityShot::new(id.background, id.action),
         )],
         scenes,
         panels,

@@ -13,7 +13,10 @@ use serde::{Deserialize, Serialize};
 
 use super::shot::{CameraAngle, ShotSize};
 use crate::consist::recipe::Recipe;
+use crate::invert::Inverter;
 use crate::limits::{self, check_side};
+use crate::picture::Fit;
+use std::path::{Path, PathBuf};
 
 /// A storyboard document.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -105,6 +108,77 @@ impl Character {
 pub struct IdentityShot {
     pub environment: String,
     pub action: String,
+    /// Where the identity comes from: drawn by FLUX (the default, and every older file), or a
+    /// picture the user brings. The prompts describe it either way: they drive the masks.
+    #[serde(default, skip_serializing_if = "IdentitySource::is_generated")]
+    pub source: IdentitySource,
+}
+
+impl IdentityShot {
+    /// A generated identity shot.
+    pub fn new(environment: impl Into<String>, action: impl Into<String>) -> Self {
+        Self {
+            environment: environment.into(),
+            action: action.into(),
+            source: IdentitySource::Generated,
+        }
+    }
+}
+
+/// Where the identity image comes from.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub enum IdentitySource {
+    /// Drawn by FLUX from the seed's noise.
+    #[default]
+    Generated,
+    /// The user's picture, inverted to noise and reconstructed (src/invert.rs).
+    Picture(PictureIdentity),
+}
+
+impl IdentitySource {
+    pub fn is_generated(&self) -> bool {
+        *self == IdentitySource::Generated
+    }
+}
+
+/// A picture identity.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PictureIdentity {
+    /// Relative to the project file's folder (or absolute).
+    pub path: PathBuf,
+    #[serde(default)]
+    pub fit: Fit,
+    #[serde(default)]
+    pub inverter: Inverter,
+    /// The folder of the project file it was read from, against which a relative path is
+    /// taken (set by `io::parse`; not written).
+    #[serde(skip)]
+    pub folder: Option<PathBuf>,
+}
+
+impl PictureIdentity {
+    /// The picture's path as the file system finds it.
+    pub fn resolved(&self) -> PathBuf {
+        match &self.folder {
+            Some(folder) if self.path.is_relative() => folder.join(&self.path),
+            _ => self.path.clone(),
+        }
+    }
+
+    /// Keeps the same picture when the project is saved into `folder`: its path becomes
+    /// relative to that folder where the picture lies inside it, else absolute.
+    pub fn rebase(&mut self, folder: &Path) {
+        if self.folder.as_deref() == Some(folder) {
+            return;
+        }
+        let absolute = |p: &Path| std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf());
+        let picture = absolute(&self.resolved());
+        self.path = picture
+            .strip_prefix(absolute(folder))
+            .map_or_else(|_| picture.clone(), Path::to_path_buf);
+        self.folder = Some(folder.to_path_buf());
+    }
 }
 
 /// A place. Panels in the same scene share its environment prompt, and with
@@ -400,6 +474,15 @@ impl Project {
                 bail!(
                     "characters[{k}].identity.environment: the identity shot needs an environment"
                 );
+            }
+            if let IdentitySource::Picture(p) = &c.identity.source {
+                if p.path.as_os_str().is_empty() {
+                    bail!("characters[{k}].identity.source: the picture's path is empty");
+                }
+                // The inversion keeps one noise, the first identity's.
+                if k > 0 {
+                    bail!("characters[{k}].identity.source: only the first character's identity can be a picture for now");
+                }
             }
             if let Some(j) = self.characters[..k].iter().position(|o| o.name == c.name) {
                 bail!(

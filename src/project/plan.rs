@@ -4,12 +4,16 @@
 use anyhow::Result;
 use std::path::Path;
 
-use super::model::Project;
-use crate::consist::plan::{PanelShot, Plan, PlanModel, PlanSettings, Shot, ShotCharacter};
+use super::model::{IdentitySource, PictureIdentity, Project};
+use crate::consist::plan::{
+    PanelShot, PictureKey, Plan, PlanModel, PlanSettings, PlannedPicture, Shot, ShotCharacter,
+};
+use crate::picture;
 use crate::pipeline::NoiseSource;
 
 /// Plans every image of `project` for `model`. `noise_file` replaces the project's seed for the
-/// identity and every panel without a seed of its own (`charaboard render --noise`).
+/// identity and every panel without a seed of its own (`charaboard render --noise`). A picture
+/// identity's picture is read and checked here, so a bad one fails before any work.
 pub fn plan(project: &Project, model: &PlanModel, noise_file: Option<&Path>) -> Result<Plan> {
     project.validate()?;
     let s = &project.settings;
@@ -28,17 +32,23 @@ pub fn plan(project: &Project, model: &PlanModel, noise_file: Option<&Path>) -> 
             .collect()
     };
     let identities = (0..project.characters.len())
-        .map(|k| Shot {
-            prompt: project.identity_prompt_of(k),
-            environment: project.characters[k].identity.environment.clone(),
-            environment_field: format!("characters[{k}].identity.environment"),
-            characters: shows(&[k]),
-            characters_field: format!("characters[{k}].prompt"),
-            width: s.width,
-            height: s.height,
-            noise: noise(None),
+        .map(|k| {
+            Ok(Shot {
+                prompt: project.identity_prompt_of(k),
+                environment: project.characters[k].identity.environment.clone(),
+                environment_field: format!("characters[{k}].identity.environment"),
+                characters: shows(&[k]),
+                characters_field: format!("characters[{k}].prompt"),
+                width: s.width,
+                height: s.height,
+                noise: noise(None),
+                picture: match &project.characters[k].identity.source {
+                    IdentitySource::Generated => None,
+                    IdentitySource::Picture(p) => Some(planned_picture(p, s.width, s.height)?),
+                },
+            })
         })
-        .collect();
+        .collect::<Result<Vec<_>>>()?;
     let panels = (0..project.panels.len())
         .map(|i| {
             let panel = &project.panels[i];
@@ -54,6 +64,7 @@ pub fn plan(project: &Project, model: &PlanModel, noise_file: Option<&Path>) -> 
                     width,
                     height,
                     noise: noise(panel.seed),
+                    picture: None,
                 },
                 scene: panel.scene,
                 lock_background: scene.lock_background,
@@ -67,4 +78,29 @@ pub fn plan(project: &Project, model: &PlanModel, noise_file: Option<&Path>) -> 
         recipe: s.recipe.clone(),
     };
     Plan::with_identities(settings, identities, panels)
+}
+
+/// Reads and checks a picture identity's picture, so that a command can refuse a bad one
+/// before it loads a model (the plan checks it again, as it reads it).
+pub fn check_picture(project: &Project) -> Result<()> {
+    if let IdentitySource::Picture(p) = &project.characters[0].identity.source {
+        let s = &project.settings;
+        picture::load(&p.resolved(), s.width, s.height, p.fit)?;
+    }
+    Ok(())
+}
+
+/// The identity's picture read, checked and fitted, and its key.
+fn planned_picture(p: &PictureIdentity, width: usize, height: usize) -> Result<PlannedPicture> {
+    let path = p.resolved();
+    let image = picture::load(&path, width, height, p.fit)?;
+    Ok(PlannedPicture {
+        key: PictureKey {
+            fnv64: picture::digest(&path)?,
+            fit: p.fit,
+            inverter: p.inverter,
+        },
+        path,
+        image,
+    })
 }

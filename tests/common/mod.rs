@@ -146,10 +146,7 @@ pub fn knight_project(panels: Vec<(usize, &str)>, scenes: Vec<(&str, bool)>) -> 
         title: "test".into(),
         characters: vec![Character::new(
             KNIGHT,
-            IdentityShot {
-                environment: CLEARING.into(),
-                action: "standing, front view".into(),
-            },
+            IdentityShot::new(CLEARING, "standing, front view"),
         )],
         scenes: scenes
             .into_iter()
