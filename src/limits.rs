@@ -20,6 +20,9 @@ pub const COLUMNS: RangeInclusive<usize> = 1..=12;
 pub const ROWS: RangeInclusive<usize> = 1..=12;
 /// Side of a mask's erosion or dilation kernel (odd; 1 = off).
 pub const KERNEL: RangeInclusive<usize> = 1..=31;
+/// Characters a storyboard keeps consistent: each adds an identity run and its share of every
+/// panel's borrowed keys.
+pub const MAX_CHARACTERS: usize = 4;
 /// "Every n-th single block" strides of the recipe; FLUX.1 has 38 single blocks.
 pub const LAYER_EVERY: RangeInclusive<usize> = 1..=64;
 

@@ -88,7 +88,9 @@ fn editing_reordering_locking_and_undo() {
     character.focus();
     character.type_text(" with a scar");
     h.run_steps(2);
-    assert!(h.state().doc.project.character.ends_with("with a scar"));
+    assert!(h.state().doc.project.characters[0]
+        .prompt
+        .ends_with("with a scar"));
 
     h.get_by_label("Add panel").click();
     h.run_steps(2);
@@ -539,7 +541,7 @@ fn a_picture_identity_is_picked_dropped_rendered_and_compared() {
     wait_until(&mut h, "the model", |a| {
         matches!(a.model, ModelStatus::Loaded { .. }) && !a.busy
     });
-    let picture = |a: &CharaboardApp| match &a.doc.project.identity.source {
+    let picture = |a: &CharaboardApp| match &a.doc.project.characters[0].identity.source {
         IdentitySource::Picture(p) => Some(p.path.clone()),
         IdentitySource::Generated => None,
     };

@@ -293,7 +293,7 @@ fn a_byte_order_mark_before_a_prompt_file_is_dropped() {
     let text = "in a gym,#a strong man,#lifting weights\nin a gym,#a strong man,#waving\n";
     let plain = project::import(text, false).unwrap();
     let marked = project::import(&format!("{BOM}{text}"), false).unwrap();
-    assert_eq!(marked[0].identity.environment, "in a gym,");
+    assert_eq!(marked[0].characters[0].identity.environment, "in a gym,");
     assert_eq!(marked[0].scenes[0].environment, "in a gym,");
     assert_eq!(marked, plain);
 }

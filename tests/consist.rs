@@ -243,6 +243,7 @@ fn render(
                             latents: out.latents.clone(),
                             grid: out.grid,
                             mask: out.mask.clone(),
+                            owners: out.owners.clone(),
                             matches: out.matches.clone(),
                             spans: out.spans,
                             seconds: out.seconds,
@@ -320,8 +321,8 @@ fn a_panel_equal_to_the_identity_matches_every_foreground_token_to_itself_in_bf1
     let mut models = FluxModels::load(dir.path(), DType::BF16, &Device::Cpu).unwrap();
     let empty = "in an empty background,";
     let mut p = knight_project(vec![(0, "standing, front view")], vec![(empty, false)]);
-    p.character = "a courier girl with short black hair and a green jacket,".into();
-    p.identity.environment = empty.into();
+    p.characters[0].prompt = "a courier girl with short black hair and a green jacket,".into();
+    p.characters[0].identity.environment = empty.into();
     (p.settings.width, p.settings.height, p.settings.steps) = (64, 64, Some(4));
     // 2^-7: twice bf16's relative rounding, summed over a unit vector's products.
     panel_equal_to_the_identity_matches_itself(&mut models, p, Exactness::Within(1.0 / 128.0));

@@ -13,7 +13,7 @@ use charaboard::export::storyboard::{
 use charaboard::export::text::TextRenderer;
 use charaboard::project::ImagesStore;
 use charaboard::project::{
-    CameraAngle, IdentityShot, Panel, Project, RenderSettings, Scene, ShotSize,
+    CameraAngle, Character, IdentityShot, Panel, Project, RenderSettings, Scene, ShotSize,
 };
 use image::{Rgb, RgbImage};
 
@@ -27,8 +27,10 @@ const LONG_CAPTION: &str = "The keeper climbs the spiral stairs one last time, l
 fn project(captions: &[&str]) -> Project {
     Project {
         title: "The Lighthouse Keeper".into(),
-        character: "an old lighthouse keeper with a grey beard".into(),
-        identity: IdentityShot::new("in a white studio,", "standing"),
+        characters: vec![Character::new(
+            "an old lighthouse keeper with a grey beard",
+            IdentityShot::new("in a white studio,", "standing"),
+        )],
         scenes: vec![Scene {
             name: String::new(),
             environment: "on a rocky coast,".into(),

@@ -41,6 +41,7 @@ fn render(
                     latents: o.latents.clone(),
                     grid: o.grid,
                     mask: o.mask.clone(),
+                    owners: o.owners.clone(),
                     matches: o.matches.clone(),
                     spans: o.spans,
                     seconds: o.seconds,

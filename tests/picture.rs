@@ -440,13 +440,16 @@ fn the_identity_key_follows_the_picture() -> anyhow::Result<()> {
     assert!(key(&sample).depends_on[0].picture.is_some());
     assert!(first.depends_on[0].picture.is_some());
     let mut boxed = project.clone();
-    let charaboard::project::IdentitySource::Picture(p) = &mut boxed.identity.source else {
+    let charaboard::project::IdentitySource::Picture(p) = &mut boxed.characters[0].identity.source
+    else {
         panic!("a picture identity")
     };
     p.fit = Fit::Letterbox;
     assert_ne!(key(&boxed), first, "fit");
     let mut euler = project.clone();
-    if let charaboard::project::IdentitySource::Picture(p) = &mut euler.identity.source {
+    if let charaboard::project::IdentitySource::Picture(p) =
+        &mut euler.characters[0].identity.source
+    {
         p.inverter = Inverter::Euler;
     }
     assert_ne!(key(&euler), first, "inverter");
@@ -456,7 +459,7 @@ fn the_identity_key_follows_the_picture() -> anyhow::Result<()> {
     charaboard::project::save(&project, &path)?;
     assert_eq!(charaboard::project::load(&path)?, project);
     let mut generated = project.clone();
-    generated.identity.source = charaboard::project::IdentitySource::Generated;
+    generated.characters[0].identity.source = charaboard::project::IdentitySource::Generated;
     charaboard::project::save(&generated, &path)?;
     assert!(!std::fs::read_to_string(&path)?.contains("source"));
     assert!(key(&generated).depends_on[0].picture.is_none());
@@ -504,7 +507,7 @@ fn saving_elsewhere_keeps_the_picture() -> anyhow::Result<()> {
     let mut doc = Document::open(&a.join("courier.ron"))?;
     doc.save_to(&b.join("moved.ron"))?;
     let moved = charaboard::project::load(&b.join("moved.ron"))?;
-    let IdentitySource::Picture(p) = &moved.identity.source else {
+    let IdentitySource::Picture(p) = &moved.characters[0].identity.source else {
         panic!("a picture identity")
     };
     assert_eq!(

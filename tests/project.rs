@@ -89,14 +89,16 @@ fn prompts_and_per_panel_values() {
         p.identity_prompt(),
         format!(
             "{} {} {}",
-            p.identity.environment, p.character, p.identity.action
+            p.characters[0].identity.environment,
+            p.characters[0].prompt,
+            p.characters[0].identity.action
         )
     );
     assert_eq!(
         p.panel_prompt(4),
         format!(
             "{} {} {}",
-            p.scenes[2].environment, p.character, p.panels[4].action
+            p.scenes[2].environment, p.characters[0].prompt, p.panels[4].action
         )
     );
     assert_eq!(p.panel_size(0), (1024, 1024));
@@ -213,12 +215,12 @@ fn validation_names_the_field() {
     );
 
     let mut p = ok.clone();
-    p.character = "  ".into();
-    assert!(invalid_message(&p).starts_with("character:"));
+    p.characters[0].prompt = "  ".into();
+    assert!(invalid_message(&p).starts_with("characters[0].prompt:"));
 
     let mut p = ok.clone();
-    p.identity.environment.clear();
-    assert!(invalid_message(&p).starts_with("identity.environment:"));
+    p.characters[0].identity.environment.clear();
+    assert!(invalid_message(&p).starts_with("characters[0].identity.environment:"));
 
     let mut p = ok.clone();
     for _ in 0..3 {
@@ -325,7 +327,7 @@ fn shots_and_timing_load_with_defaults_and_join_the_prompt_when_asked() {
         format!(
             "{} {} {}, extreme wide shot, bird's-eye view",
             p.panel_environment(0),
-            p.character,
+            p.characters[0].prompt,
             p.panels[0].action
         )
     );
@@ -432,9 +434,9 @@ fn import_builds_one_project_per_group() {
 
     let a = &projects[0];
     assert_eq!(a.title, "Story 1");
-    assert_eq!(a.character, "a strong man,");
-    assert_eq!(a.identity.environment, "in a gym,");
-    assert_eq!(a.identity.action, "lifting weights");
+    assert_eq!(a.characters[0].prompt, "a strong man,");
+    assert_eq!(a.characters[0].identity.environment, "in a gym,");
+    assert_eq!(a.characters[0].identity.action, "lifting weights");
     let envs: Vec<_> = a.scenes.iter().map(|s| s.environment.as_str()).collect();
     assert_eq!(envs, ["in a gym,", "on a mountain top,"]);
     assert!(a.scenes.iter().all(|s| s.lock_background));

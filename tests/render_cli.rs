@@ -171,7 +171,7 @@ fn import_turns_reference_prompt_files_into_projects() {
         "--lock-background",
     ]));
     let first = charaboard::project::io::load(&out_dir.join("prompts-bg_fg-01.ron")).unwrap();
-    assert_eq!(first.identity.environment, "In a modern gym,");
+    assert_eq!(first.characters[0].identity.environment, "In a modern gym,");
     assert_eq!(first.panels.len(), 2);
     assert_eq!(first.scenes.len(), 2);
     assert!(first.scenes.iter().all(|s| s.lock_background));

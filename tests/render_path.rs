@@ -287,7 +287,7 @@ fn exactly_the_affected_images_become_stale() {
         ),
         (
             "the identity shot",
-            |p| p.identity.action = "sitting".into(),
+            |p| p.characters[0].identity.action = "sitting".into(),
             all.clone(),
         ),
         (

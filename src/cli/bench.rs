@@ -22,7 +22,7 @@ use crate::flux::attention::scaled_dot_product;
 use crate::flux::{Flux, FluxConfig, StepInput, TokenLayout};
 use crate::memory_plan::{mode_name, MemoryPlan, ModelMemory, Storage, Storyboard};
 use crate::pipeline::{generate, FluxModels, GenerateParams, NoiseSource};
-use crate::project::model::{IdentityShot, Panel, Project, RenderSettings, Scene};
+use crate::project::model::{Character, IdentityShot, Panel, Project, RenderSettings, Scene};
 use crate::sampler::StepControl;
 
 /// A mid-sized FLUX: hidden 512 (8 heads of 64), 4 double and 8 single blocks.
@@ -215,8 +215,10 @@ pub fn bench_project(panels: usize, side: usize, steps: usize, lock_background: 
     let environment = "in a quiet forest clearing at dawn, mist between the trees,";
     Project {
         title: "benchmark".into(),
-        character: "a young knight in silver armour with a red cape,".into(),
-        identity: IdentityShot::new(environment, "standing, front view"),
+        characters: vec![Character::new(
+            "a young knight in silver armour with a red cape,",
+            IdentityShot::new(environment, "standing, front view"),
+        )],
         scenes: vec![Scene {
             name: "clearing".into(),
             environment: environment.into(),

@@ -1,4 +1,16 @@
-//! The foreground mask from text-to-image attention (characonsist-spec.md §4).
+//! The foreground mask from text-to-image attention (characonsist-spec.md §4), and with several
+//! characters which of them owns each foreground token.
+//!
+//! A token is foreground exactly as with one character: its mean attention over everything after
+//! the environment (the characters' prompts and the action) is at least its mean over the
+//! environment. The action counts towards the foreground because it describes what the
+//! characters do and hold, but towards no character in particular, because it may name any or
+//! all of them. Among several characters, a foreground token belongs to the one whose own span it
+//! attends to most on average; each character's tokens are then eroded and dilated on their
+//! own, and a token that several dilated regions reach goes to the one it attends to most.
+//! With one character its region is the foreground mask, byte for byte as before.
+
+use std::ops::Range;
 
 use anyhow::{bail, Result};
 use candle_core::{DType, Tensor};
@@ -35,6 +47,53 @@ impl TextSpans {
     }
 }
 
+/// The T5 spans of the characters of a prompt `environment + " " + c1 + " " + c2 + ... + " " +
+/// action`, by the background span's rule extended: character `k` ends where the token count of
+/// `environment + " " + c1 + ... + ck + " "` ends (a count, like `bg_len`: where the trailing
+/// space is a token of its own the span takes the next word's first token, and the action's
+/// span may be empty, which costs nothing since the action counts for no character). Prompts
+/// that leave no room before the T5 limit are refused. Errors name no field; the caller does.
+pub fn character_spans(
+    tokenizers: &PromptTokenizers,
+    environment: &str,
+    characters: &[&str],
+    spans: TextSpans,
+) -> Result<Vec<Range<usize>>> {
+    let mut prefix = format!("{environment} ");
+    let mut start = spans.bg_len;
+    let mut out = Vec::with_capacity(characters.len());
+    for (k, c) in characters.iter().enumerate() {
+        prefix = format!("{prefix}{c} ");
+        let end = tokenizers.t5_count(&prefix)?;
+        let limit = tokenizers.t5_len() - 1;
+        if end >= limit {
+            bail!(
+                "the environment and the prompts of the characters up to the {} take {end} of the {limit} T5 tokens, leaving no room for the action; shorten them",
+                ordinal(k + 1),
+            );
+        }
+        let end = end.min(spans.real_len);
+        if end <= start {
+            bail!(
+                "the prompt of the {} character has no tokens",
+                ordinal(k + 1)
+            );
+        }
+        out.push(start..end);
+        start = end;
+    }
+    Ok(out)
+}
+
+fn ordinal(n: usize) -> String {
+    match n {
+        1 => "first".into(),
+        2 => "second".into(),
+        3 => "third".into(),
+        n => format!("{n}th"),
+    }
+}
+
 /// The reference's text attention (characonsist-spec.md §4), for `Numerics::Reference`: the
 /// unscaled logits of the image queries over the valid text keys, both after RoPE, in the run's
 /// dtype, cast to fp16, and their softmax rounded to fp16; (b, heads, img_len, n_text), as f32.
@@ -51,22 +110,47 @@ fn fp16(t: &Tensor) -> Result<Tensor> {
 }
 
 /// Sums, over the single blocks of one step, the head-summed text attention of every image token
-/// averaged over the background span and over the foreground span.
+/// averaged over the background span and over the foreground span (and, with several
+/// characters, over each character's span).
 pub struct MaskAccumulator {
     spans: TextSpans,
+    /// The characters' spans where there are several; one character owns the whole foreground.
+    characters: Vec<Range<usize>>,
+    /// No character: every token is background.
+    empty: bool,
     numerics: Numerics,
     sums: Option<(Tensor, Tensor)>,
+    character_sums: Vec<Tensor>,
     layers: usize,
 }
 
 impl MaskAccumulator {
+    /// One character: the foreground is its region.
     pub fn new(spans: TextSpans, numerics: Numerics) -> Self {
         Self {
             spans,
+            characters: Vec::new(),
+            empty: false,
             numerics,
             sums: None,
+            character_sums: Vec::new(),
             layers: 0,
         }
+    }
+
+    /// The characters of a prompt by their spans, in the prompt's order: none (the image is all
+    /// background), one (as [`MaskAccumulator::new`]) or several.
+    pub fn with_characters(
+        spans: TextSpans,
+        characters: Vec<Range<usize>>,
+        numerics: Numerics,
+    ) -> Self {
+        let mut acc = Self::new(spans, numerics);
+        acc.empty = characters.is_empty();
+        if characters.len() > 1 {
+            acc.characters = characters;
+        }
+        acc
     }
 
     /// Adds one layer's probabilities (1, heads, img_len, real_len): the transformer's f32 ones
@@ -88,6 +172,13 @@ impl MaskAccumulator {
             Some((b, f)) => (round((b + bg)?)?, round((f + fg)?)?),
         };
         self.sums = Some(sums);
+        for (k, span) in self.characters.iter().enumerate() {
+            let mean = round(p.narrow(1, span.start, span.len())?.mean(1)?)?;
+            match self.character_sums.get_mut(k) {
+                None => self.character_sums.push(mean),
+                Some(sum) => *sum = round((&*sum + mean)?)?,
+            }
+        }
         self.layers += 1;
         Ok(())
     }
@@ -99,16 +190,29 @@ impl MaskAccumulator {
     /// Foreground where its layer-averaged map is at least the background's (ties go to the
     /// foreground), then erosion and dilation on the token grid.
     pub fn finish(&mut self, grid: Grid, erode: usize, dilate: usize) -> Result<Vec<bool>> {
+        Ok(self
+            .finish_owners(grid, erode, dilate)?
+            .into_iter()
+            .map(|o| o != 0)
+            .collect())
+    }
+
+    /// Every token's owner: 0 for the background, `k + 1` for the prompt's `k`-th character
+    /// (see the module's comment for the rule).
+    pub fn finish_owners(&mut self, grid: Grid, erode: usize, dilate: usize) -> Result<Vec<u8>> {
         let Some((bg, fg)) = self.sums.take() else {
             bail!("no attention maps were collected for the mask");
         };
         let layers = std::mem::take(&mut self.layers) as f64;
-        let (bg, fg) = match self.numerics {
-            // Sums compare as their averages do.
-            Numerics::Exact => (bg, fg),
-            // The reference divides its fp16 sums by the layer count, which can make ties.
-            Numerics::Reference => (fp16(&(bg / layers)?)?, fp16(&(fg / layers)?)?),
+        let average = |t: Tensor| -> Result<Tensor> {
+            match self.numerics {
+                // Sums compare as their averages do.
+                Numerics::Exact => Ok(t),
+                // The reference divides its fp16 sums by the layer count, which can make ties.
+                Numerics::Reference => fp16(&(t / layers)?),
+            }
         };
+        let (bg, fg) = (average(bg)?, average(fg)?);
         let raw: Vec<bool> = bg
             .le(&fg)?
             .to_dtype(DType::U8)?
@@ -116,8 +220,46 @@ impl MaskAccumulator {
             .into_iter()
             .map(|v| v != 0)
             .collect();
-        Ok(dilate_mask(&erode_mask(&raw, grid, erode), grid, dilate))
+        if self.empty {
+            return Ok(vec![0; raw.len()]);
+        }
+        if self.characters.is_empty() {
+            let mask = dilate_mask(&erode_mask(&raw, grid, erode), grid, dilate);
+            return Ok(mask.into_iter().map(u8::from).collect());
+        }
+        let scores: Vec<Vec<f32>> = std::mem::take(&mut self.character_sums)
+            .into_iter()
+            .map(|s| Ok(average(s)?.to_vec1::<f32>()?))
+            .collect::<Result<_>>()?;
+        Ok(owners(&raw, &scores, grid, erode, dilate))
     }
+}
+
+/// Several characters' regions from the foreground `raw` and each character's mean attention
+/// over its own span (`scores[k][token]`): each foreground token to its best character (ties to
+/// the earlier one), each region eroded and dilated alone, a token several reach to the best of
+/// those that reach it.
+fn owners(raw: &[bool], scores: &[Vec<f32>], grid: Grid, erode: usize, dilate: usize) -> Vec<u8> {
+    let best_of = |t: usize, among: &mut dyn Iterator<Item = usize>| -> Option<usize> {
+        among.fold(None, |best: Option<usize>, k| match best {
+            Some(b) if scores[b][t] >= scores[k][t] => Some(b),
+            _ => Some(k),
+        })
+    };
+    let regions: Vec<Vec<bool>> = (0..scores.len())
+        .map(|k| {
+            let own: Vec<bool> = (0..raw.len())
+                .map(|t| raw[t] && best_of(t, &mut (0..scores.len())) == Some(k))
+                .collect();
+            dilate_mask(&erode_mask(&own, grid, erode), grid, dilate)
+        })
+        .collect();
+    (0..raw.len())
+        .map(|t| {
+            let mut claimants = (0..scores.len()).filter(|&k| regions[k][t]);
+            best_of(t, &mut claimants).map_or(0, |k| k as u8 + 1)
+        })
+        .collect()
 }
 
 /// A token grid: `rows` x `cols`, token `r * cols + c`.

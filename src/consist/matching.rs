@@ -129,6 +129,57 @@ impl Matches {
             .collect()
     }
 
+    /// Several characters' matches as one: every kept match in ascending panel-token order (the
+    /// characters' regions are disjoint), and each panel token's best similarity against the
+    /// identity of the character that owns it (`owners`: 0 background, `k + 1` character `k`;
+    /// background tokens keep the first character's). One character's come back unchanged.
+    pub fn merge(mut per_character: Vec<Matches>, owners: &[u8]) -> Matches {
+        if per_character.len() == 1 {
+            return per_character.remove(0);
+        }
+        let mut kept: Vec<(u32, u32)> = per_character
+            .iter()
+            .flat_map(|m| {
+                m.panel_idx
+                    .iter()
+                    .copied()
+                    .zip(m.identity_idx.iter().copied())
+            })
+            .collect();
+        kept.sort_unstable();
+        let max_sim = match per_character.first() {
+            None => vec![0.0; owners.len()],
+            Some(first) => (0..first.max_sim.len())
+                .map(|c| {
+                    let k = usize::from(owners.get(c).copied().unwrap_or(0)).saturating_sub(1);
+                    per_character[k.min(per_character.len() - 1)].max_sim[c]
+                })
+                .collect(),
+        };
+        let (panel_idx, identity_idx) = kept.into_iter().unzip();
+        Matches {
+            panel_idx,
+            identity_idx,
+            max_sim,
+        }
+    }
+
+    /// The matches of the character with owner label `owner` (`k + 1` for character `k`).
+    pub fn of_owner(&self, owners: &[u8], owner: u8) -> Matches {
+        let (panel_idx, identity_idx) = self
+            .panel_idx
+            .iter()
+            .zip(&self.identity_idx)
+            .filter(|&(&c, _)| owners.get(c as usize) == Some(&owner))
+            .map(|(&c, &j)| (c, j))
+            .unzip();
+        Matches {
+            panel_idx,
+            identity_idx,
+            max_sim: self.max_sim.clone(),
+        }
+    }
+
     /// The similarity of each kept match.
     pub fn kept_sims(&self) -> Vec<f32> {
         self.panel_idx

@@ -1,4 +1,5 @@
-//! The storyboard plan: every image a storyboard needs (the identity, then the panels), with its
+//! The storyboard plan: every image a storyboard needs (each character's identity, then the
+//! panels), with its
 //! prompt, size, noise, background mode, what it depends on, and a key over all of its inputs.
 //!
 //! The plan is what a render executes and what staleness compares: an image on disk is current
@@ -18,15 +19,36 @@ use std::path::Path;
 /// An image of the storyboard.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub enum Target {
+    /// The first character's identity (the only one of a one-character storyboard).
     Identity,
     Panel(usize),
+    /// The identity of character `k` for `k >= 1` (see [`Target::identity_of`]).
+    IdentityOf(usize),
 }
 
 impl Target {
-    /// How messages name the image: "the identity", "panel 3".
+    /// The identity image of character `k`: the first one keeps the one-character name.
+    pub fn identity_of(k: usize) -> Self {
+        match k {
+            0 => Target::Identity,
+            k => Target::IdentityOf(k),
+        }
+    }
+
+    /// The character whose identity this is; `None` for a panel.
+    pub fn character(self) -> Option<usize> {
+        match self {
+            Target::Identity => Some(0),
+            Target::IdentityOf(k) => Some(k),
+            Target::Panel(_) => None,
+        }
+    }
+
+    /// How messages name the image: "the identity", "panel 3", "the identity of character 2".
     pub fn label(self) -> String {
         match self {
             Target::Identity => "the identity".into(),
+            Target::IdentityOf(k) => format!("the identity of character {}", k + 1),
             Target::Panel(i) => format!("panel {}", i + 1),
         }
     }
@@ -147,7 +169,12 @@ pub struct ImageKey {
     pub guidance: f64,
     pub recipe: Recipe,
     pub background: BackgroundMode,
-    /// The identity's key, then the scene reference's, where the image depends on them.
+    /// The prompts that split the foreground into characters, where the image does not show
+    /// exactly one (one character's span is the whole foreground, so its keys stay as before).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub characters: Option<Vec<String>>,
+    /// The keys of the identities it follows, then the scene reference's, where the image
+    /// depends on them.
     pub depends_on: Vec<ImageKey>,
     /// A picture identity's picture and how it is inverted (absent in older keys: generated).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -174,6 +201,14 @@ pub struct PlannedPicture {
     pub key: PictureKey,
 }
 
+/// A character an image shows: which one (its index in the storyboard) and its prompt, whose
+/// tokens are its span of the prompt.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ShotCharacter {
+    pub index: usize,
+    pub prompt: String,
+}
+
 /// What the document says about one image.
 #[derive(Debug, Clone)]
 pub struct Shot {
@@ -181,6 +216,10 @@ pub struct Shot {
     pub environment: String,
     /// Where the environment is written in the document (`scenes[1].environment`), for errors.
     pub environment_field: String,
+    /// The characters it shows, in the prompt's order, after the environment.
+    pub characters: Vec<ShotCharacter>,
+    /// Where the list of characters is written (`panels[2].characters`), for errors.
+    pub characters_field: String,
     pub width: usize,
     pub height: usize,
     /// The noise the image starts from; a picture identity's comes from its inversion instead.
@@ -218,17 +257,35 @@ pub struct PlannedImage {
 }
 
 impl PlannedImage {
-    /// The images this one needs rendered first, nearest first.
+    /// The images this one needs rendered first, nearest first: its scene reference, then the
+    /// identities it follows.
     pub fn depends_on(&self) -> Vec<Target> {
-        match (self.target, self.background) {
-            (Target::Identity, _) => vec![],
-            (Target::Panel(i), BackgroundMode::SceneReference { first_panel })
-                if first_panel != i =>
-            {
-                vec![Target::Panel(first_panel), Target::Identity]
-            }
-            _ => vec![Target::Identity],
+        let (identities, scene) = self.dependencies();
+        scene.into_iter().chain(identities).collect()
+    }
+
+    /// The identities it follows (those of the characters it shows, and the first one's where
+    /// it locks onto that background), and its scene reference (another panel).
+    fn dependencies(&self) -> (Vec<Target>, Option<Target>) {
+        let Target::Panel(i) = self.target else {
+            return (vec![], None);
+        };
+        let mut identities: Vec<Target> = self.characters().map(Target::identity_of).collect();
+        if self.background == BackgroundMode::Identity && !identities.contains(&Target::Identity) {
+            identities.push(Target::Identity);
         }
+        let scene = match self.background {
+            BackgroundMode::SceneReference { first_panel } if first_panel != i => {
+                Some(Target::Panel(first_panel))
+            }
+            _ => None,
+        };
+        (identities, scene)
+    }
+
+    /// The characters it shows, as indices into the storyboard's characters.
+    pub fn characters(&self) -> impl Iterator<Item = usize> + '_ {
+        self.shot.characters.iter().map(|c| c.index)
     }
 }
 
@@ -242,18 +299,31 @@ pub enum RenderRequest {
     Panels(Vec<usize>),
 }
 
-/// Every image of a storyboard, identity first, then the panels in order.
+/// Every image of a storyboard, the identities first (one per character), then the panels in
+/// order.
 #[derive(Debug, Clone)]
 pub struct Plan {
     pub settings: PlanSettings,
     images: Vec<PlannedImage>,
+    /// How many of `images` are identities.
+    characters: usize,
 }
 
 impl Plan {
-    /// Plans the identity and the panels: background modes, dependencies and keys. A noise file
-    /// is checked against every image that takes it, so that one that does not fit a later
-    /// scene's size fails before the first image is rendered.
+    /// Plans a one-character storyboard: see [`Plan::with_identities`].
     pub fn new(settings: PlanSettings, identity: Shot, panels: Vec<PanelShot>) -> Result<Self> {
+        Self::with_identities(settings, vec![identity], panels)
+    }
+
+    /// Plans the identities (character `k`'s at `identities[k]`) and the panels: background
+    /// modes, dependencies and keys. A noise file is checked against every image that takes it,
+    /// so that one that does not fit a later scene's size fails before the first image is
+    /// rendered.
+    pub fn with_identities(
+        settings: PlanSettings,
+        identities: Vec<Shot>,
+        panels: Vec<PanelShot>,
+    ) -> Result<Self> {
         let key_of = |target: Target, shot: &Shot, background, depends_on| -> Result<ImageKey> {
             let noise =
                 NoiseKey::of(shot).with_context(|| format!("the noise of {}", target.label()))?;
@@ -268,60 +338,82 @@ impl Plan {
                 guidance: settings.guidance,
                 recipe: settings.recipe.clone(),
                 background,
+                characters: (shot.characters.len() != 1)
+                    .then(|| shot.characters.iter().map(|c| c.prompt.clone()).collect()),
                 depends_on,
                 picture: shot.picture.as_ref().map(|p| p.key.clone()),
             })
         };
-        let identity_key = key_of(Target::Identity, &identity, BackgroundMode::Free, vec![])?;
+        let first = identities.first().context("a storyboard has a character")?;
         let modes: Vec<BackgroundMode> = panels
             .iter()
             .enumerate()
-            .map(|(i, p)| background_mode(&identity, &panels, i, p))
+            .map(|(i, p)| background_mode(first, &panels, i, p))
             .collect();
-        let mut images = vec![PlannedImage {
-            target: Target::Identity,
-            shot: identity,
-            scene: None,
-            background: BackgroundMode::Free,
-            key: identity_key.clone(),
-        }];
+        let characters = identities.len();
+        let mut images = Vec::with_capacity(characters + panels.len());
+        for (k, shot) in identities.into_iter().enumerate() {
+            let target = Target::identity_of(k);
+            images.push(PlannedImage {
+                key: key_of(target, &shot, BackgroundMode::Free, vec![])?,
+                target,
+                shot,
+                scene: None,
+                background: BackgroundMode::Free,
+            });
+        }
         // A scene's first panel comes before the others, so its key is known when they need it.
         for (i, (panel, background)) in panels.into_iter().zip(modes).enumerate() {
-            let mut depends_on = vec![identity_key.clone()];
-            if let BackgroundMode::SceneReference { first_panel } = background {
-                if first_panel != i {
-                    depends_on.push(images[first_panel + 1].key.clone());
-                }
-            }
-            let key = key_of(Target::Panel(i), &panel.shot, background, depends_on)?;
-            images.push(PlannedImage {
+            let mut planned = PlannedImage {
                 target: Target::Panel(i),
                 shot: panel.shot,
                 scene: Some(panel.scene),
                 background,
-                key,
-            });
+                key: images[0].key.clone(),
+            };
+            // The key lists the identities first, then the scene reference.
+            let (identities, scene) = planned.dependencies();
+            let depends_on = identities
+                .into_iter()
+                .chain(scene)
+                .map(|t| match t {
+                    Target::Panel(j) => images[characters + j].key.clone(),
+                    t => images[t.character().unwrap_or(0)].key.clone(),
+                })
+                .collect();
+            planned.key = key_of(planned.target, &planned.shot, background, depends_on)?;
+            images.push(planned);
         }
-        Ok(Self { settings, images })
+        Ok(Self {
+            settings,
+            images,
+            characters,
+        })
     }
 
+    /// The first character's identity.
     pub fn identity(&self) -> &PlannedImage {
         &self.images[0]
     }
 
-    pub fn panels(&self) -> &[PlannedImage] {
-        &self.images[1..]
+    /// Every character's identity, in the storyboard's order.
+    pub fn identities(&self) -> &[PlannedImage] {
+        &self.images[..self.characters]
     }
 
-    /// Every image, identity first.
+    pub fn panels(&self) -> &[PlannedImage] {
+        &self.images[self.characters..]
+    }
+
+    /// Every image, identities first.
     pub fn images(&self) -> &[PlannedImage] {
         &self.images
     }
 
     pub fn image(&self, target: Target) -> Option<&PlannedImage> {
         match target {
-            Target::Identity => Some(self.identity()),
             Target::Panel(i) => self.panels().get(i),
+            t => self.identities().get(t.character()?),
         }
     }
 
@@ -355,7 +447,8 @@ impl Plan {
     /// The images a render of `request` produces when nothing is cached, in render order.
     pub fn requested_targets(&self, request: &RenderRequest) -> Result<Vec<Target>> {
         let panels = self.requested_panels(request)?;
-        Ok(std::iter::once(Target::Identity)
+        Ok((0..self.characters)
+            .map(Target::identity_of)
             .chain(panels.into_iter().map(Target::Panel))
             .collect())
     }

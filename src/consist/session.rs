@@ -1,16 +1,19 @@
 //! Executes a storyboard plan: the identity run, per locked scene a background reference, per
 //! panel a pre-run and a main run (characonsist-spec.md §1, "Order of generation"). The renderer
-//! keeps the identity's bank between jobs, so re-rolling one panel costs one panel.
+//! keeps the identity's bank between jobs, so re-rolling one panel costs one panel. With several
+//! characters there is one identity run and one bank per character, and a panel reads the banks
+//! of the characters it shows.
 
 use anyhow::{Context, Result};
 use candle_core::Tensor;
 use image::RgbImage;
 use std::collections::BTreeMap;
+use std::ops::Range;
 use std::time::Instant;
 
 use super::bank::{Bank, Record, RecordPlan, Recorder};
 use super::bank_file::{self, Refused};
-use super::mask::{Grid, TextSpans};
+use super::mask::{character_spans, Grid, TextSpans};
 use super::matching::Matches;
 use super::plan::{
     BackgroundMode, ImageKey, Phase, Plan, PlannedImage, PlannedPicture, RenderRequest, Target,
@@ -30,7 +33,11 @@ pub struct ImageOutput {
     pub grid: Grid,
     /// Foreground mask at the mask step (of the main run, for panels).
     pub mask: Vec<bool>,
-    /// The kept matches of the main run's mask step (panels only).
+    /// Each token's owner at the mask step: 0 background, `k + 1` the image's `k`-th character
+    /// in its prompt's order (with one character, the mask as 0 and 1).
+    pub owners: Vec<u8>,
+    /// The kept matches of the main run's mask step (panels only), each into the identity of
+    /// the character that owns its panel token.
     pub matches: Option<Matches>,
     pub spans: TextSpans,
     pub seconds: f64,
@@ -136,7 +143,10 @@ type EventSink<'a> = dyn FnMut(RenderEvent) -> StepControl + 'a;
 /// between jobs.
 #[derive(Default)]
 pub struct Renderer {
+    /// The first character's identity.
     identity: Option<IdentityCache>,
+    /// The other characters' identities (banked modes), by character.
+    others: BTreeMap<usize, IdentityCache>,
     scene_refs: BTreeMap<usize, SceneReference>,
     /// Lockstep: the scene references a later panel may recompute.
     replayed: BTreeMap<usize, lockstep::ReplayedReference>,
@@ -153,6 +163,8 @@ struct Shot<'a> {
     target: Target,
     prompt: &'a str,
     spans: TextSpans,
+    /// The T5 spans of the characters it shows, in its prompt's order.
+    characters: Vec<Range<usize>>,
     width: usize,
     height: usize,
     noise: &'a NoiseSource,
@@ -164,10 +176,14 @@ fn shot_of<'a>(models: &FluxModels, image: &'a PlannedImage) -> Result<Shot<'a>>
     let s = &image.shot;
     let spans = TextSpans::of(&models.tokenizers, &s.environment, &s.prompt)
         .with_context(|| format!("{} ({})", image.target.label(), s.environment_field))?;
+    let prompts: Vec<&str> = s.characters.iter().map(|c| c.prompt.as_str()).collect();
+    let characters = character_spans(&models.tokenizers, &s.environment, &prompts, spans)
+        .with_context(|| format!("{} ({})", image.target.label(), s.characters_field))?;
     Ok(Shot {
         target: image.target,
         prompt: &s.prompt,
         spans,
+        characters,
         width: s.width,
         height: s.height,
         noise: &s.noise,
@@ -217,14 +233,22 @@ impl Renderer {
         on_event: &mut EventSink,
     ) -> Result<Outcome> {
         let panels = plan.requested_panels(&request)?;
+        if options.bank == BankMode::Recompute {
+            lockstep::check_cast(plan)?;
+        }
         // Every prompt is checked before anything is rendered, so a bad one costs no work,
         // and encoded once for the job (after which the encoders may be freed).
-        let mut prompts = vec![shot_of(models, plan.identity())?.prompt];
+        let mut prompts = Vec::new();
+        for image in plan.identities() {
+            prompts.push(shot_of(models, image)?.prompt);
+        }
         for &i in &panels {
             prompts.push(shot_of(models, &plan.panels()[i])?.prompt);
         }
-        for image in
-            std::iter::once(plan.identity()).chain(panels.iter().map(|&i| &plan.panels()[i]))
+        for image in plan
+            .identities()
+            .iter()
+            .chain(panels.iter().map(|&i| &plan.panels()[i]))
         {
             models
                 .check_fits(image.shot.width, image.shot.height)
@@ -260,6 +284,14 @@ impl Renderer {
         let schedule = plan.settings.recipe.schedule(plan.settings.steps);
         if self.ensure_identity(models, plan, &schedule, options, on_event)? == Outcome::Cancelled {
             return Ok(Outcome::Cancelled);
+        }
+        self.others.retain(|&k, _| k < plan.identities().len());
+        for k in 1..plan.identities().len() {
+            if self.ensure_other_identity(models, plan, k, &schedule, options, on_event)?
+                == Outcome::Cancelled
+            {
+                return Ok(Outcome::Cancelled);
+            }
         }
         for (n, &i) in panels.iter().enumerate() {
             // A scene reference is kept only while a later panel of this job still needs it.
@@ -307,6 +339,7 @@ impl Renderer {
                         latents: stored.latents,
                         grid: grid_of(&shot),
                         mask: stored.bank.mask.clone(),
+                        owners: stored.bank.mask.iter().map(|&m| u8::from(m)).collect(),
                         matches: None,
                         spans: shot.spans,
                         seconds: 0.0,
@@ -353,16 +386,7 @@ impl Renderer {
         if let Some(path) = &options.bank_file {
             bank_file::write(path, &planned.key, with_background, &bank, &image, &latents)?;
         }
-        let output = ImageOutput {
-            target: Target::Identity,
-            image,
-            latents,
-            grid: grid_of(&shot),
-            mask: bank.mask.clone(),
-            matches: None,
-            spans: shot.spans,
-            seconds: start.elapsed().as_secs_f64(),
-        };
+        let output = identity_output(&shot, image, latents, &bank, start);
         on_event(RenderEvent::Finished {
             output: &output,
             identity: &output.image,
@@ -372,6 +396,63 @@ impl Renderer {
             bank: Some((bank, with_background)),
             output,
         });
+        Ok(Outcome::Finished)
+    }
+
+    /// The identity of character `k >= 1`: one identity run recording its foreground bank (its
+    /// background is never borrowed: a locked panel locks onto the first character's).
+    fn ensure_other_identity(
+        &mut self,
+        models: &mut FluxModels,
+        plan: &Plan,
+        k: usize,
+        schedule: &Schedule,
+        options: &RenderOptions,
+        on_event: &mut EventSink,
+    ) -> Result<Outcome> {
+        let planned = &plan.identities()[k];
+        if self.others.get(&k).is_some_and(|c| c.key == planned.key) {
+            return Ok(Outcome::Finished);
+        }
+        self.others.remove(&k);
+        if on_event(RenderEvent::Started(planned.target)) == StepControl::Cancel {
+            return Ok(Outcome::Cancelled);
+        }
+        let shot = shot_of(models, planned)?;
+        let record = RecordPlan {
+            foreground: true,
+            background: false,
+            features: true,
+        };
+        let mut recorder = Recorder::new(record, schedule.clone(), bank_home(models, options));
+        let start = Instant::now();
+        let Some((image, latents)) = run_identity(
+            models,
+            None,
+            plan.settings.guidance,
+            schedule,
+            &shot,
+            &mut recorder,
+            options,
+            on_event,
+        )?
+        .finished() else {
+            return Ok(Outcome::Cancelled);
+        };
+        let bank = recorder.finish()?;
+        let output = identity_output(&shot, image, latents, &bank, start);
+        on_event(RenderEvent::Finished {
+            output: &output,
+            identity: &output.image,
+        });
+        self.others.insert(
+            k,
+            IdentityCache {
+                key: planned.key.clone(),
+                bank: Some((bank, false)),
+                output,
+            },
+        );
         Ok(Outcome::Finished)
     }
 
@@ -440,6 +521,14 @@ impl Renderer {
         self.identity.as_ref().map(|c| &c.output)
     }
 
+    /// Character `k`'s identity, once rendered.
+    fn identity_cache(&self, k: usize) -> Option<&IdentityCache> {
+        match k {
+            0 => self.identity.as_ref(),
+            k => self.others.get(&k),
+        }
+    }
+
     fn render_panel(
         &mut self,
         models: &mut FluxModels,
@@ -479,14 +568,26 @@ impl Renderer {
         if on_event(RenderEvent::Started(planned.target)) == StepControl::Cancel {
             return Ok(Outcome::Cancelled);
         }
-        let identity = self
-            .identity
-            .as_ref()
-            .context("the identity is rendered first")?;
-        let (bank, _) = identity.bank.as_ref().context("the identity has a bank")?;
+        let bank_of = |k: usize| -> Result<&Bank> {
+            let identity = self
+                .identity_cache(k)
+                .context("the identities are rendered first")?;
+            let (bank, _) = identity.bank.as_ref().context("the identity has a bank")?;
+            Ok(bank)
+        };
+        let identities = planned
+            .characters()
+            .map(|k| Ok(IdentityRef::Bank(bank_of(k)?)))
+            .collect::<Result<Vec<_>>>()?;
+        // The panel's first character's identity is the one its matches are shown against.
+        let shown_identity = &self
+            .identity_cache(planned.characters().next().unwrap_or(0))
+            .context("the identities are rendered first")?
+            .output
+            .image;
         let background = match planned.background {
             BackgroundMode::Free => None,
-            BackgroundMode::Identity => bank.bg.as_ref().map(BackgroundRef::Bank),
+            BackgroundMode::Identity => bank_of(0)?.bg.as_ref().map(BackgroundRef::Bank),
             BackgroundMode::SceneReference { first_panel } if first_panel == i => None,
             BackgroundMode::SceneReference { .. } => self
                 .scene_refs
@@ -495,7 +596,7 @@ impl Renderer {
                 .map(BackgroundRef::Bank),
         };
         let refs = References {
-            identity: IdentityRef::Bank(bank),
+            identities: &identities,
             background,
         };
         let shot = shot_of(models, planned)?;
@@ -519,13 +620,14 @@ impl Renderer {
             latents,
             grid: grid_of(&shot),
             mask: observations.mask.unwrap_or_default(),
+            owners: observations.owners.unwrap_or_default(),
             matches: observations.matches,
             spans: shot.spans,
             seconds: start.elapsed().as_secs_f64(),
         };
         on_event(RenderEvent::Finished {
             output: &output,
-            identity: &identity.output.image,
+            identity: shown_identity,
         });
         if let Some(recorder) = recorder {
             self.scene_refs.insert(
@@ -537,6 +639,27 @@ impl Renderer {
             );
         }
         Ok(Outcome::Finished)
+    }
+}
+
+/// An identity run's output: its image, and its mask as the bank recorded it.
+fn identity_output(
+    shot: &Shot,
+    image: RgbImage,
+    latents: Tensor,
+    bank: &Bank,
+    start: Instant,
+) -> ImageOutput {
+    ImageOutput {
+        target: shot.target,
+        image,
+        latents,
+        grid: grid_of(shot),
+        mask: bank.mask.clone(),
+        owners: bank.mask.iter().map(|&m| u8::from(m)).collect(),
+        matches: None,
+        spans: shot.spans,
+        seconds: start.elapsed().as_secs_f64(),
     }
 }
 
@@ -638,7 +761,8 @@ fn run_identity(
         models.dtype,
         None,
         Some(recorder as &mut dyn Record),
-    );
+    )
+    .with_characters(shot.characters.clone());
     let models_ref: &FluxModels = models;
     let result = sampler::denoise(
         &models_ref.transformer,
@@ -683,7 +807,8 @@ fn run_panel(
         models.dtype,
         Some(refs),
         None,
-    );
+    )
+    .with_characters(shot.characters.clone());
     let mut after_step0 = None;
     let mut cancelled = false;
     sampler::denoise(
@@ -719,7 +844,8 @@ fn run_panel(
         models.dtype,
         Some(refs),
         recorder.map(|r| r as &mut dyn Record),
-    );
+    )
+    .with_characters(shot.characters.clone());
     main.resume_after_step0(&pre, &dev)?;
     let result = sampler::denoise_from(
         &models.transformer,
@@ -754,8 +880,9 @@ fn panel_observations(main: RunObservations, pre: &RunObservations) -> RunObserv
         Some(_) => main,
         None => RunObservations {
             mask: pre.mask.clone(),
+            owners: pre.owners.clone(),
             matches: main.matches.or_else(|| pre.matches.clone()),
-            first_mask: main.first_mask,
+            first_owners: main.first_owners,
         },
     }
 }

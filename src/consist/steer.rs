@@ -1,10 +1,12 @@
 //! The CharaConsist attention hook: one per run, following the per-step control table of
 //! characonsist-spec.md §7. The identity run only reads (it stays plain FLUX); a panel's pre-run
 //! shares the locked background; its main run adds point-tracking attention on the identity's
-//! foreground and adaptive token merging.
+//! foreground and adaptive token merging. With several characters each one's region is matched
+//! against its own identity only, borrows only from it, and merges only towards it.
 
 use anyhow::Context;
 use candle_core::{DType, Result, Tensor};
+use std::ops::Range;
 
 use super::bank::{from_rows, to_rows, Record};
 use super::mask::{reference_text_probs, Grid, MaskAccumulator, TextSpans};
@@ -30,7 +32,8 @@ pub enum Role {
 /// What a panel run reads from earlier runs.
 #[derive(Clone, Copy)]
 pub struct References<'a> {
-    pub identity: IdentityRef<'a>,
+    /// The identity of each character the panel shows, in its prompt's order.
+    pub identities: &'a [IdentityRef<'a>],
     /// Keys and values to lock the background onto (the identity's or the scene reference's).
     pub background: Option<BackgroundRef<'a>>,
 }
@@ -79,29 +82,36 @@ pub struct ConsistHook<'a> {
     refs: Option<References<'a>>,
     recorder: Option<&'a mut dyn Record>,
     mask_acc: MaskAccumulator,
-    match_acc: MatchAccumulator,
-    /// The image's foreground mask from its latest finished step up to the mask step.
-    fg_mask: Option<Vec<bool>>,
-    active: Option<ActiveMatches>,
+    /// One per character of `refs.identities`.
+    match_accs: Vec<MatchAccumulator>,
+    /// Each image token's owner (0 background, `k + 1` the prompt's character `k`) from its
+    /// latest finished step up to the mask step.
+    owners: Option<Vec<u8>>,
+    /// Per character, the matches driving its foreground.
+    active: Vec<ActiveMatches>,
     /// Per step: background tokens shared (reference background and not current foreground).
     bg_tokens: Option<Vec<u32>>,
-    /// Per step: attention masks by (background keys, foreground keys).
-    extra_masks: Vec<((usize, usize), Tensor)>,
-    /// Outputs: the mask after step 0, and the mask and the matches of the mask step.
-    first_mask: Option<Vec<bool>>,
+    /// Per step: attention masks by borrowed key counts (background, then each character).
+    extra_masks: Vec<(Vec<usize>, Tensor)>,
+    /// Outputs: the owners after step 0, and the mask, owners and matches of the mask step.
+    first_owners: Option<Vec<u8>>,
     mask_at_match_step: Option<Vec<bool>>,
+    owners_at_match_step: Option<Vec<u8>>,
     /// The device the run computes on (seen in its first block).
     device: Option<candle_core::Device>,
     matches: Option<Matches>,
 }
 
-/// The result of a run's hook: its mask-step mask and, for panels, its mask-step matches.
+/// The result of a run's hook: its mask-step mask and owners and, for panels, its mask-step
+/// matches (every character's, see [`Matches::merge`]).
 #[derive(Clone)]
 pub struct RunObservations {
     pub mask: Option<Vec<bool>>,
+    pub owners: Option<Vec<u8>>,
     pub matches: Option<Matches>,
-    /// The mask after step 0: a main run that starts from its pre-run's step 0 continues with it.
-    pub first_mask: Option<Vec<bool>>,
+    /// The owners after step 0: a main run that starts from its pre-run's step 0 continues with
+    /// them.
+    pub first_owners: Option<Vec<u8>>,
 }
 
 impl<'a> ConsistHook<'a> {
@@ -130,44 +140,77 @@ impl<'a> ConsistHook<'a> {
             refs,
             recorder,
             mask_acc: MaskAccumulator::new(spans, schedule.numerics),
-            match_acc: MatchAccumulator::new(schedule.numerics),
-            fg_mask: None,
-            active: None,
+            match_accs: (0..refs.map_or(0, |r| r.identities.len()))
+                .map(|_| MatchAccumulator::new(schedule.numerics))
+                .collect(),
+            owners: None,
+            active: Vec::new(),
             bg_tokens: None,
             extra_masks: Vec::new(),
-            first_mask: None,
+            first_owners: None,
             mask_at_match_step: None,
+            owners_at_match_step: None,
             matches: None,
             device: None,
         }
     }
 
+    /// The characters of the prompt by their T5 spans, in its order: see
+    /// [`MaskAccumulator::with_characters`]. Without this call the run has one character.
+    pub fn with_characters(mut self, characters: Vec<Range<usize>>) -> Self {
+        self.mask_acc =
+            MaskAccumulator::with_characters(self.spans, characters, self.schedule.numerics);
+        self
+    }
+
     /// Starts a main run after its pre-run's step 0 (the two are identical up to there): the
-    /// pre-run's step-0 mask is the current one, and its matches drive the foreground until the
-    /// main run's own mask step.
+    /// pre-run's step-0 owners are the current ones, and its matches drive each character's
+    /// foreground until the main run's own mask step.
     pub fn resume_after_step0(
         &mut self,
         pre: &RunObservations,
         dev: &candle_core::Device,
     ) -> anyhow::Result<()> {
-        self.fg_mask = pre.first_mask.clone();
-        if let Some(m) = &pre.matches {
-            self.active = Some(ActiveMatches::new(
-                m.clone(),
-                self.layout.txt_len,
-                self.dtype,
-                dev,
-            )?);
+        self.owners = pre.first_owners.clone();
+        if let (Some(m), Some(owners)) = (&pre.matches, &pre.owners) {
+            self.active = self.activate(m, owners, dev)?;
         }
         Ok(())
+    }
+
+    /// Each character's share of `matches`, ready to drive its foreground.
+    fn activate(
+        &self,
+        matches: &Matches,
+        owners: &[u8],
+        dev: &candle_core::Device,
+    ) -> Result<Vec<ActiveMatches>> {
+        (0..self.match_accs.len())
+            .map(|k| {
+                let own = match self.match_accs.len() {
+                    1 => matches.clone(),
+                    _ => matches.of_owner(owners, k as u8 + 1),
+                };
+                ActiveMatches::new(own, self.layout.txt_len, self.dtype, dev)
+            })
+            .collect()
     }
 
     pub fn observations(self) -> RunObservations {
         RunObservations {
             mask: self.mask_at_match_step,
+            owners: self.owners_at_match_step,
             matches: self.matches,
-            first_mask: self.first_mask,
+            first_owners: self.first_owners,
         }
+    }
+
+    fn identities(&self) -> Result<&'a [IdentityRef<'a>]> {
+        Ok(self
+            .refs
+            .context("panel runs read the identity")
+            .map_err(to_candle)?
+            .identities)
     }
 
     fn wants_mask(&self, step: usize) -> bool {
@@ -185,7 +228,7 @@ impl<'a> ConsistHook<'a> {
         self.role == Role::Main
             && self.schedule.shares(ctx.step)
             && self.schedule.is_fg_layer(ctx.index)
-            && self.active.as_ref().is_some_and(|a| !a.matches.is_empty())
+            && self.active.iter().any(|a| !a.matches.is_empty())
     }
 
     fn bg_active(&self, ctx: &BlockCtx) -> bool {
@@ -204,11 +247,11 @@ impl<'a> ConsistHook<'a> {
     fn shared_bg_tokens(&mut self, background: BackgroundRef) -> Result<Vec<u32>> {
         if self.bg_tokens.is_none() {
             let reference = background.background().map_err(to_candle)?;
-            let fg = self.fg_mask.as_deref().unwrap_or(&[]);
+            let owners = self.owners.as_deref().unwrap_or(&[]);
             let tokens = (0..self.grid.len() as u32)
                 .filter(|&t| {
                     reference.get(t as usize).copied().unwrap_or(false)
-                        && !fg.get(t as usize).copied().unwrap_or(false)
+                        && owners.get(t as usize).copied().unwrap_or(0) == 0
                 })
                 .collect();
             self.bg_tokens = Some(tokens);
@@ -216,39 +259,22 @@ impl<'a> ConsistHook<'a> {
         Ok(self.bg_tokens.clone().unwrap_or_default())
     }
 
-    /// The additive mask over `[text | image | bg keys | fg keys]`: text queries see no borrowed
-    /// key; a foreground query sees only foreground keys, a background query only background keys.
+    /// The additive mask over `[text | image | bg keys | each character's keys]` for `counts`
+    /// borrowed keys (background first, then each character's): text queries see no borrowed
+    /// key; a query in character `k`'s region sees only `k`'s keys, a background query only
+    /// background keys.
     fn extra_mask(
         &mut self,
         ctx: &BlockCtx,
-        n_bg: usize,
-        n_fg: usize,
+        counts: &[usize],
         dev: &candle_core::Device,
     ) -> Result<Tensor> {
-        if let Some((_, m)) = self.extra_masks.iter().find(|(k, _)| *k == (n_bg, n_fg)) {
+        if let Some((_, m)) = self.extra_masks.iter().find(|(k, _)| k == counts) {
             return Ok(m.clone());
         }
-        let fg = self.fg_mask.as_deref().unwrap_or(&[]);
-        let q_class: Vec<u8> = (0..ctx.txt_len)
-            .map(|_| 2)
-            .chain((0..ctx.img_len()).map(|i| u8::from(fg.get(i).copied().unwrap_or(false))))
-            .collect();
-        let k_class: Vec<u8> = std::iter::repeat_n(0u8, n_bg)
-            .chain(std::iter::repeat_n(1u8, n_fg))
-            .collect();
-        let lq = q_class.len();
-        let n = n_bg + n_fg;
-        let allowed = Tensor::from_vec(q_class, (lq, 1), dev)?.broadcast_eq(&Tensor::from_vec(
-            k_class,
-            (1, n),
-            dev,
-        )?)?;
-        let zeros = Tensor::zeros((lq, n), self.dtype, dev)?;
-        let blocked = Tensor::full(f32::NEG_INFINITY, (lq, n), dev)?.to_dtype(self.dtype)?;
-        let extra = allowed.where_cond(&zeros, &blocked)?;
-        let mask = Tensor::cat(&[&Tensor::zeros((lq, lq), self.dtype, dev)?, &extra], 1)?
-            .reshape((1, 1, lq, lq + n))?;
-        self.extra_masks.push(((n_bg, n_fg), mask.clone()));
+        let owners = self.owners.as_deref().unwrap_or(&[]);
+        let mask = borrowed_key_mask(owners, ctx.txt_len, ctx.img_len(), counts, self.dtype, dev)?;
+        self.extra_masks.push((counts.to_vec(), mask.clone()));
         Ok(mask)
     }
 
@@ -256,7 +282,8 @@ impl<'a> ConsistHook<'a> {
     fn extras(&mut self, ctx: &BlockCtx, pe: &Tensor) -> Result<Option<ExtraKv>> {
         let slot = (ctx.step, ctx.index);
         let dev = pe.device().clone();
-        let (mut ks, mut vs, mut n_bg, mut n_fg) = (Vec::new(), Vec::new(), 0, 0);
+        let (mut ks, mut vs) = (Vec::new(), Vec::new());
+        let mut counts = vec![0; 1 + self.active.len()];
         let refs = self.refs;
         if let Some(background) = refs
             .and_then(|r| r.background)
@@ -273,33 +300,36 @@ impl<'a> ConsistHook<'a> {
                         &pe_bg,
                     )?);
                     vs.push(from_rows(&v, self.heads).map_err(to_candle)?);
-                    n_bg = tokens.len();
+                    counts[0] = tokens.len();
                 }
             }
         }
         if self.fg_active(ctx) {
-            let identity = refs
-                .context("panel runs read the identity")
-                .map_err(to_candle)?
-                .identity;
-            let active = self.active.as_ref().context("matches").map_err(to_candle)?;
-            if let Some((k, v)) = identity
-                .kv(slot, &active.matches.identity_idx, &dev)
-                .map_err(to_candle)?
-            {
-                let pe_fg = gather_positions(pe, &active.positions)?;
-                ks.push(apply_rope(
-                    &from_rows(&k, self.heads).map_err(to_candle)?,
-                    &pe_fg,
-                )?);
-                vs.push(from_rows(&v, self.heads).map_err(to_candle)?);
-                n_fg = active.matches.len();
+            // Each character borrows from its own identity only; one absent from the panel has
+            // no identity here, so none of its keys are appended.
+            let identities = self.identities()?;
+            for (c, (identity, active)) in identities.iter().zip(&self.active).enumerate() {
+                if active.matches.is_empty() {
+                    continue;
+                }
+                if let Some((k, v)) = identity
+                    .kv(slot, &active.matches.identity_idx, &dev)
+                    .map_err(to_candle)?
+                {
+                    let pe_fg = gather_positions(pe, &active.positions)?;
+                    ks.push(apply_rope(
+                        &from_rows(&k, self.heads).map_err(to_candle)?,
+                        &pe_fg,
+                    )?);
+                    vs.push(from_rows(&v, self.heads).map_err(to_candle)?);
+                    counts[c + 1] = active.matches.len();
+                }
             }
         }
-        if n_bg + n_fg == 0 {
+        if counts.iter().sum::<usize>() == 0 {
             return Ok(None);
         }
-        let mask = self.extra_mask(ctx, n_bg, n_fg, &dev)?;
+        let mask = self.extra_mask(ctx, &counts, &dev)?;
         Ok(Some(ExtraKv {
             k: Tensor::cat(&ks, 2)?,
             v: Tensor::cat(&vs, 2)?,
@@ -308,28 +338,68 @@ impl<'a> ConsistHook<'a> {
     }
 
     /// Adaptive token merging (characonsist-spec.md §6): each matched panel token moves towards
-    /// its identity token's attention output by merge weight times match similarity.
+    /// its identity token's attention output by merge weight times match similarity; each
+    /// character's tokens towards their own identity's.
     fn merge(&self, ctx: &BlockCtx, img_out: Tensor) -> Result<Tensor> {
-        let (Some(refs), Some(active)) = (self.refs, self.active.as_ref()) else {
+        let Some(refs) = self.refs else {
             return Ok(img_out);
         };
-        let Some(id_out) = refs
-            .identity
-            .out(
-                (ctx.step, ctx.index),
-                &active.matches.identity_idx,
-                img_out.device(),
-            )
-            .map_err(to_candle)?
-        else {
-            return Ok(img_out);
-        };
-        let rows = img_out.squeeze(0)?;
-        let current = rows.index_select(&active.panel_idx, 0)?;
-        let weight = (&active.sims * self.schedule.merge_alpha(ctx.step))?;
-        let delta = (id_out.to_dtype(current.dtype())? - &current)?.broadcast_mul(&weight)?;
-        rows.index_add(&active.panel_idx, &delta, 0)?.unsqueeze(0)
+        let mut rows = img_out.squeeze(0)?;
+        for (identity, active) in refs.identities.iter().zip(&self.active) {
+            if active.matches.is_empty() {
+                continue;
+            }
+            let Some(id_out) = identity
+                .out(
+                    (ctx.step, ctx.index),
+                    &active.matches.identity_idx,
+                    img_out.device(),
+                )
+                .map_err(to_candle)?
+            else {
+                continue;
+            };
+            let current = rows.index_select(&active.panel_idx, 0)?;
+            let weight = (&active.sims * self.schedule.merge_alpha(ctx.step))?;
+            let delta = (id_out.to_dtype(current.dtype())? - &current)?.broadcast_mul(&weight)?;
+            rows = rows.index_add(&active.panel_idx, &delta, 0)?;
+        }
+        rows.unsqueeze(0)
     }
+}
+
+/// The additive attention mask (1, 1, L, L + borrowed) over `[text | image | borrowed keys]`,
+/// the borrowed keys being `counts[0]` background ones then `counts[k + 1]` of character `k`'s
+/// identity: 0 where a query may look, -inf where not. Text queries see no borrowed key; image
+/// token `i` (owner `owners[i]`: 0 background, `k + 1` character `k`) sees only its own class.
+pub fn borrowed_key_mask(
+    owners: &[u8],
+    txt_len: usize,
+    img_len: usize,
+    counts: &[usize],
+    dtype: DType,
+    dev: &candle_core::Device,
+) -> Result<Tensor> {
+    let q_class: Vec<u8> = (0..txt_len)
+        .map(|_| u8::MAX)
+        .chain((0..img_len).map(|i| owners.get(i).copied().unwrap_or(0)))
+        .collect();
+    let k_class: Vec<u8> = counts
+        .iter()
+        .enumerate()
+        .flat_map(|(class, &n)| std::iter::repeat_n(class as u8, n))
+        .collect();
+    let lq = q_class.len();
+    let n: usize = counts.iter().sum();
+    let allowed = Tensor::from_vec(q_class, (lq, 1), dev)?.broadcast_eq(&Tensor::from_vec(
+        k_class,
+        (1, n),
+        dev,
+    )?)?;
+    let zeros = Tensor::zeros((lq, n), dtype, dev)?;
+    let blocked = Tensor::full(f32::NEG_INFINITY, (lq, n), dev)?.to_dtype(dtype)?;
+    let extra = allowed.where_cond(&zeros, &blocked)?;
+    Tensor::cat(&[&Tensor::zeros((lq, lq), dtype, dev)?, &extra], 1)?.reshape((1, 1, lq, lq + n))
 }
 
 impl AttentionHook for ConsistHook<'_> {
@@ -368,7 +438,7 @@ impl AttentionHook for ConsistHook<'_> {
             }
             request.read_output |= recorder.wants_out(slot) || recorder.wants_features(ctx.step);
         }
-        if self.fg_mask.is_some() {
+        if self.owners.is_some() {
             request.extra = self.extras(ctx, qkv.pe)?;
         }
         Ok(request)
@@ -385,15 +455,12 @@ impl AttentionHook for ConsistHook<'_> {
             self.mask_acc.add(&probs).map_err(to_candle)?;
         }
         if self.wants_match_features(ctx.step) {
-            let identity = self
-                .refs
-                .context("panel runs read the identity")
-                .map_err(to_candle)?
-                .identity;
-            let features = identity
-                .features(slot, img_out.device())
-                .map_err(to_candle)?;
-            self.match_acc.add(&img_out, &features).map_err(to_candle)?;
+            for (identity, acc) in self.identities()?.iter().zip(&mut self.match_accs) {
+                let features = identity
+                    .features(slot, img_out.device())
+                    .map_err(to_candle)?;
+                acc.add(&img_out, &features).map_err(to_candle)?;
+            }
         }
         let dtype = self.dtype;
         if let Some(recorder) = self.recorder.as_deref_mut() {
@@ -422,45 +489,46 @@ impl AttentionHook for ConsistHook<'_> {
         self.extra_masks.clear();
         if !self.mask_acc.is_empty() {
             let s = self.schedule;
-            let mask = self
+            let owners = self
                 .mask_acc
-                .finish(self.grid, s.erode, s.dilate)
+                .finish_owners(self.grid, s.erode, s.dilate)
                 .map_err(to_candle)?;
             if step == s.mask_step {
-                self.mask_at_match_step = Some(mask.clone());
+                let mask: Vec<bool> = owners.iter().map(|&o| o != 0).collect();
                 if let Some(recorder) = self.recorder.as_deref_mut() {
                     recorder.set_mask(mask.clone()).map_err(to_candle)?;
                 }
+                self.mask_at_match_step = Some(mask);
+                self.owners_at_match_step = Some(owners.clone());
             }
             if step == 0 {
-                self.first_mask = Some(mask.clone());
+                self.first_owners = Some(owners.clone());
             }
-            self.fg_mask = Some(mask);
+            self.owners = Some(owners);
         }
-        if !self.match_acc.is_empty() {
-            let identity = self
-                .refs
-                .context("panel runs read the identity")
-                .map_err(to_candle)?
-                .identity;
-            let identity_mask = identity.mask().map_err(to_candle)?;
-            let panel_mask = self.fg_mask.as_deref().unwrap_or(&[]);
-            let matches = self
-                .match_acc
-                .finish(panel_mask, &identity_mask, self.schedule.threshold)
+        if self.match_accs.iter().any(|a| !a.is_empty()) {
+            let owners = self.owners.clone().unwrap_or_default();
+            let identities = self.identities()?;
+            let threshold = self.schedule.threshold;
+            let per_character = identities
+                .iter()
+                .zip(&mut self.match_accs)
+                .enumerate()
+                .map(|(k, (identity, acc))| {
+                    let identity_mask = identity.mask()?;
+                    let region: Vec<bool> = owners.iter().map(|&o| o == k as u8 + 1).collect();
+                    acc.finish(&region, &identity_mask, threshold)
+                })
+                .collect::<anyhow::Result<Vec<Matches>>>()
                 .map_err(to_candle)?;
+            let matches = Matches::merge(per_character, &owners);
             if self.role == Role::Main {
                 let dev = self
                     .device
                     .clone()
                     .context("a step ran before matches")
                     .map_err(to_candle)?;
-                self.active = Some(ActiveMatches::new(
-                    matches.clone(),
-                    self.layout.txt_len,
-                    self.dtype,
-                    &dev,
-                )?);
+                self.active = self.activate(&matches, &owners, &dev)?;
             }
             self.matches = Some(matches);
         }

@@ -139,7 +139,7 @@ pub fn panel_sheet(
             identity,
             shape,
             "identity".into(),
-            &project.character,
+            &project.characters[0].prompt,
         ));
     }
     for (i, image) in images.iter().enumerate() {
@@ -340,7 +340,7 @@ fn read_board(project: &Project, store: &ImagesStore, stale: StalePanels) -> Res
             .into_iter()
             .filter_map(|t| match t {
                 Target::Panel(i) => Some(i),
-                Target::Identity => None,
+                Target::Identity | Target::IdentityOf(_) => None,
             })
             .collect();
     let mut shown = project.clone();

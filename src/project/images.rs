@@ -42,10 +42,11 @@ pub fn project_name(project_path: &Path) -> String {
         .map_or_else(|| "project".into(), |s| s.to_string_lossy().into_owned())
 }
 
-/// `identity` or `panel-01`, `panel-02`, ...
+/// `identity` (the first character's), `identity-2`, ..., or `panel-01`, `panel-02`, ...
 pub fn stem(target: Target) -> String {
     match target {
         Target::Identity => "identity".into(),
+        Target::IdentityOf(k) => format!("identity-{}", k + 1),
         Target::Panel(i) => format!("panel-{:02}", i + 1),
     }
 }
@@ -57,6 +58,8 @@ pub struct RenderedImage {
     pub image: RgbImage,
     pub grid: Grid,
     pub mask: Vec<bool>,
+    /// Each token's owner: 0 background, `k + 1` the image's `k`-th character.
+    pub owners: Vec<u8>,
     pub matches: Option<Matches>,
     pub prompt: String,
     /// The key it was rendered from; `None` for an image written before keys were kept.
@@ -71,6 +74,7 @@ impl RenderedImage {
             image: output.image.clone(),
             grid: output.grid,
             mask: output.mask.clone(),
+            owners: output.owners.clone(),
             matches: output.matches.clone(),
             prompt: planned.shot.prompt.clone(),
             key: Some(planned.key.clone()),
@@ -293,11 +297,12 @@ impl ImagesStore {
             cols: width / 16,
         };
         let tensors = self.file(target, ".safetensors");
-        let (mask, matches) = match tensors.is_file() {
+        let (owners, matches) = match tensors.is_file() {
             true => read_dump(&tensors, grid)?,
             // Written before the tensors were kept with every image: the picture alone.
-            false => (vec![false; grid.rows * grid.cols], None),
+            false => (vec![0; grid.rows * grid.cols], None),
         };
+        let mask = owners.iter().map(|&o| o != 0).collect();
         let prompt = match &key {
             Some(k) => k.prompt.clone(),
             None => std::fs::read_to_string(self.file(target, ".prompt.txt")).unwrap_or_default(),
@@ -307,6 +312,7 @@ impl ImagesStore {
             image,
             grid,
             mask,
+            owners,
             matches,
             prompt,
             seconds: key.as_ref().map_or(0.0, |k| k.seconds),
@@ -314,11 +320,13 @@ impl ImagesStore {
         }))
     }
 
-    /// Every image saved for the identity and `panels` panels; what cannot be read is left out
-    /// with a note.
+    /// Every image saved for the identities and `panels` panels; what cannot be read is left
+    /// out with a note.
     pub fn read_all(&self, panels: usize) -> Found {
         let mut found = Found::default();
-        let targets = std::iter::once(Target::Identity).chain((0..panels).map(Target::Panel));
+        let targets = (0..crate::limits::MAX_CHARACTERS)
+            .map(Target::identity_of)
+            .chain((0..panels).map(Target::Panel));
         for target in targets {
             match self.read(target) {
                 Ok(Some(image)) => found.images.push(image),
@@ -448,14 +456,19 @@ fn read_key(path: &Path) -> Result<KeyFile> {
         .with_context(|| format!("{} is damaged", path.display()))
 }
 
-/// `latents` (f32), `fg_mask` (u8, rows x cols), `bg_len` and `real_len` (i64), and for panels
+/// `latents` (f32), `fg_mask` (u8, rows x cols: each token's owner, 0 background and `k + 1` the
+/// image's `k`-th character, so 0 and 1 with one character), `bg_len` and `real_len` (i64), and
+/// for panels
 /// `match_panel_idx`, `match_identity_idx` (i64) and `match_sim` (f32, the best similarity of
 /// every panel token). An image rendered with the reference's rounding says so in the file's
 /// metadata, `numerics: reference`; a file without the entry was rendered exact, as every file
 /// written before the entry existed was, and stays byte for byte what it was.
 fn dump_bytes(output: &ImageOutput, numerics: Numerics) -> Result<Vec<u8>> {
     let cpu = Device::Cpu;
-    let mask: Vec<u8> = output.mask.iter().map(|&m| u8::from(m)).collect();
+    let mask: Vec<u8> = match output.owners.len() == output.mask.len() {
+        true => output.owners.clone(),
+        false => output.mask.iter().map(|&m| u8::from(m)).collect(),
+    };
     let mut tensors: HashMap<&str, Tensor> = HashMap::from([
         ("latents", output.latents.clone()),
         (
@@ -487,8 +500,8 @@ fn dump_bytes(output: &ImageOutput, numerics: Numerics) -> Result<Vec<u8>> {
     safetensors::serialize(tensors, metadata).context("cannot serialize the image's tensors")
 }
 
-/// The mask and matches of a `{stem}.safetensors`, checked against the image's token grid.
-fn read_dump(path: &Path, grid: Grid) -> Result<(Vec<bool>, Option<Matches>)> {
+/// The owners and matches of a `{stem}.safetensors`, checked against the image's token grid.
+fn read_dump(path: &Path, grid: Grid) -> Result<(Vec<u8>, Option<Matches>)> {
     let dump = candle_core::safetensors::load(path, &Device::Cpu)
         .with_context(|| format!("{} is not a readable safetensors file", path.display()))?;
     let get = |name: &str| {
@@ -504,12 +517,14 @@ fn read_dump(path: &Path, grid: Grid) -> Result<(Vec<bool>, Option<Matches>)> {
         grid.rows,
         grid.cols
     );
-    let mask = mask_t
-        .flatten_all()?
-        .to_vec1::<u8>()?
-        .into_iter()
-        .map(|m| m != 0)
-        .collect();
+    let mask = mask_t.flatten_all()?.to_vec1::<u8>()?;
+    ensure!(
+        mask.iter()
+            .all(|&o| usize::from(o) <= crate::limits::MAX_CHARACTERS),
+        "{}: the mask names a character beyond the {}",
+        path.display(),
+        crate::limits::MAX_CHARACTERS
+    );
     // Panel indices point into this image; identity indices into the identity, whose size
     // may differ (a scene of its own size), so they are only checked for sign.
     let indices = |name: &str, tokens: usize| -> Result<Vec<u32>> {

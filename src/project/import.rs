@@ -8,7 +8,7 @@ use std::path::Path;
 
 use anyhow::{bail, Context, Result};
 
-use super::model::{IdentityShot, Panel, Project, RenderSettings, Scene};
+use super::model::{Character, IdentityShot, Panel, Project, RenderSettings, Scene};
 
 /// One parsed prompt line.
 struct Line<'a> {
@@ -102,8 +102,10 @@ fn group_project(k: usize, lines: &[Line], lock_background: bool) -> Result<Proj
     }
     let project = Project {
         title: format!("Story {k}"),
-        character: id.character.to_string(),
-        identity: IdentityShot::new(id.background, id.action),
+        characters: vec![Character::new(
+            id.character,
+            IdentityShot::new(id.background, id.action),
+        )],
         scenes,
         panels,
         settings: RenderSettings::default(),

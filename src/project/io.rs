@@ -99,7 +99,7 @@ pub fn parse(text: &str, path: &Path) -> Result<Project, ProjectError> {
         }
     })?;
     // A picture's relative path is the project folder's.
-    if let IdentitySource::Picture(picture) = &mut project.identity.source {
+    if let IdentitySource::Picture(picture) = &mut project.characters[0].identity.source {
         picture.folder = Some(parent_dir(path));
     }
     project.validate().map_err(|e| ProjectError::Invalid {

@@ -1,10 +1,12 @@
-//! What a storyboard is: one character, an identity shot, scenes and the panels set in them.
+//! What a storyboard is: one to four characters, each with its identity shot, scenes and the
+//! panels set in them.
 //!
 //! Every type here is plain serde data so that the RON file is the whole document: nothing about
 //! a storyboard lives outside it except the rendered images (see [`super::images`]).
 //! Optional fields carry serde defaults so that a hand-written file only needs `title`,
-//! `character`, `identity`, `scenes` and `panels`; unknown fields are rejected so that a typo
-//! such as `lock_backgound` is reported instead of silently ignored.
+//! `characters`, `scenes` and `panels`; unknown fields are rejected so that a typo such as
+//! `lock_backgound` is reported instead of silently ignored. Files written before several
+//! characters (one `character` prompt and one `identity`) load as one character.
 
 use anyhow::{anyhow, bail, Result};
 use serde::{Deserialize, Serialize};
@@ -18,20 +20,88 @@ use std::path::{Path, PathBuf};
 
 /// A storyboard document.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(try_from = "ProjectFile")]
 pub struct Project {
     pub title: String,
-    /// The character prompt, shared by every image.
-    pub character: String,
-    /// The identity shot: rendered first with plain FLUX; every panel's foreground follows it.
-    pub identity: IdentityShot,
+    /// 1 to [`limits::MAX_CHARACTERS`] characters; a panel names the ones it shows.
+    pub characters: Vec<Character>,
     pub scenes: Vec<Scene>,
     pub panels: Vec<Panel>,
-    #[serde(default)]
     pub settings: RenderSettings,
 }
 
-/// The image that defines the character's look. It is never shown as a panel, but every
+/// A project as a file may write it: today's `characters`, or the single `character` and
+/// `identity` of files written before there could be several.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ProjectFile {
+    title: String,
+    #[serde(default)]
+    characters: Option<Vec<Character>>,
+    #[serde(default)]
+    character: Option<String>,
+    #[serde(default)]
+    identity: Option<IdentityShot>,
+    scenes: Vec<Scene>,
+    panels: Vec<Panel>,
+    #[serde(default)]
+    settings: RenderSettings,
+}
+
+impl TryFrom<ProjectFile> for Project {
+    type Error = String;
+
+    fn try_from(f: ProjectFile) -> std::result::Result<Self, String> {
+        let characters = match (f.characters, f.character, f.identity) {
+            (Some(characters), None, None) => characters,
+            (None, Some(prompt), Some(identity)) => vec![Character::new(prompt, identity)],
+            (Some(_), _, _) => {
+                return Err(
+                    "`characters` replaces `character` and `identity`: keep only `characters`"
+                        .into(),
+                )
+            }
+            (None, Some(_), None) => return Err("missing field `identity`".into()),
+            (None, None, Some(_)) => return Err("missing field `character`".into()),
+            (None, None, None) => return Err("missing field `characters`".into()),
+        };
+        Ok(Self {
+            title: f.title,
+            characters,
+            scenes: f.scenes,
+            panels: f.panels,
+            settings: f.settings,
+        })
+    }
+}
+
+/// Someone who appears in the storyboard, kept the same across the panels that show them.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Character {
+    /// How panels name the character (`panels[2].characters`), and how the app labels it.
+    pub name: String,
+    /// The character prompt, the same words in every image the character appears in.
+    pub prompt: String,
+    /// Rendered first with plain FLUX; the character's foreground in every panel follows it.
+    pub identity: IdentityShot,
+}
+
+impl Character {
+    /// The one character of a file written before there could be several is called this.
+    pub const DEFAULT_NAME: &'static str = "character";
+
+    /// A character called [`Character::DEFAULT_NAME`].
+    pub fn new(prompt: impl Into<String>, identity: IdentityShot) -> Self {
+        Self {
+            name: Self::DEFAULT_NAME.into(),
+            prompt: prompt.into(),
+            identity,
+        }
+    }
+}
+
+/// The image that defines a character's look. It is never shown as a panel, but every
 /// panel borrows its foreground from it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -135,6 +205,10 @@ pub struct Scene {
 pub struct Panel {
     /// Index into [`Project::scenes`].
     pub scene: usize,
+    /// The characters it shows, by name, in the order the prompt describes them; left out, every
+    /// character in the storyboard's order (so a one-character file needs no list).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub characters: Option<Vec<String>>,
     pub action: String,
     /// Text shown under the panel on contact sheets; not part of the prompt.
     #[serde(default, skip_serializing_if = "String::is_empty")]
@@ -177,6 +251,7 @@ impl Panel {
     pub fn new(scene: usize, action: impl Into<String>) -> Self {
         Self {
             scene,
+            characters: None,
             action: action.into(),
             caption: String::new(),
             seed: None,
@@ -261,21 +336,49 @@ impl Default for RenderSettings {
 }
 
 impl Project {
-    /// The full prompt for an image: environment, character and action joined by single spaces,
-    /// exactly as the reference builds it (`bg + " " + fg + " " + act`). The environment comes
-    /// first because CharaConsist finds the background tokens as the prompt's prefix.
-    pub fn prompt(&self, environment: &str, action: &str) -> String {
-        format!("{environment} {} {action}", self.character)
+    /// The full prompt for an image: environment, each character's prompt and the action joined
+    /// by single spaces, as the reference builds it for one character (`bg + " " + fg + " " +
+    /// act`). The environment comes first because CharaConsist finds the background tokens as
+    /// the prompt's prefix; each character's tokens follow in `characters`' order.
+    pub fn prompt(&self, environment: &str, characters: &[usize], action: &str) -> String {
+        let mut prompt = environment.to_string();
+        for &c in characters {
+            prompt = format!("{prompt} {}", self.characters[c].prompt);
+        }
+        format!("{prompt} {action}")
     }
 
+    /// The identity prompt of character `c`: its identity shot, with the character alone.
+    pub fn identity_prompt_of(&self, c: usize) -> String {
+        let identity = &self.characters[c].identity;
+        self.prompt(&identity.environment, &[c], &identity.action)
+    }
+
+    /// The first character's identity prompt (the only one of a one-character storyboard).
     pub fn identity_prompt(&self) -> String {
-        self.prompt(&self.identity.environment, &self.identity.action)
+        self.identity_prompt_of(0)
+    }
+
+    /// The characters panel `i` shows, as indices into [`Project::characters`], in its order.
+    /// A name that does not exist is left out; [`Project::validate`] refuses it.
+    pub fn panel_characters(&self, i: usize) -> Vec<usize> {
+        match &self.panels[i].characters {
+            None => (0..self.characters.len()).collect(),
+            Some(names) => names
+                .iter()
+                .filter_map(|n| self.characters.iter().position(|c| &c.name == n))
+                .collect(),
+        }
     }
 
     /// Panics if `i` or the panel's scene is out of range; [`Project::validate`] rules that out.
     pub fn panel_prompt(&self, i: usize) -> String {
         let action = self.panels[i].prompt_action(self.settings.shot_in_prompt);
-        self.prompt(self.panel_environment(i), &action)
+        self.prompt(
+            self.panel_environment(i),
+            &self.panel_characters(i),
+            &action,
+        )
     }
 
     /// The environment of panel `i`'s scene: the prefix that marks its background tokens.
@@ -303,17 +406,7 @@ impl Project {
         if self.panels.is_empty() {
             bail!("panels: a storyboard needs at least one panel");
         }
-        if self.character.trim().is_empty() {
-            bail!("character: the character prompt is empty");
-        }
-        if self.identity.environment.trim().is_empty() {
-            bail!("identity.environment: the identity shot needs an environment");
-        }
-        if let IdentitySource::Picture(p) = &self.identity.source {
-            if p.path.as_os_str().is_empty() {
-                bail!("identity.source: the picture's path is empty");
-            }
-        }
+        self.validate_characters()?;
         for (i, scene) in self.scenes.iter().enumerate() {
             if scene.environment.trim().is_empty() {
                 bail!("scenes[{i}].environment: the environment prompt is empty");
@@ -330,6 +423,7 @@ impl Project {
                 bail!("panels[{i}].action: the action prompt is empty");
             }
             limits::check_duration(&format!("panels[{i}].duration"), panel.duration)?;
+            self.validate_panel_characters(i)?;
             if panel.scene >= self.scenes.len() {
                 bail!(
                     "panels[{i}].scene is {} but there {} (indices start at 0)",
@@ -355,6 +449,74 @@ impl Project {
         limits::check_guidance("settings.guidance", s.guidance)?;
         // The recipe names its fields `recipe.…`; prefixing makes them the path in this file.
         s.recipe.validate().map_err(|e| anyhow!("settings.{e:#}"))?;
+        Ok(())
+    }
+
+    fn validate_characters(&self) -> Result<()> {
+        let n = self.characters.len();
+        if n == 0 {
+            bail!("characters: a storyboard needs at least one character");
+        }
+        if n > limits::MAX_CHARACTERS {
+            bail!(
+                "characters: {n} characters, but a storyboard keeps at most {} consistent",
+                limits::MAX_CHARACTERS
+            );
+        }
+        for (k, c) in self.characters.iter().enumerate() {
+            if c.name.trim().is_empty() {
+                bail!("characters[{k}].name: the character needs a name");
+            }
+            if c.prompt.trim().is_empty() {
+                bail!("characters[{k}].prompt: the character prompt is empty");
+            }
+            if c.identity.environment.trim().is_empty() {
+                bail!(
+                    "characters[{k}].identity.environment: the identity shot needs an environment"
+                );
+            }
+            if let IdentitySource::Picture(p) = &c.identity.source {
+                if p.path.as_os_str().is_empty() {
+                    bail!("characters[{k}].identity.source: the picture's path is empty");
+                }
+                // The inversion keeps one noise, the first identity's.
+                if k > 0 {
+                    bail!("characters[{k}].identity.source: only the first character's identity can be a picture for now");
+                }
+            }
+            if let Some(j) = self.characters[..k].iter().position(|o| o.name == c.name) {
+                bail!(
+                    "characters[{k}].name: `{}` is also characters[{j}]'s name",
+                    c.name
+                );
+            }
+            // The mask tells characters apart by their words; the same words cannot be.
+            if let Some(j) = self.characters[..k]
+                .iter()
+                .position(|o| o.prompt.trim() == c.prompt.trim())
+            {
+                bail!("characters[{k}].prompt: the same prompt as characters[{j}]'s; each character needs its own words");
+            }
+        }
+        Ok(())
+    }
+
+    fn validate_panel_characters(&self, i: usize) -> Result<()> {
+        let Some(names) = &self.panels[i].characters else {
+            return Ok(());
+        };
+        for (n, name) in names.iter().enumerate() {
+            if !self.characters.iter().any(|c| &c.name == name) {
+                let known: Vec<&str> = self.characters.iter().map(|c| c.name.as_str()).collect();
+                bail!(
+                    "panels[{i}].characters[{n}]: no character is called `{name}` (the storyboard has {})",
+                    known.join(", ")
+                );
+            }
+            if names[..n].contains(name) {
+                bail!("panels[{i}].characters[{n}]: `{name}` is listed twice");
+            }
+        }
         Ok(())
     }
 }

@@ -6,7 +6,7 @@ use std::path::Path;
 
 use super::model::{IdentitySource, PictureIdentity, Project};
 use crate::consist::plan::{
-    PanelShot, PictureKey, Plan, PlanModel, PlanSettings, PlannedPicture, Shot,
+    PanelShot, PictureKey, Plan, PlanModel, PlanSettings, PlannedPicture, Shot, ShotCharacter,
 };
 use crate::picture;
 use crate::pipeline::NoiseSource;
@@ -22,18 +22,33 @@ pub fn plan(project: &Project, model: &PlanModel, noise_file: Option<&Path>) -> 
         (None, Some(path)) => NoiseSource::File(path.to_path_buf()),
         (None, None) => NoiseSource::Seed(s.seed),
     };
-    let identity = Shot {
-        prompt: project.identity_prompt(),
-        environment: project.identity.environment.clone(),
-        environment_field: "identity.environment".into(),
-        width: s.width,
-        height: s.height,
-        noise: noise(None),
-        picture: match &project.identity.source {
-            IdentitySource::Generated => None,
-            IdentitySource::Picture(p) => Some(planned_picture(p, s.width, s.height)?),
-        },
+    let shows = |characters: &[usize]| -> Vec<ShotCharacter> {
+        characters
+            .iter()
+            .map(|&index| ShotCharacter {
+                index,
+                prompt: project.characters[index].prompt.clone(),
+            })
+            .collect()
     };
+    let identities = (0..project.characters.len())
+        .map(|k| {
+            Ok(Shot {
+                prompt: project.identity_prompt_of(k),
+                environment: project.characters[k].identity.environment.clone(),
+                environment_field: format!("characters[{k}].identity.environment"),
+                characters: shows(&[k]),
+                characters_field: format!("characters[{k}].prompt"),
+                width: s.width,
+                height: s.height,
+                noise: noise(None),
+                picture: match &project.characters[k].identity.source {
+                    IdentitySource::Generated => None,
+                    IdentitySource::Picture(p) => Some(planned_picture(p, s.width, s.height)?),
+                },
+            })
+        })
+        .collect::<Result<Vec<_>>>()?;
     let panels = (0..project.panels.len())
         .map(|i| {
             let panel = &project.panels[i];
@@ -44,6 +59,8 @@ pub fn plan(project: &Project, model: &PlanModel, noise_file: Option<&Path>) -> 
                     prompt: project.panel_prompt(i),
                     environment: scene.environment.clone(),
                     environment_field: format!("scenes[{}].environment", panel.scene),
+                    characters: shows(&project.panel_characters(i)),
+                    characters_field: format!("panels[{i}].characters"),
                     width,
                     height,
                     noise: noise(panel.seed),
@@ -60,13 +77,13 @@ pub fn plan(project: &Project, model: &PlanModel, noise_file: Option<&Path>) -> 
         guidance: s.guidance,
         recipe: s.recipe.clone(),
     };
-    Plan::new(settings, identity, panels)
+    Plan::with_identities(settings, identities, panels)
 }
 
 /// Reads and checks a picture identity's picture, so that a command can refuse a bad one
 /// before it loads a model (the plan checks it again, as it reads it).
 pub fn check_picture(project: &Project) -> Result<()> {
-    if let IdentitySource::Picture(p) = &project.identity.source {
+    if let IdentitySource::Picture(p) = &project.characters[0].identity.source {
         let s = &project.settings;
         picture::load(&p.resolved(), s.width, s.height, p.fit)?;
     }

@@ -566,7 +566,7 @@ impl CharaboardApp {
             }
             let selected_panel = match self.selected {
                 Some(Target::Panel(i)) => Some(RenderRequest::Panel(i)),
-                Some(Target::Identity) => Some(RenderRequest::Identity),
+                Some(Target::Identity | Target::IdentityOf(_)) => Some(RenderRequest::Identity),
                 None => None,
             };
             if ui

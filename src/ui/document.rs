@@ -119,7 +119,7 @@ impl Document {
     /// Saves atomically (the previous file is kept as a backup); on failure nothing changes.
     pub fn save_to(&mut self, path: &Path) -> Result<(), ProjectError> {
         // A picture identity's relative path follows the project into its new folder.
-        if let IdentitySource::Picture(picture) = &mut self.project.identity.source {
+        if let IdentitySource::Picture(picture) = &mut self.project.characters[0].identity.source {
             picture.rebase(&crate::atomic_file::parent_dir(path));
         }
         io::save(&self.project, path)?;

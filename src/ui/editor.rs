@@ -1,10 +1,12 @@
-//! The prompt editor: character, identity shot, scenes and panels, with live token counts.
+//! The prompt editor: characters and their identity shots, scenes and panels, with live token
+//! counts.
 
 use egui::{Color32, RichText, TextEdit, Ui};
 use std::collections::HashMap;
 
 use crate::limits::prompt_too_long;
-use crate::project::model::{Panel, Project, Scene};
+use crate::limits::MAX_CHARACTERS;
+use crate::project::model::{Character, IdentityShot, Panel, Project, Scene};
 use crate::project::shot::{CameraAngle, ShotSize};
 use crate::project::timing::{seconds_label, starts, timecode};
 use crate::text::PromptTokenizers;
@@ -166,22 +168,125 @@ pub fn editor_ui(
 ) -> Option<PanelEdit> {
     labelled_text(ui, "Title", &mut project.title, false);
     ui.add_space(6.0);
-    labelled_text(ui, "Character", &mut project.character, true);
-    tokens.badge(ui, &project.character);
-    ui.separator();
-    ui.heading("Identity shot");
-    labelled_text(
-        ui,
-        "Identity environment",
-        &mut project.identity.environment,
-        true,
-    );
-    labelled_text(ui, "Identity action", &mut project.identity.action, false);
-    tokens.badge(ui, &project.identity_prompt());
+    characters_ui(ui, project, tokens);
     ui.separator();
     scenes_ui(ui, project, tokens);
     ui.separator();
     panels_ui(ui, project, tokens)
+}
+
+/// How the editor names character `k`'s fields: the first keeps the one-character labels.
+fn character_label(k: usize, field: &str) -> String {
+    match k {
+        0 => field.to_string(),
+        k => format!("Character {} {}", k + 1, field.to_lowercase()),
+    }
+}
+
+fn characters_ui(ui: &mut Ui, project: &mut Project, tokens: &mut TokenCounter) {
+    let n = project.characters.len();
+    let mut delete = None;
+    for k in 0..n {
+        let identity_prompt = project.identity_prompt_of(k);
+        let old_name = project.characters[k].name.clone();
+        let c = &mut project.characters[k];
+        ui.push_id(("character", k), |ui| {
+            ui.horizontal(|ui| {
+                let l = ui.label(character_label(k, "Name"));
+                ui.add(TextEdit::singleline(&mut c.name).desired_width(140.0))
+                    .labelled_by(l.id);
+                if n > 1 && ui.button(format!("Delete character {}", k + 1)).clicked() {
+                    delete = Some(k);
+                }
+            });
+            let prompt_label = match k {
+                0 => "Character".to_string(),
+                k => format!("Character {}", k + 1),
+            };
+            labelled_text(ui, &prompt_label, &mut c.prompt, true);
+            tokens.badge(ui, &c.prompt);
+            ui.label(RichText::new(character_label(k, "Identity shot")).strong());
+            labelled_text(
+                ui,
+                &character_label(k, "Identity environment"),
+                &mut c.identity.environment,
+                true,
+            );
+            labelled_text(
+                ui,
+                &character_label(k, "Identity action"),
+                &mut c.identity.action,
+                false,
+            );
+            tokens.badge(ui, &identity_prompt);
+        });
+        // Panels name characters: a rename follows into their lists.
+        let new_name = project.characters[k].name.clone();
+        if new_name != old_name {
+            for names in project
+                .panels
+                .iter_mut()
+                .filter_map(|p| p.characters.as_mut())
+            {
+                for name in names.iter_mut().filter(|name| **name == old_name) {
+                    *name = new_name.clone();
+                }
+            }
+        }
+    }
+    if let Some(k) = delete {
+        let removed = project.characters.remove(k);
+        for names in project
+            .panels
+            .iter_mut()
+            .filter_map(|p| p.characters.as_mut())
+        {
+            names.retain(|name| *name != removed.name);
+        }
+    }
+    if n < MAX_CHARACTERS && ui.button("Add character").clicked() {
+        let identity = project.characters[0].identity.clone();
+        let name = (n + 1..)
+            .map(|i| format!("character {i}"))
+            .find(|name| project.characters.iter().all(|c| &c.name != name))
+            .unwrap_or_default();
+        // Panels that showed every character keep showing the ones they did.
+        let before: Vec<String> = project.characters.iter().map(|c| c.name.clone()).collect();
+        for panel in &mut project.panels {
+            panel.characters.get_or_insert_with(|| before.clone());
+        }
+        project.characters.push(Character {
+            name,
+            prompt: format!("a new character ({})", n + 1),
+            identity: IdentityShot { ..identity },
+        });
+    }
+}
+
+/// Which characters panel `i` shows: a checkbox per character (in the storyboard's order; a
+/// ticked one joins the end of the panel's order).
+fn panel_characters_ui(ui: &mut Ui, i: usize, names: &[String], panel: &mut Panel) {
+    if names.len() < 2 {
+        return;
+    }
+    ui.horizontal(|ui| {
+        ui.label("shows");
+        let mut shown = panel.characters.clone().unwrap_or_else(|| names.to_vec());
+        for name in names {
+            let mut on = shown.contains(name);
+            if ui
+                .checkbox(&mut on, name)
+                .on_hover_text(format!("Whether panel {} shows {name}", i + 1))
+                .changed()
+            {
+                match on {
+                    true => shown.push(name.clone()),
+                    false => shown.retain(|n| n != name),
+                }
+                panel.characters = Some(shown.clone());
+            }
+        }
+    });
 }
 
 fn scenes_ui(ui: &mut Ui, project: &mut Project, tokens: &mut TokenCounter) {
@@ -219,7 +324,7 @@ fn scenes_ui(ui: &mut Ui, project: &mut Project, tokens: &mut TokenCounter) {
     }
     if ui.button("Add scene").clicked() {
         let environment = project.scenes.last().map_or_else(
-            || project.identity.environment.clone(),
+            || project.characters[0].identity.environment.clone(),
             |s| s.environment.clone(),
         );
         project.scenes.push(Scene {
@@ -260,6 +365,7 @@ fn panels_ui(ui: &mut Ui, project: &mut Project, tokens: &mut TokenCounter) -> O
             }
         })
         .collect();
+    let names: Vec<String> = project.characters.iter().map(|c| c.name.clone()).collect();
     for i in 0..n {
         let prompt = project.panel_prompt(i);
         let panel = &mut project.panels[i];
@@ -283,6 +389,7 @@ fn panels_ui(ui: &mut Ui, project: &mut Project, tokens: &mut TokenCounter) -> O
                                 }
                             });
                     });
+                    panel_characters_ui(ui, i, &names, panel);
                     labelled_text(
                         ui,
                         &format!("Panel {} action", i + 1),

@@ -55,6 +55,7 @@ pub fn fit(available: f32) -> (usize, f32) {
 pub fn title(target: Target) -> String {
     match target {
         Target::Identity => "Identity".into(),
+        Target::IdentityOf(k) => format!("Identity {}", k + 1),
         Target::Panel(i) => format!("Panel {}", i + 1),
     }
 }
@@ -85,7 +86,10 @@ pub fn grid_ui(
         let score = |t: &Target| consistency(cells, *t).map_or(f32::INFINITY, |c| c.score());
         panels.sort_by(|a, b| score(a).total_cmp(&score(b)));
     }
-    let targets: Vec<Target> = std::iter::once(Target::Identity).chain(panels).collect();
+    let targets: Vec<Target> = (0..project.characters.len())
+        .map(Target::identity_of)
+        .chain(panels)
+        .collect();
     let mut rects = Vec::with_capacity(targets.len());
     let output = egui::ScrollArea::vertical()
         .auto_shrink([false, false])
@@ -127,7 +131,9 @@ fn cell_ui(
     let cell = cells.get(target);
     let state = cell.map_or_else(|| "empty".to_string(), |c| c.label(plan));
     let (w, h) = match target {
-        Target::Identity => (project.settings.width, project.settings.height),
+        Target::Identity | Target::IdentityOf(_) => {
+            (project.settings.width, project.settings.height)
+        }
         Target::Panel(i) => project.panel_size(i),
     };
     let is_selected = *selected == Some(target);

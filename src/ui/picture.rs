@@ -48,7 +48,7 @@ pub fn is_picture(path: &Path) -> bool {
 
 /// Makes `path` the identity's picture, relative to the project's folder where it lies in it.
 pub fn set_picture(project: &mut Project, project_path: Option<&Path>, path: &Path) {
-    let (fit, inverter) = match &project.identity.source {
+    let (fit, inverter) = match &project.characters[0].identity.source {
         IdentitySource::Picture(p) => (p.fit, p.inverter),
         IdentitySource::Generated => (Fit::default(), Inverter::default()),
     };
@@ -61,7 +61,7 @@ pub fn set_picture(project: &mut Project, project_path: Option<&Path>, path: &Pa
     if let Some(project_path) = project_path {
         picture.rebase(&parent_dir(project_path));
     }
-    project.identity.source = IdentitySource::Picture(picture);
+    project.characters[0].identity.source = IdentitySource::Picture(picture);
 }
 
 impl PictureView {
@@ -71,15 +71,15 @@ impl PictureView {
         let (width, height) = (project.settings.width, project.settings.height);
         ui.horizontal(|ui| {
             ui.label("Identity from");
-            let generated = project.identity.source.is_generated();
+            let generated = project.characters[0].identity.source.is_generated();
             if ui.selectable_label(generated, "Generated").clicked() && !generated {
-                project.identity.source = IdentitySource::Generated;
+                project.characters[0].identity.source = IdentitySource::Generated;
             }
             if ui.selectable_label(!generated, "Picture…").clicked() {
                 choose = true;
             }
         });
-        let IdentitySource::Picture(p) = &mut project.identity.source else {
+        let IdentitySource::Picture(p) = &mut project.characters[0].identity.source else {
             return choose;
         };
         ui.label(RichText::new(p.path.display().to_string()).small());
@@ -124,7 +124,7 @@ impl PictureView {
 
     /// Under the identity cell's reconstruction: the picture, the difference and its PSNR.
     pub fn cell_ui(&mut self, ui: &mut Ui, project: &Project, cells: &Cells) {
-        if project.identity.source.is_generated() {
+        if project.characters[0].identity.source.is_generated() {
             return;
         }
         let Some(Ok((picture, picture_texture))) = self.fitted.as_ref().map(|f| &f.image) else {

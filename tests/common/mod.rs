@@ -3,7 +3,7 @@
 
 use candle_core::{DType, Device, Tensor};
 use charaboard::pipeline::{FluxModels, GenerateParams, NoiseSource};
-use charaboard::project::model::{IdentityShot, Panel, Project, RenderSettings, Scene};
+use charaboard::project::model::{Character, IdentityShot, Panel, Project, RenderSettings, Scene};
 use charaboard::sampler::StepControl;
 use image::RgbImage;
 use std::path::{Path, PathBuf};
@@ -144,8 +144,10 @@ pub const CLEARING: &str = "in a quiet forest clearing at dawn,";
 pub fn knight_project(panels: Vec<(usize, &str)>, scenes: Vec<(&str, bool)>) -> Project {
     Project {
         title: "test".into(),
-        character: KNIGHT.into(),
-        identity: IdentityShot::new(CLEARING, "standing, front view"),
+        characters: vec![Character::new(
+            KNIGHT,
+            IdentityShot::new(CLEARING, "standing, front view"),
+        )],
         scenes: scenes
             .into_iter()
             .map(|(env, lock)| Scene {

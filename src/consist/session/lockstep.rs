@@ -91,6 +91,25 @@ struct Job<'p> {
     started: BTreeMap<Target, Instant>,
 }
 
+/// Lockstep recomputes one identity beside the panels: a storyboard of several characters, or a
+/// panel that shows none, is refused before any work.
+pub(super) fn check_cast(plan: &Plan) -> Result<()> {
+    let characters = plan.identities().len();
+    if characters > 1 {
+        anyhow::bail!(
+            "--bank recompute (lockstep) keeps one character, and this storyboard has {characters}: render it with --bank device or --bank host (one bank per character)"
+        );
+    }
+    if let Some(p) = plan.panels().iter().find(|p| p.characters().count() != 1) {
+        anyhow::bail!(
+            "--bank recompute (lockstep) needs the character in every panel, but {} shows none ({}): render it with --bank device or --bank host",
+            p.target.label(),
+            p.shot.characters_field
+        );
+    }
+    Ok(())
+}
+
 impl Renderer {
     /// Renders `panels` (and, when not cached, the identity and the scene references they need)
     /// in lockstep.
@@ -361,6 +380,7 @@ impl Renderer {
                     latents,
                     grid: grid_of(shot),
                     mask: observations.mask.unwrap_or_default(),
+                    owners: observations.owners.unwrap_or_default(),
                     matches: observations.matches,
                     spans: shot.spans,
                     seconds: seconds_since(&job.started, planned.target),
@@ -396,6 +416,7 @@ impl Renderer {
             latents,
             grid: grid_of(shot),
             mask: result.observations.mask.unwrap_or_default(),
+            owners: result.observations.owners.unwrap_or_default(),
             matches: None,
             spans: shot.spans,
             seconds: seconds_since(&job.started, Target::Identity),
@@ -460,6 +481,7 @@ impl Renderer {
                 })
             })
             .collect();
+        let identities = [IdentityRef::Live(&records[0])];
         let mut hooks = Vec::with_capacity(specs.len());
         for (spec, recorder) in specs.iter().zip(recorders.iter_mut()) {
             let target = target_of(spec.kind);
@@ -470,7 +492,7 @@ impl Renderer {
                 RunKind::Main(_) => Role::Main,
             };
             let refs = (role != Role::Identity).then(|| References {
-                identity: IdentityRef::Live(&records[0]),
+                identities: &identities,
                 background: spec.background.map(|b| BackgroundRef::Live(&records[b])),
             });
             let mut hook = ConsistHook::new(
