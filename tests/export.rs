@@ -31,6 +31,7 @@ fn project(captions: &[&str]) -> Project {
         identity: IdentityShot {
             environment: "in a white studio,".into(),
             action: "standing".into(),
+            seed: None,
         },
         scenes: vec![Scene {
             name: String::new(),
@@ -46,6 +47,7 @@ fn project(captions: &[&str]) -> Project {
                 ..Panel::new(0, "looking at the sea")
             })
             .collect(),
+        takes: Default::default(),
         settings: RenderSettings::default(),
     }
 }

@@ -202,6 +202,7 @@ pub fn bench_project(panels: usize, side: usize, steps: usize, lock_background: 
         identity: IdentityShot {
             environment: environment.into(),
             action: "standing, front view".into(),
+            seed: None,
         },
         scenes: vec![Scene {
             name: "clearing".into(),
@@ -213,6 +214,7 @@ pub fn bench_project(panels: usize, side: usize, steps: usize, lock_background: 
         panels: (0..panels)
             .map(|i| Panel::new(0, format!("walking, step {i}")))
             .collect(),
+        takes: Default::default(),
         settings: RenderSettings {
             width: side,
             height: side,

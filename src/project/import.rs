@@ -106,9 +106,11 @@ fn group_project(k: usize, lines: &[Line], lock_background: bool) -> Result<Proj
         identity: IdentityShot {
             environment: id.background.to_string(),
             action: id.action.to_string(),
+            seed: None,
         },
         scenes,
         panels,
+        takes: Default::default(),
         settings: RenderSettings::default(),
     };
     project

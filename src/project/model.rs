@@ -10,7 +10,10 @@ use anyhow::{anyhow, bail, Result};
 use serde::{Deserialize, Serialize};
 
 use super::shot::{CameraAngle, ShotSize};
+use super::takes::TakeChoice;
+use crate::consist::plan::{Quality, Target};
 use crate::consist::recipe::Recipe;
+use std::collections::BTreeMap;
 use crate::limits::{self, check_side};
 
 /// A storyboard document.
@@ -26,6 +29,10 @@ pub struct Project {
     pub panels: Vec<Panel>,
     #[serde(default)]
     pub settings: RenderSettings,
+    /// Per image, which of its takes is active and which the user deleted (see
+    /// [`super::takes`]); images without an entry show their newest take.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub takes: BTreeMap<Target, TakeChoice>,
 }
 
 /// The image that defines the character's look. It is never shown as a panel, but every
@@ -35,6 +42,9 @@ pub struct Project {
 pub struct IdentityShot {
     pub environment: String,
     pub action: String,
+    /// Overrides [`RenderSettings::seed`] for the identity only (a re-roll of the identity).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seed: Option<u64>,
 }
 
 /// A place. Panels in the same scene share its environment prompt, and with
@@ -157,6 +167,59 @@ pub struct RenderSettings {
     /// follows the shot list (a change re-renders the panels that have them).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub shot_in_prompt: bool,
+    /// Renders drafts: every image scaled to `draft_long_side` on its long side (never up), with
+    /// `draft_steps` steps; the recipe's step windows are fractions, so they scale with them.
+    /// Off renders finals at full size. Drafts and finals are takes of the same image.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub draft: bool,
+    #[serde(
+        default = "default_draft_long_side",
+        skip_serializing_if = "is_default_draft_long_side"
+    )]
+    pub draft_long_side: usize,
+    /// `None`: two fifths of the final step count (at least 4, or the final count if fewer).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub draft_steps: Option<usize>,
+}
+
+fn default_draft_long_side() -> usize {
+    512
+}
+
+fn is_default_draft_long_side(side: &usize) -> bool {
+    *side == default_draft_long_side()
+}
+
+impl RenderSettings {
+    /// The quality the switch asks for.
+    pub fn quality(&self) -> Quality {
+        match self.draft {
+            true => Quality::Draft,
+            false => Quality::Final,
+        }
+    }
+
+    /// `(width, height)` of an image of full size `(width, height)` at `quality`: a draft's
+    /// long side is at most `draft_long_side`, both sides multiples of 16, the aspect kept.
+    pub fn sized(&self, quality: Quality, (width, height): (usize, usize)) -> (usize, usize) {
+        let long = width.max(height);
+        if quality == Quality::Final || long <= self.draft_long_side {
+            return (width, height);
+        }
+        let scale = self.draft_long_side as f64 / long as f64;
+        let side = |s: usize| (((s as f64 * scale) / 16.0).round() as usize).max(1) * 16;
+        (side(width), side(height))
+    }
+
+    /// The step count at `quality`, given the final count.
+    pub fn steps_at(&self, quality: Quality, final_steps: usize) -> usize {
+        match quality {
+            Quality::Final => final_steps,
+            Quality::Draft => self
+                .draft_steps
+                .unwrap_or_else(|| (final_steps * 2).div_ceil(5).max(final_steps.min(4))),
+        }
+    }
 }
 
 fn default_side() -> usize {
@@ -182,6 +245,9 @@ impl Default for RenderSettings {
             seed: default_seed(),
             recipe: Recipe::default(),
             shot_in_prompt: false,
+            draft: false,
+            draft_long_side: default_draft_long_side(),
+            draft_steps: None,
         }
     }
 }
@@ -274,6 +340,10 @@ impl Project {
             )?;
         }
         limits::check_guidance("settings.guidance", s.guidance)?;
+        check_side("settings.draft_long_side", s.draft_long_side)?;
+        if let Some(steps) = s.draft_steps {
+            limits::check("settings.draft_steps", steps, &limits::STEPS)?;
+        }
         // The recipe names its fields `recipe.…`; prefixing makes them the path in this file.
         s.recipe.validate().map_err(|e| anyhow!("settings.{e:#}"))?;
         Ok(())

@@ -5,12 +5,23 @@ use anyhow::Result;
 use std::path::Path;
 
 use super::model::Project;
-use crate::consist::plan::{PanelShot, Plan, PlanModel, PlanSettings, Shot};
+use crate::consist::plan::{PanelShot, Plan, PlanModel, PlanSettings, Quality, Shot};
 use crate::pipeline::NoiseSource;
 
-/// Plans every image of `project` for `model`. `noise_file` replaces the project's seed for the
-/// identity and every panel without a seed of its own (`charaboard render --noise`).
+/// Plans every image of `project` for `model`, as drafts or finals as its settings say.
+/// `noise_file` replaces the project's seed for the identity and every panel without a seed of
+/// its own (`charaboard render --noise`).
 pub fn plan(project: &Project, model: &PlanModel, noise_file: Option<&Path>) -> Result<Plan> {
+    plan_at(project, model, noise_file, project.settings.quality())
+}
+
+/// [`plan`] at a chosen quality: what a take of that quality is judged against.
+pub fn plan_at(
+    project: &Project,
+    model: &PlanModel,
+    noise_file: Option<&Path>,
+    quality: Quality,
+) -> Result<Plan> {
     project.validate()?;
     let s = &project.settings;
     let noise = |own_seed: Option<u64>| match (own_seed, noise_file) {
@@ -22,15 +33,15 @@ pub fn plan(project: &Project, model: &PlanModel, noise_file: Option<&Path>) -> 
         prompt: project.identity_prompt(),
         environment: project.identity.environment.clone(),
         environment_field: "identity.environment".into(),
-        width: s.width,
-        height: s.height,
-        noise: noise(None),
+        width: s.sized(quality, (s.width, s.height)).0,
+        height: s.sized(quality, (s.width, s.height)).1,
+        noise: noise(project.identity.seed),
     };
     let panels = (0..project.panels.len())
         .map(|i| {
             let panel = &project.panels[i];
             let scene = &project.scenes[panel.scene];
-            let (width, height) = project.panel_size(i);
+            let (width, height) = s.sized(quality, project.panel_size(i));
             PanelShot {
                 shot: Shot {
                     prompt: project.panel_prompt(i),
@@ -47,7 +58,9 @@ pub fn plan(project: &Project, model: &PlanModel, noise_file: Option<&Path>) -> 
         .collect();
     let settings = PlanSettings {
         model: model.key.clone(),
-        steps: s.steps.unwrap_or(model.default_steps),
+        model_steps: model.default_steps,
+        quality,
+        steps: s.steps_at(quality, s.steps.unwrap_or(model.default_steps)),
         guidance: s.guidance,
         recipe: s.recipe.clone(),
     };

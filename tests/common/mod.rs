@@ -148,6 +148,7 @@ pub fn knight_project(panels: Vec<(usize, &str)>, scenes: Vec<(&str, bool)>) -> 
         identity: IdentityShot {
             environment: CLEARING.into(),
             action: "standing, front view".into(),
+            seed: None,
         },
         scenes: scenes
             .into_iter()
@@ -163,6 +164,7 @@ pub fn knight_project(panels: Vec<(usize, &str)>, scenes: Vec<(&str, bool)>) -> 
             .into_iter()
             .map(|(scene, action)| Panel::new(scene, action))
             .collect(),
+        takes: Default::default(),
         settings: RenderSettings {
             width: 128,
             height: 128,
