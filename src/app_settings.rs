@@ -13,7 +13,7 @@ use ron::extensions::Extensions;
 use ron::ser::PrettyConfig;
 use serde::{Deserialize, Serialize};
 
-use crate::consist::session::BankMode;
+use crate::memory_plan::BankChoice;
 use crate::project::model::RenderSettings;
 
 /// Overrides the folder that holds `charaboard/settings.ron`, so tests (and portable installs)
@@ -39,8 +39,12 @@ pub struct AppSettings {
     pub defaults: RenderSettings,
     /// Columns of the contact sheet.
     pub sheet_columns: usize,
-    /// Where the identity's bank lives while rendering (the images are the same in every mode).
-    pub bank: BankMode,
+    /// Where the identity's bank lives while rendering (the images are the same in every
+    /// mode); `Auto` takes the memory plan's choice.
+    pub bank: BankChoice,
+    /// The lockstep batch (panels beside the identity in one forward); `None`: the memory
+    /// plan's with `Auto`, else [`crate::memory_plan::DEFAULT_BATCH`].
+    pub batch: Option<usize>,
 }
 
 impl Default for AppSettings {
@@ -52,7 +56,8 @@ impl Default for AppSettings {
             recent_projects: Vec::new(),
             defaults: RenderSettings::default(),
             sheet_columns: 3,
-            bank: BankMode::Device,
+            bank: BankChoice::Auto,
+            batch: None,
         }
     }
 }

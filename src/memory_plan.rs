@@ -25,8 +25,11 @@ use crate::models::source::ModelSource;
 use crate::models::store::TensorStore;
 use crate::models::{formats::classify_store, formats::Role};
 
+mod choice;
+pub use choice::{BankChoice, ChosenBank, Machine, PlannedBank, DEFAULT_BATCH, LOCKSTEP_BATCH_MAX};
+
 /// The lockstep batches a plan tries: panels beside the identity in one forward.
-const BATCHES: [usize; 7] = [1, 2, 4, 8, 16, 32, 64];
+const BATCHES: [usize; 7] = [1, 2, 4, 8, 16, 32, LOCKSTEP_BATCH_MAX];
 
 /// How a transformer's weights are stored: dense (loaded into the run's dtype) or quantized.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -492,7 +495,8 @@ impl MemoryPlan {
         self.weights_host() + o.bank_host
     }
 
-    fn fits(&self, o: &Way) -> bool {
+    /// Whether `o` fits the budget (and the host's, where it is checked).
+    pub fn fits(&self, o: &Way) -> bool {
         let used = match self.shared_memory {
             true => self.device_bytes(o) + self.host_bytes(o),
             false => self.device_bytes(o),
@@ -533,16 +537,7 @@ impl MemoryPlan {
         }
         out += "\n";
         match self.chosen {
-            Some(o) => {
-                out += &format!(
-                "choice: --bank {} --batch {} ({} on the device, {} on the host, {} forwards)\n",
-                mode_name(o.mode),
-                o.batch,
-                gb(self.device_bytes(&o)),
-                gb(self.host_bytes(&o)),
-                o.forwards
-            )
-            }
+            Some(o) => out += &format!("choice: {}\n", self.summary(&o)),
             None => out += "choice: none fits\n",
         }
         out

@@ -13,6 +13,8 @@ use std::thread::JoinHandle;
 use crate::consist::plan::{Plan, PlanModel, RenderRequest, Target};
 use crate::consist::session::{ImageStep, RenderOptions, Renderer};
 use crate::device::{parse_device, parse_dtype};
+use crate::memory_plan::{Machine, ModelMemory};
+use crate::models::source::ModelSource;
 use crate::pipeline::FluxModels;
 use crate::project::images::{ImagesStore, RenderedImage};
 use crate::render::{self, Ended, Progress, RenderJob};
@@ -51,6 +53,9 @@ pub enum Event {
         description: String,
         /// What a plan needs to know of the model.
         model: PlanModel,
+        /// What a memory plan needs to know of the model and the device (read before the
+        /// weights took the memory), or why it could not be read.
+        machine: Result<Machine, String>,
     },
     TinyModelCreated {
         dir: PathBuf,
@@ -184,9 +189,13 @@ impl State {
                 send(Event::ModelLoading { dir: dir.clone() });
                 self.models = None;
                 self.renderer = Renderer::default();
-                let loaded = (|| -> Result<(FluxModels, String)> {
+                let loaded = (|| -> Result<(FluxModels, String, Result<Machine, String>)> {
                     let device = parse_device(device.as_deref())?;
                     let dtype = parse_dtype(dtype.as_deref(), &device)?;
+                    let machine = ModelSource::detect(&dir)
+                        .and_then(|source| ModelMemory::of_files(&source, dtype))
+                        .and_then(|memory| Machine::of(memory, dtype, false, &device, None))
+                        .map_err(|e| format!("{e:#}"));
                     let models = FluxModels::load(&dir, dtype, &device)?;
                     let cfg = models.transformer.config();
                     let description = format!(
@@ -196,7 +205,7 @@ impl State {
                         cfg.depth_single_blocks,
                         cfg.hidden_size
                     );
-                    Ok((models, description))
+                    Ok((models, description, machine))
                 })()
                 .map_err(|e| (None, e))?;
                 let model = PlanModel::of(&loaded.0);
@@ -205,6 +214,7 @@ impl State {
                     dir,
                     description: loaded.1,
                     model,
+                    machine: loaded.2,
                 });
             }
             Job::CreateTinyModel { dir } => {

@@ -5,6 +5,7 @@ mod common;
 use charaboard::app_settings::AppSettings;
 use charaboard::consist::plan::Target;
 use charaboard::consist::recipe::Numerics;
+use charaboard::memory_plan::BankChoice;
 use charaboard::ui::app::{CharaboardApp, StartOptions};
 use charaboard::ui::cells::CellState;
 use charaboard::ui::dialogs::Dialogs;
@@ -205,6 +206,15 @@ fn render_on_a_tiny_model_then_overlays_and_export() {
     wait_until(&mut h, "the model", |a| {
         matches!(a.model, ModelStatus::Loaded { .. }) && !a.busy
     });
+    // Beside the Render button: the memory plan's choice (Auto), then a named mode's numbers.
+    h.run_steps(2);
+    assert!(h.query_by_label_contains("memory plan: --bank device --batch 1").is_some());
+    h.state_mut().settings.bank = BankChoice::Recompute;
+    h.state_mut().settings.batch = Some(2);
+    h.run_steps(2);
+    assert!(h.query_by_label_contains("memory plan: --bank recompute --batch 2").is_some());
+    h.state_mut().settings.bank = BankChoice::Auto;
+    h.state_mut().settings.batch = None;
 
     h.get_by_label("Render all").click();
     h.step();

@@ -6,9 +6,11 @@ mod common;
 
 use candle_core::quantized::GgmlDType;
 use candle_core::{DType, Device};
-use charaboard::consist::plan::{PlanModel, RenderRequest};
+use charaboard::consist::plan::{BackgroundMode, PlanModel, RenderRequest};
 use charaboard::consist::session::{BankMode, RenderOptions, Renderer};
-use charaboard::memory_plan::{MemoryPlan, ModelMemory, Storyboard, Weights};
+use charaboard::memory_plan::{
+    BankChoice, MemoryPlan, ModelDims, ModelMemory, Storyboard, Weights,
+};
 use charaboard::models::source::ModelSource;
 use charaboard::pipeline::FluxModels;
 use charaboard::project::model::Project;
@@ -81,7 +83,7 @@ fn predicted_forwards_and_bank_match_the_renderer() {
     let board = Storyboard::of(&plan);
     let memory = ModelMemory {
         weights: loaded(&models),
-        dims: charaboard::memory_plan::ModelDims::of(models.transformer.config()),
+        dims: ModelDims::of(models.transformer.config()),
     };
     let budget = MemoryPlan::new(&memory, &board, DType::F32, false, u64::MAX, None, true);
     for (mode, batch) in [
@@ -168,4 +170,82 @@ fn plan_prints_the_table_and_refuses_a_budget_too_small() {
     let out = charaboard(&["render", project, "--model", model, "--budget", "1MB"]);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("no bank mode fits"));
+}
+
+/// FLUX.1-dev's sizes with a Q8_0-sized transformer and 64 GB of RAM: a bank of tens of GB at
+/// 1024x1024, so a 24 GB card fits only the lockstep mode and a 200 GB one the banked mode.
+fn flux_dev_plan(card_gb: u64) -> MemoryPlan {
+    const GB: u64 = 1_000_000_000;
+    let model = ModelMemory {
+        weights: Weights {
+            transformer: 12_700_000_000,
+            vae: 170_000_000,
+            t5: 9_520_000_000,
+            clip: 246_000_000,
+        },
+        dims: ModelDims {
+            single_blocks: 38,
+            hidden: 3072,
+            heads: 24,
+            text_tokens: 512,
+            default_steps: 50,
+        },
+    };
+    let board = Storyboard {
+        schedule: charaboard::consist::recipe::Recipe::default().schedule(50),
+        identity_tokens: 64 * 64,
+        largest_tokens: 64 * 64,
+        backgrounds: vec![BackgroundMode::Identity; 8],
+    };
+    MemoryPlan::new(
+        &model,
+        &board,
+        DType::BF16,
+        true,
+        card_gb * GB,
+        Some(64 * GB),
+        false,
+    )
+}
+
+#[test]
+fn bank_choice_is_the_named_mode_or_the_plans() {
+    let (small, large) = (flux_dev_plan(24), flux_dev_plan(200));
+
+    // Auto: the plan's choice, the banked mode where it fits, else lockstep.
+    let chosen = BankChoice::Auto.resolve(None, false, Some(&large)).unwrap();
+    assert_eq!((chosen.mode, chosen.batch), (BankMode::Device, 1));
+    let chosen = BankChoice::Auto.resolve(None, false, Some(&small)).unwrap();
+    assert_eq!(chosen.mode, BankMode::Recompute);
+    assert_eq!(Some(chosen.batch), small.chosen.map(|w| w.batch));
+    let plan = chosen.plan.unwrap();
+    assert!(plan.fits && plan.summary.starts_with("--bank recompute"));
+    assert!(
+        plan.table.contains("choice: --bank recompute"),
+        "{}",
+        plan.table
+    );
+    // A named batch is kept; a bank file needs a bank, which a 24 GB card does not hold.
+    let chosen = BankChoice::Auto
+        .resolve(Some(2), false, Some(&small))
+        .unwrap();
+    assert_eq!((chosen.mode, chosen.batch), (BankMode::Recompute, 2));
+    let refused = BankChoice::Auto
+        .resolve(None, true, Some(&small))
+        .unwrap_err();
+    assert!(refused.contains("no bank mode fits"), "{refused}");
+    assert!(BankChoice::Auto.resolve(None, false, None).is_err());
+
+    // A named mode is taken as named, with the plan's numbers where there is a plan, and
+    // marked when it does not fit.
+    let chosen = BankChoice::Device
+        .resolve(None, false, Some(&small))
+        .unwrap();
+    assert_eq!(chosen.mode, BankMode::Device);
+    assert!(!chosen.plan.unwrap().fits);
+    let chosen = BankChoice::Recompute.resolve(None, false, None).unwrap();
+    assert_eq!(
+        (chosen.mode, chosen.batch, chosen.plan),
+        (BankMode::Recompute, 4, None)
+    );
 }

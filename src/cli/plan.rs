@@ -2,12 +2,11 @@
 //! before any work; and the plan `render --bank auto` renders with.
 
 use anyhow::{bail, Context, Result};
-use candle_core::Device;
 use std::path::{Path, PathBuf};
 
 use super::args::RunArgs;
 use crate::consist::plan::{ModelKey, PlanModel};
-use crate::memory_plan::{MemoryPlan, ModelMemory, Storyboard};
+use crate::memory_plan::{Machine, MemoryPlan, ModelMemory};
 use crate::models::{discovery, source::ModelSource};
 use crate::project::Project;
 
@@ -64,33 +63,8 @@ pub fn memory_plan(
         default_steps: model.dims.default_steps,
     };
     let plan = crate::project::plan(project, &plan_model, noise)?;
-    let budget = match budget {
-        Some(b) => b,
-        None => free_memory(&device)?,
-    };
-    Ok(MemoryPlan::new(
-        &model,
-        &Storyboard::of(&plan),
-        dtype,
-        run.text_on_cpu,
-        budget,
-        // On the CPU the device is the host and `budget` covers both.
-        match device.is_cpu() {
-            true => None,
-            false => crate::limits::available_memory(),
-        },
-        device.is_cpu(),
-    ))
-}
-
-/// What the device has free: the host's available memory for the CPU, the driver's figure for
-/// CUDA.
-fn free_memory(device: &Device) -> Result<u64> {
-    let free = match device {
-        Device::Cpu => crate::limits::available_memory(),
-        d => crate::device::gpu_free_memory(d),
-    };
-    free.context("cannot tell this device's free memory: pass --budget (e.g. --budget 24GB)")
+    let machine = Machine::of(model, dtype, run.text_on_cpu, &device, budget)?;
+    Ok(machine.plan(&plan))
 }
 
 /// `24GB`, `16000MB`, `1.5TB` or a plain byte count, between 1 MB and 1 PB.

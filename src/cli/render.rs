@@ -1,7 +1,7 @@
 //! `charaboard render`: a storyboard project's identity, panels, overlays and a contact sheet,
 //! through the same render driver and images store as the app.
 
-use anyhow::{bail, Context, Result};
+use anyhow::{anyhow, bail, Context, Result};
 use std::path::PathBuf;
 
 use super::args::RunArgs;
@@ -12,6 +12,7 @@ use crate::consist::recipe::Numerics;
 use crate::consist::session::{BankMode, RenderOptions, Renderer};
 use crate::export::sheet::contact_sheet;
 use crate::limits::prompt_too_long;
+use crate::memory_plan::{BankChoice, LOCKSTEP_BATCH_MAX};
 use crate::project::images::{project_name, stem, ImagesStore};
 use crate::render::{self, Ended, Progress, RenderJob};
 use crate::sampler::StepControl;
@@ -54,19 +55,10 @@ pub struct Render {
     panels: Option<String>,
     /// With --bank recompute: the most panels computed beside the identity at once [default: 4,
     /// or the plan's choice with --bank auto].
-    #[arg(long, value_parser = clap::value_parser!(u16).range(1..=64))]
+    #[arg(long, value_parser = clap::value_parser!(u16).range(1..=LOCKSTEP_BATCH_MAX as i64))]
     batch: Option<u16>,
     #[command(flatten)]
     run: RunArgs,
-}
-
-/// `--bank`: a bank mode, or the memory plan's choice.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-enum BankChoice {
-    Auto,
-    Device,
-    Host,
-    Recompute,
 }
 
 /// The bank mode and batch to render with: the one named, or the fastest the memory plan fits
@@ -76,40 +68,28 @@ fn bank_and_batch(
     project: &crate::project::Project,
     model: &str,
 ) -> Result<(BankMode, usize)> {
-    let named = match args.bank {
-        BankChoice::Auto => None,
-        BankChoice::Device => Some(BankMode::Device),
-        BankChoice::Host => Some(BankMode::Host),
-        BankChoice::Recompute => Some(BankMode::Recompute),
+    let memory = match args.bank {
+        BankChoice::Auto => Some(super::plan::memory_plan(
+            project,
+            model,
+            &args.run,
+            args.budget,
+            args.noise.as_deref(),
+        )?),
+        _ => None,
     };
-    if let Some(mode) = named {
-        return Ok((mode, args.batch.map_or(4, usize::from)));
+    let chosen = args
+        .bank
+        .resolve(
+            args.batch.map(usize::from),
+            args.bank_file.is_some(),
+            memory.as_ref(),
+        )
+        .map_err(|e| anyhow!(e))?;
+    if let Some(plan) = chosen.plan {
+        eprintln!("memory plan: {}", plan.summary);
     }
-    let plan = super::plan::memory_plan(
-        project,
-        model,
-        &args.run,
-        args.budget,
-        args.noise.as_deref(),
-    )?;
-    let way = plan
-        .best(|w| {
-            let keeps_bank = args.bank_file.is_none() || w.mode != BankMode::Recompute;
-            let batch = args
-                .batch
-                .is_none_or(|b| w.mode != BankMode::Recompute || w.batch == usize::from(b));
-            keeps_bank && batch
-        })
-        .with_context(|| plan.too_small())?;
-    eprintln!(
-        "memory plan: --bank {} --batch {} ({:.1} GB on the device, {:.1} GB on the host, {} forwards)",
-        crate::memory_plan::mode_name(way.mode),
-        way.batch,
-        plan.device_bytes(&way) as f64 / 1e9,
-        plan.host_bytes(&way) as f64 / 1e9,
-        way.forwards
-    );
-    Ok((way.mode, way.batch))
+    Ok((chosen.mode, chosen.batch))
 }
 
 pub fn run(args: Render) -> Result<()> {

@@ -20,6 +20,7 @@ use crate::app_settings::AppSettings;
 use crate::consist::plan::{Plan, PlanModel, RenderRequest, Target};
 use crate::consist::session::RenderOptions;
 use crate::export::storyboard::{panel_list, Exported, StalePanels};
+use crate::memory_plan::{mode_name, BankChoice, ChosenBank, Machine, LOCKSTEP_BATCH_MAX};
 use crate::project::images::RenderedImage;
 use crate::text::{PromptTokenizers, T5_LEN_DEV};
 use crate::worker::{Event, Job, Worker};
@@ -68,6 +69,8 @@ pub struct CharaboardApp {
     pub model: ModelStatus,
     /// The loaded model as plans see it.
     plan_model: Option<PlanModel>,
+    /// The loaded model and device as memory plans see them, or why they could not be read.
+    machine: Option<Result<Machine, String>>,
     /// The plan of the project as it is now, for the loaded model; recomputed when either
     /// changes (`planned` is the document revision it was made at).
     plan: Option<Plan>,
@@ -114,6 +117,7 @@ impl CharaboardApp {
             layout_report: start.layout_report.map(LayoutReport::new),
             model: ModelStatus::None,
             plan_model: None,
+            machine: None,
             plan: None,
             planned: None,
             cache_scan: CacheScan::default(),
@@ -209,6 +213,22 @@ impl CharaboardApp {
                 .and_then(|m| crate::project::plan(&self.doc.project, m, None).ok());
         }
         self.plan.as_ref()
+    }
+
+    /// The bank mode and batch the next render takes, as the settings and the memory plan
+    /// say (`None` until a model is loaded); an error where `Auto` finds nothing that fits.
+    pub fn bank_choice(&mut self) -> Option<Result<ChosenBank, String>> {
+        let batch = self.settings.batch.map(|b| b.clamp(1, LOCKSTEP_BATCH_MAX));
+        let choice = self.settings.bank;
+        self.plan()?;
+        let (plan, machine) = (self.plan.as_ref()?, self.machine.as_ref()?);
+        Some(match (machine, choice) {
+            (Err(e), BankChoice::Auto) => Err(format!("no memory plan: {e}")),
+            (machine, _) => {
+                let memory = machine.as_ref().ok().map(|m| m.plan(plan));
+                choice.resolve(batch, false, memory.as_ref())
+            }
+        })
     }
 
     pub fn save(&mut self) {
@@ -321,6 +341,17 @@ impl CharaboardApp {
                 return;
             }
         };
+        let bank = match self.bank_choice() {
+            Some(Ok(bank)) => bank,
+            Some(Err(e)) => {
+                self.error(format!("cannot render: {e}"));
+                return;
+            }
+            None => {
+                self.error("load a model first (see the setup panel)");
+                return;
+            }
+        };
         for t in targets {
             self.cells.entry(t).state = CellState::Queued;
         }
@@ -332,7 +363,8 @@ impl CharaboardApp {
             store: self.doc.images_store(),
             options: RenderOptions {
                 preview_every: Some(5),
-                bank: self.settings.bank,
+                bank: bank.mode,
+                batch: bank.batch,
                 ..RenderOptions::default()
             },
         });
@@ -382,11 +414,13 @@ impl CharaboardApp {
                 dir,
                 description,
                 model,
+                machine,
             } => {
                 self.settings.model_dir = Some(dir.clone());
                 self.save_settings();
                 self.model = ModelStatus::Loaded { dir, description };
                 self.plan_model = Some(model);
+                self.machine = Some(machine);
                 self.planned = None;
             }
             Event::TinyModelCreated { dir } => {
@@ -608,6 +642,7 @@ impl CharaboardApp {
             {
                 self.cancel();
             }
+            self.memory_plan_label(ui);
             ui.separator();
             ui.checkbox(&mut self.inspector_open, "Inspector");
             ui.checkbox(&mut self.player.open, "Animatic");
@@ -619,6 +654,44 @@ impl CharaboardApp {
                 ModelStatus::Failed(_) => "model failed to load".to_string(),
             });
         });
+    }
+
+    /// What the next render will hold and cost, beside the Render button; the whole plan on
+    /// hover.
+    fn memory_plan_label(&mut self, ui: &mut Ui) {
+        let Some(choice) = self.bank_choice() else {
+            return;
+        };
+        ui.separator();
+        let (text, color, table) = match choice {
+            Ok(ChosenBank {
+                plan: Some(plan), ..
+            }) => {
+                let text = match plan.fits {
+                    true => format!("memory plan: {}", plan.summary),
+                    false => format!("memory plan: {}; does not fit (try Auto)", plan.summary),
+                };
+                (
+                    text,
+                    (!plan.fits).then_some(egui::Color32::RED),
+                    Some(plan.table),
+                )
+            }
+            Ok(ChosenBank { mode, batch, .. }) => (
+                format!("bank {} (batch {batch}), no memory plan", mode_name(mode)),
+                None,
+                None,
+            ),
+            Err(e) => (e, Some(egui::Color32::RED), None),
+        };
+        let mut label = RichText::new(text).small();
+        if let Some(color) = color {
+            label = label.color(color);
+        }
+        let response = ui.label(label);
+        if let Some(table) = table {
+            response.on_hover_text(RichText::new(table).monospace());
+        }
     }
 
     fn new_project(&mut self) {

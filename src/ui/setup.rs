@@ -6,7 +6,7 @@ use std::path::PathBuf;
 
 use crate::app_settings::{size_presets, AppSettings};
 use crate::consist::recipe::Numerics;
-use crate::consist::session::BankMode;
+use crate::memory_plan::{BankChoice, DEFAULT_BATCH, LOCKSTEP_BATCH_MAX};
 use crate::models::discovery::{self, CachedRepo};
 use crate::project::model::Project;
 
@@ -168,25 +168,55 @@ pub fn render_settings_ui(ui: &mut Ui, project: &mut Project, settings: &mut App
                          for runs comparable with the paper's.",
                     );
             });
-        let bank = &mut settings.bank;
-        egui::ComboBox::from_label("Identity bank")
-            .selected_text(format!("{bank:?}"))
-            .show_ui(ui, |ui| {
-                ui.selectable_value(bank, BankMode::Device, "Device")
-                    .on_hover_text(
-                        "Kept on the device between renders: a re-roll costs one panel.",
-                    );
-                ui.selectable_value(bank, BankMode::Host, "Host")
-                    .on_hover_text("Kept in RAM, moved to the device one block at a time.");
-                ui.selectable_value(bank, BankMode::Recompute, "Recompute")
-                    .on_hover_text(
-                        "No bank: the identity is computed again beside the panels (lockstep), \
-                         for cards too small for a bank. Same images.",
-                    );
-            });
+        bank_settings_ui(ui, settings);
         ui.horizontal(|ui| {
             ui.label("Sheet columns");
             ui.add(egui::DragValue::new(&mut settings.sheet_columns).range(1..=8));
         });
+    });
+}
+
+/// The identity bank's mode and the lockstep batch; the plan beside the Render button shows
+/// what they come to.
+fn bank_settings_ui(ui: &mut Ui, settings: &mut AppSettings) {
+    let bank = &mut settings.bank;
+    egui::ComboBox::from_label("Identity bank")
+        .selected_text(format!("{bank:?}"))
+        .show_ui(ui, |ui| {
+            ui.selectable_value(bank, BankChoice::Auto, "Auto")
+                .on_hover_text(
+                    "The fastest mode that fits the device's memory, by the memory plan shown \
+                 beside the Render button.",
+                );
+            ui.selectable_value(bank, BankChoice::Device, "Device")
+                .on_hover_text("Kept on the device between renders: a re-roll costs one panel.");
+            ui.selectable_value(bank, BankChoice::Host, "Host")
+                .on_hover_text("Kept in RAM, moved to the device one block at a time.");
+            ui.selectable_value(bank, BankChoice::Recompute, "Recompute")
+                .on_hover_text(
+                    "No bank: the identity is computed again beside the panels (lockstep), \
+                     for cards too small for a bank. Same images.",
+                );
+        });
+    ui.horizontal(|ui| {
+        let mut own_batch = settings.batch.is_some();
+        if ui
+            .checkbox(&mut own_batch, "Lockstep batch")
+            .on_hover_text("Panels computed beside the identity in one forward (recompute).")
+            .changed()
+        {
+            settings.batch = own_batch.then_some(DEFAULT_BATCH);
+        }
+        match &mut settings.batch {
+            Some(batch) => {
+                ui.add(egui::DragValue::new(batch).range(1..=LOCKSTEP_BATCH_MAX));
+            }
+            None => {
+                ui.label(match settings.bank {
+                    BankChoice::Auto => "the plan's".to_string(),
+                    _ => format!("{DEFAULT_BATCH}"),
+                });
+            }
+        }
     });
 }
