@@ -103,14 +103,15 @@ pub fn run(
                     };
                     let settings = &job.plan.settings;
                     let (take, files) = match job.store {
-                        Some(store) => match store.write(output, identity, planned, settings, reuse)
-                        {
-                            Ok(written) => written,
-                            Err(e) => {
-                                write_failure = Some((output.target, e));
-                                return StepControl::Cancel;
+                        Some(store) => {
+                            match store.write(output, identity, planned, settings, reuse) {
+                                Ok(written) => written,
+                                Err(e) => {
+                                    write_failure = Some((output.target, e));
+                                    return StepControl::Cancel;
+                                }
                             }
-                        },
+                        }
                         None => (1, vec![]),
                     };
                     Progress::Finished {

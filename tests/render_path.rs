@@ -6,8 +6,8 @@ mod common;
 
 use charaboard::consist::plan::{ModelKey, PanelShot, Plan, PlanModel, RenderRequest, Target};
 use charaboard::consist::session::{RenderOptions, Renderer};
-use charaboard::pipeline::{FluxModels, NoiseSource};
 use charaboard::export::storyboard::StalePanels;
+use charaboard::pipeline::{FluxModels, NoiseSource};
 use charaboard::project::images::ImagesStore;
 use charaboard::project::takes::TakeChoice;
 use charaboard::project::{self, Project};
@@ -145,7 +145,10 @@ fn cli_renders_open_as_current_in_the_app_state_and_app_renders_in_the_store() {
     std::fs::write(&other, PROJECT.replace("waving", "waving twice")).unwrap();
     let other_plan = project::plan(&project::load(&other).unwrap(), &plan_model, None).unwrap();
     let other_store = ImagesStore::beside(&other);
-    assert_eq!(other_store.stale(&other_plan, &Default::default()), all_targets());
+    assert_eq!(
+        other_store.stale(&other_plan, &Default::default()),
+        all_targets()
+    );
     assert_eq!(load_in(&worker, &model), plan_model);
     worker.send(Job::Render {
         plan: Box::new(other_plan.clone()),
@@ -157,7 +160,10 @@ fn cli_renders_open_as_current_in_the_app_state_and_app_renders_in_the_store() {
     let found = other_store.read_all(4);
     assert!(found.notes.is_empty(), "{:?}", found.notes);
     assert_eq!(found.images.len(), 5);
-    assert_eq!(other_store.stale(&other_plan, &Default::default()), Vec::<Target>::new());
+    assert_eq!(
+        other_store.stale(&other_plan, &Default::default()),
+        Vec::<Target>::new()
+    );
     let out = dir.path().join("export");
     ok(&charaboard(&[
         "export",
@@ -236,7 +242,10 @@ fn rerendering_one_panel_with_a_cached_identity_matches_it_against_the_identity(
 /// The targets whose rendered image is not current for `project`.
 fn stale(rendered: &ImagesStore, project: &Project, model: &PlanModel) -> BTreeSet<Target> {
     let plan = project::plan(project, model, None).unwrap();
-    rendered.stale(&plan, &Default::default()).into_iter().collect()
+    rendered
+        .stale(&plan, &Default::default())
+        .into_iter()
+        .collect()
 }
 
 #[test]

@@ -218,7 +218,8 @@ impl ImagesStore {
     }
 
     fn file(&self, target: Target, take: u32, suffix: &str) -> PathBuf {
-        self.dir.join(format!("{}{suffix}", take_stem(target, take)))
+        self.dir
+            .join(format!("{}{suffix}", take_stem(target, take)))
     }
 
     /// The picture of take `take` of `target`.
@@ -273,8 +274,8 @@ impl ImagesStore {
         let numbers = self.take_numbers(target)?;
         if reuse {
             for &n in numbers.iter().rev() {
-                let same_key = read_key(&self.file(target, n, ".key.ron"))
-                    .is_ok_and(|k| k.key == planned.key);
+                let same_key =
+                    read_key(&self.file(target, n, ".key.ron")).is_ok_and(|k| k.key == planned.key);
                 if same_key && std::fs::read(self.png_path(target, n)).is_ok_and(|b| b == png) {
                     return Ok((n, vec![]));
                 }
@@ -412,8 +413,9 @@ impl ImagesStore {
         };
         let prompt = match &key {
             Some(k) => k.prompt.clone(),
-            None => std::fs::read_to_string(self.file(target, take, ".prompt.txt"))
-                .unwrap_or_default(),
+            None => {
+                std::fs::read_to_string(self.file(target, take, ".prompt.txt")).unwrap_or_default()
+            }
         };
         Ok(Some(RenderedImage {
             target,
@@ -447,10 +449,9 @@ impl ImagesStore {
                 Ok(None) => {}
                 Err(e) => {
                     found.broken.push((target, take));
-                    found.notes.push(format!(
-                        "ignored take {take} of {}: {e:#}",
-                        target.label()
-                    ));
+                    found
+                        .notes
+                        .push(format!("ignored take {take} of {}: {e:#}", target.label()));
                 }
             }
         }

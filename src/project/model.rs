@@ -13,8 +13,8 @@ use super::shot::{CameraAngle, ShotSize};
 use super::takes::TakeChoice;
 use crate::consist::plan::{Quality, Target};
 use crate::consist::recipe::Recipe;
-use std::collections::BTreeMap;
 use crate::limits::{self, check_side};
+use std::collections::BTreeMap;
 
 /// A storyboard document.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

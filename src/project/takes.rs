@@ -45,7 +45,10 @@ impl<'a> Active<'a> {
 }
 
 /// The takes a user sees, oldest first: those not deleted.
-pub fn visible<'a>(takes: &'a [RenderedImage], choice: Option<&TakeChoice>) -> Vec<&'a RenderedImage> {
+pub fn visible<'a>(
+    takes: &'a [RenderedImage],
+    choice: Option<&TakeChoice>,
+) -> Vec<&'a RenderedImage> {
     let mut shown: Vec<&RenderedImage> = takes
         .iter()
         .filter(|t| choice.is_none_or(|c| !c.deleted.contains(&t.take)))

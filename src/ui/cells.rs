@@ -58,10 +58,9 @@ impl Cell {
     /// A short label of the state for the grid and for tests.
     pub fn label(&self, plan: Option<&Plan>) -> String {
         match &self.state {
-            CellState::Empty | CellState::Done if self.missing.is_some() => format!(
-                "missing: take {} is gone",
-                self.missing.unwrap_or_default()
-            ),
+            CellState::Empty | CellState::Done if self.missing.is_some() => {
+                format!("missing: take {} is gone", self.missing.unwrap_or_default())
+            }
             CellState::Empty | CellState::Done if self.image.is_some() => {
                 match self.is_stale(plan) {
                     true => "stale".into(),
@@ -128,7 +127,11 @@ impl Cells {
 
     /// Shows each cell's active take as `choices` say (after a pick, a delete, an undo); a
     /// texture is made only when the shown take changes.
-    pub fn sync(&mut self, ctx: &Context, choices: &std::collections::BTreeMap<Target, TakeChoice>) {
+    pub fn sync(
+        &mut self,
+        ctx: &Context,
+        choices: &std::collections::BTreeMap<Target, TakeChoice>,
+    ) {
         for (target, cell) in &mut self.cells {
             let (shown, missing) = match takes::active(&cell.takes, choices.get(target)) {
                 Active::Take(t) => (Some(t), None),

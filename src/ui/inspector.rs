@@ -6,9 +6,9 @@ use super::cells::Cells;
 use super::grid::title;
 use crate::consist::mask::Grid;
 use crate::consist::plan::Target;
+use crate::overlay::{similarity_color, subsample};
 use crate::project::images::RenderedImage;
 use crate::project::takes::{self, TakeChoice};
-use crate::overlay::{similarity_color, subsample};
 
 /// Which overlays are shown.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -99,10 +99,9 @@ pub fn take_summary(take: &RenderedImage) -> String {
             t % 60
         )
     });
-    let size = take
-        .key
-        .as_ref()
-        .map_or_else(String::new, |k| format!(", {}x{}, {} steps", k.width, k.height, k.steps));
+    let size = take.key.as_ref().map_or_else(String::new, |k| {
+        format!(", {}x{}, {} steps", k.width, k.height, k.steps)
+    });
     format!(
         "take {} ({}, {seed}{size}{at})",
         take.take,
