@@ -17,7 +17,7 @@ use super::inspector::{inspector_ui, Overlays, TakeAction};
 use super::layout_report::LayoutReport;
 use super::setup::{self, CacheScan, ModelStatus};
 use crate::app_settings::AppSettings;
-use crate::consist::plan::{Plan, PlanModel, RenderRequest, Target};
+use crate::consist::plan::{Plan, PlanModel, Quality, RenderRequest, Target};
 use crate::consist::session::RenderOptions;
 use crate::export::storyboard::{panel_list, Exported, StalePanels};
 use crate::memory_plan::{mode_name, BankChoice, ChosenBank, Machine, LOCKSTEP_BATCH_MAX};
@@ -74,6 +74,9 @@ pub struct CharaboardApp {
     /// The plan of the project as it is now, for the loaded model; recomputed when either
     /// changes (`planned` is the document revision it was made at).
     plan: Option<Plan>,
+    /// The same at the other quality (finals while drafting, drafts otherwise): the takes of
+    /// that quality are judged against it.
+    other_plan: Option<Plan>,
     planned: Option<u64>,
     cache_scan: CacheScan,
     pub status: Option<(String, bool)>,
@@ -119,6 +122,7 @@ impl CharaboardApp {
             plan_model: None,
             machine: None,
             plan: None,
+            other_plan: None,
             planned: None,
             cache_scan: CacheScan::default(),
             status: None,
@@ -211,6 +215,13 @@ impl CharaboardApp {
                 .plan_model
                 .as_ref()
                 .and_then(|m| crate::project::plan(&self.doc.project, m, None).ok());
+            let other = match self.doc.project.settings.quality() {
+                Quality::Draft => Quality::Final,
+                Quality::Final => Quality::Draft,
+            };
+            self.other_plan = self.plan_model.as_ref().and_then(|m| {
+                crate::project::plan::plan_at(&self.doc.project, m, None, other).ok()
+            });
         }
         self.plan.as_ref()
     }
@@ -425,6 +436,8 @@ impl CharaboardApp {
             }
             Event::TinyModelCreated { dir } => {
                 self.busy = false;
+                // Random weights draw abstract pictures: start quick.
+                setup::tiny_draft(&mut self.doc.project);
                 self.load_model(dir);
             }
             Event::Started(target) => self.cells.entry(target).state = CellState::Preparing,
@@ -779,10 +792,11 @@ impl CharaboardApp {
             self.plan();
             ui.checkbox(&mut self.most_drifted_first, "Most drifted first")
                 .on_hover_text("Order the panels by rising consistency with the identity.");
+            let plans: Vec<&Plan> = self.plan.iter().chain(&self.other_plan).collect();
             self.layout = grid_ui(
                 ui,
                 &self.doc.project,
-                self.plan.as_ref(),
+                &plans,
                 &self.cells,
                 &mut self.selected,
                 self.most_drifted_first,

@@ -3,7 +3,7 @@
 use egui::{ColorImage, Context, TextureHandle, TextureOptions};
 use std::collections::BTreeMap;
 
-use crate::consist::plan::{Phase, Plan, Target};
+use crate::consist::plan::{Phase, Plan, Quality, Target};
 use crate::project::images::RenderedImage;
 use crate::project::takes::{self, Active, TakeChoice};
 
@@ -46,25 +46,33 @@ impl Cell {
         }
     }
 
-    /// Rendered from other inputs than `plan` asks for now. Without a plan (no model loaded,
-    /// or a project that cannot be planned) nothing is known to be stale.
-    pub fn is_stale(&self, plan: Option<&Plan>) -> bool {
-        match (&self.image, plan) {
-            (Some(image), Some(plan)) => !image.is_current(plan),
-            _ => false,
-        }
+    /// Rendered from other inputs than the plan of its quality (draft or final, among
+    /// `plans`) asks for now. Without that plan (no model loaded, or a project that cannot be
+    /// planned) nothing is known to be stale.
+    pub fn is_stale(&self, plans: &[&Plan]) -> bool {
+        let Some(image) = &self.image else {
+            return false;
+        };
+        plans
+            .iter()
+            .find(|p| p.settings.quality == image.quality)
+            .is_some_and(|plan| !image.is_current(plan))
     }
 
     /// A short label of the state for the grid and for tests.
-    pub fn label(&self, plan: Option<&Plan>) -> String {
+    pub fn label(&self, plans: &[&Plan]) -> String {
         match &self.state {
             CellState::Empty | CellState::Done if self.missing.is_some() => {
                 format!("missing: take {} is gone", self.missing.unwrap_or_default())
             }
             CellState::Empty | CellState::Done if self.image.is_some() => {
-                match self.is_stale(plan) {
-                    true => "stale".into(),
-                    false => "done".into(),
+                let state = match self.is_stale(plans) {
+                    true => "stale",
+                    false => "done",
+                };
+                match self.image.as_ref().map(|i| i.quality) {
+                    Some(Quality::Draft) => format!("{state} (draft)"),
+                    _ => state.into(),
                 }
             }
             CellState::Empty | CellState::Done => "empty".into(),

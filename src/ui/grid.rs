@@ -68,12 +68,13 @@ pub fn consistency(cells: &Cells, target: Target) -> Option<Consistency> {
     Consistency::of(&image.mask, image.matches.as_ref()?, &identity.mask)
 }
 
-/// `plan` is what the cells' images are compared with to tell which are stale. With
+/// `plans` (the project's drafts and finals) are what the cells' takes are compared with to
+/// tell which are stale, each take with the plan of its quality. With
 /// `most_drifted_first`, the panels come in rising order of consistency (unscored last).
 pub fn grid_ui(
     ui: &mut Ui,
     project: &Project,
-    plan: Option<&Plan>,
+    plans: &[&Plan],
     cells: &Cells,
     selected: &mut Option<Target>,
     most_drifted_first: bool,
@@ -93,7 +94,7 @@ pub fn grid_ui(
             for row in targets.chunks(columns) {
                 ui.horizontal_top(|ui| {
                     for &target in row {
-                        let rect = cell_ui(ui, project, plan, cells, target, selected, width);
+                        let rect = cell_ui(ui, project, plans, cells, target, selected, width);
                         rects.push((target, rect));
                     }
                 });
@@ -113,14 +114,14 @@ pub fn grid_ui(
 fn cell_ui(
     ui: &mut Ui,
     project: &Project,
-    plan: Option<&Plan>,
+    plans: &[&Plan],
     cells: &Cells,
     target: Target,
     selected: &mut Option<Target>,
     width: f32,
 ) -> Rect {
     let cell = cells.get(target);
-    let state = cell.map_or_else(|| "empty".to_string(), |c| c.label(plan));
+    let state = cell.map_or_else(|| "empty".to_string(), |c| c.label(plans));
     let (w, h) = match target {
         Target::Identity => (project.settings.width, project.settings.height),
         Target::Panel(i) => project.panel_size(i),
