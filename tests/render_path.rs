@@ -4,7 +4,9 @@
 
 mod common;
 
-use charaboard::consist::plan::{ModelKey, PanelShot, Plan, PlanModel, RenderRequest, Target};
+use charaboard::consist::plan::{
+    ModelKey, PanelShot, Plan, PlanModel, Quality, RenderRequest, Target,
+};
 use charaboard::consist::session::{RenderOptions, Renderer};
 use charaboard::export::storyboard::StalePanels;
 use charaboard::pipeline::{FluxModels, NoiseSource};
@@ -612,5 +614,51 @@ fn a_failed_atomic_write_leaves_the_old_file_and_nothing_partial() {
     assert_eq!(
         listing(dir.path()),
         BTreeSet::from(["sheet.png".to_string(), "storyboard.pdf".to_string()])
+    );
+}
+
+#[test]
+fn a_draft_then_a_final_are_two_takes_each_current_at_its_quality() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_, mut models) = tiny_models(dir.path());
+    let project_path = write_project(dir.path());
+    let model = PlanModel::of(&models);
+    let mut project = project::load(&project_path).unwrap();
+    project.settings.draft = true;
+    project.settings.draft_long_side = 32;
+    let draft_plan = project::plan(&project, &model, None).unwrap();
+    assert_eq!(
+        (draft_plan.identity().shot.width, draft_plan.settings.steps),
+        (32, 3)
+    );
+    let store = ImagesStore::beside(&project_path);
+    let mut renderer = Renderer::default();
+    let render = |plan, renderer: &mut Renderer, models: &mut FluxModels| {
+        let (ended, _) = render_into(models, renderer, plan, RenderRequest::All, Some(&store));
+        assert!(matches!(ended, Ended::Finished));
+    };
+    render(&draft_plan, &mut renderer, &mut models);
+    project.settings.draft = false;
+    let final_plan = project::plan(&project, &model, None).unwrap();
+    render(&final_plan, &mut renderer, &mut models);
+
+    let takes = store.read_takes(Target::Panel(0)).images;
+    let seen: Vec<(u32, Quality, u32)> = takes
+        .iter()
+        .map(|t| (t.take, t.quality, t.image.width()))
+        .collect();
+    assert_eq!(seen, vec![(1, Quality::Draft, 32), (2, Quality::Final, 64)]);
+    // Each is judged against the plan of its own quality: neither is stale.
+    let all: Vec<&_> = takes.iter().collect();
+    assert_eq!(
+        charaboard::project::images::not_current(&project, &all).unwrap(),
+        Vec::<Target>::new()
+    );
+    // Another draft size: only the draft is stale.
+    let mut changed = project.clone();
+    changed.settings.draft_long_side = 48;
+    assert_eq!(
+        charaboard::project::images::not_current(&changed, &all).unwrap(),
+        vec![Target::Panel(0)]
     );
 }
