@@ -2,6 +2,11 @@
 
 use clap::Parser;
 
+// Counts heap bytes for the benchmarks' memory figures (`bench lockstep`); two relaxed atomic
+// additions per allocation, nothing a render notices.
+#[global_allocator]
+static HEAP: charaboard::heap_meter::CountingAllocator = charaboard::heap_meter::CountingAllocator;
+
 fn main() {
     if let Err(e) = charaboard::cli::run(charaboard::cli::Cli::parse()) {
         eprintln!("error: {e:#}");

@@ -11,7 +11,7 @@ use crate::models::load;
 use crate::models::source::ModelSource;
 use crate::sampler::{self, Denoised, RunInputs, SchedulerConfig, StepControl, StepReport};
 use crate::text::{t5_len_for, PromptEmbedding, PromptEncoder, PromptTokenizers, TextOptions};
-use crate::vae::Vae;
+use crate::vae::{self, Vae, VaeEncoder};
 
 /// Every component of a FLUX.1 checkpoint, loaded.
 pub struct FluxModels {
@@ -20,6 +20,8 @@ pub struct FluxModels {
     pub text: PromptEncoder,
     pub tokenizers: PromptTokenizers,
     pub vae: Vae,
+    /// Loaded on first use: only a picture identity needs it.
+    encoder: Option<VaeEncoder>,
     pub scheduler: SchedulerConfig,
     pub dtype: DType,
     pub device: Device,
@@ -88,6 +90,7 @@ impl FluxModels {
             text: PromptEncoder::load(source, dtype, device, text)?,
             tokenizers,
             vae,
+            encoder: None,
             scheduler,
             dtype,
             device: device.clone(),
@@ -124,13 +127,34 @@ impl FluxModels {
         height: usize,
         steps: usize,
     ) -> Result<(RunInputs, Vec<f64>)> {
-        let emb = self.encode(prompt)?;
         let noise = noise.noise(width, height)?;
-        let run = RunInputs::new(&self.transformer, &noise, &emb.t5, &emb.pooled, self.dtype)?;
+        self.prepare_run_from(prompt, &noise, steps)
+    }
+
+    /// [`Self::prepare_run`] from unpacked noise (1, 16, H/8, W/8) already at hand (an inverted
+    /// picture's).
+    pub fn prepare_run_from(
+        &mut self,
+        prompt: &str,
+        noise: &Tensor,
+        steps: usize,
+    ) -> Result<(RunInputs, Vec<f64>)> {
+        let emb = self.encode(prompt)?;
+        let run = RunInputs::new(&self.transformer, noise, &emb.t5, &emb.pooled, self.dtype)?;
         let sigmas = self
             .scheduler
             .sigmas(steps, run.layout.img_h * run.layout.img_w);
         Ok((run, sigmas))
+    }
+
+    /// A picture's unpacked latents (1, 16, H/8, W/8) in the run's dtype on the run's device,
+    /// loading the VAE encoder the first time.
+    pub fn encode_picture(&mut self, picture: &RgbImage) -> Result<Tensor> {
+        if self.encoder.is_none() {
+            self.encoder = Some(load::vae::encoder(&self.source, self.dtype, &self.device)?);
+        }
+        let encoder = self.encoder.as_ref().expect("loaded above");
+        encoder.encode(&vae::from_rgb8(picture, &self.device)?, self.dtype)
     }
 
     /// Packed final latents to the image, and the unpacked latents (1, 16, H/8, W/8) in f32 on

@@ -160,7 +160,7 @@ pub fn load_noise(path: &Path, width: usize, height: usize) -> Result<Tensor> {
 /// Stops a run whose latents stopped being numbers, instead of decoding them into a black image.
 /// One sum over the latents (small next to a transformer forward) tells: NaN and infinity spread
 /// into any sum.
-fn check_finite(latents: &Tensor, step: usize, steps: usize) -> Result<()> {
+pub(crate) fn check_finite(latents: &Tensor, step: usize, steps: usize) -> Result<()> {
     let sum = latents
         .to_dtype(DType::F32)?
         .sum_all()?
@@ -241,6 +241,20 @@ impl RunInputs {
                 img_w: w8 / 2,
             },
         })
+    }
+
+    /// The model's velocity at packed latents `img` and noise level `sigma`, without a hook:
+    /// one forward, as a step of [`denoise`] takes it.
+    pub fn velocity(
+        &self,
+        model: &Flux,
+        img: &Tensor,
+        sigma: f64,
+        guidance: &Tensor,
+        step: usize,
+    ) -> Result<Tensor> {
+        let t = Tensor::full(sigma as f32, 1, img.device())?;
+        Ok(model.forward(&self.step_input(img), &t, Some(guidance), step, None)?)
     }
 
     fn step_input<'a>(&'a self, img: &'a Tensor) -> StepInput<'a> {

@@ -588,3 +588,95 @@ fn takes_rerolled_switched_compared_undone_deleted_and_exported() {
     assert!(!store.png_path(Target::Panel(0), 2).exists());
     assert!(store.png_path(Target::Panel(0), 1).is_file());
 }
+
+/// A dropped file, as the window system hands it over.
+#[derive(Debug)]
+struct Dropped(PathBuf);
+
+impl egui::DroppedFile for Dropped {
+    fn path(&self) -> &Path {
+        &self.0
+    }
+    fn bytes(&self) -> Result<Vec<u8>, String> {
+        std::fs::read(&self.0).map_err(|e| e.to_string())
+    }
+}
+
+/// The identity from a picture: chosen in the file picker, replaced by a drop on the identity
+/// cell (undoable), rendered; the cell then shows the picture, the difference and its PSNR.
+#[test]
+fn a_picture_identity_is_picked_dropped_rendered_and_compared() {
+    use charaboard::project::IdentitySource;
+    let dir = tempfile::tempdir().unwrap();
+    let model = dir.path().join("model");
+    charaboard::models::tiny::write_repo(&model, 0, false).unwrap();
+    let gradient = |path: &Path, shift: u32| {
+        image::RgbImage::from_fn(160, 128, |x, y| {
+            image::Rgb([(x + shift) as u8, y as u8, 90])
+        })
+        .save(path)
+        .unwrap();
+    };
+    let (face, other) = (dir.path().join("face.png"), dir.path().join("other.png"));
+    gradient(&face, 0);
+    gradient(&other, 40);
+    let mut h = harness(app(
+        Some(project_file(dir.path())),
+        Some(model),
+        vec![Some(face.clone())],
+    ));
+    wait_until(&mut h, "the model", |a| {
+        matches!(a.model, ModelStatus::Loaded { .. }) && !a.busy
+    });
+    let picture = |a: &CharaboardApp| match &a.doc.project.identity.source {
+        IdentitySource::Picture(p) => Some(p.path.clone()),
+        IdentitySource::Generated => None,
+    };
+    h.get_by_label("Picture…").click();
+    h.run_steps(3);
+    assert_eq!(
+        picture(h.state()),
+        Some(PathBuf::from("face.png")),
+        "relative to the project"
+    );
+    assert!(h.query_by_label("Fit").is_some() && h.query_by_label("Inverter").is_some());
+
+    let (_, cell) = *h
+        .state()
+        .layout
+        .cells
+        .iter()
+        .find(|(t, _)| *t == Target::Identity)
+        .unwrap();
+    h.hover_at(cell.center());
+    h.input_mut()
+        .dropped_files
+        .push(std::sync::Arc::new(Dropped(other.clone())));
+    h.run_steps(2);
+    assert_eq!(
+        picture(h.state()),
+        Some(PathBuf::from("other.png")),
+        "dropped on the cell"
+    );
+    h.state_mut().doc.undo();
+    h.run_steps(2);
+    assert_eq!(
+        picture(h.state()),
+        Some(PathBuf::from("face.png")),
+        "the drop undone"
+    );
+
+    h.get_by_label("Render all").click();
+    h.step();
+    wait_until(&mut h, "every cell", |a| !a.busy);
+    assert!(
+        h.query_by_label("Identity: done").is_some(),
+        "status {:?}",
+        h.state().status
+    );
+    assert!(h.query_by_label_contains("Reconstruction PSNR").is_some());
+    let saved = dir.path().join("story.images").join("identity.key.ron");
+    assert!(std::fs::read_to_string(saved)
+        .unwrap()
+        .contains("FixedPoint"));
+}

@@ -28,11 +28,7 @@ fn project(captions: &[&str]) -> Project {
     Project {
         title: "The Lighthouse Keeper".into(),
         character: "an old lighthouse keeper with a grey beard".into(),
-        identity: IdentityShot {
-            environment: "in a white studio,".into(),
-            action: "standing".into(),
-            seed: None,
-        },
+        identity: IdentityShot::new("in a white studio,", "standing"),
         scenes: vec![Scene {
             name: String::new(),
             environment: "on a rocky coast,".into(),

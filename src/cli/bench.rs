@@ -12,6 +12,8 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use super::args::DeviceArgs;
+
+mod lockstep;
 use crate::consist::bank::{identity_bank_bytes, BankDims};
 use crate::consist::plan::{Phase, Plan, PlanModel, RenderRequest, Target};
 use crate::consist::recipe::Recipe;
@@ -193,17 +195,28 @@ pub fn resident_memory() -> (u64, u64) {
     (field("VmHWM:"), field("VmRSS:"))
 }
 
+/// CPU seconds this process has used, all threads, user and system (Linux; 0 elsewhere). Other
+/// processes on the machine move it far less than wall time, so its ratios hold on a busy one.
+pub fn cpu_seconds() -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    // After the command name (in parentheses, maybe with spaces) the fields run from the 3rd;
+    // utime and stime are the 14th and 15th, in USER_HZ ticks (100 per second on Linux).
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map_or("", |r| r.1)
+        .split_whitespace()
+        .collect();
+    let ticks = |i: usize| fields.get(i - 3).and_then(|f| f.parse::<f64>().ok());
+    (ticks(14).unwrap_or(0.0) + ticks(15).unwrap_or(0.0)) / 100.0
+}
+
 /// A one-scene storyboard of `panels` panels at `side` x `side` pixels.
 pub fn bench_project(panels: usize, side: usize, steps: usize, lock_background: bool) -> Project {
     let environment = "in a quiet forest clearing at dawn, mist between the trees,";
     Project {
         title: "benchmark".into(),
         character: "a young knight in silver armour with a red cape,".into(),
-        identity: IdentityShot {
-            environment: environment.into(),
-            action: "standing, front view".into(),
-            seed: None,
-        },
+        identity: IdentityShot::new(environment, "standing, front view"),
         scenes: vec![Scene {
             name: "clearing".into(),
             environment: environment.into(),
@@ -440,6 +453,21 @@ pub enum Bench {
         #[command(flatten)]
         run: DeviceArgs,
     },
+    /// Lockstep rendering (no bank) on the medium random pipeline: its peak heap over a vanilla
+    /// image's for batches 1, 2, 4, 8 (and at twice the steps and blocks), and its time over
+    /// the banked mode's for one scene locked onto the identity and for mixed scenes.
+    Lockstep {
+        #[arg(long, default_value_t = 16)]
+        steps: usize,
+        /// Image side in pixels.
+        #[arg(long, default_value_t = 256)]
+        side: usize,
+        /// Panels of the timed storyboard (and its lockstep batch).
+        #[arg(long, default_value_t = 4)]
+        panels: usize,
+        #[command(flatten)]
+        run: DeviceArgs,
+    },
     /// The identity bank's bytes for FLUX.1-dev at 1024x1024, next to the reference's.
     Bank,
     /// `charaboard plan` for FLUX.1-dev at 1024x1024 (identity + 8 panels locked onto the
@@ -621,6 +649,15 @@ pub fn run(bench: Bench) -> Result<()> {
             }
         }
         Bench::Plan => flux_dev_plans()?,
+        Bench::Lockstep {
+            steps,
+            side,
+            panels,
+            run,
+        } => {
+            let (device, dtype) = run.device_and_dtype()?;
+            lockstep::run(side, steps, panels, dtype, &device)?;
+        }
         Bench::Bank => {
             let reference = reference_bank_bytes(1024);
             println!("identity bank, FLUX.1-dev at 1024x1024, bf16, default recipe (reference: {:.1} GB whatever the foreground):", gb(reference));

@@ -5,6 +5,7 @@ mod bench;
 mod export;
 mod generate;
 mod import;
+mod invert;
 mod models;
 mod plan;
 mod progress;
@@ -52,6 +53,9 @@ enum Command {
     /// Turn the reference implementation's prompt file (`background#character#action` lines,
     /// groups separated by blank lines) into one project per group.
     Import(import::Import),
+    /// Invert a picture to the noise FLUX would draw it from under a prompt (a noise file for
+    /// `generate --noise`).
+    Invert(invert::Invert),
     /// Write a tiny FLUX.1 model with random weights (abstract images) for tests and trying the app.
     TinyModel(tiny_model::TinyModel),
     /// List the FLUX.1 models in the Hugging Face caches and in the given folders, with each
@@ -77,6 +81,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Plan(args) => plan::run(args),
         Command::Export(args) => export::run(args),
         Command::Import(args) => import::run(args),
+        Command::Invert(args) => invert::run(args),
         Command::TinyModel(args) => tiny_model::run(args),
         Command::Models(args) => models::run(args),
         Command::Bench(args) => bench::run(args),

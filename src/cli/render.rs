@@ -104,6 +104,7 @@ pub fn run(args: Render) -> Result<()> {
         Some(list) => RenderRequest::Panels(parse_panels(list, project.panels.len())?),
         None => RenderRequest::All,
     };
+    crate::project::plan::check_picture(&project)?;
     let model = super::plan::model_spec(args.model.as_deref(), &project)?;
     let (bank, batch) = bank_and_batch(&args, &project, &model)?;
     let store = match args.out {

@@ -9,7 +9,9 @@ use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 
 use super::recipe::Recipe;
+use crate::invert::Inverter;
 use crate::models::source::ModelSource;
+use crate::picture::Fit;
 use crate::pipeline::{FluxModels, NoiseSource};
 use std::path::Path;
 
@@ -33,6 +35,8 @@ impl Target {
 /// Which run of an image a step belongs to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Phase {
+    /// A picture identity's inversion to noise, before its identity run.
+    Inversion,
     Identity,
     PreRun,
     Main,
@@ -122,7 +126,7 @@ impl NoiseKey {
 }
 
 /// FNV-1a: a stable digest (unlike `std`'s hashers, the same in every build and version).
-fn fnv64(bytes: &[u8]) -> u64 {
+pub(crate) fn fnv64(bytes: &[u8]) -> u64 {
     bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, &b| {
         (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
     })
@@ -145,6 +149,29 @@ pub struct ImageKey {
     pub background: BackgroundMode,
     /// The identity's key, then the scene reference's, where the image depends on them.
     pub depends_on: Vec<ImageKey>,
+    /// A picture identity's picture and how it is inverted (absent in older keys: generated).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub picture: Option<PictureKey>,
+}
+
+/// What an identity drawn from a picture depends on beyond a generated one's inputs (the
+/// inversion takes the key's steps).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PictureKey {
+    /// FNV-1a of the picture file's bytes: a new picture under the same name renders again.
+    pub fnv64: u64,
+    pub fit: Fit,
+    pub inverter: Inverter,
+}
+
+/// A picture identity, read and fitted when the plan is made (so a bad or missing picture
+/// fails before any work), and how it is inverted.
+#[derive(Debug, Clone)]
+pub struct PlannedPicture {
+    pub path: std::path::PathBuf,
+    /// Fitted to the identity's size.
+    pub image: image::RgbImage,
+    pub key: PictureKey,
 }
 
 /// What the document says about one image.
@@ -156,7 +183,10 @@ pub struct Shot {
     pub environment_field: String,
     pub width: usize,
     pub height: usize,
+    /// The noise the image starts from; a picture identity's comes from its inversion instead.
     pub noise: NoiseSource,
+    /// The identity's picture, where it is one.
+    pub picture: Option<PlannedPicture>,
 }
 
 /// A panel's shot and its scene.
@@ -261,6 +291,7 @@ impl Plan {
                 recipe: settings.recipe.clone(),
                 background,
                 depends_on,
+                picture: shot.picture.as_ref().map(|p| p.key.clone()),
             })
         };
         let identity_key = key_of(Target::Identity, &identity, BackgroundMode::Free, vec![])?;

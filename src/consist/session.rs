@@ -12,7 +12,9 @@ use super::bank::{Bank, Record, RecordPlan, Recorder};
 use super::bank_file::{self, Refused};
 use super::mask::{Grid, TextSpans};
 use super::matching::Matches;
-use super::plan::{BackgroundMode, ImageKey, Phase, Plan, PlannedImage, RenderRequest, Target};
+use super::plan::{
+    BackgroundMode, ImageKey, Phase, Plan, PlannedImage, PlannedPicture, RenderRequest, Target,
+};
 use super::recipe::Schedule;
 use super::reference::{BackgroundRef, IdentityRef};
 use super::steer::{ConsistHook, References, Role, RunObservations};
@@ -123,7 +125,10 @@ struct SceneReference {
     bank: Bank,
 }
 
+mod inversion;
 mod lockstep;
+
+pub use inversion::invert_picture;
 
 type EventSink<'a> = dyn FnMut(RenderEvent) -> StepControl + 'a;
 
@@ -139,6 +144,8 @@ pub struct Renderer {
     forwards: usize,
     /// What the caller should be told (a bank file refused), oldest first.
     notes: Vec<String>,
+    /// A picture identity's inverted noise, for the identity key it was inverted for.
+    inverted: Option<(ImageKey, Tensor)>,
 }
 
 /// Everything a run needs that does not change between its steps.
@@ -149,6 +156,7 @@ struct Shot<'a> {
     width: usize,
     height: usize,
     noise: &'a NoiseSource,
+    picture: Option<&'a PlannedPicture>,
 }
 
 /// An image's shot with its token spans, checked.
@@ -163,6 +171,7 @@ fn shot_of<'a>(models: &FluxModels, image: &'a PlannedImage) -> Result<Shot<'a>>
         width: s.width,
         height: s.height,
         noise: &s.noise,
+        picture: s.picture.as_ref(),
     })
 }
 
@@ -228,8 +237,11 @@ impl Renderer {
         // Every forward of the banked modes reports one step.
         let mut steps = 0;
         let result = self.render_banked(models, plan, &panels, options, &mut |event| {
-            if let RenderEvent::Step(_) = event {
-                steps += 1;
+            // The inversion counts its own forwards (FireFlow's take one more than its steps).
+            if let RenderEvent::Step(ImageStep { phase, .. }) = &event {
+                if *phase != Phase::Inversion {
+                    steps += 1;
+                }
             }
             on_event(event)
         });
@@ -310,7 +322,9 @@ impl Renderer {
                 Err(Refused::Note(note)) => self.notes.push(note),
             }
         }
-        if on_event(RenderEvent::Started(Target::Identity)) == StepControl::Cancel {
+        if on_event(RenderEvent::Started(Target::Identity)) == StepControl::Cancel
+            || self.ensure_inverted(models, plan, on_event)? == Outcome::Cancelled
+        {
             return Ok(Outcome::Cancelled);
         }
         let shot = shot_of(models, planned)?;
@@ -321,8 +335,10 @@ impl Renderer {
         };
         let mut recorder = Recorder::new(record, schedule.clone(), bank_home(models, options));
         let start = Instant::now();
+        let inverted = self.inverted_noise(&shot)?;
         let Some((image, latents)) = run_identity(
             models,
+            inverted,
             plan.settings.guidance,
             schedule,
             &shot,
@@ -357,6 +373,66 @@ impl Renderer {
             output,
         });
         Ok(Outcome::Finished)
+    }
+
+    /// Inverts a picture identity's picture to the noise its identity run starts from, unless
+    /// that inversion is at hand for the identity's key. The inversion's steps are reported as
+    /// the identity's [`Phase::Inversion`] and may be cancelled.
+    fn ensure_inverted(
+        &mut self,
+        models: &mut FluxModels,
+        plan: &Plan,
+        on_event: &mut EventSink,
+    ) -> Result<Outcome> {
+        let planned = plan.identity();
+        let Some(picture) = &planned.shot.picture else {
+            return Ok(Outcome::Finished);
+        };
+        if self
+            .inverted
+            .as_ref()
+            .is_some_and(|(key, _)| key == &planned.key)
+        {
+            return Ok(Outcome::Finished);
+        }
+        let shot = &planned.shot;
+        let inverted = inversion::invert_picture(
+            models,
+            picture,
+            &shot.prompt,
+            plan.settings.steps,
+            plan.settings.guidance,
+            &mut |step, steps| {
+                Ok(on_event(RenderEvent::Step(ImageStep {
+                    target: Target::Identity,
+                    phase: Phase::Inversion,
+                    step: step - 1,
+                    steps,
+                    preview: None,
+                })))
+            },
+        )?;
+        self.forwards += picture.key.inverter.forwards(plan.settings.steps);
+        match inverted {
+            Some(noise) => {
+                self.inverted = Some((planned.key.clone(), noise));
+                Ok(Outcome::Finished)
+            }
+            None => Ok(Outcome::Cancelled),
+        }
+    }
+
+    /// The noise `shot` starts from where it is not its noise source's: a picture identity's
+    /// inversion.
+    fn inverted_noise(&self, shot: &Shot) -> Result<Option<&Tensor>> {
+        if shot.picture.is_none() {
+            return Ok(None);
+        }
+        let (_, noise) = self
+            .inverted
+            .as_ref()
+            .context("the identity's picture is inverted before its run")?;
+        Ok(Some(noise))
     }
 
     /// The identity image and its mask, once rendered.
@@ -492,9 +568,17 @@ struct Prepared {
     heads: usize,
 }
 
-fn prepare(models: &mut FluxModels, shot: &Shot, steps: usize) -> Result<Prepared> {
-    let (run, sigmas) =
-        models.prepare_run(shot.prompt, shot.noise, shot.width, shot.height, steps)?;
+/// `inverted` replaces the shot's noise source (a picture identity's inversion).
+fn prepare(
+    models: &mut FluxModels,
+    shot: &Shot,
+    inverted: Option<&Tensor>,
+    steps: usize,
+) -> Result<Prepared> {
+    let (run, sigmas) = match inverted {
+        Some(noise) => models.prepare_run_from(shot.prompt, noise, steps)?,
+        None => models.prepare_run(shot.prompt, shot.noise, shot.width, shot.height, steps)?,
+    };
     Ok(Prepared {
         sigmas,
         run,
@@ -531,10 +615,12 @@ fn step_event(
     })))
 }
 
-/// The identity run: plain FLUX with a recording hook.
+/// The identity run: plain FLUX with a recording hook; for a picture identity, from its
+/// inverted noise (the reconstruction).
 #[allow(clippy::too_many_arguments)]
 fn run_identity(
     models: &mut FluxModels,
+    inverted: Option<&Tensor>,
     guidance: f64,
     schedule: &Schedule,
     shot: &Shot,
@@ -542,7 +628,7 @@ fn run_identity(
     options: &RenderOptions,
     on_event: &mut EventSink,
 ) -> Result<RunEnd> {
-    let p = prepare(models, shot, schedule.steps)?;
+    let p = prepare(models, shot, inverted, schedule.steps)?;
     let mut hook = ConsistHook::new(
         Role::Identity,
         schedule,
@@ -583,7 +669,7 @@ fn run_panel(
     options: &RenderOptions,
     on_event: &mut EventSink,
 ) -> Result<Option<(RgbImage, Tensor, RunObservations)>> {
-    let p = prepare(models, shot, schedule.steps)?;
+    let p = prepare(models, shot, None, schedule.steps)?;
     let models: &FluxModels = models;
     let dev = p.run.img.device().clone();
     let mask_step = schedule.mask_step;

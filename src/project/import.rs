@@ -103,11 +103,7 @@ fn group_project(k: usize, lines: &[Line], lock_background: bool) -> Result<Proj
     let project = Project {
         title: format!("Story {k}"),
         character: id.character.to_string(),
-        identity: IdentityShot {
-            environment: id.background.to_string(),
-            action: id.action.to_string(),
-            seed: None,
-        },
+        identity: IdentityShot::new(id.background, id.action),
         scenes,
         panels,
         takes: Default::default(),

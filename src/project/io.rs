@@ -11,7 +11,7 @@ use ron::extensions::Extensions;
 use ron::ser::PrettyConfig;
 use thiserror::Error;
 
-use super::model::Project;
+use super::model::{IdentitySource, Project};
 use crate::atomic_file::{self, parent_dir};
 
 /// Why a project could not be loaded or saved. Structured so that a UI can jump to
@@ -84,7 +84,7 @@ pub fn parse(text: &str, path: &Path) -> Result<Project, ProjectError> {
     // Editors count columns after a byte-order mark, so positions stay right without it.
     let text = without_bom(text);
     let options = ron::Options::default().with_default_extension(Extensions::IMPLICIT_SOME);
-    let project: Project = options.from_str(text).map_err(|e| {
+    let mut project: Project = options.from_str(text).map_err(|e| {
         let at = (e.span.start.line, e.span.start.col);
         let (line, col) = if e.code == ron::Error::ExpectedComma {
             after_previous_token(text, at)
@@ -98,6 +98,10 @@ pub fn parse(text: &str, path: &Path) -> Result<Project, ProjectError> {
             message: e.code.to_string(),
         }
     })?;
+    // A picture's relative path is the project folder's.
+    if let IdentitySource::Picture(picture) = &mut project.identity.source {
+        picture.folder = path.parent().map(Path::to_path_buf);
+    }
     project.validate().map_err(|e| ProjectError::Invalid {
         path: path.to_path_buf(),
         message: format!("{e:#}"),

@@ -17,6 +17,8 @@ pub mod timing;
 pub use images::{images_dir, ImagesStore, RenderedImage};
 pub use import::{import, import_file};
 pub use io::{load, parse, sample, save, ProjectError};
-pub use model::{IdentityShot, Panel, Project, RenderSettings, Scene};
+pub use model::{
+    IdentityShot, IdentitySource, Panel, PictureIdentity, Project, RenderSettings, Scene,
+};
 pub use plan::plan;
 pub use shot::{CameraAngle, ShotSize};

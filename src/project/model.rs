@@ -13,8 +13,11 @@ use super::shot::{CameraAngle, ShotSize};
 use super::takes::TakeChoice;
 use crate::consist::plan::{Quality, Target};
 use crate::consist::recipe::Recipe;
+use crate::invert::Inverter;
 use crate::limits::{self, check_side};
+use crate::picture::Fit;
 use std::collections::BTreeMap;
+use std::path::PathBuf;
 
 /// A storyboard document.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -45,6 +48,64 @@ pub struct IdentityShot {
     /// Overrides [`RenderSettings::seed`] for the identity only (a re-roll of the identity).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub seed: Option<u64>,
+    /// Where the identity comes from: drawn by FLUX (the default, and every older file), or a
+    /// picture the user brings. The prompts describe it either way: they drive the masks.
+    #[serde(default, skip_serializing_if = "IdentitySource::is_generated")]
+    pub source: IdentitySource,
+}
+
+impl IdentityShot {
+    /// A generated identity shot.
+    pub fn new(environment: impl Into<String>, action: impl Into<String>) -> Self {
+        Self {
+            environment: environment.into(),
+            action: action.into(),
+            source: IdentitySource::Generated,
+            seed: None,
+        }
+    }
+}
+
+/// Where the identity image comes from.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub enum IdentitySource {
+    /// Drawn by FLUX from the seed's noise.
+    #[default]
+    Generated,
+    /// The user's picture, inverted to noise and reconstructed (src/invert.rs).
+    Picture(PictureIdentity),
+}
+
+impl IdentitySource {
+    pub fn is_generated(&self) -> bool {
+        *self == IdentitySource::Generated
+    }
+}
+
+/// A picture identity.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PictureIdentity {
+    /// Relative to the project file's folder (or absolute).
+    pub path: PathBuf,
+    #[serde(default)]
+    pub fit: Fit,
+    #[serde(default)]
+    pub inverter: Inverter,
+    /// The folder of the project file it was read from, against which a relative path is
+    /// taken (set by `io::parse`; not written).
+    #[serde(skip)]
+    pub folder: Option<PathBuf>,
+}
+
+impl PictureIdentity {
+    /// The picture's path as the file system finds it.
+    pub fn resolved(&self) -> PathBuf {
+        match &self.folder {
+            Some(folder) if self.path.is_relative() => folder.join(&self.path),
+            _ => self.path.clone(),
+        }
+    }
 }
 
 /// A place. Panels in the same scene share its environment prompt, and with
@@ -300,6 +361,11 @@ impl Project {
         }
         if self.identity.environment.trim().is_empty() {
             bail!("identity.environment: the identity shot needs an environment");
+        }
+        if let IdentitySource::Picture(p) = &self.identity.source {
+            if p.path.as_os_str().is_empty() {
+                bail!("identity.source: the picture's path is empty");
+            }
         }
         for (i, scene) in self.scenes.iter().enumerate() {
             if scene.environment.trim().is_empty() {

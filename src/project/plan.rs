@@ -4,13 +4,17 @@
 use anyhow::Result;
 use std::path::Path;
 
-use super::model::Project;
-use crate::consist::plan::{PanelShot, Plan, PlanModel, PlanSettings, Quality, Shot};
+use super::model::{IdentitySource, PictureIdentity, Project};
+use crate::consist::plan::{
+    PanelShot, PictureKey, Plan, PlanModel, PlanSettings, PlannedPicture, Quality, Shot,
+};
+use crate::picture;
 use crate::pipeline::NoiseSource;
 
 /// Plans every image of `project` for `model`, as drafts or finals as its settings say.
-/// `noise_file` replaces the project's seed for the identity and every panel without a seed of
-/// its own (`charaboard render --noise`).
+/// `noise_file` replaces the project's seed for the
+/// identity and every panel without a seed of its own (`charaboard render --noise`). A picture
+/// identity's picture is read and checked here, so a bad one fails before any work.
 pub fn plan(project: &Project, model: &PlanModel, noise_file: Option<&Path>) -> Result<Plan> {
     plan_at(project, model, noise_file, project.settings.quality())
 }
@@ -29,13 +33,20 @@ pub fn plan_at(
         (None, Some(path)) => NoiseSource::File(path.to_path_buf()),
         (None, None) => NoiseSource::Seed(s.seed),
     };
+    let identity_size = s.sized(quality, (s.width, s.height));
     let identity = Shot {
         prompt: project.identity_prompt(),
         environment: project.identity.environment.clone(),
         environment_field: "identity.environment".into(),
-        width: s.sized(quality, (s.width, s.height)).0,
-        height: s.sized(quality, (s.width, s.height)).1,
+        width: identity_size.0,
+        height: identity_size.1,
         noise: noise(project.identity.seed),
+        picture: match &project.identity.source {
+            IdentitySource::Generated => None,
+            IdentitySource::Picture(p) => {
+                Some(planned_picture(p, identity_size.0, identity_size.1)?)
+            }
+        },
     };
     let panels = (0..project.panels.len())
         .map(|i| {
@@ -50,6 +61,7 @@ pub fn plan_at(
                     width,
                     height,
                     noise: noise(panel.seed),
+                    picture: None,
                 },
                 scene: panel.scene,
                 lock_background: scene.lock_background,
@@ -65,4 +77,29 @@ pub fn plan_at(
         recipe: s.recipe.clone(),
     };
     Plan::new(settings, identity, panels)
+}
+
+/// Reads and checks a picture identity's picture, so that a command can refuse a bad one
+/// before it loads a model (the plan checks it again, as it reads it).
+pub fn check_picture(project: &Project) -> Result<()> {
+    if let IdentitySource::Picture(p) = &project.identity.source {
+        let s = &project.settings;
+        picture::load(&p.resolved(), s.width, s.height, p.fit)?;
+    }
+    Ok(())
+}
+
+/// The identity's picture read, checked and fitted, and its key.
+fn planned_picture(p: &PictureIdentity, width: usize, height: usize) -> Result<PlannedPicture> {
+    let path = p.resolved();
+    let image = picture::load(&path, width, height, p.fit)?;
+    Ok(PlannedPicture {
+        key: PictureKey {
+            fnv64: picture::digest(&path)?,
+            fit: p.fit,
+            inverter: p.inverter,
+        },
+        path,
+        image,
+    })
 }

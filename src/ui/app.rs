@@ -15,6 +15,7 @@ use super::editor::{editor_ui, TokenCounter};
 use super::grid::{grid_ui, GridLayout, MIN_GRID_WIDTH};
 use super::inspector::{inspector_ui, Overlays, TakeAction};
 use super::layout_report::LayoutReport;
+use super::picture::PictureView;
 use super::setup::{self, CacheScan, ModelStatus};
 use crate::app_settings::AppSettings;
 use crate::consist::plan::{Plan, PlanModel, Quality, RenderRequest, Target};
@@ -94,6 +95,8 @@ pub struct CharaboardApp {
     recovery_offer: Option<PathBuf>,
     last_recovery: Instant,
     exports: (Sender<ExportResult>, Receiver<ExportResult>),
+    /// The identity's picture, fitted, and its comparison with the reconstruction.
+    picture: PictureView,
 }
 
 impl CharaboardApp {
@@ -140,6 +143,7 @@ impl CharaboardApp {
             recovery_offer: None,
             last_recovery: Instant::now(),
             exports: unbounded(),
+            picture: PictureView::default(),
         };
         app.doc.project.settings = app.settings.defaults.clone();
         if let Some(path) = start.project {
@@ -381,6 +385,34 @@ impl CharaboardApp {
         });
     }
 
+    /// Makes `path` the identity's picture (an undoable edit).
+    pub fn set_identity_picture(&mut self, path: &Path) {
+        super::picture::set_picture(&mut self.doc.project, self.doc.path.as_deref(), path);
+        self.doc.record_edits();
+        self.doc.seal();
+        self.info(format!("the identity is now {}", path.display()));
+    }
+
+    /// A picture dropped on the identity cell becomes the identity's picture.
+    fn take_dropped_picture(&mut self, ctx: &egui::Context) {
+        let (files, pointer) = ctx.input(|i| (i.raw.dropped_files.clone(), i.pointer.latest_pos()));
+        let Some(path) = files
+            .into_iter()
+            .map(|f| f.path().to_path_buf())
+            .find(|p| super::picture::is_picture(p))
+        else {
+            return;
+        };
+        let on_identity =
+            self.layout.cells.iter().any(|(t, rect)| {
+                *t == Target::Identity && pointer.is_some_and(|p| rect.contains(p))
+            });
+        match on_identity {
+            true => self.set_identity_picture(&path),
+            false => self.info("drop a picture on the identity cell to make it the identity"),
+        }
+    }
+
     pub fn cancel(&mut self) {
         self.worker.cancel();
     }
@@ -400,6 +432,7 @@ impl CharaboardApp {
                 Purpose::SaveProjectAs => self.save_to(&path),
                 Purpose::ModelFolder => self.load_model(path),
                 Purpose::ExportFolder => self.export_to(path),
+                Purpose::IdentityPicture => self.set_identity_picture(&path),
             }
         }
         let results: Vec<_> = self.exports.1.try_iter().collect();
@@ -749,6 +782,9 @@ impl CharaboardApp {
                 egui::ScrollArea::vertical().show(ui, |ui| {
                     let old_len = self.doc.project.panels.len();
                     let edit = editor_ui(ui, &mut self.doc.project, &mut self.tokens);
+                    if self.picture.source_ui(ui, &mut self.doc.project) {
+                        self.dialogs.ask(Purpose::IdentityPicture, "");
+                    }
                     ui.separator();
                     setup::render_settings_ui(ui, &mut self.doc.project, &mut self.settings);
                     if let Some(e) = edit {
@@ -800,8 +836,10 @@ impl CharaboardApp {
                 &self.cells,
                 &mut self.selected,
                 self.most_drifted_first,
+                &mut self.picture,
             );
         });
+        self.take_dropped_picture(ui.ctx());
         self.recovery_modal(ui);
         if let Some(report) = &mut self.layout_report {
             let (window, ppp) = (ui.ctx().content_rect(), ui.ctx().pixels_per_point());

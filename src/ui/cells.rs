@@ -92,6 +92,7 @@ impl Cell {
 
 pub fn phase_name(phase: Phase) -> &'static str {
     match phase {
+        Phase::Inversion => "inversion",
         Phase::Identity => "identity",
         Phase::PreRun => "pre-run",
         Phase::Main => "main run",

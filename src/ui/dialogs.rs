@@ -12,6 +12,7 @@ pub enum Purpose {
     SaveProjectAs,
     ModelFolder,
     ExportFolder,
+    IdentityPicture,
 }
 
 pub struct Dialogs {
@@ -68,6 +69,10 @@ impl Dialogs {
                 Purpose::ExportFolder => {
                     rfd::FileDialog::new().set_title("Export to").pick_folder()
                 }
+                Purpose::IdentityPicture => rfd::FileDialog::new()
+                    .set_title("The identity's picture")
+                    .add_filter("picture", &["png", "jpg", "jpeg", "webp"])
+                    .pick_file(),
             };
             let _ = tx.send((purpose, answer));
         });

@@ -5,6 +5,7 @@
 use egui::{Color32, Rect, RichText, Sense, Ui, Vec2};
 
 use super::cells::{CellState, Cells};
+use super::picture::PictureView;
 use crate::consist::plan::{Plan, Target};
 use crate::consist::score::Consistency;
 use crate::project::model::Project;
@@ -78,6 +79,7 @@ pub fn grid_ui(
     cells: &Cells,
     selected: &mut Option<Target>,
     most_drifted_first: bool,
+    picture: &mut PictureView,
 ) -> GridLayout {
     let mut panels: Vec<Target> = (0..project.panels.len()).map(Target::Panel).collect();
     if most_drifted_first {
@@ -94,7 +96,8 @@ pub fn grid_ui(
             for row in targets.chunks(columns) {
                 ui.horizontal_top(|ui| {
                     for &target in row {
-                        let rect = cell_ui(ui, project, plans, cells, target, selected, width);
+                        let rect =
+                            cell_ui(ui, project, plans, cells, target, selected, width, picture);
                         rects.push((target, rect));
                     }
                 });
@@ -111,6 +114,7 @@ pub fn grid_ui(
 }
 
 /// One cell, `width` points wide with its border; returns where it was drawn.
+#[allow(clippy::too_many_arguments)]
 fn cell_ui(
     ui: &mut Ui,
     project: &Project,
@@ -119,6 +123,7 @@ fn cell_ui(
     target: Target,
     selected: &mut Option<Target>,
     width: f32,
+    picture: &mut PictureView,
 ) -> Rect {
     let cell = cells.get(target);
     let state = cell.map_or_else(|| "empty".to_string(), |c| c.label(plans));
@@ -171,6 +176,9 @@ fn cell_ui(
                     )
                     .wrap(),
                 );
+                if target == Target::Identity {
+                    picture.cell_ui(ui, project, cells);
+                }
                 if let Some(c) = consistency(cells, target) {
                     ui.label(
                         RichText::new(format!(

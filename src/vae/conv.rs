@@ -25,8 +25,21 @@ impl Conv {
         padding: usize,
         vb: VarBuilder,
     ) -> Result<Self> {
+        Self::strided(in_channels, out_channels, kernel, padding, 1, vb)
+    }
+
+    /// [`Self::new`] moving `stride` pixels at a time (the encoder's downsampling).
+    pub fn strided(
+        in_channels: usize,
+        out_channels: usize,
+        kernel: usize,
+        padding: usize,
+        stride: usize,
+        vb: VarBuilder,
+    ) -> Result<Self> {
         let cfg = Conv2dConfig {
             padding,
+            stride,
             ..Default::default()
         };
         let inner = candle_nn::conv2d(in_channels, out_channels, kernel, cfg, vb)?;

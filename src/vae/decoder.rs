@@ -1,5 +1,6 @@
 //! FLUX's VAE decoder (BFL's `decoder.*` weights), built on [`Conv`] so that it runs in the
-//! run's dtype on every device. Only the decoder is loaded: charaboard never encodes images.
+//! run's dtype on every device. The encoder ([`super::encoder`]) is loaded apart, only for a
+//! picture identity.
 //! Its arithmetic is candle-transformers' `flux::autoencoder` decoder's, op for op (tested
 //! equal in f32 by tests/loading.rs).
 
@@ -9,8 +10,8 @@ use candle_transformers::models::flux::autoencoder::Config;
 
 use super::conv::Conv;
 
-const GROUPS: usize = 32;
-const NORM_EPS: f64 = 1e-6;
+pub(super) const GROUPS: usize = 32;
+pub(super) const NORM_EPS: f64 = 1e-6;
 
 /// Unscaled latents (1, z, h, w) to pixels (1, 3, 8h, 8w) for a VAE of three upsamplings.
 #[derive(Debug, Clone)]
@@ -92,7 +93,7 @@ impl Module for Decoder {
 
 /// norm, swish, conv twice, added to the input (through a 1x1 conv where the width changes).
 #[derive(Debug, Clone)]
-struct Residual {
+pub(super) struct Residual {
     norm1: GroupNorm,
     conv1: Conv,
     norm2: GroupNorm,
@@ -101,7 +102,7 @@ struct Residual {
 }
 
 impl Residual {
-    fn new(input: usize, output: usize, vb: VarBuilder) -> Result<Self> {
+    pub(super) fn new(input: usize, output: usize, vb: VarBuilder) -> Result<Self> {
         let shortcut = match input == output {
             true => None,
             false => Some(Conv::new(input, output, 1, 0, vb.pp("nin_shortcut"))?),
@@ -134,7 +135,7 @@ impl Module for Residual {
 
 /// Single-head attention over the pixels, 1x1 convs for q, k, v and the output, residual.
 #[derive(Debug, Clone)]
-struct SelfAttention {
+pub(super) struct SelfAttention {
     norm: GroupNorm,
     q: Conv,
     k: Conv,
@@ -143,7 +144,7 @@ struct SelfAttention {
 }
 
 impl SelfAttention {
-    fn new(width: usize, vb: VarBuilder) -> Result<Self> {
+    pub(super) fn new(width: usize, vb: VarBuilder) -> Result<Self> {
         Ok(Self {
             norm: group_norm(GROUPS, width, NORM_EPS, vb.pp("norm"))?,
             q: Conv::new(width, width, 1, 0, vb.pp("q"))?,

@@ -145,11 +145,7 @@ pub fn knight_project(panels: Vec<(usize, &str)>, scenes: Vec<(&str, bool)>) -> 
     Project {
         title: "test".into(),
         character: KNIGHT.into(),
-        identity: IdentityShot {
-            environment: CLEARING.into(),
-            action: "standing, front view".into(),
-            seed: None,
-        },
+        identity: IdentityShot::new(CLEARING, "standing, front view"),
         scenes: scenes
             .into_iter()
             .map(|(env, lock)| Scene {

@@ -155,6 +155,13 @@ impl Renderer {
                 return Ok(Outcome::Cancelled);
             }
         }
+        // The identity runs again beside every panel: from its picture's inversion, where it is
+        // one (inverted once, kept while its key holds).
+        if (identity_is_target || !targets.is_empty())
+            && self.ensure_inverted(models, plan, on_event)? == Outcome::Cancelled
+        {
+            return Ok(Outcome::Cancelled);
+        }
         if targets.is_empty() {
             if !identity_is_target {
                 return Ok(Outcome::Finished);
@@ -430,7 +437,8 @@ impl Renderer {
             if !job.prepared.contains_key(&target) {
                 let planned = plan.image(target).context("a planned image")?;
                 let shot = shot_of(models, planned)?;
-                let prepared = prepare(models, &shot, job.schedule.steps)?;
+                let inverted = self.inverted_noise(&shot)?.cloned();
+                let prepared = prepare(models, &shot, inverted.as_ref(), job.schedule.steps)?;
                 job.shots.insert(target, shot);
                 job.prepared.insert(target, prepared);
             }
