@@ -675,7 +675,10 @@ fn a_picture_identity_is_picked_dropped_rendered_and_compared() {
         h.state().status
     );
     assert!(h.query_by_label_contains("Reconstruction PSNR").is_some());
-    let saved = dir.path().join("story.images").join("identity.key.ron");
+    let saved = dir
+        .path()
+        .join("story.images")
+        .join("identity-take-001.key.ron");
     assert!(std::fs::read_to_string(saved)
         .unwrap()
         .contains("FixedPoint"));
