@@ -462,3 +462,55 @@ fn the_identity_key_follows_the_picture() -> anyhow::Result<()> {
     assert!(key(&generated).depends_on[0].picture.is_none());
     Ok(())
 }
+
+/// A JPEG whose EXIF says "rotate 90 degrees clockwise" loads turned upright.
+#[test]
+fn exif_orientation_is_applied() -> anyhow::Result<()> {
+    use image::ImageEncoder;
+    // A TIFF header and one IFD entry: Orientation (0x0112), SHORT, 6 = rotate 90 clockwise.
+    let mut exif = b"II\x2a\x00\x08\x00\x00\x00\x01\x00".to_vec();
+    exif.extend([0x12, 0x01, 3, 0, 1, 0, 0, 0, 6, 0, 0, 0, 0, 0, 0, 0]);
+    // Wide: the left half dark, the right half bright.
+    let wide = image::RgbImage::from_fn(64, 32, |x, _| match x < 32 {
+        true => image::Rgb([20, 20, 20]),
+        false => image::Rgb([235, 235, 235]),
+    });
+    let mut bytes = Vec::new();
+    let mut encoder = image::codecs::jpeg::JpegEncoder::new_with_quality(&mut bytes, 95);
+    encoder.set_exif_metadata(exif)?;
+    encoder.write_image(wide.as_raw(), 64, 32, image::ExtendedColorType::Rgb8)?;
+    let dir = tempfile::tempdir()?;
+    let path = dir.path().join("turned.jpg");
+    std::fs::write(&path, bytes)?;
+    let upright = charaboard::picture::load(&path, 32, 64, charaboard::picture::Fit::CentreCrop)?;
+    assert_eq!(upright.dimensions(), (32, 64));
+    // Turned clockwise, the left half is on top.
+    assert!(upright.get_pixel(16, 8).0[0] < 60 && upright.get_pixel(16, 56).0[0] > 200);
+    Ok(())
+}
+
+/// Saved into another folder, a picture identity keeps its picture: the relative path is
+/// rewritten against the new folder.
+#[test]
+fn saving_elsewhere_keeps_the_picture() -> anyhow::Result<()> {
+    use charaboard::project::IdentitySource;
+    use charaboard::ui::document::Document;
+    let dir = tempfile::tempdir()?;
+    let (a, b) = (dir.path().join("a"), dir.path().join("b/deeper"));
+    std::fs::create_dir_all(&a)?;
+    std::fs::create_dir_all(&b)?;
+    image::RgbImage::from_pixel(64, 64, image::Rgb([1, 2, 3])).save(a.join("courier.png"))?;
+    std::fs::write(a.join("courier.ron"), PICTURE_PROJECT)?;
+    let mut doc = Document::open(&a.join("courier.ron"))?;
+    doc.save_to(&b.join("moved.ron"))?;
+    let moved = charaboard::project::load(&b.join("moved.ron"))?;
+    let IdentitySource::Picture(p) = &moved.identity.source else {
+        panic!("a picture identity")
+    };
+    assert_eq!(
+        std::fs::canonicalize(p.resolved())?,
+        std::fs::canonicalize(a.join("courier.png"))?
+    );
+    charaboard::project::plan::check_picture(&moved)?;
+    Ok(())
+}

@@ -100,7 +100,7 @@ pub fn parse(text: &str, path: &Path) -> Result<Project, ProjectError> {
     })?;
     // A picture's relative path is the project folder's.
     if let IdentitySource::Picture(picture) = &mut project.identity.source {
-        picture.folder = path.parent().map(Path::to_path_buf);
+        picture.folder = Some(parent_dir(path));
     }
     project.validate().map_err(|e| ProjectError::Invalid {
         path: path.to_path_buf(),

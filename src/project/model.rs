@@ -17,7 +17,7 @@ use crate::invert::Inverter;
 use crate::limits::{self, check_side};
 use crate::picture::Fit;
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 /// A storyboard document.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -105,6 +105,20 @@ impl PictureIdentity {
             Some(folder) if self.path.is_relative() => folder.join(&self.path),
             _ => self.path.clone(),
         }
+    }
+
+    /// Keeps the same picture when the project is saved into `folder`: its path becomes
+    /// relative to that folder where the picture lies inside it, else absolute.
+    pub fn rebase(&mut self, folder: &Path) {
+        if self.folder.as_deref() == Some(folder) {
+            return;
+        }
+        let absolute = |p: &Path| std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf());
+        let picture = absolute(&self.resolved());
+        self.path = picture
+            .strip_prefix(absolute(folder))
+            .map_or_else(|_| picture.clone(), Path::to_path_buf);
+        self.folder = Some(folder.to_path_buf());
     }
 }
 

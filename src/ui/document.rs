@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use crate::project::images::ImagesStore;
 use crate::project::io::{self, ProjectError};
-use crate::project::model::Project;
+use crate::project::model::{IdentitySource, Project};
 
 /// Edits closer together than this (typing a word) undo as one.
 const COALESCE: Duration = Duration::from_millis(800);
@@ -118,6 +118,10 @@ impl Document {
 
     /// Saves atomically (the previous file is kept as a backup); on failure nothing changes.
     pub fn save_to(&mut self, path: &Path) -> Result<(), ProjectError> {
+        // A picture identity's relative path follows the project into its new folder.
+        if let IdentitySource::Picture(picture) = &mut self.project.identity.source {
+            picture.rebase(&crate::atomic_file::parent_dir(path));
+        }
         io::save(&self.project, path)?;
         self.path = Some(path.to_path_buf());
         self.saved = self.project.clone();

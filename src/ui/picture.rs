@@ -6,6 +6,8 @@
 use egui::{RichText, TextureHandle, Ui, Vec2};
 use std::path::{Path, PathBuf};
 
+use crate::atomic_file::parent_dir;
+
 use super::cells::{texture, Cells};
 use crate::consist::plan::Target;
 use crate::invert::Inverter;
@@ -46,21 +48,20 @@ pub fn is_picture(path: &Path) -> bool {
 
 /// Makes `path` the identity's picture, relative to the project's folder where it lies in it.
 pub fn set_picture(project: &mut Project, project_path: Option<&Path>, path: &Path) {
-    let folder = project_path.and_then(Path::parent).map(Path::to_path_buf);
-    let relative = folder
-        .as_deref()
-        .and_then(|f| path.strip_prefix(f).ok())
-        .map(Path::to_path_buf);
     let (fit, inverter) = match &project.identity.source {
         IdentitySource::Picture(p) => (p.fit, p.inverter),
         IdentitySource::Generated => (Fit::default(), Inverter::default()),
     };
-    project.identity.source = IdentitySource::Picture(PictureIdentity {
-        path: relative.unwrap_or_else(|| path.to_path_buf()),
+    let mut picture = PictureIdentity {
+        path: path.to_path_buf(),
         fit,
         inverter,
-        folder,
-    });
+        folder: None,
+    };
+    if let Some(project_path) = project_path {
+        picture.rebase(&parent_dir(project_path));
+    }
+    project.identity.source = IdentitySource::Picture(picture);
 }
 
 impl PictureView {
