@@ -26,7 +26,8 @@ pub enum Progress {
     /// Work on an image begins.
     Started(Target),
     Step(ImageStep),
-    /// An image is done and, with a store, written (`files`, picture first).
+    /// An image is done and, with a store, written as a take (`files`, picture first; none
+    /// where an equal take was already there).
     Finished {
         image: Box<RenderedImage>,
         files: Vec<PathBuf>,
@@ -61,6 +62,18 @@ pub fn run(
             }
         }
     };
+    // Images the job was asked for become new takes; the identity or a scene reference rendered
+    // again only to steer them is not stored twice.
+    let asked = match job.plan.requested_panels(&job.request) {
+        Ok(panels) => panels,
+        Err(error) => {
+            return Ended::Failed {
+                target: None,
+                error,
+            }
+        }
+    };
+    let identity_asked = matches!(job.request, RenderRequest::All | RenderRequest::Identity);
     let mut current: Option<Target> = None;
     let mut write_failure: Option<(Target, Error)> = None;
     let outcome = renderer.render(
@@ -84,18 +97,25 @@ pub fn run(
                         ));
                         return StepControl::Cancel;
                     };
-                    let files = match job.store {
-                        Some(store) => match store.write(output, identity, planned) {
-                            Ok(files) => files,
-                            Err(e) => {
-                                write_failure = Some((output.target, e));
-                                return StepControl::Cancel;
+                    let reuse = match output.target {
+                        Target::Identity | Target::IdentityOf(_) => !identity_asked,
+                        Target::Panel(i) => !asked.contains(&i),
+                    };
+                    let settings = &job.plan.settings;
+                    let (take, files) = match job.store {
+                        Some(store) => {
+                            match store.write(output, identity, planned, settings, reuse) {
+                                Ok(written) => written,
+                                Err(e) => {
+                                    write_failure = Some((output.target, e));
+                                    return StepControl::Cancel;
+                                }
                             }
-                        },
-                        None => vec![],
+                        }
+                        None => (1, vec![]),
                     };
                     Progress::Finished {
-                        image: Box::new(RenderedImage::new(output, planned)),
+                        image: Box::new(RenderedImage::new(output, planned, settings, take)),
                         files,
                     }
                 }

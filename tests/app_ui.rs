@@ -239,10 +239,10 @@ fn render_on_a_tiny_model_then_overlays_and_export() {
     // Images are saved beside the project, with what the overlays need.
     let images = dir.path().join("story.images");
     for f in [
-        "identity.png",
-        "panel-01.png",
-        "panel-02.safetensors",
-        "panel-02.key.ron",
+        "identity-take-001.png",
+        "panel-01-take-001.png",
+        "panel-02-take-001.safetensors",
+        "panel-02-take-001.key.ron",
     ] {
         assert!(images.join(f).is_file(), "{f}");
     }
@@ -502,6 +502,95 @@ fn the_animatic_player_advances_by_the_panels_durations() {
         .is_some());
 }
 
+#[test]
+fn takes_rerolled_switched_compared_undone_deleted_and_exported() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = dir.path().join("model");
+    charaboard::models::tiny::write_repo(&model, 0, false).unwrap();
+    let project_path = project_file(dir.path());
+    let mut h = harness(app(Some(project_path.clone()), Some(model), vec![]));
+    wait_until(&mut h, "the model", |a| {
+        matches!(a.model, ModelStatus::Loaded { .. }) && !a.busy
+    });
+    h.get_by_label("Render all").click();
+    h.step();
+    wait_until(&mut h, "the first takes", |a| !a.busy);
+    h.state_mut().selected = Some(Target::Panel(0));
+    h.run_steps(2);
+    assert!(h.query_by_label("Take 1 of 1").is_some());
+
+    // A re-roll renders panel 1 from a new seed as its second take, which becomes active.
+    h.get_by_label("Re-roll").click();
+    h.step();
+    wait_until(&mut h, "the re-roll", |a| !a.busy);
+    h.run_steps(2);
+    let takes = |a: &CharaboardApp| {
+        let cell = a.cells.get(Target::Panel(0)).unwrap();
+        (
+            cell.takes.iter().map(|t| t.take).collect::<Vec<_>>(),
+            cell.image.as_ref().map(|i| i.take),
+        )
+    };
+    assert_eq!(takes(h.state()), (vec![1, 2], Some(2)));
+    assert!(h.state().doc.project.panels[0].seed.is_some());
+    assert!(h.query_by_label("Take 2 of 2").is_some());
+    assert!(h.query_by_label("Panel 1: done").is_some());
+
+    // Left arrow: take 1 is active again, with its seed, so it is current, not stale.
+    h.key_press(egui::Key::ArrowLeft);
+    h.run_steps(2);
+    assert_eq!(takes(h.state()).1, Some(1));
+    assert_eq!(h.state().doc.project.panels[0].seed, None);
+    assert!(h.query_by_label("Panel 1: done").is_some());
+
+    // Two takes side by side.
+    h.get_by_label("Compare with").click();
+    h.run_steps(2);
+    h.get_by_label_contains("take 2 (final").click();
+    h.run_steps(2);
+    assert!(h.query_by_label_contains("active: take 1 (final").is_some());
+
+    // Undo brings back take 2, redo take 1.
+    h.state_mut().doc.undo();
+    h.run_steps(2);
+    assert_eq!(takes(h.state()).1, Some(2));
+    h.state_mut().doc.redo();
+    h.run_steps(2);
+    assert_eq!(takes(h.state()).1, Some(1));
+
+    // Saved with take 1 active, the export uses take 1.
+    h.state_mut().save();
+    h.run_steps(2);
+    let saved = charaboard::project::load(&project_path).unwrap();
+    let store = charaboard::project::ImagesStore::beside(&project_path);
+    let out = dir.path().join("export");
+    charaboard::export::storyboard::export_all(
+        &saved,
+        &store,
+        &out,
+        &Default::default(),
+        &Default::default(),
+        charaboard::export::storyboard::StalePanels::Refuse,
+    )
+    .unwrap();
+    assert_eq!(
+        std::fs::read(out.join("01.png")).unwrap(),
+        std::fs::read(store.png_path(Target::Panel(0), 1)).unwrap()
+    );
+
+    // Take 2 deleted: hidden at once, its files gone once the project is saved.
+    h.key_press(egui::Key::ArrowRight);
+    h.run_steps(2);
+    h.get_by_label("Delete take").click();
+    h.run_steps(2);
+    assert!(h.query_by_label("Take 1 of 1").is_some());
+    assert!(store.png_path(Target::Panel(0), 2).is_file());
+    h.state_mut().save();
+    h.run_steps(2);
+    assert!(!store.png_path(Target::Panel(0), 2).exists());
+    assert!(store.png_path(Target::Panel(0), 1).is_file());
+}
+
 /// A dropped file, as the window system hands it over.
 #[derive(Debug)]
 struct Dropped(PathBuf);
@@ -588,7 +677,10 @@ fn a_picture_identity_is_picked_dropped_rendered_and_compared() {
         h.state().status
     );
     assert!(h.query_by_label_contains("Reconstruction PSNR").is_some());
-    let saved = dir.path().join("story.images").join("identity.key.ron");
+    let saved = dir
+        .path()
+        .join("story.images")
+        .join("identity-take-001.key.ron");
     assert!(std::fs::read_to_string(saved)
         .unwrap()
         .contains("FixedPoint"));

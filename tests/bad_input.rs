@@ -272,7 +272,7 @@ fn a_second_render_of_one_project_is_refused_while_the_first_writes() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("another render of story is writing"), "{err}");
     assert!(!store
-        .png_path(charaboard::consist::plan::Target::Identity)
+        .png_path(charaboard::consist::plan::Target::Identity, 1)
         .exists());
     drop(lock);
     // A lock left by a process that no longer runs is taken over.

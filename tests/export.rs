@@ -45,6 +45,7 @@ fn project(captions: &[&str]) -> Project {
                 ..Panel::new(0, "looking at the sea")
             })
             .collect(),
+        takes: Default::default(),
         settings: RenderSettings::default(),
     }
 }

@@ -172,7 +172,7 @@ fn generate_and_render_take_a_repository_id_from_the_cache() {
         ];
         args.extend_from_slice(extra);
         charaboard(home.path(), &args);
-        assert!(out.join("panel-01.png").is_file());
+        assert!(out.join("panel-01-take-001.png").is_file());
     }
 }
 

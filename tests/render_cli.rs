@@ -35,7 +35,13 @@ fn render_writes_images_overlays_sheet_dumps_and_keys_beside_the_project() {
         model.to_str().unwrap(),
     ]));
     let images = dir.path().join("courier.images");
-    for stem in ["identity", "panel-01", "panel-02", "panel-03", "panel-04"] {
+    for stem in [
+        "identity-take-001",
+        "panel-01-take-001",
+        "panel-02-take-001",
+        "panel-03-take-001",
+        "panel-04-take-001",
+    ] {
         for suffix in [".png", "-mask.png", ".safetensors", ".key.ron"] {
             assert!(
                 images.join(format!("{stem}{suffix}")).is_file(),
@@ -43,16 +49,16 @@ fn render_writes_images_overlays_sheet_dumps_and_keys_beside_the_project() {
             );
         }
         let matches = images.join(format!("{stem}-matches.png"));
-        assert_eq!(matches.is_file(), stem != "identity", "{stem}");
+        assert_eq!(matches.is_file(), stem != "identity-take-001", "{stem}");
     }
     assert!(images.join("sheet.png").is_file());
-    let panel2 = image::open(images.join("panel-02.png")).unwrap();
+    let panel2 = image::open(images.join("panel-02-take-001.png")).unwrap();
     assert_eq!(
         (panel2.width(), panel2.height()),
         (96, 128),
         "scene size override"
     );
-    let mask = image::open(images.join("panel-02-mask.png")).unwrap();
+    let mask = image::open(images.join("panel-02-take-001-mask.png")).unwrap();
     assert_eq!(
         (mask.width(), mask.height()),
         (192, 128),
@@ -60,7 +66,7 @@ fn render_writes_images_overlays_sheet_dumps_and_keys_beside_the_project() {
     );
 
     let dump = candle_core::safetensors::load(
-        images.join("panel-02.safetensors"),
+        images.join("panel-02-take-001.safetensors"),
         &candle_core::Device::Cpu,
     )
     .unwrap();
@@ -84,7 +90,7 @@ fn render_writes_images_overlays_sheet_dumps_and_keys_beside_the_project() {
         assert!(mask[c as usize] == 1 && sims[c as usize] > 0.5);
     }
     let identity = candle_core::safetensors::load(
-        images.join("identity.safetensors"),
+        images.join("identity-take-001.safetensors"),
         &candle_core::Device::Cpu,
     )
     .unwrap();
@@ -234,7 +240,13 @@ fn bf16_renders_and_exports_a_storyboard_near_its_f32_render() {
         )
         .unwrap()
     };
-    for stem in ["identity", "panel-01", "panel-02", "panel-03", "panel-04"] {
+    for stem in [
+        "identity-take-001",
+        "panel-01-take-001",
+        "panel-02-take-001",
+        "panel-03-take-001",
+        "panel-04-take-001",
+    ] {
         let (a, b) = (dump(&exact, stem), dump(&bf16, stem));
         let mask = agreement(&a["fg_mask"], &b["fg_mask"]);
         let (la, lb) = (&a["latents"], &b["latents"]);
@@ -256,7 +268,7 @@ fn bf16_renders_and_exports_a_storyboard_near_its_f32_render() {
             100.0 * latents_max,
             100.0 * latents_mean
         );
-        if stem != "identity" {
+        if stem != "identity-take-001" {
             let (ma, mb) = (matches(&a), matches(&b));
             let alike = ma.iter().filter(|m| mb.contains(m)).count();
             line += &format!(
@@ -321,20 +333,20 @@ fn slices_rendered_by_two_processes_from_one_bank_file_equal_one_render_of_all()
     // Process A computes the identity and writes the bank; panel 3 follows panel 2's background,
     // so A renders panel 2 too.
     let (a, _) = render("a", &["--panels", "1,3", "--bank-file", bank_arg]);
-    assert!(bank.is_file() && a.join("identity.png").is_file());
+    assert!(bank.is_file() && a.join("identity-take-001.png").is_file());
     // Process B reuses the bank: it renders no identity.
     let (b, note) = render("b", &["--panels", "2-2,4", "--bank-file", bank_arg]);
-    assert!(!b.join("identity.png").exists(), "{note}");
-    assert!(!b.join("panel-01.png").exists() && !b.join("panel-03.png").exists());
+    assert!(!b.join("identity-take-001.png").exists(), "{note}");
+    assert!(!b.join("panel-01-take-001.png").exists() && !b.join("panel-03-take-001.png").exists());
     for (slice, stem) in [
-        (&a, "panel-01"),
-        (&a, "panel-03"),
-        (&b, "panel-02"),
-        (&b, "panel-04"),
+        (&a, "panel-01-take-001"),
+        (&a, "panel-03-take-001"),
+        (&b, "panel-02-take-001"),
+        (&b, "panel-04-take-001"),
     ] {
         assert!(png(slice, stem) == png(&all, stem), "{stem}");
     }
-    assert!(png(&a, "identity") == png(&all, "identity"));
+    assert!(png(&a, "identity-take-001") == png(&all, "identity-take-001"));
 
     // A cut-short bank file is named, ignored, computed again and written whole.
     let bytes = std::fs::read(&bank).unwrap();
@@ -344,7 +356,10 @@ fn slices_rendered_by_two_processes_from_one_bank_file_equal_one_render_of_all()
         note.contains("is damaged") && note.contains("courier.bank"),
         "{note}"
     );
-    assert!(c.join("identity.png").is_file() && png(&c, "panel-04") == png(&all, "panel-04"));
+    assert!(
+        c.join("identity-take-001.png").is_file()
+            && png(&c, "panel-04-take-001") == png(&all, "panel-04-take-001")
+    );
     assert_eq!(
         std::fs::read(&bank).unwrap().len(),
         bytes.len(),
@@ -355,7 +370,7 @@ fn slices_rendered_by_two_processes_from_one_bank_file_equal_one_render_of_all()
     std::fs::write(&project, small.replace("short black hair", "long red hair")).unwrap();
     let (d, note) = render("d", &["--panels", "1", "--bank-file", bank_arg]);
     assert!(note.contains("another identity (other prompt)"), "{note}");
-    assert!(d.join("identity.png").is_file());
+    assert!(d.join("identity-take-001.png").is_file());
 }
 
 #[test]

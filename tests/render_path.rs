@@ -4,16 +4,20 @@
 
 mod common;
 
-use charaboard::consist::plan::{ModelKey, PanelShot, Plan, PlanModel, RenderRequest, Target};
+use charaboard::consist::plan::{
+    ModelKey, PanelShot, Plan, PlanModel, Quality, RenderRequest, Target,
+};
 use charaboard::consist::session::{RenderOptions, Renderer};
+use charaboard::export::storyboard::StalePanels;
 use charaboard::pipeline::{FluxModels, NoiseSource};
 use charaboard::project::images::ImagesStore;
+use charaboard::project::takes::TakeChoice;
 use charaboard::project::{self, Project};
 use charaboard::render::{self, Ended, Progress, RenderJob};
 use charaboard::sampler::StepControl;
 use charaboard::worker::{Event, Job, Worker};
 use common::{assert_mentions, charaboard, ok, tiny_models};
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -143,7 +147,10 @@ fn cli_renders_open_as_current_in_the_app_state_and_app_renders_in_the_store() {
     std::fs::write(&other, PROJECT.replace("waving", "waving twice")).unwrap();
     let other_plan = project::plan(&project::load(&other).unwrap(), &plan_model, None).unwrap();
     let other_store = ImagesStore::beside(&other);
-    assert_eq!(other_store.stale(&other_plan), all_targets());
+    assert_eq!(
+        other_store.stale(&other_plan, &Default::default()),
+        all_targets()
+    );
     assert_eq!(load_in(&worker, &model), plan_model);
     worker.send(Job::Render {
         plan: Box::new(other_plan.clone()),
@@ -155,7 +162,10 @@ fn cli_renders_open_as_current_in_the_app_state_and_app_renders_in_the_store() {
     let found = other_store.read_all(4);
     assert!(found.notes.is_empty(), "{:?}", found.notes);
     assert_eq!(found.images.len(), 5);
-    assert_eq!(other_store.stale(&other_plan), Vec::<Target>::new());
+    assert_eq!(
+        other_store.stale(&other_plan, &Default::default()),
+        Vec::<Target>::new()
+    );
     let out = dir.path().join("export");
     ok(&charaboard(&[
         "export",
@@ -165,7 +175,7 @@ fn cli_renders_open_as_current_in_the_app_state_and_app_renders_in_the_store() {
     ]));
     assert_eq!(
         std::fs::read(out.join("01.png")).unwrap(),
-        std::fs::read(other_store.png_path(Target::Panel(0))).unwrap()
+        std::fs::read(other_store.png_path(Target::Panel(0), 1)).unwrap()
     );
 }
 
@@ -194,8 +204,9 @@ fn rerendering_one_panel_with_a_cached_identity_matches_it_against_the_identity(
         options: RenderOptions::default(),
     });
     wait_for(&worker, "the first render", |e| matches!(e, Event::Idle));
-    let matches_png = store.dir().join("panel-04-matches.png");
-    std::fs::remove_file(&matches_png).unwrap();
+    assert!(store.dir().join("panel-04-take-001-matches.png").is_file());
+    // The second render of panel 4 is its second take.
+    let matches_png = store.dir().join("panel-04-take-002-matches.png");
 
     // The identity is cached in the worker: this job renders panel 4 alone.
     worker.send(Job::Render {
@@ -215,10 +226,10 @@ fn rerendering_one_panel_with_a_cached_identity_matches_it_against_the_identity(
     }
     assert_eq!(done, vec![Target::Panel(3)]);
     let overlay = image::open(&matches_png).unwrap().to_rgb8();
-    let panel = image::open(store.png_path(Target::Panel(3)))
+    let panel = image::open(store.png_path(Target::Panel(3), 2))
         .unwrap()
         .to_rgb8();
-    let identity = image::open(store.png_path(Target::Identity))
+    let identity = image::open(store.png_path(Target::Identity, 1))
         .unwrap()
         .to_rgb8();
     assert_eq!(overlay.width(), panel.width() + identity.width());
@@ -233,7 +244,10 @@ fn rerendering_one_panel_with_a_cached_identity_matches_it_against_the_identity(
 /// The targets whose rendered image is not current for `project`.
 fn stale(rendered: &ImagesStore, project: &Project, model: &PlanModel) -> BTreeSet<Target> {
     let plan = project::plan(project, model, None).unwrap();
-    rendered.stale(&plan).into_iter().collect()
+    rendered
+        .stale(&plan, &Default::default())
+        .into_iter()
+        .collect()
 }
 
 #[test]
@@ -344,8 +358,20 @@ fn listing(dir: &Path) -> BTreeSet<String> {
         .collect()
 }
 
+/// Every file of one take, with its bytes.
+fn take_files(dir: &Path, take_stem: &str) -> BTreeMap<String, Vec<u8>> {
+    listing(dir)
+        .into_iter()
+        .filter(|name| name.starts_with(take_stem))
+        .map(|name| {
+            let bytes = std::fs::read(dir.join(&name)).unwrap();
+            (name, bytes)
+        })
+        .collect()
+}
+
 #[test]
-fn a_failed_write_leaves_the_old_image_and_nothing_partial() {
+fn a_re_render_adds_a_take_and_never_touches_the_old_one() {
     let dir = tempfile::tempdir().unwrap();
     let (_, mut models) = tiny_models(dir.path());
     let project_path = write_project(dir.path());
@@ -362,18 +388,13 @@ fn a_failed_write_leaves_the_old_image_and_nothing_partial() {
         Some(&store),
     );
     assert!(matches!(ended, Ended::Finished));
-    let old_png = std::fs::read(store.png_path(Target::Panel(0))).unwrap();
+    let first = take_files(store.dir(), "panel-01-take-001");
+    assert_eq!(first.len(), 5, "{:?}", first.keys());
 
-    // A folder in the way of one of panel 1's files: the re-render's final rename cannot
-    // replace it.
-    let mut changed = project.clone();
-    changed.panels[0].action = "waving goodbye".into();
-    let new_plan = project::plan(&changed, &model, None).unwrap();
-    let blocker = store.dir().join("panel-01.safetensors");
-    std::fs::remove_file(&blocker).unwrap();
-    std::fs::create_dir(&blocker).unwrap();
-    std::fs::write(blocker.join("inside"), "untouched").unwrap();
-    let before = listing(store.dir());
+    // Panel 1 re-rolled: a new seed makes a second take beside the first.
+    let mut rerolled = project.clone();
+    rerolled.panels[0].seed = Some(77);
+    let new_plan = project::plan(&rerolled, &model, None).unwrap();
     let (ended, finished) = render_into(
         &mut models,
         &mut renderer,
@@ -381,30 +402,79 @@ fn a_failed_write_leaves_the_old_image_and_nothing_partial() {
         RenderRequest::Panel(0),
         Some(&store),
     );
-    let Ended::Failed { target, error } = ended else {
-        panic!("the write must fail");
+    assert!(matches!(ended, Ended::Finished));
+    assert_eq!(finished, vec![Target::Panel(0)]);
+    assert_eq!(take_files(store.dir(), "panel-01-take-001"), first);
+    let takes: Vec<u32> = store
+        .read_takes(Target::Panel(0))
+        .images
+        .iter()
+        .map(|t| t.take)
+        .collect();
+    assert_eq!(takes, vec![1, 2]);
+    let (one, two) = (
+        std::fs::read(store.png_path(Target::Panel(0), 1)).unwrap(),
+        std::fs::read(store.png_path(Target::Panel(0), 2)).unwrap(),
+    );
+    assert_ne!(one, two, "another seed draws another picture");
+
+    // Without a choice the newest take is active: current for the re-rolled project only.
+    let none = BTreeMap::new();
+    assert_eq!(store.stale(&new_plan, &none), Vec::<Target>::new());
+    assert_eq!(store.stale(&plan, &none), vec![Target::Panel(0)]);
+    // Take 1 chosen: the first project's panel is current again, and the export uses it.
+    let mut chosen = project.clone();
+    chosen.takes.insert(
+        Target::Panel(0),
+        TakeChoice {
+            active: Some(1),
+            deleted: vec![],
+        },
+    );
+    assert_eq!(store.stale(&plan, &chosen.takes), Vec::<Target>::new());
+    let export = |p: &project::Project, out: &Path| {
+        charaboard::export::storyboard::export_all(
+            p,
+            &store,
+            out,
+            &Default::default(),
+            &Default::default(),
+            StalePanels::Refuse,
+        )
+        .unwrap();
+        std::fs::read(out.join("01.png")).unwrap()
     };
-    assert_eq!(target, Some(Target::Panel(0)));
-    assert_mentions(
-        &format!("{error:#}"),
-        &["panel 1", "panel-01.safetensors", "in the way"],
-    );
-    assert!(
-        finished.is_empty(),
-        "a failed image is not reported as finished"
-    );
-    assert_eq!(listing(store.dir()), before, "no partial file is left");
-    assert_eq!(
-        std::fs::read(store.png_path(Target::Panel(0))).unwrap(),
-        old_png
-    );
-    assert_eq!(
-        std::fs::read_to_string(blocker.join("inside")).unwrap(),
-        "untouched"
-    );
-    // The old image is still read back (as stale for the new prompt, without its tensors).
-    let saved = store.read(Target::Panel(0)).unwrap().unwrap();
-    assert!(saved.is_current(&plan) && !saved.is_current(&new_plan));
+    assert_eq!(export(&chosen, &dir.path().join("chosen")), one);
+    assert_eq!(export(&rerolled, &dir.path().join("newest")), two);
+    // The unchosen first project's newest take is stale: the export refuses it.
+    let err = charaboard::export::storyboard::export_all(
+        &project,
+        &store,
+        &dir.path().join("refused"),
+        &Default::default(),
+        &Default::default(),
+        StalePanels::Refuse,
+    )
+    .unwrap_err();
+    assert_mentions(&format!("{err:#}"), &["panel 1", "--allow-stale"]);
+
+    // A chosen take whose files went missing is named, never shown as empty.
+    chosen.takes.get_mut(&Target::Panel(0)).unwrap().active = Some(9);
+    let Err(err) = store.read_active(Target::Panel(0), chosen.takes.get(&Target::Panel(0))) else {
+        panic!("a missing take is an error");
+    };
+    assert_mentions(&format!("{err:#}"), &["take 9", "missing"]);
+
+    // A folder from before takes (one image per target) reads as one take, numbered 0.
+    for (name, _) in take_files(store.dir(), "panel-02-take-001") {
+        let old = name.replace("-take-001", "");
+        std::fs::rename(store.dir().join(&name), store.dir().join(old)).unwrap();
+    }
+    let found = store.read_takes(Target::Panel(1));
+    assert!(found.notes.is_empty(), "{:?}", found.notes);
+    assert_eq!(found.images.len(), 1);
+    assert_eq!(found.images[0].take, 0);
+    assert!(found.images[0].is_current(&plan));
 }
 
 #[test]
@@ -423,7 +493,7 @@ fn foreign_truncated_and_unknown_version_files_are_ignored_with_a_note() {
         Some(&store),
     );
     let images = store.dir();
-    let key = |stem: &str| images.join(format!("{stem}.key.ron"));
+    let key = |stem: &str| images.join(format!("{stem}-take-001.key.ron"));
 
     // Panel 1 copied from another project's folder; panel 2's picture cut short; panel 3's key
     // from a future version.
@@ -433,8 +503,8 @@ fn foreign_truncated_and_unknown_version_files_are_ignored_with_a_note() {
         text.replace("\"story\"", "\"other-story\""),
     )
     .unwrap();
-    let png = std::fs::read(images.join("panel-02.png")).unwrap();
-    std::fs::write(images.join("panel-02.png"), &png[..png.len() / 2]).unwrap();
+    let png = std::fs::read(images.join("panel-02-take-001.png")).unwrap();
+    std::fs::write(images.join("panel-02-take-001.png"), &png[..png.len() / 2]).unwrap();
     let text = std::fs::read_to_string(key("panel-03")).unwrap();
     std::fs::write(key("panel-03"), text.replace("version: 1", "version: 99")).unwrap();
 
@@ -450,7 +520,7 @@ fn foreign_truncated_and_unknown_version_files_are_ignored_with_a_note() {
         assert!(note.contains(why), "{note}");
     }
     assert_eq!(
-        store.stale(&plan),
+        store.stale(&plan, &Default::default()),
         vec![Target::Panel(0), Target::Panel(1), Target::Panel(2)]
     );
 }
@@ -544,5 +614,51 @@ fn a_failed_atomic_write_leaves_the_old_file_and_nothing_partial() {
     assert_eq!(
         listing(dir.path()),
         BTreeSet::from(["sheet.png".to_string(), "storyboard.pdf".to_string()])
+    );
+}
+
+#[test]
+fn a_draft_then_a_final_are_two_takes_each_current_at_its_quality() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_, mut models) = tiny_models(dir.path());
+    let project_path = write_project(dir.path());
+    let model = PlanModel::of(&models);
+    let mut project = project::load(&project_path).unwrap();
+    project.settings.draft = true;
+    project.settings.draft_long_side = 32;
+    let draft_plan = project::plan(&project, &model, None).unwrap();
+    assert_eq!(
+        (draft_plan.identity().shot.width, draft_plan.settings.steps),
+        (32, 3)
+    );
+    let store = ImagesStore::beside(&project_path);
+    let mut renderer = Renderer::default();
+    let render = |plan, renderer: &mut Renderer, models: &mut FluxModels| {
+        let (ended, _) = render_into(models, renderer, plan, RenderRequest::All, Some(&store));
+        assert!(matches!(ended, Ended::Finished));
+    };
+    render(&draft_plan, &mut renderer, &mut models);
+    project.settings.draft = false;
+    let final_plan = project::plan(&project, &model, None).unwrap();
+    render(&final_plan, &mut renderer, &mut models);
+
+    let takes = store.read_takes(Target::Panel(0)).images;
+    let seen: Vec<(u32, Quality, u32)> = takes
+        .iter()
+        .map(|t| (t.take, t.quality, t.image.width()))
+        .collect();
+    assert_eq!(seen, vec![(1, Quality::Draft, 32), (2, Quality::Final, 64)]);
+    // Each is judged against the plan of its own quality: neither is stale.
+    let all: Vec<&_> = takes.iter().collect();
+    assert_eq!(
+        charaboard::project::images::not_current(&project, &all).unwrap(),
+        Vec::<Target>::new()
+    );
+    // Another draft size: only the draft is stale.
+    let mut changed = project.clone();
+    changed.settings.draft_long_side = 48;
+    assert_eq!(
+        charaboard::project::images::not_current(&changed, &all).unwrap(),
+        vec![Target::Panel(0)]
     );
 }

@@ -229,6 +229,7 @@ pub fn bench_project(panels: usize, side: usize, steps: usize, lock_background: 
         panels: (0..panels)
             .map(|i| Panel::new(0, format!("walking, step {i}")))
             .collect(),
+        takes: Default::default(),
         settings: RenderSettings {
             width: side,
             height: side,

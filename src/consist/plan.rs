@@ -236,10 +236,32 @@ pub struct PanelShot {
     pub lock_background: bool,
 }
 
+/// Whether a plan draws quick drafts (small, fewer steps) or finals at full size; a take keeps
+/// which it is, and is judged against the plan of its own quality.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum Quality {
+    Draft,
+    #[default]
+    Final,
+}
+
+impl Quality {
+    pub fn label(self) -> &'static str {
+        match self {
+            Quality::Draft => "draft",
+            Quality::Final => "final",
+        }
+    }
+}
+
 /// What every image of a plan shares.
 #[derive(Debug, Clone)]
 pub struct PlanSettings {
     pub model: ModelKey,
+    /// The model's usual step count the plan was made for (a take's key file keeps it, so a
+    /// draft can be judged again without the model).
+    pub model_steps: usize,
+    pub quality: Quality,
     pub steps: usize,
     pub guidance: f64,
     pub recipe: Recipe,

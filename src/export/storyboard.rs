@@ -276,10 +276,11 @@ pub fn export_all(
     let Board {
         shown,
         images,
+        takes,
         stale: stale_panels,
     } = read_board(project, store, stale)?;
     let identity = match opts.include_identity {
-        true => read_saved(store, Target::Identity)?.map(|saved| saved.image),
+        true => read_saved(project, store, Target::Identity)?.map(|saved| saved.image),
         false => None,
     };
 
@@ -296,11 +297,11 @@ pub fn export_all(
     write_atomic(&pdf_path, &pdf)?;
     written.push(pdf_path);
 
-    for (i, image) in images.iter().enumerate() {
-        if image.is_none() {
+    for (i, take) in takes.iter().enumerate() {
+        let Some(take) = take else {
             continue;
-        }
-        let from = store.png_path(Target::Panel(i));
+        };
+        let from = store.png_path(Target::Panel(i), *take);
         let to = out_dir.join(format!("{:02}.png", i + 1));
         let bytes = fs::read(&from).with_context(|| format!("cannot read {}", from.display()))?;
         write_atomic(&to, &bytes)?;
@@ -316,18 +317,20 @@ pub fn export_all(
 struct Board {
     /// The project with stale panels' captions marked.
     shown: Project,
-    /// One per panel; `None` where it is not rendered yet.
+    /// One per panel, its active take's; `None` where it is not rendered yet.
     images: Vec<Option<RgbImage>>,
+    /// The active take of each panel.
+    takes: Vec<Option<u32>>,
     /// The stale panels (0-based).
     stale: Vec<usize>,
 }
 
-/// Reads every panel's saved image and checks them against the project: one that is there but
-/// is not this project's stops the export with the reason, no rendered panel at all asks for a
-/// render, and stale panels are refused or marked as `stale` says.
+/// Reads every panel's active take and checks them against the project: one that is there but
+/// is not this project's (or is gone) stops the export with the reason, no rendered panel at all
+/// asks for a render, and stale panels are refused or marked as `stale` says.
 fn read_board(project: &Project, store: &ImagesStore, stale: StalePanels) -> Result<Board> {
     let saved = (0..project.panels.len())
-        .map(|i| read_saved(store, Target::Panel(i)))
+        .map(|i| read_saved(project, store, Target::Panel(i)))
         .collect::<Result<Vec<_>>>()?;
     if saved.iter().all(Option::is_none) {
         bail!(
@@ -361,6 +364,7 @@ fn read_board(project: &Project, store: &ImagesStore, stale: StalePanels) -> Res
             }
         }
     }
+    let takes = saved.iter().map(|s| s.as_ref().map(|t| t.take)).collect();
     let images = saved
         .into_iter()
         .map(|s| s.map(|saved| saved.image))
@@ -368,6 +372,7 @@ fn read_board(project: &Project, store: &ImagesStore, stale: StalePanels) -> Res
     Ok(Board {
         shown,
         images,
+        takes,
         stale: stale_panels,
     })
 }
@@ -400,9 +405,13 @@ pub fn export_animatic(
     })
 }
 
-/// The image saved for `target`; `None` means "not rendered yet".
-fn read_saved(store: &ImagesStore, target: Target) -> Result<Option<RenderedImage>> {
+/// The active take of `target`; `None` means "not rendered yet".
+fn read_saved(
+    project: &Project,
+    store: &ImagesStore,
+    target: Target,
+) -> Result<Option<RenderedImage>> {
     store
-        .read(target)
+        .read_active(target, project.takes.get(&target))
         .with_context(|| format!("cannot export {}", target.label()))
 }

@@ -1,24 +1,29 @@
 //! The owner of a project's images folder, `NAME.images/` beside `NAME.ron`: what is written for
 //! an image, how it is read back, and which images are stale against a plan.
 //!
-//! For each image (`identity`, `panel-01`, ...): `{stem}.png`, `{stem}-mask.png`, for panels
-//! `{stem}-matches.png`, `{stem}.safetensors` (latents, mask, matches) and `{stem}.key.ron` (the
-//! key of every input, the prompt, the project it belongs to). The key file is written last and
-//! removed first, so an image is only ever read back with the key it was rendered from. The CLI
+//! Every render of an image (`identity`, `panel-01`, ...) is a take, kept under its own names and
+//! never overwritten: `{stem}-take-{NNN}.png`, `-mask.png`, for panels `-matches.png`,
+//! `.safetensors` (latents, mask, matches) and `.key.ron` (the key of every input, the prompt, the
+//! project it belongs to, its quality and when it was rendered). A folder written before takes
+//! (`{stem}.png`, `{stem}.key.ron`) reads as one take numbered 0. The key file is written last
+//! and removed first, so a take is only ever read back with the key it was rendered from. The CLI
 //! and the app write and read through this module alone.
 
 use anyhow::{bail, ensure, Context, Result};
 use candle_core::{Device, Tensor};
 use image::RgbImage;
 use serde::{Deserialize, Serialize};
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 
 use super::model::Project;
+use super::takes::{self, Active, TakeChoice};
 use crate::atomic_file;
 use crate::consist::mask::Grid;
 use crate::consist::matching::Matches;
-use crate::consist::plan::{ImageKey, Plan, PlanModel, PlannedImage, Target};
+use crate::consist::plan::{
+    ImageKey, NoiseKey, Plan, PlanModel, PlanSettings, PlannedImage, Quality, Target,
+};
 use crate::consist::recipe::Numerics;
 use crate::consist::session::ImageOutput;
 use crate::overlay::{mask_overlay, match_overlay, TokenGrid};
@@ -51,10 +56,31 @@ pub fn stem(target: Target) -> String {
     }
 }
 
+/// The names of take `take` of `target`: `panel-01-take-002`; take 0 is the one image of a
+/// folder written before takes, `panel-01`.
+pub fn take_stem(target: Target, take: u32) -> String {
+    match take {
+        0 => stem(target),
+        n => format!("{}-take-{n:03}", stem(target)),
+    }
+}
+
+/// Seconds since 1970, for a take's time.
+fn now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
 /// A finished image as the app shows it: fresh from a render, or read back from the folder.
 #[derive(Clone)]
 pub struct RenderedImage {
     pub target: Target,
+    /// Which take of the target this is (0: written before takes).
+    pub take: u32,
+    pub quality: Quality,
+    /// When it was rendered, in seconds since 1970 (`None` before takes kept it).
+    pub rendered_at: Option<u64>,
     pub image: RgbImage,
     pub grid: Grid,
     pub mask: Vec<bool>,
@@ -64,13 +90,23 @@ pub struct RenderedImage {
     pub prompt: String,
     /// The key it was rendered from; `None` for an image written before keys were kept.
     pub key: Option<ImageKey>,
+    /// The model's usual step count when it was rendered (a draft's steps derive from it).
+    pub model_steps: Option<usize>,
     pub seconds: f64,
 }
 
 impl RenderedImage {
-    pub fn new(output: &ImageOutput, planned: &PlannedImage) -> Self {
+    pub fn new(
+        output: &ImageOutput,
+        planned: &PlannedImage,
+        settings: &PlanSettings,
+        take: u32,
+    ) -> Self {
         Self {
             target: output.target,
+            take,
+            quality: settings.quality,
+            rendered_at: Some(now()),
             image: output.image.clone(),
             grid: output.grid,
             mask: output.mask.clone(),
@@ -78,6 +114,7 @@ impl RenderedImage {
             matches: output.matches.clone(),
             prompt: planned.shot.prompt.clone(),
             key: Some(planned.key.clone()),
+            model_steps: Some(settings.model_steps),
             seconds: output.seconds,
         }
     }
@@ -87,13 +124,22 @@ impl RenderedImage {
         plan.image(self.target)
             .is_some_and(|p| self.key.as_ref() == Some(&p.key))
     }
+
+    /// The seed it was rendered from, if it was not a noise file.
+    pub fn seed(&self) -> Option<u64> {
+        match self.key.as_ref()?.noise {
+            NoiseKey::Seed(seed) => Some(seed),
+            NoiseKey::File { .. } => None,
+        }
+    }
 }
 
-/// Which of `images` are not current for `project` as it is now, each judged for the model and
-/// step count it was rendered with (an export loads no model): one plan per model met. An image
-/// without a key, or one rendered from a noise file, cannot be judged and is not current.
+/// Which of `images` are not current for `project` as it is now, each judged for the model,
+/// step count and quality (draft or final) it was rendered with (an export loads no model): one
+/// plan per model and quality met. An image without a key, or one rendered from a noise file,
+/// cannot be judged and is not current.
 pub fn not_current(project: &Project, images: &[&RenderedImage]) -> Result<Vec<Target>> {
-    let mut plans: Vec<(PlanModel, Plan)> = Vec::new();
+    let mut plans: Vec<((PlanModel, Quality), Plan)> = Vec::new();
     let mut stale = Vec::new();
     for image in images {
         let Some(key) = &image.key else {
@@ -102,13 +148,14 @@ pub fn not_current(project: &Project, images: &[&RenderedImage]) -> Result<Vec<T
         };
         let model = PlanModel {
             key: key.model.clone(),
-            default_steps: key.steps,
+            default_steps: image.model_steps.unwrap_or(key.steps),
         };
-        let plan = match plans.iter().position(|(m, _)| *m == model) {
+        let of = (model, image.quality);
+        let plan = match plans.iter().position(|(m, _)| *m == of) {
             Some(k) => &plans[k].1,
             None => {
-                let plan = super::plan::plan(project, &model, None)?;
-                plans.push((model, plan));
+                let plan = super::plan::plan_at(project, &of.0, None, of.1)?;
+                plans.push((of, plan));
                 &plans[plans.len() - 1].1
             }
         };
@@ -119,7 +166,7 @@ pub fn not_current(project: &Project, images: &[&RenderedImage]) -> Result<Vec<T
     Ok(stale)
 }
 
-/// `{stem}.key.ron`.
+/// `{take stem}.key.ron`. The fields after `key` came with takes; older files lack them.
 #[derive(Serialize, Deserialize)]
 struct KeyFile {
     version: u32,
@@ -128,12 +175,20 @@ struct KeyFile {
     prompt: String,
     seconds: f64,
     key: ImageKey,
+    #[serde(default)]
+    quality: Quality,
+    #[serde(default)]
+    rendered_at: Option<u64>,
+    #[serde(default)]
+    model_steps: Option<usize>,
 }
 
-/// What reading the folder found: the images, and a note for every file it had to ignore.
+/// What reading the folder found: every take, the takes whose files are there but cannot be
+/// read (missing picture, damaged, another project's), and a note for each of those.
 #[derive(Default)]
 pub struct Found {
     pub images: Vec<RenderedImage>,
+    pub broken: Vec<(Target, u32)>,
     pub notes: Vec<String>,
 }
 
@@ -142,6 +197,13 @@ pub struct Found {
 pub struct ImagesStore {
     dir: PathBuf,
     project: String,
+}
+
+/// The take a file name belongs to: `panel-01-take-007-mask.png` -> 7 for `panel-01`.
+fn take_of(file_name: &str, stem: &str) -> Option<u32> {
+    let rest = file_name.strip_prefix(stem)?.strip_prefix("-take-")?;
+    let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
+    digits.parse().ok()
 }
 
 impl ImagesStore {
@@ -159,24 +221,50 @@ impl ImagesStore {
         &self.dir
     }
 
-    fn file(&self, target: Target, suffix: &str) -> PathBuf {
-        self.dir.join(format!("{}{suffix}", stem(target)))
+    fn file(&self, target: Target, take: u32, suffix: &str) -> PathBuf {
+        self.dir
+            .join(format!("{}{suffix}", take_stem(target, take)))
     }
 
-    /// The rendered picture of `target`.
-    pub fn png_path(&self, target: Target) -> PathBuf {
-        self.file(target, ".png")
+    /// The picture of take `take` of `target`.
+    pub fn png_path(&self, target: Target, take: u32) -> PathBuf {
+        self.file(target, take, ".png")
     }
 
-    /// Writes every file of a finished image; `identity` is the identity image its matches
-    /// point into. All files are staged first, so a failure while writing leaves the previous
-    /// image whole and no partial file behind. Returns the files written, picture first.
+    /// Every take number any file of `target` carries (key or not, so that a take left
+    /// half-written is never numbered again), and 0 where a folder from before takes has it.
+    fn take_numbers(&self, target: Target) -> Result<Vec<u32>> {
+        let stem = stem(target);
+        let mut found: Vec<u32> = match std::fs::read_dir(&self.dir) {
+            Ok(entries) => entries
+                .filter_map(|e| e.ok())
+                .filter_map(|e| take_of(&e.file_name().to_string_lossy(), &stem))
+                .collect(),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => vec![],
+            Err(e) => return Err(e).with_context(|| format!("cannot read {}", self.dir.display())),
+        };
+        if self.png_path(target, 0).is_file() || self.file(target, 0, ".key.ron").is_file() {
+            found.push(0);
+        }
+        found.sort_unstable();
+        found.dedup();
+        Ok(found)
+    }
+
+    /// Writes a finished image as a new take of its target; `identity` is the identity image its
+    /// matches point into. No file of another take is touched, and all files are staged first,
+    /// so a failure while writing leaves no partial take behind. With `reuse`, an image equal
+    /// to a take already there (same key, same picture: the identity rendered again only to
+    /// steer a panel) is not stored twice and that take is returned. Returns the take and the
+    /// files written, picture first.
     pub fn write(
         &self,
         output: &ImageOutput,
         identity: &RgbImage,
         planned: &PlannedImage,
-    ) -> Result<Vec<PathBuf>> {
+        settings: &PlanSettings,
+        reuse: bool,
+    ) -> Result<(u32, Vec<PathBuf>)> {
         ensure!(
             output.target == planned.target,
             "internal: {} written as {}",
@@ -186,6 +274,18 @@ impl ImagesStore {
         std::fs::create_dir_all(&self.dir)
             .with_context(|| format!("cannot create {}", self.dir.display()))?;
         let target = output.target;
+        let png = atomic_file::png_bytes(&output.image)?;
+        let numbers = self.take_numbers(target)?;
+        if reuse {
+            for &n in numbers.iter().rev() {
+                let same_key =
+                    read_key(&self.file(target, n, ".key.ron")).is_ok_and(|k| k.key == planned.key);
+                if same_key && std::fs::read(self.png_path(target, n)).is_ok_and(|b| b == png) {
+                    return Ok((n, vec![]));
+                }
+            }
+        }
+        let take = numbers.last().map_or(1, |&n| n + 1);
         let grid = TokenGrid {
             rows: output.grid.rows,
             cols: output.grid.cols,
@@ -197,32 +297,31 @@ impl ImagesStore {
             prompt: planned.shot.prompt.clone(),
             seconds: output.seconds,
             key: planned.key.clone(),
+            quality: settings.quality,
+            rendered_at: Some(now()),
+            model_steps: Some(settings.model_steps),
         };
         let key_text = ron::ser::to_string_pretty(&key, ron::ser::PrettyConfig::default())
             .context("cannot write the image's key as RON")?;
         let mut files: Vec<(PathBuf, Vec<u8>)> = vec![
+            (self.png_path(target, take), png),
             (
-                self.png_path(target),
-                atomic_file::png_bytes(&output.image)?,
-            ),
-            (
-                self.file(target, "-mask.png"),
+                self.file(target, take, "-mask.png"),
                 atomic_file::png_bytes(&mask_overlay(&output.image, &output.mask, grid)?)?,
             ),
         ];
         if let Some(m) = &output.matches {
             let overlay = match_overlay(&output.image, identity, &m.triples(), MAX_MATCH_LINES);
             files.push((
-                self.file(target, "-matches.png"),
+                self.file(target, take, "-matches.png"),
                 atomic_file::png_bytes(&overlay)?,
             ));
         }
         files.push((
-            self.file(target, ".safetensors"),
+            self.file(target, take, ".safetensors"),
             dump_bytes(output, planned.key.recipe.numerics)?,
         ));
-        let key_path = self.file(target, ".key.ron");
-        files.push((key_path.clone(), key_text.into_bytes()));
+        files.push((self.file(target, take, ".key.ron"), key_text.into_bytes()));
 
         let mut staged = Vec::new();
         let prepared = files.iter().try_for_each(|(path, bytes)| {
@@ -234,35 +333,49 @@ impl ImagesStore {
             atomic_file::discard(&staged);
             return Err(e.context(format!("writing {}", target.label())));
         }
-        // From here the old image is given up: without its key file it is never read back as
-        // current, whatever happens to the renames.
-        remove_if_present(&key_path)?;
-        if output.matches.is_none() {
-            remove_if_present(&self.file(target, "-matches.png"))?;
-        }
-        remove_if_present(&self.file(target, ".prompt.txt"))?;
+        // The key file comes last: until it is there, the take does not exist for a reader.
         for (k, (tmp, (path, _))) in staged.iter().zip(&files).enumerate() {
             if let Err(e) = atomic_file::commit(tmp, path) {
                 atomic_file::discard(&staged[k + 1..]);
                 return Err(e.context(format!("writing {}", target.label())));
             }
         }
-        Ok(files.into_iter().map(|(path, _)| path).collect())
+        Ok((take, files.into_iter().map(|(path, _)| path).collect()))
     }
 
-    /// The image saved for `target`: `Ok(None)` if there is none, an error saying why if the
-    /// files are there but are not this project's image (another project's, another version,
-    /// truncated, of the wrong size).
-    pub fn read(&self, target: Target) -> Result<Option<RenderedImage>> {
-        let png = self.png_path(target);
-        if !png.is_file() {
-            return Ok(None);
+    /// Removes every file of a take (its key first, so a failure halfway leaves no take that
+    /// reads as whole).
+    pub fn remove_take(&self, target: Target, take: u32) -> Result<()> {
+        let suffixes = [
+            ".key.ron",
+            ".png",
+            "-mask.png",
+            "-matches.png",
+            ".safetensors",
+            ".prompt.txt",
+        ];
+        for suffix in suffixes {
+            remove_if_present(&self.file(target, take, suffix))?;
         }
-        let key_path = self.file(target, ".key.ron");
+        Ok(())
+    }
+
+    /// Take `take` of `target`: `Ok(None)` if it has no files, an error saying why if the files
+    /// are there but are not this project's take (missing picture, another project's, another
+    /// version, truncated, of the wrong size).
+    pub fn read_take(&self, target: Target, take: u32) -> Result<Option<RenderedImage>> {
+        let png = self.png_path(target, take);
+        let key_path = self.file(target, take, ".key.ron");
         let key = match key_path.is_file() {
             true => Some(read_key(&key_path)?),
             false => None,
         };
+        if !png.is_file() {
+            return match key {
+                Some(_) => bail!("its picture {} is missing", png.display()),
+                None => Ok(None),
+            };
+        }
         if let Some(k) = &key {
             ensure!(
                 k.project == self.project,
@@ -296,7 +409,7 @@ impl ImagesStore {
             rows: height / 16,
             cols: width / 16,
         };
-        let tensors = self.file(target, ".safetensors");
+        let tensors = self.file(target, take, ".safetensors");
         let (owners, matches) = match tensors.is_file() {
             true => read_dump(&tensors, grid)?,
             // Written before the tensors were kept with every image: the picture alone.
@@ -305,10 +418,15 @@ impl ImagesStore {
         let mask = owners.iter().map(|&o| o != 0).collect();
         let prompt = match &key {
             Some(k) => k.prompt.clone(),
-            None => std::fs::read_to_string(self.file(target, ".prompt.txt")).unwrap_or_default(),
+            None => {
+                std::fs::read_to_string(self.file(target, take, ".prompt.txt")).unwrap_or_default()
+            }
         };
         Ok(Some(RenderedImage {
             target,
+            take,
+            quality: key.as_ref().map_or(Quality::Final, |k| k.quality),
+            rendered_at: key.as_ref().and_then(|k| k.rendered_at),
             image,
             grid,
             mask,
@@ -316,41 +434,99 @@ impl ImagesStore {
             matches,
             prompt,
             seconds: key.as_ref().map_or(0.0, |k| k.seconds),
+            model_steps: key.as_ref().and_then(|k| k.model_steps),
             key: key.map(|k| k.key),
         }))
     }
 
-    /// Every image saved for the identities and `panels` panels; what cannot be read is left
-    /// out with a note.
+    /// Every take of `target`, oldest first, with what could not be read.
+    pub fn read_takes(&self, target: Target) -> Found {
+        let mut found = Found::default();
+        let numbers = match self.take_numbers(target) {
+            Ok(n) => n,
+            Err(e) => {
+                found.notes.push(format!("{e:#}"));
+                return found;
+            }
+        };
+        for take in numbers {
+            match self.read_take(target, take) {
+                Ok(Some(image)) => found.images.push(image),
+                Ok(None) => {}
+                Err(e) => {
+                    found.broken.push((target, take));
+                    found
+                        .notes
+                        .push(format!("ignored take {take} of {}: {e:#}", target.label()));
+                }
+            }
+        }
+        found
+    }
+
+    /// The active take of `target` as `choice` says: `Ok(None)` if nothing is rendered, an
+    /// error if the chosen take (or the newest) is there but cannot be read, or is gone.
+    pub fn read_active(
+        &self,
+        target: Target,
+        choice: Option<&TakeChoice>,
+    ) -> Result<Option<RenderedImage>> {
+        let found = self.read_takes(target);
+        let newest_broken = found
+            .broken
+            .iter()
+            .map(|b| b.1)
+            .filter(|n| choice.is_none_or(|c| !c.deleted.contains(n)))
+            .max();
+        let unreadable = || anyhow::anyhow!("{}", found.notes.join("; "));
+        match takes::active(&found.images, choice) {
+            // Without a choice the newest take is active, even one that cannot be read.
+            Active::Take(t)
+                if choice.and_then(|c| c.active).is_none()
+                    && newest_broken.is_some_and(|b| b > t.take) =>
+            {
+                Err(unreadable())
+            }
+            Active::Take(t) => Ok(Some(t.clone())),
+            Active::None => match newest_broken {
+                None => Ok(None),
+                Some(_) => Err(unreadable()),
+            },
+            Active::Missing(n) if found.broken.iter().any(|b| b.1 == n) => Err(unreadable()),
+            Active::Missing(n) => bail!(
+                "its active take {n} is missing from {}: choose another take",
+                self.dir.display()
+            ),
+        }
+    }
+
+    /// Every take of the identity and `panels` panels; what cannot be read is left out with a
+    /// note.
     pub fn read_all(&self, panels: usize) -> Found {
         let mut found = Found::default();
         let targets = (0..crate::limits::MAX_CHARACTERS)
             .map(Target::identity_of)
             .chain((0..panels).map(Target::Panel));
         for target in targets {
-            match self.read(target) {
-                Ok(Some(image)) => found.images.push(image),
-                Ok(None) => {}
-                Err(e) => found.notes.push(format!(
-                    "ignored the saved image of {}: {e:#}",
-                    target.label()
-                )),
-            }
+            let mut one = self.read_takes(target);
+            found.images.append(&mut one.images);
+            found.broken.append(&mut one.broken);
+            found.notes.append(&mut one.notes);
         }
         found
     }
 
-    /// The images of `plan` that have no current image in the folder, in plan order.
-    pub fn stale(&self, plan: &Plan) -> Vec<Target> {
-        let found = self.read_all(plan.panels().len());
+    /// The images of `plan` whose active take (as `choices` say) is not current, in plan
+    /// order.
+    pub fn stale(&self, plan: &Plan, choices: &BTreeMap<Target, TakeChoice>) -> Vec<Target> {
         plan.images()
             .iter()
             .map(|p| p.target)
             .filter(|&t| {
-                !found
-                    .images
-                    .iter()
-                    .any(|i| i.target == t && i.is_current(plan))
+                let found = self.read_takes(t);
+                takes::active(&found.images, choices.get(&t))
+                    .take()
+                    .is_none_or(|i| !i.is_current(plan))
             })
             .collect()
     }

@@ -108,6 +108,7 @@ fn group_project(k: usize, lines: &[Line], lock_background: bool) -> Result<Proj
         )],
         scenes,
         panels,
+        takes: Default::default(),
         settings: RenderSettings::default(),
     };
     project

@@ -11,6 +11,7 @@ pub mod io;
 pub mod model;
 pub mod plan;
 pub mod shot;
+pub mod takes;
 pub mod timing;
 
 pub use images::{images_dir, ImagesStore, RenderedImage};

@@ -12,10 +12,13 @@ use anyhow::{anyhow, bail, Result};
 use serde::{Deserialize, Serialize};
 
 use super::shot::{CameraAngle, ShotSize};
+use super::takes::TakeChoice;
+use crate::consist::plan::{Quality, Target};
 use crate::consist::recipe::Recipe;
 use crate::invert::Inverter;
 use crate::limits::{self, check_side};
 use crate::picture::Fit;
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 /// A storyboard document.
@@ -28,6 +31,10 @@ pub struct Project {
     pub scenes: Vec<Scene>,
     pub panels: Vec<Panel>,
     pub settings: RenderSettings,
+    /// Per image, which of its takes is active and which the user deleted (see
+    /// [`super::takes`]); images without an entry show their newest take.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub takes: BTreeMap<Target, TakeChoice>,
 }
 
 /// A project as a file may write it: today's `characters`, or the single `character` and
@@ -46,6 +53,8 @@ struct ProjectFile {
     panels: Vec<Panel>,
     #[serde(default)]
     settings: RenderSettings,
+    #[serde(default)]
+    takes: BTreeMap<Target, TakeChoice>,
 }
 
 impl TryFrom<ProjectFile> for Project {
@@ -71,6 +80,7 @@ impl TryFrom<ProjectFile> for Project {
             scenes: f.scenes,
             panels: f.panels,
             settings: f.settings,
+            takes: f.takes,
         })
     }
 }
@@ -108,6 +118,9 @@ impl Character {
 pub struct IdentityShot {
     pub environment: String,
     pub action: String,
+    /// Overrides [`RenderSettings::seed`] for the identity only (a re-roll of the identity).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seed: Option<u64>,
     /// Where the identity comes from: drawn by FLUX (the default, and every older file), or a
     /// picture the user brings. The prompts describe it either way: they drive the masks.
     #[serde(default, skip_serializing_if = "IdentitySource::is_generated")]
@@ -121,6 +134,7 @@ impl IdentityShot {
             environment: environment.into(),
             action: action.into(),
             source: IdentitySource::Generated,
+            seed: None,
         }
     }
 }
@@ -306,6 +320,59 @@ pub struct RenderSettings {
     /// follows the shot list (a change re-renders the panels that have them).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub shot_in_prompt: bool,
+    /// Renders drafts: every image scaled to `draft_long_side` on its long side (never up), with
+    /// `draft_steps` steps; the recipe's step windows are fractions, so they scale with them.
+    /// Off renders finals at full size. Drafts and finals are takes of the same image.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub draft: bool,
+    #[serde(
+        default = "default_draft_long_side",
+        skip_serializing_if = "is_default_draft_long_side"
+    )]
+    pub draft_long_side: usize,
+    /// `None`: two fifths of the final step count (at least 4, or the final count if fewer).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub draft_steps: Option<usize>,
+}
+
+fn default_draft_long_side() -> usize {
+    512
+}
+
+fn is_default_draft_long_side(side: &usize) -> bool {
+    *side == default_draft_long_side()
+}
+
+impl RenderSettings {
+    /// The quality the switch asks for.
+    pub fn quality(&self) -> Quality {
+        match self.draft {
+            true => Quality::Draft,
+            false => Quality::Final,
+        }
+    }
+
+    /// `(width, height)` of an image of full size `(width, height)` at `quality`: a draft's
+    /// long side is at most `draft_long_side`, both sides multiples of 16, the aspect kept.
+    pub fn sized(&self, quality: Quality, (width, height): (usize, usize)) -> (usize, usize) {
+        let long = width.max(height);
+        if quality == Quality::Final || long <= self.draft_long_side {
+            return (width, height);
+        }
+        let scale = self.draft_long_side as f64 / long as f64;
+        let side = |s: usize| (((s as f64 * scale) / 16.0).round() as usize).max(1) * 16;
+        (side(width), side(height))
+    }
+
+    /// The step count at `quality`, given the final count.
+    pub fn steps_at(&self, quality: Quality, final_steps: usize) -> usize {
+        match quality {
+            Quality::Final => final_steps,
+            Quality::Draft => self
+                .draft_steps
+                .unwrap_or_else(|| (final_steps * 2).div_ceil(5).max(final_steps.min(4))),
+        }
+    }
 }
 
 fn default_side() -> usize {
@@ -331,6 +398,9 @@ impl Default for RenderSettings {
             seed: default_seed(),
             recipe: Recipe::default(),
             shot_in_prompt: false,
+            draft: false,
+            draft_long_side: default_draft_long_side(),
+            draft_steps: None,
         }
     }
 }
@@ -447,6 +517,10 @@ impl Project {
             )?;
         }
         limits::check_guidance("settings.guidance", s.guidance)?;
+        check_side("settings.draft_long_side", s.draft_long_side)?;
+        if let Some(steps) = s.draft_steps {
+            limits::check("settings.draft_steps", steps, &limits::STEPS)?;
+        }
         // The recipe names its fields `recipe.…`; prefixing makes them the path in this file.
         s.recipe.validate().map_err(|e| anyhow!("settings.{e:#}"))?;
         Ok(())

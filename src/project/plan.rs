@@ -6,15 +6,27 @@ use std::path::Path;
 
 use super::model::{IdentitySource, PictureIdentity, Project};
 use crate::consist::plan::{
-    PanelShot, PictureKey, Plan, PlanModel, PlanSettings, PlannedPicture, Shot, ShotCharacter,
+    PanelShot, PictureKey, Plan, PlanModel, PlanSettings, PlannedPicture, Quality, Shot,
+    ShotCharacter,
 };
 use crate::picture;
 use crate::pipeline::NoiseSource;
 
-/// Plans every image of `project` for `model`. `noise_file` replaces the project's seed for the
+/// Plans every image of `project` for `model`, as drafts or finals as its settings say.
+/// `noise_file` replaces the project's seed for the
 /// identity and every panel without a seed of its own (`charaboard render --noise`). A picture
 /// identity's picture is read and checked here, so a bad one fails before any work.
 pub fn plan(project: &Project, model: &PlanModel, noise_file: Option<&Path>) -> Result<Plan> {
+    plan_at(project, model, noise_file, project.settings.quality())
+}
+
+/// [`plan`] at a chosen quality: what a take of that quality is judged against.
+pub fn plan_at(
+    project: &Project,
+    model: &PlanModel,
+    noise_file: Option<&Path>,
+    quality: Quality,
+) -> Result<Plan> {
     project.validate()?;
     let s = &project.settings;
     let noise = |own_seed: Option<u64>| match (own_seed, noise_file) {
@@ -31,20 +43,24 @@ pub fn plan(project: &Project, model: &PlanModel, noise_file: Option<&Path>) -> 
             })
             .collect()
     };
+    let identity_size = s.sized(quality, (s.width, s.height));
     let identities = (0..project.characters.len())
         .map(|k| {
+            let identity = &project.characters[k].identity;
             Ok(Shot {
                 prompt: project.identity_prompt_of(k),
-                environment: project.characters[k].identity.environment.clone(),
+                environment: identity.environment.clone(),
                 environment_field: format!("characters[{k}].identity.environment"),
                 characters: shows(&[k]),
                 characters_field: format!("characters[{k}].prompt"),
-                width: s.width,
-                height: s.height,
-                noise: noise(None),
-                picture: match &project.characters[k].identity.source {
+                width: identity_size.0,
+                height: identity_size.1,
+                noise: noise(identity.seed),
+                picture: match &identity.source {
                     IdentitySource::Generated => None,
-                    IdentitySource::Picture(p) => Some(planned_picture(p, s.width, s.height)?),
+                    IdentitySource::Picture(p) => {
+                        Some(planned_picture(p, identity_size.0, identity_size.1)?)
+                    }
                 },
             })
         })
@@ -53,7 +69,7 @@ pub fn plan(project: &Project, model: &PlanModel, noise_file: Option<&Path>) -> 
         .map(|i| {
             let panel = &project.panels[i];
             let scene = &project.scenes[panel.scene];
-            let (width, height) = project.panel_size(i);
+            let (width, height) = s.sized(quality, project.panel_size(i));
             PanelShot {
                 shot: Shot {
                     prompt: project.panel_prompt(i),
@@ -73,7 +89,9 @@ pub fn plan(project: &Project, model: &PlanModel, noise_file: Option<&Path>) -> 
         .collect();
     let settings = PlanSettings {
         model: model.key.clone(),
-        steps: s.steps.unwrap_or(model.default_steps),
+        model_steps: model.default_steps,
+        quality,
+        steps: s.steps_at(quality, s.steps.unwrap_or(model.default_steps)),
         guidance: s.guidance,
         recipe: s.recipe.clone(),
     };

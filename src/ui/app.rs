@@ -13,15 +13,16 @@ use super::dialogs::{Dialogs, Purpose};
 use super::document::Document;
 use super::editor::{editor_ui, TokenCounter};
 use super::grid::{grid_ui, GridLayout, MIN_GRID_WIDTH};
-use super::inspector::{inspector_ui, Overlays};
+use super::inspector::{inspector_ui, Overlays, TakeAction};
 use super::layout_report::LayoutReport;
 use super::picture::PictureView;
 use super::setup::{self, CacheScan, ModelStatus};
 use crate::app_settings::AppSettings;
-use crate::consist::plan::{Plan, PlanModel, RenderRequest, Target};
+use crate::consist::plan::{Plan, PlanModel, Quality, RenderRequest, Target};
 use crate::consist::session::RenderOptions;
 use crate::export::storyboard::{panel_list, Exported, StalePanels};
 use crate::memory_plan::{mode_name, BankChoice, ChosenBank, Machine, LOCKSTEP_BATCH_MAX};
+use crate::project::images::RenderedImage;
 use crate::text::{PromptTokenizers, T5_LEN_DEV};
 use crate::worker::{Event, Job, Worker};
 
@@ -60,6 +61,8 @@ pub struct CharaboardApp {
     /// Orders the grid's panels by rising consistency, to find those that drifted.
     pub most_drifted_first: bool,
     pub overlays: Overlays,
+    /// A take shown beside the selected image's active one in the inspector.
+    compare: Option<(Target, RenderedImage, egui::TextureHandle)>,
     /// Where the grid and its cells were drawn in the last frame, and the inspector if shown.
     pub layout: GridLayout,
     pub inspector_rect: Option<Rect>,
@@ -72,6 +75,9 @@ pub struct CharaboardApp {
     /// The plan of the project as it is now, for the loaded model; recomputed when either
     /// changes (`planned` is the document revision it was made at).
     plan: Option<Plan>,
+    /// The same at the other quality (finals while drafting, drafts otherwise): the takes of
+    /// that quality are judged against it.
+    other_plan: Option<Plan>,
     planned: Option<u64>,
     cache_scan: CacheScan,
     pub status: Option<(String, bool)>,
@@ -111,6 +117,7 @@ impl CharaboardApp {
             player: Player::default(),
             most_drifted_first: false,
             overlays: Overlays::default(),
+            compare: None,
             layout: GridLayout::default(),
             inspector_rect: None,
             layout_report: start.layout_report.map(LayoutReport::new),
@@ -118,6 +125,7 @@ impl CharaboardApp {
             plan_model: None,
             machine: None,
             plan: None,
+            other_plan: None,
             planned: None,
             cache_scan: CacheScan::default(),
             status: None,
@@ -211,6 +219,13 @@ impl CharaboardApp {
                 .plan_model
                 .as_ref()
                 .and_then(|m| crate::project::plan(&self.doc.project, m, None).ok());
+            let other = match self.doc.project.settings.quality() {
+                Quality::Draft => Quality::Final,
+                Quality::Final => Quality::Draft,
+            };
+            self.other_plan = self.plan_model.as_ref().and_then(|m| {
+                crate::project::plan::plan_at(&self.doc.project, m, None, other).ok()
+            });
         }
         self.plan.as_ref()
     }
@@ -242,6 +257,7 @@ impl CharaboardApp {
         match self.doc.save_to(path) {
             Ok(()) => {
                 self.doc.remove_recovery();
+                self.remove_deleted_takes();
                 self.settings.remember_project(path);
                 self.save_settings();
                 self.info(format!("saved {}", path.display()));
@@ -249,6 +265,69 @@ impl CharaboardApp {
             Err(e) => self.error(format!(
                 "could not save; the previous file is untouched: {e}"
             )),
+        }
+    }
+
+    /// Once the project that deletes them is saved, deleted takes' files go.
+    fn remove_deleted_takes(&mut self) {
+        let Some(store) = self.doc.images_store() else {
+            return;
+        };
+        for (&target, choice) in &self.doc.project.takes {
+            for &take in &choice.deleted {
+                if let Err(e) = store.remove_take(target, take) {
+                    self.status = Some((format!("could not remove a deleted take: {e:#}"), true));
+                }
+            }
+        }
+    }
+
+    /// Applies the inspector's take action to the selected image.
+    fn take_action(&mut self, ctx: &egui::Context, target: Target, action: TakeAction) {
+        let project = &mut self.doc.project;
+        match action {
+            TakeAction::Pick(take) => {
+                let seed = self
+                    .cells
+                    .get(target)
+                    .and_then(|c| c.takes.iter().find(|t| t.take == take))
+                    .and_then(RenderedImage::seed);
+                project.takes.entry(target).or_default().active = Some(take);
+                // The take's seed becomes the image's: the active take is current again.
+                if let Some(seed) = seed {
+                    set_seed(project, target, seed);
+                }
+            }
+            TakeAction::Delete(take) => {
+                let choice = project.takes.entry(target).or_default();
+                choice.deleted.push(take);
+                if choice.active == Some(take) {
+                    choice.active = None;
+                }
+                if self.compare.as_ref().is_some_and(|c| c.1.take == take) {
+                    self.compare = None;
+                }
+            }
+            TakeAction::Compare(None) => self.compare = None,
+            TakeAction::Compare(Some(take)) => {
+                self.compare = self
+                    .cells
+                    .get(target)
+                    .and_then(|c| c.takes.iter().find(|t| t.take == take))
+                    .map(|t| {
+                        let tex = super::cells::texture(ctx, "compare", &t.image);
+                        (target, t.clone(), tex)
+                    });
+            }
+            TakeAction::Reroll => {
+                set_seed(project, target, rand::random::<u32>() as u64);
+                self.doc.record_edits();
+                self.doc.seal();
+                self.render(match target {
+                    Target::Identity | Target::IdentityOf(_) => RenderRequest::Identity,
+                    Target::Panel(i) => RenderRequest::Panel(i),
+                });
+            }
         }
     }
 
@@ -390,6 +469,8 @@ impl CharaboardApp {
             }
             Event::TinyModelCreated { dir } => {
                 self.busy = false;
+                // Random weights draw abstract pictures: start quick.
+                setup::tiny_draft(&mut self.doc.project);
                 self.load_model(dir);
             }
             Event::Started(target) => self.cells.entry(target).state = CellState::Preparing,
@@ -404,7 +485,28 @@ impl CharaboardApp {
                     cell.preview = Some(super::cells::texture(ctx, "preview", &p));
                 }
             }
-            Event::ImageDone(image) => self.cells.set_image(ctx, *image),
+            Event::ImageDone(mut image) => {
+                let target = image.target;
+                let taken = self.cells.get(target).map_or(vec![], |c| {
+                    c.takes.iter().map(|t| t.take).collect::<Vec<_>>()
+                });
+                // Unsaved, takes live in memory only: number them here.
+                if self.doc.images_store().is_none() {
+                    image.take = taken.iter().max().map_or(1, |n| n + 1);
+                }
+                let newest = taken.iter().all(|&n| n < image.take);
+                let take = image.take;
+                self.cells.add_take(*image);
+                // The take just rendered becomes the active one.
+                if let Some(choice) = self.doc.project.takes.get_mut(&target) {
+                    choice.active = (!newest).then_some(take);
+                    if choice.is_empty() {
+                        self.doc.project.takes.remove(&target);
+                    }
+                } else if !newest {
+                    self.doc.project.takes.entry(target).or_default().active = Some(take);
+                }
+            }
             Event::ImagesLoaded {
                 store,
                 images,
@@ -417,7 +519,7 @@ impl CharaboardApp {
                     .is_some_and(|s| s.dir() == store.dir())
                 {
                     for image in images {
-                        self.cells.set_image(ctx, image);
+                        self.cells.add_take(image);
                     }
                     if !notes.is_empty() {
                         self.info(notes.join("; "));
@@ -654,6 +756,7 @@ impl CharaboardApp {
     /// Everything inside the window; `eframe::App::ui` and the UI tests call this.
     pub fn show(&mut self, ui: &mut Ui) {
         self.poll(ui.ctx());
+        self.cells.sync(ui.ctx(), &self.doc.project.takes);
         self.shortcuts(ui);
         egui::Panel::top("menu").show(ui, |ui| self.menu_bar(ui));
         egui::Panel::bottom("status").show(ui, |ui| {
@@ -725,10 +828,11 @@ impl CharaboardApp {
             self.plan();
             ui.checkbox(&mut self.most_drifted_first, "Most drifted first")
                 .on_hover_text("Order the panels by rising consistency with the identity.");
+            let plans: Vec<&Plan> = self.plan.iter().chain(&self.other_plan).collect();
             self.layout = grid_ui(
                 ui,
                 &self.doc.project,
-                self.plan.as_ref(),
+                &plans,
                 &self.cells,
                 &mut self.selected,
                 self.most_drifted_first,
@@ -757,18 +861,32 @@ impl CharaboardApp {
         let max = (ui.available_width() - MIN_GRID_WIDTH).max(0.0);
         let mut expanded = self.inspector_open && self.selected.is_some();
         let was_expanded = expanded;
-        self.inspector_rect = egui::Panel::right("inspector")
+        let panel = egui::Panel::right("inspector")
             .resizable(true)
             .default_size(520.0)
             .min_size(160.0)
             .max_size(max)
             .show_collapsible(ui, &mut expanded, |ui| match self.selected {
-                Some(target) => inspector_ui(ui, &self.cells, target, &mut self.overlays),
+                Some(target) => {
+                    let compare = self
+                        .compare
+                        .as_ref()
+                        .filter(|c| c.0 == target)
+                        .map(|c| (&c.1, &c.2));
+                    let choice = self.doc.project.takes.get(&target);
+                    inspector_ui(ui, &self.cells, target, &mut self.overlays, choice, compare)
+                        .map(|a| (target, a))
+                }
                 None => {
                     ui.label("Click a cell to inspect it.");
+                    None
                 }
-            })
-            .map(|r| r.response.rect);
+            });
+        let action = panel.as_ref().and_then(|r| r.inner);
+        self.inspector_rect = panel.map(|r| r.response.rect);
+        if let Some((target, action)) = action {
+            self.take_action(ui.ctx(), target, action);
+        }
         // Dragged shut (or open) by the user; a deselected cell leaves the choice as it was.
         if expanded != was_expanded {
             self.inspector_open = expanded;
@@ -838,6 +956,24 @@ impl CharaboardApp {
         self.closing = true;
         self.asking_to_close = false;
         ui.ctx().send_viewport_cmd(egui::ViewportCommand::Close);
+    }
+}
+
+/// Makes `seed` the one `target` is rendered from (no override where it is the shared seed).
+fn set_seed(project: &mut crate::project::Project, target: Target, seed: u64) {
+    let own = (seed != project.settings.seed).then_some(seed);
+    match target {
+        Target::Identity => project.characters[0].identity.seed = own,
+        Target::IdentityOf(k) => {
+            if let Some(c) = project.characters.get_mut(k) {
+                c.identity.seed = own;
+            }
+        }
+        Target::Panel(i) => {
+            if let Some(p) = project.panels.get_mut(i) {
+                p.seed = own;
+            }
+        }
     }
 }
 

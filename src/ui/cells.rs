@@ -3,8 +3,9 @@
 use egui::{ColorImage, Context, TextureHandle, TextureOptions};
 use std::collections::BTreeMap;
 
-use crate::consist::plan::{Phase, Plan, Target};
+use crate::consist::plan::{Phase, Plan, Quality, Target};
 use crate::project::images::RenderedImage;
+use crate::project::takes::{self, Active, TakeChoice};
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum CellState {
@@ -23,9 +24,14 @@ pub enum CellState {
 
 pub struct Cell {
     pub state: CellState,
+    /// The active take, shown in the grid and the inspector and played in the animatic.
     pub image: Option<RenderedImage>,
     pub texture: Option<TextureHandle>,
     pub preview: Option<TextureHandle>,
+    /// Every take read back or rendered, deleted ones included (the document hides them).
+    pub takes: Vec<RenderedImage>,
+    /// The chosen take, when its files are gone.
+    pub missing: Option<u32>,
 }
 
 impl Cell {
@@ -35,25 +41,38 @@ impl Cell {
             image: None,
             texture: None,
             preview: None,
+            takes: Vec::new(),
+            missing: None,
         }
     }
 
-    /// Rendered from other inputs than `plan` asks for now. Without a plan (no model loaded,
-    /// or a project that cannot be planned) nothing is known to be stale.
-    pub fn is_stale(&self, plan: Option<&Plan>) -> bool {
-        match (&self.image, plan) {
-            (Some(image), Some(plan)) => !image.is_current(plan),
-            _ => false,
-        }
+    /// Rendered from other inputs than the plan of its quality (draft or final, among
+    /// `plans`) asks for now. Without that plan (no model loaded, or a project that cannot be
+    /// planned) nothing is known to be stale.
+    pub fn is_stale(&self, plans: &[&Plan]) -> bool {
+        let Some(image) = &self.image else {
+            return false;
+        };
+        plans
+            .iter()
+            .find(|p| p.settings.quality == image.quality)
+            .is_some_and(|plan| !image.is_current(plan))
     }
 
     /// A short label of the state for the grid and for tests.
-    pub fn label(&self, plan: Option<&Plan>) -> String {
+    pub fn label(&self, plans: &[&Plan]) -> String {
         match &self.state {
+            CellState::Empty | CellState::Done if self.missing.is_some() => {
+                format!("missing: take {} is gone", self.missing.unwrap_or_default())
+            }
             CellState::Empty | CellState::Done if self.image.is_some() => {
-                match self.is_stale(plan) {
-                    true => "stale".into(),
-                    false => "done".into(),
+                let state = match self.is_stale(plans) {
+                    true => "stale",
+                    false => "done",
+                };
+                match self.image.as_ref().map(|i| i.quality) {
+                    Some(Quality::Draft) => format!("{state} (draft)"),
+                    _ => state.into(),
                 }
             }
             CellState::Empty | CellState::Done => "empty".into(),
@@ -104,13 +123,37 @@ impl Cells {
         self.cells.entry(target).or_insert_with(Cell::empty)
     }
 
-    /// Shows `image` in its cell; the texture it replaces is released with its handle.
-    pub fn set_image(&mut self, ctx: &Context, image: RenderedImage) {
+    /// Keeps `image` as a take of its cell (replacing one of the same number); which take is
+    /// shown is [`Cells::sync`]'s to say.
+    pub fn add_take(&mut self, image: RenderedImage) {
         let cell = self.entry(image.target);
-        cell.texture = Some(texture(ctx, &format!("{:?}", image.target), &image.image));
+        cell.takes.retain(|t| t.take != image.take);
+        cell.takes.push(image);
+        cell.takes.sort_by_key(|t| t.take);
         cell.preview = None;
-        cell.image = Some(image);
         cell.state = CellState::Done;
+    }
+
+    /// Shows each cell's active take as `choices` say (after a pick, a delete, an undo); a
+    /// texture is made only when the shown take changes.
+    pub fn sync(
+        &mut self,
+        ctx: &Context,
+        choices: &std::collections::BTreeMap<Target, TakeChoice>,
+    ) {
+        for (target, cell) in &mut self.cells {
+            let (shown, missing) = match takes::active(&cell.takes, choices.get(target)) {
+                Active::Take(t) => (Some(t), None),
+                Active::None => (None, None),
+                Active::Missing(n) => (None, Some(n)),
+            };
+            cell.missing = missing;
+            if shown.map(|t| t.take) == cell.image.as_ref().map(|i| i.take) {
+                continue;
+            }
+            cell.texture = shown.map(|t| texture(ctx, &format!("{target:?}"), &t.image));
+            cell.image = shown.cloned();
+        }
     }
 
     /// Cells still waiting or running become failed (with `why`), or empty when `why` is None.

@@ -70,12 +70,13 @@ pub fn consistency(cells: &Cells, target: Target) -> Option<Consistency> {
     Consistency::of(&image.mask, image.matches.as_ref()?, &identity.mask)
 }
 
-/// `plan` is what the cells' images are compared with to tell which are stale. With
+/// `plans` (the project's drafts and finals) are what the cells' takes are compared with to
+/// tell which are stale, each take with the plan of its quality. With
 /// `most_drifted_first`, the panels come in rising order of consistency (unscored last).
 pub fn grid_ui(
     ui: &mut Ui,
     project: &Project,
-    plan: Option<&Plan>,
+    plans: &[&Plan],
     cells: &Cells,
     selected: &mut Option<Target>,
     most_drifted_first: bool,
@@ -100,7 +101,7 @@ pub fn grid_ui(
                 ui.horizontal_top(|ui| {
                     for &target in row {
                         let rect =
-                            cell_ui(ui, project, plan, cells, target, selected, width, picture);
+                            cell_ui(ui, project, plans, cells, target, selected, width, picture);
                         rects.push((target, rect));
                     }
                 });
@@ -121,7 +122,7 @@ pub fn grid_ui(
 fn cell_ui(
     ui: &mut Ui,
     project: &Project,
-    plan: Option<&Plan>,
+    plans: &[&Plan],
     cells: &Cells,
     target: Target,
     selected: &mut Option<Target>,
@@ -129,7 +130,7 @@ fn cell_ui(
     picture: &mut PictureView,
 ) -> Rect {
     let cell = cells.get(target);
-    let state = cell.map_or_else(|| "empty".to_string(), |c| c.label(plan));
+    let state = cell.map_or_else(|| "empty".to_string(), |c| c.label(plans));
     let (w, h) = match target {
         Target::Identity | Target::IdentityOf(_) => {
             (project.settings.width, project.settings.height)

@@ -7,6 +7,8 @@ use super::grid::title;
 use crate::consist::mask::Grid;
 use crate::consist::plan::Target;
 use crate::overlay::{similarity_color, subsample};
+use crate::project::images::RenderedImage;
+use crate::project::takes::{self, TakeChoice};
 
 /// Which overlays are shown.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -72,7 +74,147 @@ fn show_image(ui: &mut Ui, texture: &egui::TextureHandle, size: Vec2) -> Rect {
     rect
 }
 
-pub fn inspector_ui(ui: &mut Ui, cells: &Cells, selected: Target, overlays: &mut Overlays) {
+/// What the user asked of the selected image's takes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TakeAction {
+    /// Make this take the active one (left/right arrows step through them).
+    Pick(u32),
+    Delete(u32),
+    /// Show this take beside the active one (`None`: stop comparing).
+    Compare(Option<u32>),
+    /// Render the image again from a new seed, as a new take.
+    Reroll,
+}
+
+/// One line about a take: its number, quality, seed and when it was rendered.
+pub fn take_summary(take: &RenderedImage) -> String {
+    let seed = take
+        .seed()
+        .map_or_else(|| "noise file".to_string(), |s| format!("seed {s}"));
+    let at = take.rendered_at.map_or_else(String::new, |t| {
+        format!(
+            ", {:02}:{:02}:{:02} UTC",
+            (t / 3600) % 24,
+            (t / 60) % 60,
+            t % 60
+        )
+    });
+    let size = take.key.as_ref().map_or_else(String::new, |k| {
+        format!(", {}x{}, {} steps", k.width, k.height, k.steps)
+    });
+    format!(
+        "take {} ({}, {seed}{size}{at})",
+        take.take,
+        take.quality.label()
+    )
+}
+
+/// The take bar: step through the takes (buttons or left/right), compare, delete, re-roll.
+fn takes_ui(
+    ui: &mut Ui,
+    cells: &Cells,
+    selected: Target,
+    choice: Option<&TakeChoice>,
+    compare: Option<u32>,
+) -> Option<TakeAction> {
+    let cell = cells.get(selected)?;
+    let shown = takes::visible(&cell.takes, choice);
+    let active = cell.image.as_ref().map(|i| i.take);
+    let at = shown.iter().position(|t| Some(t.take) == active);
+    let mut action = None;
+    let step = |d: isize| -> Option<TakeAction> {
+        let k = at? as isize + d;
+        let t = shown.get(usize::try_from(k).ok()?)?;
+        Some(TakeAction::Pick(t.take))
+    };
+    ui.horizontal_wrapped(|ui| {
+        if ui
+            .add_enabled(step(-1).is_some(), egui::Button::new("< Previous take"))
+            .clicked()
+        {
+            action = step(-1);
+        }
+        ui.label(match at {
+            Some(k) => format!("Take {} of {}", k + 1, shown.len()),
+            None => format!("{} takes", shown.len()),
+        });
+        if ui
+            .add_enabled(step(1).is_some(), egui::Button::new("Next take >"))
+            .clicked()
+        {
+            action = step(1);
+        }
+        if !ui.ctx().egui_wants_keyboard_input() {
+            let (left, right) = ui.input(|i| {
+                (
+                    i.key_pressed(egui::Key::ArrowLeft),
+                    i.key_pressed(egui::Key::ArrowRight),
+                )
+            });
+            if left {
+                action = step(-1).or(action);
+            }
+            if right {
+                action = step(1).or(action);
+            }
+        }
+        let compared = compare.and_then(|c| shown.iter().find(|t| t.take == c));
+        egui::ComboBox::from_label("Compare with")
+            .selected_text(compared.map_or("none".into(), |t| format!("take {}", t.take)))
+            .show_ui(ui, |ui| {
+                if ui.selectable_label(compare.is_none(), "none").clicked() {
+                    action = Some(TakeAction::Compare(None));
+                }
+                for t in shown.iter().filter(|t| Some(t.take) != active) {
+                    if ui
+                        .selectable_label(compare == Some(t.take), take_summary(t))
+                        .clicked()
+                    {
+                        action = Some(TakeAction::Compare(Some(t.take)));
+                    }
+                }
+            });
+        if let Some(id) = active {
+            if ui.button("Delete take").clicked() {
+                action = Some(TakeAction::Delete(id));
+            }
+        }
+        if ui
+            .button("Re-roll")
+            .on_hover_text("Render again from a new seed; the new picture is a new take.")
+            .clicked()
+        {
+            action = Some(TakeAction::Reroll);
+        }
+    });
+    if let Some(image) = &cell.image {
+        ui.label(take_summary(image));
+    }
+    action
+}
+
+/// The selected image with its overlays and its takes; `compare` is another take shown beside
+/// it (its picture and texture).
+pub fn inspector_ui(
+    ui: &mut Ui,
+    cells: &Cells,
+    selected: Target,
+    overlays: &mut Overlays,
+    choice: Option<&TakeChoice>,
+    compare: Option<(&RenderedImage, &egui::TextureHandle)>,
+) -> Option<TakeAction> {
+    let action = takes_ui(ui, cells, selected, choice, compare.map(|c| c.0.take));
+    inspect(ui, cells, selected, overlays, compare);
+    action
+}
+
+fn inspect(
+    ui: &mut Ui,
+    cells: &Cells,
+    selected: Target,
+    overlays: &mut Overlays,
+    compare: Option<(&RenderedImage, &egui::TextureHandle)>,
+) {
     ui.horizontal_wrapped(|ui| {
         ui.heading(title(selected));
         ui.checkbox(&mut overlays.mask, "Show foreground mask");
@@ -86,12 +228,32 @@ pub fn inspector_ui(ui: &mut Ui, cells: &Cells, selected: Target, overlays: &mut
         .get(selected)
         .and_then(|c| c.image.as_ref().map(|i| (c, i)))
     else {
-        ui.label("Not rendered yet.");
+        match cells.get(selected).and_then(|c| c.missing) {
+            Some(n) => ui.label(format!(
+                "Take {n} is missing: its files are gone. Choose another take or render again."
+            )),
+            None => ui.label("Not rendered yet."),
+        };
         return;
     };
     let Some(texture) = &cell.texture else {
         return;
     };
+    if let Some((other, other_tex)) = compare {
+        let avail = ui.available_size();
+        let size = Vec2::new(avail.x / 2.0 - 8.0, avail.y - 50.0);
+        ui.horizontal_top(|ui| {
+            ui.vertical(|ui| {
+                ui.label(format!("active: {}", take_summary(rendered)));
+                show_image(ui, texture, size);
+            });
+            ui.vertical(|ui| {
+                ui.label(take_summary(other));
+                show_image(ui, other_tex, size);
+            });
+        });
+        return;
+    }
     let identity = cells
         .get(Target::Identity)
         .and_then(|c| Some((c.texture.as_ref()?, c.image.as_ref()?)));

@@ -109,6 +109,19 @@ pub fn setup_ui(ui: &mut Ui, model: &ModelStatus, scan: &mut CacheScan) -> Optio
     action
 }
 
+/// The draft the tiny test model starts in: the sample storyboard (identity and 4 panels) in
+/// about a minute on 2 CPU cores (measured: README, "Drafts").
+pub const TINY_DRAFT_LONG_SIDE: usize = 384;
+pub const TINY_DRAFT_STEPS: usize = 20;
+
+/// Switches `project` to the tiny test model's draft.
+pub fn tiny_draft(project: &mut Project) {
+    let s = &mut project.settings;
+    s.draft = true;
+    s.draft_long_side = TINY_DRAFT_LONG_SIDE;
+    s.draft_steps = Some(TINY_DRAFT_STEPS);
+}
+
 /// Size, steps, guidance, seed and the recipe's main switches of the open project; the app
 /// remembers them as the defaults of new projects.
 pub fn render_settings_ui(ui: &mut Ui, project: &mut Project, settings: &mut AppSettings) {
@@ -146,6 +159,31 @@ pub fn render_settings_ui(ui: &mut Ui, project: &mut Project, settings: &mut App
                 }
             }
         });
+        ui.horizontal(|ui| {
+            ui.checkbox(&mut s.draft, "Drafts").on_hover_text(
+                "Render small and quick (long side and steps here); off renders finals at \
+                     full size. Drafts and finals are takes of the same panel.",
+            );
+            ui.add_enabled(
+                s.draft,
+                egui::DragValue::new(&mut s.draft_long_side)
+                    .range(16..=4096)
+                    .speed(16.0)
+                    .suffix(" px long side"),
+            );
+            let mut own_steps = s.draft_steps.is_some();
+            if ui
+                .add_enabled(s.draft, egui::Checkbox::new(&mut own_steps, "draft steps"))
+                .changed()
+            {
+                s.draft_steps = own_steps.then_some(20);
+            }
+            if let Some(steps) = &mut s.draft_steps {
+                ui.add_enabled(s.draft, egui::DragValue::new(steps).range(1..=100));
+            }
+        });
+        // Sides are multiples of 16 (a drag may land between).
+        s.draft_long_side = (s.draft_long_side / 16).max(1) * 16;
         ui.add(egui::Slider::new(&mut s.guidance, 0.0..=10.0).text("Guidance"));
         ui.horizontal(|ui| {
             ui.label("Seed");

@@ -162,6 +162,7 @@ pub fn knight_project(panels: Vec<(usize, &str)>, scenes: Vec<(&str, bool)>) -> 
             .into_iter()
             .map(|(scene, action)| Panel::new(scene, action))
             .collect(),
+        takes: Default::default(),
         settings: RenderSettings {
             width: 128,
             height: 128,
