@@ -418,12 +418,14 @@ fn a_two_character_storyboard_renders_end_to_end_in_the_cli() {
     let run = common::render_cli(&file, &model, &out, &["--bank", "device"]);
     common::ok(&run);
     for stem in ["identity", "identity-2", "panel-01", "panel-02", "panel-03"] {
-        assert!(out.join(format!("{stem}.png")).is_file(), "{stem}");
+        assert!(out.join(format!("{stem}-take-001.png")).is_file(), "{stem}");
     }
     let owners = |stem: &str| -> Vec<u8> {
-        let dump =
-            candle_core::safetensors::load(out.join(format!("{stem}.safetensors")), &Device::Cpu)
-                .unwrap();
+        let dump = candle_core::safetensors::load(
+            out.join(format!("{stem}-take-001.safetensors")),
+            &Device::Cpu,
+        )
+        .unwrap();
         dump["fg_mask"].flatten_all().unwrap().to_vec1().unwrap()
     };
     assert!(owners("panel-01").iter().all(|&o| o <= 1));
@@ -442,5 +444,13 @@ fn a_two_character_storyboard_renders_end_to_end_in_the_cli() {
         e.contains("keeps one character") && e.contains("--bank device"),
         "{e}"
     );
-    assert!(!dir.path().join("r").join("identity.png").exists());
+    // Refused before any work: no picture of any take in the output folder.
+    let pngs = std::fs::read_dir(dir.path().join("r"))
+        .map(|d| {
+            d.flatten()
+                .filter(|e| e.path().extension().is_some_and(|x| x == "png"))
+                .count()
+        })
+        .unwrap_or(0);
+    assert_eq!(pngs, 0);
 }

@@ -252,7 +252,7 @@ fn render_numerics_override_the_project_and_are_recorded_in_keys_and_dumps() {
     let exact = render("exact", &[]);
     let reference = render("reference", &["--numerics", "reference"]);
     assert_eq!(std::fs::read_to_string(&project).unwrap(), PROJECT);
-    for stem in ["identity", "panel-01"] {
+    for stem in ["identity-take-001", "panel-01-take-001"] {
         let key =
             |dir: &Path| std::fs::read_to_string(dir.join(format!("{stem}.key.ron"))).unwrap();
         let dump = |dir: &Path| dump_numerics(&dir.join(format!("{stem}.safetensors")));
@@ -267,7 +267,7 @@ fn render_numerics_override_the_project_and_are_recorded_in_keys_and_dumps() {
         candle_core::safetensors::load(dir.join(format!("{stem}.safetensors")), &Device::Cpu)
             .unwrap()
     };
-    for stem in ["identity", "panel-01"] {
+    for stem in ["identity-take-001", "panel-01-take-001"] {
         let (e, r) = (dump(&exact, stem), dump(&reference, stem));
         let mask = |d: &std::collections::HashMap<String, Tensor>| -> Vec<u8> {
             d["fg_mask"].flatten_all().unwrap().to_vec1().unwrap()
@@ -280,7 +280,7 @@ fn render_numerics_override_the_project_and_are_recorded_in_keys_and_dumps() {
         );
     }
     let latents = |dir: &Path| -> Vec<f32> {
-        dump(dir, "identity")["latents"]
+        dump(dir, "identity-take-001")["latents"]
             .flatten_all()
             .unwrap()
             .to_vec1()

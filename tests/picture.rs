@@ -329,7 +329,11 @@ fn a_storyboard_with_a_picture_identity_renders_end_to_end() {
     ));
     let project = dir.path().join("courier.ron");
     std::fs::write(&project, PICTURE_PROJECT).unwrap();
-    let stems = ["identity", "panel-01", "panel-02"];
+    let stems = [
+        "identity-take-001",
+        "panel-01-take-001",
+        "panel-02-take-001",
+    ];
     let mut renders = Vec::new();
     for (out, bank) in [("banked", "device"), ("lockstep", "recompute")] {
         let out = dir.path().join(out);
@@ -343,7 +347,7 @@ fn a_storyboard_with_a_picture_identity_renders_end_to_end() {
                 );
             }
         }
-        assert!(out.join("panel-01-matches.png").is_file());
+        assert!(out.join("panel-01-take-001-matches.png").is_file());
         renders.push(out);
     }
     for stem in stems {
@@ -354,7 +358,7 @@ fn a_storyboard_with_a_picture_identity_renders_end_to_end() {
             "{stem}: banked and lockstep agree"
         );
     }
-    let key = std::fs::read_to_string(renders[0].join("identity.key.ron")).unwrap();
+    let key = std::fs::read_to_string(renders[0].join("identity-take-001.key.ron")).unwrap();
     assert!(
         key.contains("FixedPoint") && key.contains("CentreCrop"),
         "{key}"
