@@ -78,7 +78,8 @@ env -u WAYLAND_DISPLAY XDG_RUNTIME_DIR="$TMP/xdg" \
     --layout-report "$TMP/layout" >"$TMP/app.log" 2>&1 &
 APP_PID=$!
 
-LAST="$TMP/story.images/panel-04.png"
+# A take's key file is written last, after its picture and overlays.
+LAST="$TMP/story.images/panel-04-take-001.key.ron"
 start=$SECONDS
 until [[ -f $LAST ]]; do
     kill -0 "$APP_PID" 2>/dev/null || fail "the app exited before rendering $LAST"
