@@ -8,9 +8,6 @@ use image::{imageops, Rgb, RgbImage};
 /// Side of one FLUX transformer token in pixels (8x VAE downsampling, 2x2 patches).
 const TOKEN_PX: u32 = 16;
 
-/// Pure red, the colour the reference implementation uses for foreground.
-const RED: Rgb<u8> = Rgb([255, 0, 0]);
-
 /// Radius in pixels of the dots marking both ends of a match line.
 const DOT_RADIUS: i64 = 2;
 
@@ -76,17 +73,37 @@ fn blend_pixel(px: Rgb<u8>, towards: Rgb<u8>) -> Rgb<u8> {
     Rgb(std::array::from_fn(|i| half_blend(px.0[i], towards.0[i])))
 }
 
-/// The reference implementation's mask picture: on the left the image at 50%
-/// brightness with foreground tokens blended 50% towards red, on the right the
-/// mask alone (red foreground on black). Output is twice the image's width.
+/// Each character's colour in masks: the first pure red (the reference's foreground colour, as
+/// a one-character storyboard has always shown it), the others from Okabe and Ito's palette,
+/// which colour-blind readers tell apart too.
+pub const CHARACTER_COLOURS: [[u8; 3]; crate::limits::MAX_CHARACTERS] =
+    [[255, 0, 0], [0, 114, 178], [0, 158, 115], [240, 228, 66]];
+
+/// The colour of a token whose owner is `owner` (0 background: none; `k + 1` the image's `k`-th
+/// character, which is the storyboard's character `characters[k]`).
+pub fn owner_colour(owner: u8, characters: &[usize]) -> Option<Rgb<u8>> {
+    let k = usize::from(owner).checked_sub(1)?;
+    let character = characters.get(k).copied().unwrap_or(k);
+    Some(Rgb(CHARACTER_COLOURS[character % CHARACTER_COLOURS.len()]))
+}
+
+/// The image's foreground beside it: on the left the image at half brightness with each
+/// character's tokens blended 50% towards the character's colour, on the right the mask alone
+/// (the colours on black). Output is twice the image's width. `owners` holds each token's owner
+/// as [`owner_colour`] reads it, with the image's `characters`.
 ///
-/// Errors when `mask` does not have one entry per token of `grid`, since a
-/// mask from another resolution would silently mislabel tokens.
-pub fn mask_overlay(image: &RgbImage, mask: &[bool], grid: TokenGrid) -> Result<RgbImage> {
+/// Errors when `owners` does not have one entry per token of `grid`, since a mask from another
+/// resolution would silently mislabel tokens.
+pub fn mask_overlay(
+    image: &RgbImage,
+    owners: &[u8],
+    characters: &[usize],
+    grid: TokenGrid,
+) -> Result<RgbImage> {
     ensure!(
-        mask.len() == grid.len(),
+        owners.len() == grid.len(),
         "mask has {} entries but the {}x{} token grid has {}",
-        mask.len(),
+        owners.len(),
         grid.rows,
         grid.cols,
         grid.len()
@@ -94,11 +111,12 @@ pub fn mask_overlay(image: &RgbImage, mask: &[bool], grid: TokenGrid) -> Result<
     let (w, h) = image.dimensions();
     let mut out = RgbImage::new(2 * w, h);
     for (x, y, px) in image.enumerate_pixels() {
-        let fg = grid.token_at(x, y, w, h).is_some_and(|t| mask[t]);
-        let (left, right) = if fg {
-            (blend_pixel(*px, RED), RED)
-        } else {
-            (blend_pixel(*px, Rgb([0, 0, 0])), Rgb([0, 0, 0]))
+        let colour = grid
+            .token_at(x, y, w, h)
+            .and_then(|t| owner_colour(owners[t], characters));
+        let (left, right) = match colour {
+            Some(c) => (blend_pixel(*px, c), c),
+            None => (blend_pixel(*px, Rgb([0, 0, 0])), Rgb([0, 0, 0])),
         };
         out.put_pixel(x, y, left);
         out.put_pixel(w + x, y, right);

@@ -1,7 +1,10 @@
 //! Known-answer tests for the inspection overlays and contact sheets.
 
 use charaboard::export::sheet::contact_sheet;
-use charaboard::overlay::{mask_overlay, match_overlay, similarity_color, subsample, TokenGrid};
+use charaboard::overlay::{
+    mask_overlay, match_overlay, owner_colour, similarity_color, subsample, TokenGrid,
+    CHARACTER_COLOURS,
+};
 use image::{Rgb, RgbImage};
 
 const BLACK: Rgb<u8> = Rgb([0, 0, 0]);
@@ -25,9 +28,9 @@ fn token_grid_of_image_and_center() {
 fn mask_overlay_tints_and_draws_mask() {
     let img = RgbImage::from_pixel(48, 32, Rgb([200, 100, 50]));
     let grid = TokenGrid::of_image(&img);
-    let mut mask = vec![false; 6];
-    mask[4] = true;
-    let out = mask_overlay(&img, &mask, grid).unwrap();
+    let mut owners = vec![0u8; 6];
+    owners[4] = 1;
+    let out = mask_overlay(&img, &owners, &[0], grid).unwrap();
     assert_eq!(out.dimensions(), (96, 32));
     for y in 0..32 {
         for x in 0..48 {
@@ -47,8 +50,29 @@ fn mask_overlay_tints_and_draws_mask() {
 fn mask_overlay_rejects_wrong_mask_length() {
     let img = RgbImage::new(48, 32);
     let grid = TokenGrid::of_image(&img);
-    assert!(mask_overlay(&img, &[true; 5], grid).is_err());
-    assert!(mask_overlay(&img, &[true; 7], grid).is_err());
+    assert!(mask_overlay(&img, &[1; 5], &[0], grid).is_err());
+    assert!(mask_overlay(&img, &[1; 7], &[0], grid).is_err());
+}
+
+#[test]
+fn mask_overlay_draws_each_character_in_its_colour() {
+    let img = RgbImage::from_pixel(48, 32, Rgb([200, 100, 50]));
+    let grid = TokenGrid::of_image(&img);
+    // Tokens 1 and 4 belong to the image's first and second characters, which are the
+    // storyboard's characters 2 and 0: blue and red, whatever their order in the prompt.
+    let owners = [0, 1, 0, 0, 2, 0];
+    let out = mask_overlay(&img, &owners, &[2, 0], grid).unwrap();
+    let right = |token: usize| {
+        *out.get_pixel(
+            48 + (token as u32 % 3) * 16 + 8,
+            (token as u32 / 3) * 16 + 8,
+        )
+    };
+    assert_eq!(right(1), Rgb(CHARACTER_COLOURS[2]));
+    assert_eq!(right(4), Rgb(CHARACTER_COLOURS[0]));
+    assert_eq!(right(0), BLACK);
+    assert_ne!(CHARACTER_COLOURS[2], CHARACTER_COLOURS[0]);
+    assert_eq!(owner_colour(0, &[2, 0]), None);
 }
 
 #[test]

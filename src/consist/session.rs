@@ -43,6 +43,16 @@ pub struct ImageOutput {
     pub seconds: f64,
 }
 
+impl ImageOutput {
+    /// Each token's owner; the mask as 0 and 1 where the run recorded no owners.
+    pub fn owners_or_mask(&self) -> Vec<u8> {
+        match self.owners.len() == self.mask.len() {
+            true => self.owners.clone(),
+            false => self.mask.iter().map(|&m| u8::from(m)).collect(),
+        }
+    }
+}
+
 /// One finished denoising step of an image.
 pub struct ImageStep {
     pub target: Target,

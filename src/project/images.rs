@@ -110,7 +110,7 @@ impl RenderedImage {
             image: output.image.clone(),
             grid: output.grid,
             mask: output.mask.clone(),
-            owners: output.owners.clone(),
+            owners: output.owners_or_mask(),
             matches: output.matches.clone(),
             prompt: planned.shot.prompt.clone(),
             key: Some(planned.key.clone()),
@@ -303,11 +303,17 @@ impl ImagesStore {
         };
         let key_text = ron::ser::to_string_pretty(&key, ron::ser::PrettyConfig::default())
             .context("cannot write the image's key as RON")?;
+        let characters: Vec<usize> = planned.shot.characters.iter().map(|c| c.index).collect();
         let mut files: Vec<(PathBuf, Vec<u8>)> = vec![
             (self.png_path(target, take), png),
             (
                 self.file(target, take, "-mask.png"),
-                atomic_file::png_bytes(&mask_overlay(&output.image, &output.mask, grid)?)?,
+                atomic_file::png_bytes(&mask_overlay(
+                    &output.image,
+                    &output.owners_or_mask(),
+                    &characters,
+                    grid,
+                )?)?,
             ),
         ];
         if let Some(m) = &output.matches {
@@ -641,10 +647,7 @@ fn read_key(path: &Path) -> Result<KeyFile> {
 /// written before the entry existed was, and stays byte for byte what it was.
 fn dump_bytes(output: &ImageOutput, numerics: Numerics) -> Result<Vec<u8>> {
     let cpu = Device::Cpu;
-    let mask: Vec<u8> = match output.owners.len() == output.mask.len() {
-        true => output.owners.clone(),
-        false => output.mask.iter().map(|&m| u8::from(m)).collect(),
-    };
+    let mask = output.owners_or_mask();
     let mut tensors: HashMap<&str, Tensor> = HashMap::from([
         ("latents", output.latents.clone()),
         (

@@ -873,9 +873,22 @@ impl CharaboardApp {
                         .as_ref()
                         .filter(|c| c.0 == target)
                         .map(|c| (&c.1, &c.2));
-                    let choice = self.doc.project.takes.get(&target);
-                    inspector_ui(ui, &self.cells, target, &mut self.overlays, choice, compare)
-                        .map(|a| (target, a))
+                    let project = &self.doc.project;
+                    let choice = project.takes.get(&target);
+                    let characters = match target {
+                        Target::Panel(i) if i < project.panels.len() => project.panel_characters(i),
+                        t => t.character().into_iter().collect(),
+                    };
+                    inspector_ui(
+                        ui,
+                        &self.cells,
+                        target,
+                        &mut self.overlays,
+                        choice,
+                        compare,
+                        &characters,
+                    )
+                    .map(|a| (target, a))
                 }
                 None => {
                     ui.label("Click a cell to inspect it.");

@@ -6,9 +6,10 @@ use super::cells::Cells;
 use super::grid::title;
 use crate::consist::mask::Grid;
 use crate::consist::plan::Target;
-use crate::overlay::{similarity_color, subsample};
+use crate::overlay::{owner_colour, similarity_color, subsample};
 use crate::project::images::RenderedImage;
 use crate::project::takes::{self, TakeChoice};
+use image::Rgb;
 
 /// Which overlays are shown.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -52,11 +53,14 @@ fn token_at(image: Rect, grid: Grid, pos: Pos2) -> Option<usize> {
     Some(r.min(grid.rows - 1) * grid.cols + c.min(grid.cols - 1))
 }
 
-fn tint_mask(ui: &Ui, image: Rect, grid: Grid, mask: &[bool]) {
-    let red = Color32::from_rgba_unmultiplied(255, 0, 0, 90);
-    for (t, _) in mask.iter().enumerate().filter(|(_, &m)| m) {
-        ui.painter()
-            .rect_filled(token_rect(image, grid, t), 0.0, red);
+/// Tints each character's tokens of `image` in the character's colour.
+fn tint_mask(ui: &Ui, image: Rect, grid: Grid, owners: &[u8], characters: &[usize]) {
+    for (t, &owner) in owners.iter().enumerate() {
+        if let Some(Rgb([r, g, b])) = owner_colour(owner, characters) {
+            let colour = Color32::from_rgba_unmultiplied(r, g, b, 90);
+            ui.painter()
+                .rect_filled(token_rect(image, grid, t), 0.0, colour);
+        }
     }
 }
 
@@ -202,18 +206,22 @@ pub fn inspector_ui(
     overlays: &mut Overlays,
     choice: Option<&TakeChoice>,
     compare: Option<(&RenderedImage, &egui::TextureHandle)>,
+    characters: &[usize],
 ) -> Option<TakeAction> {
     let action = takes_ui(ui, cells, selected, choice, compare.map(|c| c.0.take));
-    inspect(ui, cells, selected, overlays, compare);
+    inspect(ui, cells, selected, overlays, compare, characters);
     action
 }
 
+/// `characters`: the storyboard's characters the selected image shows, in its prompt's order
+/// (its mask's owners name them in that order).
 fn inspect(
     ui: &mut Ui,
     cells: &Cells,
     selected: Target,
     overlays: &mut Overlays,
     compare: Option<(&RenderedImage, &egui::TextureHandle)>,
+    characters: &[usize],
 ) {
     ui.horizontal_wrapped(|ui| {
         ui.heading(title(selected));
@@ -276,7 +284,7 @@ fn inspect(
         }
     });
     if overlays.mask {
-        tint_mask(ui, panel_rect, rendered.grid, &rendered.mask);
+        tint_mask(ui, panel_rect, rendered.grid, &rendered.owners, characters);
     }
     if let Some((_, id_img)) = identity {
         if overlays.identity_mask {
@@ -286,7 +294,8 @@ fn inspect(
                 panel_rect
             };
             if side_by_side || selected == Target::Identity {
-                tint_mask(ui, rect, id_img.grid, &id_img.mask);
+                let character = id_img.target.character().unwrap_or(0);
+                tint_mask(ui, rect, id_img.grid, &id_img.owners, &[character]);
             }
         }
         if overlays.matches && side_by_side {
