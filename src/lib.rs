@@ -9,6 +9,7 @@ pub mod atomic_file;
 pub mod cli;
 pub mod consist;
 pub mod device;
+pub mod digest;
 pub mod export;
 pub mod flux;
 pub mod heap_meter;

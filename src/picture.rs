@@ -42,7 +42,7 @@ impl Fit {
 /// picture replaced under the same name renders again.
 pub fn digest(path: &Path) -> Result<u64> {
     let bytes = std::fs::read(path).map_err(|e| missing(path, &e))?;
-    Ok(crate::consist::plan::fnv64(&bytes))
+    Ok(crate::digest::fnv64(&bytes))
 }
 
 fn missing(path: &Path, e: &std::io::Error) -> anyhow::Error {

@@ -4,6 +4,15 @@ mod common;
 
 use common::{charaboard, ok};
 
+/// The files of the first take of every image of PROJECT (the identity and four panels).
+const COURIER_TAKES: [&str; 5] = [
+    "identity-take-001",
+    "panel-01-take-001",
+    "panel-02-take-001",
+    "panel-03-take-001",
+    "panel-04-take-001",
+];
+
 const PROJECT: &str = r#"(
     title: "Courier test",
     character: "a courier girl with short black hair and a green jacket,",
@@ -35,13 +44,7 @@ fn render_writes_images_overlays_sheet_dumps_and_keys_beside_the_project() {
         model.to_str().unwrap(),
     ]));
     let images = dir.path().join("courier.images");
-    for stem in [
-        "identity-take-001",
-        "panel-01-take-001",
-        "panel-02-take-001",
-        "panel-03-take-001",
-        "panel-04-take-001",
-    ] {
+    for stem in COURIER_TAKES {
         for suffix in [".png", "-mask.png", ".safetensors", ".key.ron"] {
             assert!(
                 images.join(format!("{stem}{suffix}")).is_file(),
@@ -240,13 +243,7 @@ fn bf16_renders_and_exports_a_storyboard_near_its_f32_render() {
         )
         .unwrap()
     };
-    for stem in [
-        "identity-take-001",
-        "panel-01-take-001",
-        "panel-02-take-001",
-        "panel-03-take-001",
-        "panel-04-take-001",
-    ] {
+    for stem in COURIER_TAKES {
         let (a, b) = (dump(&exact, stem), dump(&bf16, stem));
         let mask = agreement(&a["fg_mask"], &b["fg_mask"]);
         let (la, lb) = (&a["latents"], &b["latents"]);

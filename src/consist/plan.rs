@@ -140,18 +140,11 @@ impl NoiseKey {
                 let values = noise.flatten_all()?.to_vec1::<f32>()?;
                 let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
                 NoiseKey::File {
-                    fnv64: fnv64(&bytes),
+                    fnv64: crate::digest::fnv64(&bytes),
                 }
             }
         })
     }
-}
-
-/// FNV-1a: a stable digest (unlike `std`'s hashers, the same in every build and version).
-pub(crate) fn fnv64(bytes: &[u8]) -> u64 {
-    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, &b| {
-        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
-    })
 }
 
 /// Every input of one image, and the keys of the images it depends on. Two images with equal

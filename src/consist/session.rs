@@ -343,17 +343,8 @@ impl Renderer {
             match bank_file::read(path, &planned.key, with_background, &home) {
                 Ok(stored) => {
                     let shot = shot_of(models, planned)?;
-                    let output = ImageOutput {
-                        target: Target::Identity,
-                        image: stored.image,
-                        latents: stored.latents,
-                        grid: grid_of(&shot),
-                        mask: stored.bank.mask.clone(),
-                        owners: stored.bank.mask.iter().map(|&m| u8::from(m)).collect(),
-                        matches: None,
-                        spans: shot.spans,
-                        seconds: 0.0,
-                    };
+                    let output =
+                        identity_output(&shot, stored.image, stored.latents, &stored.bank, 0.0);
                     self.identity = Some(IdentityCache {
                         key: planned.key.clone(),
                         bank: Some((stored.bank, stored.with_background)),
@@ -376,31 +367,24 @@ impl Renderer {
             background: with_background,
             features: true,
         };
-        let mut recorder = Recorder::new(record, schedule.clone(), bank_home(models, options));
-        let start = Instant::now();
         let inverted = self.inverted_noise(&shot)?;
-        let Some((image, latents)) = run_identity(
+        let Some((bank, output)) = run_identity(
             models,
             inverted,
             plan.settings.guidance,
             schedule,
             &shot,
-            &mut recorder,
+            record,
             options,
             on_event,
         )?
-        .finished() else {
+        else {
             return Ok(Outcome::Cancelled);
         };
-        let bank = recorder.finish()?;
         if let Some(path) = &options.bank_file {
-            bank_file::write(path, &planned.key, with_background, &bank, &image, &latents)?;
+            let (image, latents) = (&output.image, &output.latents);
+            bank_file::write(path, &planned.key, with_background, &bank, image, latents)?;
         }
-        let output = identity_output(&shot, image, latents, &bank, start);
-        on_event(RenderEvent::Finished {
-            output: &output,
-            identity: &output.image,
-        });
         self.identity = Some(IdentityCache {
             key: planned.key.clone(),
             bank: Some((bank, with_background)),
@@ -434,27 +418,19 @@ impl Renderer {
             background: false,
             features: true,
         };
-        let mut recorder = Recorder::new(record, schedule.clone(), bank_home(models, options));
-        let start = Instant::now();
-        let Some((image, latents)) = run_identity(
+        let Some((bank, output)) = run_identity(
             models,
             None,
             plan.settings.guidance,
             schedule,
             &shot,
-            &mut recorder,
+            record,
             options,
             on_event,
         )?
-        .finished() else {
+        else {
             return Ok(Outcome::Cancelled);
         };
-        let bank = recorder.finish()?;
-        let output = identity_output(&shot, image, latents, &bank, start);
-        on_event(RenderEvent::Finished {
-            output: &output,
-            identity: &output.image,
-        });
         self.others.insert(
             k,
             IdentityCache {
@@ -658,7 +634,7 @@ fn identity_output(
     image: RgbImage,
     latents: Tensor,
     bank: &Bank,
-    start: Instant,
+    seconds: f64,
 ) -> ImageOutput {
     ImageOutput {
         target: shot.target,
@@ -669,7 +645,7 @@ fn identity_output(
         owners: bank.mask.iter().map(|&m| u8::from(m)).collect(),
         matches: None,
         spans: shot.spans,
-        seconds: start.elapsed().as_secs_f64(),
+        seconds,
     }
 }
 
@@ -677,21 +653,6 @@ fn grid_of(shot: &Shot) -> Grid {
     Grid {
         rows: shot.height / 16,
         cols: shot.width / 16,
-    }
-}
-
-/// A run's end: finished latents, or stopped early (by the caller, or by design for pre-runs).
-enum RunEnd {
-    Finished(RgbImage, Tensor),
-    Stopped,
-}
-
-impl RunEnd {
-    fn finished(self) -> Option<(RgbImage, Tensor)> {
-        match self {
-            RunEnd::Finished(image, latents) => Some((image, latents)),
-            RunEnd::Stopped => None,
-        }
     }
 }
 
@@ -748,8 +709,9 @@ fn step_event(
     })))
 }
 
-/// The identity run: plain FLUX with a recording hook; for a picture identity, from its
-/// inverted noise (the reconstruction).
+/// The identity run: plain FLUX with a hook recording what `record` asks into a bank; for a
+/// picture identity, from its inverted noise (the reconstruction). Announces the finished image;
+/// `None` when cancelled.
 #[allow(clippy::too_many_arguments)]
 fn run_identity(
     models: &mut FluxModels,
@@ -757,10 +719,12 @@ fn run_identity(
     guidance: f64,
     schedule: &Schedule,
     shot: &Shot,
-    recorder: &mut Recorder,
+    record: RecordPlan,
     options: &RenderOptions,
     on_event: &mut EventSink,
-) -> Result<RunEnd> {
+) -> Result<Option<(Bank, ImageOutput)>> {
+    let mut recorder = Recorder::new(record, schedule.clone(), bank_home(models, options));
+    let start = Instant::now();
     let p = prepare(models, shot, inverted, schedule.steps)?;
     let mut hook = ConsistHook::new(
         Role::Identity,
@@ -770,7 +734,7 @@ fn run_identity(
         p.heads,
         models.dtype,
         None,
-        Some(recorder as &mut dyn Record),
+        Some(&mut recorder as &mut dyn Record),
     )
     .with_characters(shot.characters.clone());
     let models_ref: &FluxModels = models;
@@ -782,13 +746,20 @@ fn run_identity(
         Some(&mut hook),
         &mut |r| step_event(models_ref, shot, Phase::Identity, r, options, on_event),
     )?;
-    match result {
-        Denoised::Done(packed) => {
-            let (image, latents) = models_ref.decode_packed(&packed, shot.width, shot.height)?;
-            Ok(RunEnd::Finished(image, latents))
-        }
-        Denoised::Cancelled(_) => Ok(RunEnd::Stopped),
-    }
+    let packed = match result {
+        Denoised::Done(packed) => packed,
+        Denoised::Cancelled(_) => return Ok(None),
+    };
+    let (image, latents) = models_ref.decode_packed(&packed, shot.width, shot.height)?;
+    drop(hook);
+    let bank = recorder.finish()?;
+    let seconds = start.elapsed().as_secs_f64();
+    let output = identity_output(shot, image, latents, &bank, seconds);
+    on_event(RenderEvent::Finished {
+        output: &output,
+        identity: &output.image,
+    });
+    Ok(Some((bank, output)))
 }
 
 /// A panel: the pre-run (steps 0..=mask step), then the main run from the pre-run's step 0.

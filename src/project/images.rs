@@ -95,6 +95,12 @@ pub struct RenderedImage {
     pub seconds: f64,
 }
 
+impl takes::Numbered for RenderedImage {
+    fn take_number(&self) -> u32 {
+        self.take
+    }
+}
+
 impl RenderedImage {
     pub fn new(
         output: &ImageOutput,

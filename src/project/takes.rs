@@ -5,7 +5,10 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::images::RenderedImage;
+/// A take as the choice sees it: its number (the images store's `RenderedImage` is one).
+pub trait Numbered {
+    fn take_number(&self) -> u32;
+}
 
 /// The user's choice among one image's takes.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -26,17 +29,16 @@ impl TakeChoice {
 }
 
 /// Which take of an image is active.
-#[derive(Clone, Copy)]
-pub enum Active<'a> {
+pub enum Active<'a, T> {
     /// Nothing rendered (or every take deleted).
     None,
-    Take(&'a RenderedImage),
+    Take(&'a T),
     /// The chosen take's files are gone (or cannot be read): shown as missing, never as empty.
     Missing(u32),
 }
 
-impl<'a> Active<'a> {
-    pub fn take(self) -> Option<&'a RenderedImage> {
+impl<'a, T> Active<'a, T> {
+    pub fn take(self) -> Option<&'a T> {
         match self {
             Active::Take(t) => Some(t),
             _ => None,
@@ -45,23 +47,20 @@ impl<'a> Active<'a> {
 }
 
 /// The takes a user sees, oldest first: those not deleted.
-pub fn visible<'a>(
-    takes: &'a [RenderedImage],
-    choice: Option<&TakeChoice>,
-) -> Vec<&'a RenderedImage> {
-    let mut shown: Vec<&RenderedImage> = takes
+pub fn visible<'a, T: Numbered>(takes: &'a [T], choice: Option<&TakeChoice>) -> Vec<&'a T> {
+    let mut shown: Vec<&T> = takes
         .iter()
-        .filter(|t| choice.is_none_or(|c| !c.deleted.contains(&t.take)))
+        .filter(|t| choice.is_none_or(|c| !c.deleted.contains(&t.take_number())))
         .collect();
-    shown.sort_by_key(|t| t.take);
+    shown.sort_by_key(|t| t.take_number());
     shown
 }
 
 /// The active take of an image whose takes on disk are `takes`.
-pub fn active<'a>(takes: &'a [RenderedImage], choice: Option<&TakeChoice>) -> Active<'a> {
+pub fn active<'a, T: Numbered>(takes: &'a [T], choice: Option<&TakeChoice>) -> Active<'a, T> {
     let shown = visible(takes, choice);
     match choice.and_then(|c| c.active) {
-        Some(id) => match shown.iter().find(|t| t.take == id) {
+        Some(id) => match shown.iter().find(|t| t.take_number() == id) {
             Some(t) => Active::Take(t),
             None => Active::Missing(id),
         },
