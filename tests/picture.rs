@@ -521,3 +521,28 @@ fn saving_elsewhere_keeps_the_picture() -> anyhow::Result<()> {
     charaboard::project::plan::check_picture(&moved)?;
     Ok(())
 }
+
+/// A draft identity is checked at the draft's size: a picture large enough for the draft but
+/// smaller than the final size passes in draft mode and is refused, naming both sizes, in final.
+#[test]
+fn a_picture_is_checked_at_the_size_the_project_renders() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    image::RgbImage::from_pixel(64, 64, image::Rgb([9, 8, 7]))
+        .save(dir.path().join("courier.png"))?;
+    let at = |draft: bool| {
+        let text = PICTURE_PROJECT.replace(
+            "settings: (width: 64, height: 64, steps: Some(4)),",
+            &format!("settings: (width: 128, height: 128, steps: Some(4), draft: {draft}, draft_long_side: 64),"),
+        );
+        std::fs::write(dir.path().join("courier.ron"), text)?;
+        let project = charaboard::project::load(&dir.path().join("courier.ron"))?;
+        charaboard::project::plan::check_picture(&project)
+    };
+    at(true)?;
+    let refusal = format!("{:#}", at(false).unwrap_err());
+    assert!(
+        refusal.contains("64x64") && refusal.contains("128x128"),
+        "{refusal}"
+    );
+    Ok(())
+}

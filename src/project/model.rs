@@ -364,6 +364,11 @@ impl RenderSettings {
         (side(width), side(height))
     }
 
+    /// `(width, height)` of every identity shot at `quality`.
+    pub fn identity_size(&self, quality: Quality) -> (usize, usize) {
+        self.sized(quality, (self.width, self.height))
+    }
+
     /// The step count at `quality`, given the final count.
     pub fn steps_at(&self, quality: Quality, final_steps: usize) -> usize {
         match quality {

@@ -43,7 +43,7 @@ pub fn plan_at(
             })
             .collect()
     };
-    let identity_size = s.sized(quality, (s.width, s.height));
+    let identity_size = s.identity_size(quality);
     let identities = (0..project.characters.len())
         .map(|k| {
             let identity = &project.characters[k].identity;
@@ -98,12 +98,15 @@ pub fn plan_at(
     Plan::with_identities(settings, identities, panels)
 }
 
-/// Reads and checks a picture identity's picture, so that a command can refuse a bad one
-/// before it loads a model (the plan checks it again, as it reads it).
+/// Reads and checks every picture identity's picture at the size the project renders it now
+/// (a draft's when drafts are on), so that a command can refuse a bad one before it loads a
+/// model (the plan checks it again, as it reads it).
 pub fn check_picture(project: &Project) -> Result<()> {
-    if let IdentitySource::Picture(p) = &project.characters[0].identity.source {
-        let s = &project.settings;
-        picture::load(&p.resolved(), s.width, s.height, p.fit)?;
+    let (width, height) = project.settings.identity_size(project.settings.quality());
+    for character in &project.characters {
+        if let IdentitySource::Picture(p) = &character.identity.source {
+            picture::load(&p.resolved(), width, height, p.fit)?;
+        }
     }
     Ok(())
 }
