@@ -38,12 +38,7 @@ pub fn frames(
     images: &[Option<RgbImage>],
     long_side: u32,
 ) -> Result<Vec<AnimaticFrame>> {
-    ensure!(
-        images.len() == project.panels.len(),
-        "the project has {} panels but {} images were given",
-        project.panels.len(),
-        images.len()
-    );
+    super::check_one_image_a_panel(project, images)?;
     ensure!(
         long_side >= 16,
         "an animatic needs frames of 16 pixels or more"

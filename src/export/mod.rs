@@ -8,7 +8,21 @@ pub mod sheet;
 pub mod storyboard;
 pub mod text;
 
+use anyhow::{ensure, Result};
+use image::RgbImage;
+
 use crate::project::model::Project;
+
+/// Every export takes one image (or a placeholder's `None`) per panel, in the panels' order.
+fn check_one_image_a_panel(project: &Project, images: &[Option<RgbImage>]) -> Result<()> {
+    ensure!(
+        images.len() == project.panels.len(),
+        "the project has {} panels but {} images were given",
+        project.panels.len(),
+        images.len()
+    );
+    Ok(())
+}
 
 /// `(width, height)` a panel is rendered at, without panicking on an unvalidated scene index,
 /// so that a placeholder has the shape the image will have.

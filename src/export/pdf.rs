@@ -331,12 +331,7 @@ pub fn storyboard_pdf(
     images: &[Option<RgbImage>],
     opts: &PdfOptions,
 ) -> Result<Vec<u8>> {
-    ensure!(
-        images.len() == project.panels.len(),
-        "the project has {} panels but {} images were given",
-        project.panels.len(),
-        images.len()
-    );
+    super::check_one_image_a_panel(project, images)?;
     limits::check("columns", opts.columns, &limits::COLUMNS)?;
     limits::check("rows", opts.rows, &limits::ROWS)?;
     ensure!(!images.is_empty(), "the project has no panels to print");

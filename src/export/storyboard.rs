@@ -102,12 +102,7 @@ pub fn panel_sheet(
     identity: Option<&RgbImage>,
     opts: &SheetOptions,
 ) -> Result<RgbImage> {
-    ensure!(
-        images.len() == project.panels.len(),
-        "the project has {} panels but {} images were given",
-        project.panels.len(),
-        images.len()
-    );
+    super::check_one_image_a_panel(project, images)?;
     limits::check("columns", opts.columns, &limits::COLUMNS)?;
     ensure!(
         opts.cell_width > 0,
