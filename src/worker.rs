@@ -16,7 +16,7 @@ use crate::device::{parse_device, parse_dtype};
 use crate::memory_plan::{Machine, ModelMemory};
 use crate::models::source::ModelSource;
 use crate::pipeline::FluxModels;
-use crate::project::images::{ImagesStore, RenderedImage};
+use crate::project::images::{ImagesStore, RenderedImage, ShownLook};
 use crate::render::{self, Ended, Progress, RenderJob};
 use crate::sampler::StepControl;
 
@@ -63,6 +63,8 @@ pub enum Event {
     /// Work on an image begins.
     Started(Target),
     Step(ImageStep),
+    /// A panel's pre-run reached its mask step.
+    Look(Box<ShownLook>),
     ImageDone(Box<RenderedImage>),
     /// Saved images read back for `store`; `notes` says what was ignored and why.
     ImagesLoaded {
@@ -250,6 +252,7 @@ impl State {
                     send(match progress {
                         Progress::Started(target) => Event::Started(target),
                         Progress::Step(step) => Event::Step(step),
+                        Progress::Look { look, .. } => Event::Look(look),
                         Progress::Finished { image, .. } => Event::ImageDone(image),
                     });
                     match cancel.load(Ordering::SeqCst) {
