@@ -244,7 +244,8 @@ pub fn run(args: Render) -> Result<()> {
         match (slice, args.review_first) {
             (false, _) => format!("wrote {}", sheet_path.display()),
             (true, false) => "rendered the slice".into(),
-            (true, true) => "wrote the looks (render the chosen panels with --approved LIST)".into(),
+            (true, true) =>
+                "wrote the looks (render the chosen panels with --approved LIST)".into(),
         },
         renderer.bank_bytes() as f64 / 1e6,
         renderer.identity_peak_bytes().unwrap_or(0) as f64 / 1e6,
@@ -273,10 +274,7 @@ fn parse_panels(flag: &str, list: &str, count: usize) -> Result<Vec<usize>> {
             None => (number(part)?, number(part)?),
         };
         if first > last {
-            bail!(
-                "{flag} {list}: the range `{}` runs backwards",
-                part.trim()
-            );
+            bail!("{flag} {list}: the range `{}` runs backwards", part.trim());
         }
         panels.extend(first..=last);
     }

@@ -344,8 +344,15 @@ impl Renderer {
                 .collect();
             self.scene_refs
                 .retain(|scene, _| needed.contains(&Some(*scene)));
-            if self.render_panel(models, plan, &schedule, i, options, options.looks_only, on_event)?
-                == Outcome::Cancelled
+            if self.render_panel(
+                models,
+                plan,
+                &schedule,
+                i,
+                options,
+                options.looks_only,
+                on_event,
+            )? == Outcome::Cancelled
             {
                 return Ok(Outcome::Cancelled);
             }
@@ -887,7 +894,8 @@ fn pre_run(
                 after_step0 = Some(r.next.clone());
             }
             if preview && r.step == mask_step {
-                let (image, _) = models.decode_packed(&r.predicted_clean()?, shot.width, shot.height)?;
+                let (image, _) =
+                    models.decode_packed(&r.predicted_clean()?, shot.width, shot.height)?;
                 estimate = Some(image);
             }
             cancelled = step_event(models, shot, Phase::PreRun, r, options, on_event)?

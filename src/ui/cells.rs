@@ -70,9 +70,10 @@ impl Cell {
     /// Its look, when made for exactly what one of `plans` asks now.
     pub fn fresh_look(&self, plans: &[&Plan]) -> Option<&CellLook> {
         self.look.as_ref().filter(|l| {
-            plans
-                .iter()
-                .any(|p| p.image(l.shown.target).is_some_and(|i| i.key == l.shown.key))
+            plans.iter().any(|p| {
+                p.image(l.shown.target)
+                    .is_some_and(|i| i.key == l.shown.key)
+            })
         })
     }
 
@@ -213,7 +214,10 @@ impl Cells {
     pub fn judge_pending(&mut self, plans: &[&Plan], verdict: Verdict) {
         for cell in self.cells.values_mut() {
             let fresh = cell.fresh_look(plans).is_some();
-            if let Some(look) = cell.look.as_mut().filter(|l| fresh && l.verdict == Verdict::Pending)
+            if let Some(look) = cell
+                .look
+                .as_mut()
+                .filter(|l| fresh && l.verdict == Verdict::Pending)
             {
                 look.verdict = verdict;
             }

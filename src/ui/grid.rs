@@ -267,8 +267,11 @@ fn look_ui(
     if let Some(m) = &look.matches {
         let size = m.size_vec2();
         let width = ui.available_width();
-        ui.add(egui::Image::new((m.id(), Vec2::new(width, width * size.y / size.x))))
-            .on_hover_text(format!("{} kept matches", look.shown.kept_matches));
+        ui.add(egui::Image::new((
+            m.id(),
+            Vec2::new(width, width * size.y / size.x),
+        )))
+        .on_hover_text(format!("{} kept matches", look.shown.kept_matches));
     }
     let Some(action) = action else {
         return;

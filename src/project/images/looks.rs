@@ -103,7 +103,10 @@ impl ImagesStore {
         let key_text = ron::ser::to_string_pretty(&key, ron::ser::PrettyConfig::default())
             .context("cannot write the look's key as RON")?;
         let mut files = vec![
-            (self.look_path(target), atomic_file::png_bytes(&look.preview)?),
+            (
+                self.look_path(target),
+                atomic_file::png_bytes(&look.preview)?,
+            ),
             (
                 self.look_file(target, "-mask.png"),
                 atomic_file::png_bytes(&shown.mask)?,
@@ -208,7 +211,10 @@ fn look_bytes(look: &Look) -> Result<Vec<u8>> {
         }
     }
     if let Some(m) = &o.matches {
-        tensors.insert("match_panel_idx", Tensor::new(m.panel_idx.as_slice(), &cpu)?);
+        tensors.insert(
+            "match_panel_idx",
+            Tensor::new(m.panel_idx.as_slice(), &cpu)?,
+        );
         tensors.insert(
             "match_identity_idx",
             Tensor::new(m.identity_idx.as_slice(), &cpu)?,
@@ -238,7 +244,11 @@ fn read_look_tensors(
             return Ok(None);
         };
         let v = t.to_vec1::<u8>()?;
-        ensure!(v.len() == tokens, "`{name}` has {} tokens, not {tokens}", v.len());
+        ensure!(
+            v.len() == tokens,
+            "`{name}` has {} tokens, not {tokens}",
+            v.len()
+        );
         Ok(Some(v))
     };
     let after_step0 = get("after_step0")?;
@@ -248,7 +258,11 @@ fn read_look_tensors(
         after_step0.dims()
     );
     let spans = get("spans")?.to_vec1::<i64>()?;
-    ensure!(spans.len() == 2, "`spans` holds {} values, not 2", spans.len());
+    ensure!(
+        spans.len() == 2,
+        "`spans` holds {} values, not 2",
+        spans.len()
+    );
     let matches = match dump.contains_key("match_sim") {
         true => {
             let panel_idx = get("match_panel_idx")?.to_vec1::<u32>()?;
