@@ -170,87 +170,86 @@ fn cell_ui(
     ));
     let inner_width = (width - frame.total_margin().sum().x).max(1.0);
     let image_size = Vec2::new(inner_width, inner_width * h as f32 / w as f32);
-    let response = frame
-        .show(ui, |ui| {
-            ui.set_width(inner_width);
-            ui.vertical(|ui| {
-                ui.strong(title(target));
-                // A live preview first, then a look waiting for its main run, then the take.
-                let look = cell.and_then(|c| c.fresh_look(plans));
-                let texture = cell.and_then(|c| {
-                    c.preview
-                        .as_ref()
-                        .or(look.map(|l| &l.texture))
-                        .or(c.texture.as_ref())
-                });
-                match texture {
-                    // The look's picture is the preview beside its mask: twice as wide.
-                    Some(t) if cell.is_some_and(|c| c.preview.is_none()) && look.is_some() => {
-                        ui.add(egui::Image::new((
-                            t.id(),
-                            Vec2::new(image_size.x, image_size.y / 2.0),
-                        )));
+    // The cell senses clicks beneath its content, so a look's buttons get theirs.
+    let sensing = egui::UiBuilder::new()
+        .id_salt(("cell", target))
+        .sense(Sense::click());
+    let response = ui
+        .scope_builder(sensing, |ui| {
+            frame.show(ui, |ui| {
+                ui.set_width(inner_width);
+                ui.vertical(|ui| {
+                    ui.strong(title(target));
+                    // A live preview first, then a look waiting for its main run, then the take.
+                    let look = cell.and_then(|c| c.fresh_look(plans));
+                    let texture = cell.and_then(|c| {
+                        c.preview
+                            .as_ref()
+                            .or(look.map(|l| &l.texture))
+                            .or(c.texture.as_ref())
+                    });
+                    match texture {
+                        // The look's picture is the preview beside its mask: twice as wide.
+                        Some(t) if cell.is_some_and(|c| c.preview.is_none()) && look.is_some() => {
+                            ui.add(egui::Image::new((
+                                t.id(),
+                                Vec2::new(image_size.x, image_size.y / 2.0),
+                            )));
+                        }
+                        Some(t) => {
+                            ui.add(egui::Image::new((t.id(), image_size)));
+                        }
+                        None => {
+                            let (rect, _) = ui.allocate_exact_size(image_size, Sense::hover());
+                            ui.painter()
+                                .rect_filled(rect, 4.0, ui.visuals().extreme_bg_color);
+                        }
                     }
-                    Some(t) => {
-                        ui.add(egui::Image::new((t.id(), image_size)));
+                    if let Some(CellState::Rendering { step, steps, .. }) = cell.map(|c| &c.state) {
+                        ui.add(
+                            egui::ProgressBar::new((*step + 1) as f32 / *steps as f32)
+                                .desired_width(inner_width),
+                        );
                     }
-                    None => {
-                        let (rect, _) = ui.allocate_exact_size(image_size, Sense::hover());
-                        ui.painter()
-                            .rect_filled(rect, 4.0, ui.visuals().extreme_bg_color);
-                    }
-                }
-                if let Some(CellState::Rendering { step, steps, .. }) = cell.map(|c| &c.state) {
+                    let color = match cell.map(|c| &c.state) {
+                        Some(CellState::Failed(_)) => Color32::RED,
+                        _ if state == "stale" => Color32::from_rgb(200, 140, 0),
+                        _ => ui.visuals().weak_text_color(),
+                    };
                     ui.add(
-                        egui::ProgressBar::new((*step + 1) as f32 / *steps as f32)
-                            .desired_width(inner_width),
+                        egui::Label::new(
+                            RichText::new(format!("{}: {state}", title(target)))
+                                .small()
+                                .color(color),
+                        )
+                        .wrap(),
                     );
-                }
-                let color = match cell.map(|c| &c.state) {
-                    Some(CellState::Failed(_)) => Color32::RED,
-                    _ if state == "stale" => Color32::from_rgb(200, 140, 0),
-                    _ => ui.visuals().weak_text_color(),
-                };
-                ui.add(
-                    egui::Label::new(
-                        RichText::new(format!("{}: {state}", title(target)))
-                            .small()
-                            .color(color),
-                    )
-                    .wrap(),
-                );
-                if let Some(l) = look {
-                    look_ui(ui, target, l, look_action);
-                }
-                if target == Target::Identity {
-                    picture.cell_ui(ui, project, cells);
-                }
-                if let Some(c) = consistency(cells, target) {
-                    ui.label(
-                        RichText::new(format!(
-                            "{} consistency {:.0}%",
-                            title(target),
-                            100.0 * c.score()
-                        ))
-                        .small(),
-                    )
-                    .on_hover_text(format!(
-                        "foreground similarity {:.2} x identity matched {:.0}%",
-                        c.similarity,
-                        100.0 * c.coverage
-                    ));
-                }
-            });
+                    if let Some(l) = look {
+                        look_ui(ui, target, l, look_action);
+                    }
+                    if target == Target::Identity {
+                        picture.cell_ui(ui, project, cells);
+                    }
+                    if let Some(c) = consistency(cells, target) {
+                        ui.label(
+                            RichText::new(format!(
+                                "{} consistency {:.0}%",
+                                title(target),
+                                100.0 * c.score()
+                            ))
+                            .small(),
+                        )
+                        .on_hover_text(format!(
+                            "foreground similarity {:.2} x identity matched {:.0}%",
+                            c.similarity,
+                            100.0 * c.coverage
+                        ));
+                    }
+                });
+            })
         })
         .response;
-    if ui
-        .interact(
-            response.rect,
-            egui::Id::unique(("cell", target)),
-            Sense::click(),
-        )
-        .clicked()
-    {
+    if response.clicked() {
         *selected = Some(target);
     }
     response.rect
