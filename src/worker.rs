@@ -70,6 +70,8 @@ pub enum Event {
     ImagesLoaded {
         store: ImagesStore,
         images: Vec<RenderedImage>,
+        /// The panels' early looks as written (the UI tells the fresh ones).
+        looks: Vec<ShownLook>,
         notes: Vec<String>,
     },
     /// The job failed; `target` is the image it failed in, if any. `message` keeps the
@@ -224,10 +226,13 @@ impl State {
                 send(Event::TinyModelCreated { dir });
             }
             Job::LoadImages { store, panels } => {
-                let found = store.read_all(panels);
+                let mut found = store.read_all(panels);
+                let (looks, mut notes) = store.read_shown_looks(panels);
+                found.notes.append(&mut notes);
                 send(Event::ImagesLoaded {
                     store,
                     images: found.images,
+                    looks,
                     notes: found.notes,
                 });
             }

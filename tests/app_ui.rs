@@ -762,4 +762,18 @@ fn review_first_shows_looks_then_renders_only_the_approved_panels() {
         std::fs::read(store.png_path(Target::Panel(0), 1)).unwrap(),
         std::fs::read(whole.join("panel-01-take-001.png")).unwrap()
     );
+
+    // Opened again, panel 2's look is read back from its files and waits for a verdict.
+    let mut h = harness(app(Some(project_path), Some(model), vec![]));
+    wait_until(&mut h, "the look read back", |a| {
+        matches!(a.model, ModelStatus::Loaded { .. })
+            && a.cells
+                .get(Target::Panel(1))
+                .is_some_and(|c| c.look.is_some())
+    });
+    h.run_steps(2);
+    assert!(h
+        .query_by_label("Panel 2: look: approve, re-roll or skip")
+        .is_some());
+    assert!(h.query_by_label("Panel 1: done").is_some());
 }

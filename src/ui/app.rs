@@ -547,6 +547,7 @@ impl CharaboardApp {
             Event::ImagesLoaded {
                 store,
                 images,
+                looks,
                 notes,
             } => {
                 // The project may have changed while the images were read.
@@ -557,6 +558,9 @@ impl CharaboardApp {
                 {
                     for image in images {
                         self.cells.add_take(image);
+                    }
+                    for look in looks {
+                        self.cells.set_look(ctx, look);
                     }
                     if !notes.is_empty() {
                         self.info(notes.join("; "));

@@ -170,99 +170,106 @@ fn cell_ui(
     ));
     let inner_width = (width - frame.total_margin().sum().x).max(1.0);
     let image_size = Vec2::new(inner_width, inner_width * h as f32 / w as f32);
-    // The cell senses clicks beneath its content, so a look's buttons get theirs.
-    let sensing = egui::UiBuilder::new()
-        .id_salt(("cell", target))
-        .sense(Sense::click());
-    let response = ui
-        .scope_builder(sensing, |ui| {
-            frame.show(ui, |ui| {
-                ui.set_width(inner_width);
-                ui.vertical(|ui| {
-                    ui.strong(title(target));
-                    // A live preview first, then a look waiting for its main run, then the take.
-                    let look = cell.and_then(|c| c.fresh_look(plans));
-                    let texture = cell.and_then(|c| {
-                        c.preview
-                            .as_ref()
-                            .or(look.map(|l| &l.texture))
-                            .or(c.texture.as_ref())
-                    });
-                    match texture {
-                        // The look's picture is the preview beside its mask: twice as wide.
-                        Some(t) if cell.is_some_and(|c| c.preview.is_none()) && look.is_some() => {
-                            ui.add(egui::Image::new((
-                                t.id(),
-                                Vec2::new(image_size.x, image_size.y / 2.0),
-                            )));
-                        }
-                        Some(t) => {
-                            ui.add(egui::Image::new((t.id(), image_size)));
-                        }
-                        None => {
-                            let (rect, _) = ui.allocate_exact_size(image_size, Sense::hover());
-                            ui.painter()
-                                .rect_filled(rect, 4.0, ui.visuals().extreme_bg_color);
-                        }
-                    }
-                    if let Some(CellState::Rendering { step, steps, .. }) = cell.map(|c| &c.state) {
-                        ui.add(
-                            egui::ProgressBar::new((*step + 1) as f32 / *steps as f32)
-                                .desired_width(inner_width),
-                        );
-                    }
-                    let color = match cell.map(|c| &c.state) {
-                        Some(CellState::Failed(_)) => Color32::RED,
-                        _ if state == "stale" => Color32::from_rgb(200, 140, 0),
-                        _ => ui.visuals().weak_text_color(),
-                    };
-                    ui.add(
-                        egui::Label::new(
-                            RichText::new(format!("{}: {state}", title(target)))
-                                .small()
-                                .color(color),
-                        )
-                        .wrap(),
-                    );
-                    if let Some(l) = look {
-                        look_ui(ui, target, l, look_action);
-                    }
-                    if target == Target::Identity {
-                        picture.cell_ui(ui, project, cells);
-                    }
-                    if let Some(c) = consistency(cells, target) {
-                        ui.label(
-                            RichText::new(format!(
-                                "{} consistency {:.0}%",
-                                title(target),
-                                100.0 * c.score()
-                            ))
-                            .small(),
-                        )
-                        .on_hover_text(format!(
-                            "foreground similarity {:.2} x identity matched {:.0}%",
-                            c.similarity,
-                            100.0 * c.coverage
-                        ));
-                    }
+    // Where a look's buttons begin: the cell's own click stops above them, so they get theirs.
+    let mut buttons_top = None;
+    let response = frame
+        .show(ui, |ui| {
+            ui.set_width(inner_width);
+            ui.vertical(|ui| {
+                ui.strong(title(target));
+                // A live preview first, then a look waiting for its main run, then the take.
+                let look = cell.and_then(|c| c.fresh_look(plans));
+                let texture = cell.and_then(|c| {
+                    c.preview
+                        .as_ref()
+                        .or(look.map(|l| &l.texture))
+                        .or(c.texture.as_ref())
                 });
-            })
+                match texture {
+                    // The look's picture is the preview beside its mask: twice as wide.
+                    Some(t) if cell.is_some_and(|c| c.preview.is_none()) && look.is_some() => {
+                        ui.add(egui::Image::new((
+                            t.id(),
+                            Vec2::new(image_size.x, image_size.y / 2.0),
+                        )));
+                    }
+                    Some(t) => {
+                        ui.add(egui::Image::new((t.id(), image_size)));
+                    }
+                    None => {
+                        let (rect, _) = ui.allocate_exact_size(image_size, Sense::hover());
+                        ui.painter()
+                            .rect_filled(rect, 4.0, ui.visuals().extreme_bg_color);
+                    }
+                }
+                if let Some(CellState::Rendering { step, steps, .. }) = cell.map(|c| &c.state) {
+                    ui.add(
+                        egui::ProgressBar::new((*step + 1) as f32 / *steps as f32)
+                            .desired_width(inner_width),
+                    );
+                }
+                let color = match cell.map(|c| &c.state) {
+                    Some(CellState::Failed(_)) => Color32::RED,
+                    _ if state == "stale" => Color32::from_rgb(200, 140, 0),
+                    _ => ui.visuals().weak_text_color(),
+                };
+                ui.add(
+                    egui::Label::new(
+                        RichText::new(format!("{}: {state}", title(target)))
+                            .small()
+                            .color(color),
+                    )
+                    .wrap(),
+                );
+                if let Some(l) = look {
+                    buttons_top = look_ui(ui, target, l, look_action);
+                }
+                if target == Target::Identity {
+                    picture.cell_ui(ui, project, cells);
+                }
+                if let Some(c) = consistency(cells, target) {
+                    ui.label(
+                        RichText::new(format!(
+                            "{} consistency {:.0}%",
+                            title(target),
+                            100.0 * c.score()
+                        ))
+                        .small(),
+                    )
+                    .on_hover_text(format!(
+                        "foreground similarity {:.2} x identity matched {:.0}%",
+                        c.similarity,
+                        100.0 * c.coverage
+                    ));
+                }
+            });
         })
         .response;
-    if response.clicked() {
+    let mut clickable = response.rect;
+    if let Some(top) = buttons_top {
+        clickable.max.y = top;
+    }
+    if ui
+        .interact(
+            clickable,
+            egui::Id::unique(("cell", target)),
+            Sense::click(),
+        )
+        .clicked()
+    {
         *selected = Some(target);
     }
     response.rect
 }
 
 /// A look's matches and its buttons: Approve, Re-roll (a new seed; edit the action first to
-/// re-roll with a tweaked one), Skip.
+/// re-roll with a tweaked one), Skip. Returns where the buttons begin, when shown.
 fn look_ui(
     ui: &mut Ui,
     target: Target,
     look: &super::cells::CellLook,
     action: Option<&mut Option<(Target, LookAction)>>,
-) {
+) -> Option<f32> {
     if let Some(m) = &look.matches {
         let size = m.size_vec2();
         let width = ui.available_width();
@@ -272,9 +279,8 @@ fn look_ui(
         )))
         .on_hover_text(format!("{} kept matches", look.shown.kept_matches));
     }
-    let Some(action) = action else {
-        return;
-    };
+    let action = action?;
+    let top = ui.cursor().min.y;
     ui.horizontal_wrapped(|ui| {
         let buttons = [
             ("Approve", LookAction::Approve, Verdict::Approved),
@@ -292,4 +298,5 @@ fn look_ui(
             }
         }
     });
+    Some(top)
 }

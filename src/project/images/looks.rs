@@ -159,22 +159,9 @@ impl ImagesStore {
     /// file when it is there but cannot be read.
     pub fn read_look(&self, planned: &PlannedImage) -> Result<StoredLook> {
         let target = planned.target;
-        let key_path = self.look_file(target, ".key.ron");
-        if !key_path.is_file() {
+        let Some(key) = self.read_look_key(target)? else {
             return Ok(StoredLook::Missing);
-        }
-        let text = std::fs::read_to_string(&key_path)
-            .with_context(|| format!("cannot read {}", key_path.display()))?;
-        let key: LookKeyFile = ron::Options::default()
-            .from_str(&text)
-            .with_context(|| format!("{} is not a look's key file", key_path.display()))?;
-        ensure!(
-            key.version == VERSION && key.project == self.project && key.target == target,
-            "{} is not a look of {} of {}",
-            key_path.display(),
-            target.label(),
-            self.project
-        );
+        };
         if key.key != planned.key {
             return Ok(StoredLook::Stale);
         }
@@ -190,6 +177,72 @@ impl ImagesStore {
         let look = read_look_tensors(&tensors, grid, target, key.key, preview)
             .with_context(|| format!("{} is damaged", tensors.display()))?;
         Ok(StoredLook::Fresh(Box::new(look)))
+    }
+}
+
+impl ImagesStore {
+    /// `target`'s look's key file, `None` where it has none.
+    fn read_look_key(&self, target: Target) -> Result<Option<LookKeyFile>> {
+        let key_path = self.look_file(target, ".key.ron");
+        if !key_path.is_file() {
+            return Ok(None);
+        }
+        let text = std::fs::read_to_string(&key_path)
+            .with_context(|| format!("cannot read {}", key_path.display()))?;
+        let key: LookKeyFile = ron::Options::default()
+            .from_str(&text)
+            .with_context(|| format!("{} is not a look's key file", key_path.display()))?;
+        ensure!(
+            key.version == VERSION && key.project == self.project && key.target == target,
+            "{} is not a look of {} of {}",
+            key_path.display(),
+            target.label(),
+            self.project
+        );
+        Ok(Some(key))
+    }
+
+    /// The looks of the first `panels` panels as written (pictures and key; whether each is
+    /// fresh is the reader's plan to say), with a note for each that cannot be read.
+    pub fn read_shown_looks(&self, panels: usize) -> (Vec<ShownLook>, Vec<String>) {
+        let (mut looks, mut notes) = (Vec::new(), Vec::new());
+        for target in (0..panels).map(Target::Panel) {
+            match self.read_shown_look(target) {
+                Ok(Some(look)) => looks.push(look),
+                Ok(None) => {}
+                Err(e) => notes.push(format!("ignored the look of {}: {e:#}", target.label())),
+            }
+        }
+        (looks, notes)
+    }
+
+    fn read_shown_look(&self, target: Target) -> Result<Option<ShownLook>> {
+        let Some(key) = self.read_look_key(target)? else {
+            return Ok(None);
+        };
+        let png = |suffix: &str| -> Result<RgbImage> {
+            let path = self.look_file(target, suffix);
+            Ok(image::open(&path)
+                .with_context(|| format!("{} is not a readable PNG", path.display()))?
+                .to_rgb8())
+        };
+        let matches = match self.look_file(target, "-matches.png").is_file() {
+            true => Some(png("-matches.png")?),
+            false => None,
+        };
+        let tensors = self.look_file(target, ".safetensors");
+        let kept_matches = candle_core::safetensors::load(&tensors, &Device::Cpu)
+            .with_context(|| format!("{} is damaged", tensors.display()))?
+            .get("match_panel_idx")
+            .map_or(0, |t| t.elem_count());
+        Ok(Some(ShownLook {
+            target,
+            key: key.key,
+            preview: png(".png")?,
+            mask: png("-mask.png")?,
+            matches,
+            kept_matches,
+        }))
     }
 }
 
