@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use crate::consist::plan::{Plan, RenderRequest, Target};
 use crate::consist::session::{ImageStep, Outcome, RenderEvent, RenderOptions, Renderer};
 use crate::pipeline::FluxModels;
-use crate::project::images::{ImagesStore, RenderedImage};
+use crate::project::images::{ImagesStore, RenderedImage, ShownLook, StoredLook};
 use crate::sampler::StepControl;
 
 /// What to render, and where finished images go.
@@ -26,6 +26,12 @@ pub enum Progress {
     /// Work on an image begins.
     Started(Target),
     Step(ImageStep),
+    /// A panel's pre-run reached its mask step: its look, and with a store the files it was
+    /// written to (preview first).
+    Look {
+        look: Box<ShownLook>,
+        files: Vec<PathBuf>,
+    },
     /// An image is done and, with a store, written as a take (`files`, picture first; none
     /// where an equal take was already there).
     Finished {
@@ -74,6 +80,17 @@ pub fn run(
         }
     };
     let identity_asked = matches!(job.request, RenderRequest::All | RenderRequest::Identity);
+    // A fresh look on disk spares its panel's pre-run (a stale or unreadable one is made again).
+    if let Some(store) = job.store {
+        for &i in &asked {
+            let planned = &job.plan.panels()[i];
+            if !renderer.has_look(i, &planned.key) {
+                if let Ok(StoredLook::Fresh(look)) = store.read_look(planned) {
+                    renderer.offer_look(*look);
+                }
+            }
+        }
+    }
     let mut current: Option<Target> = None;
     let mut write_failure: Option<(Target, Error)> = None;
     let outcome = renderer.render(
@@ -88,6 +105,25 @@ pub fn run(
                     Progress::Started(target)
                 }
                 RenderEvent::Step(step) => Progress::Step(step),
+                RenderEvent::Look { look, identity } => {
+                    let Some(planned) = job.plan.image(look.target) else {
+                        return StepControl::Cancel;
+                    };
+                    let shown = match job.store {
+                        Some(store) => store.write_look(look, identity, planned),
+                        None => ShownLook::of(look, identity, planned).map(|s| (s, vec![])),
+                    };
+                    match shown {
+                        Ok((shown, files)) => Progress::Look {
+                            look: Box::new(shown),
+                            files,
+                        },
+                        Err(e) => {
+                            write_failure = Some((look.target, e));
+                            return StepControl::Cancel;
+                        }
+                    }
+                }
                 RenderEvent::Finished { output, identity } => {
                     current = None;
                     let Some(planned) = job.plan.image(output.target) else {
@@ -114,6 +150,13 @@ pub fn run(
                         }
                         None => (1, vec![]),
                     };
+                    // The take made from a look replaces it.
+                    if let (Some(store), Target::Panel(_)) = (job.store, output.target) {
+                        if let Err(e) = store.remove_look(output.target) {
+                            write_failure = Some((output.target, e));
+                            return StepControl::Cancel;
+                        }
+                    }
                     Progress::Finished {
                         image: Box::new(RenderedImage::new(output, planned, settings, take)),
                         files,

@@ -16,7 +16,7 @@ use crate::device::{parse_device, parse_dtype};
 use crate::memory_plan::{Machine, ModelMemory};
 use crate::models::source::ModelSource;
 use crate::pipeline::FluxModels;
-use crate::project::images::{ImagesStore, RenderedImage};
+use crate::project::images::{ImagesStore, RenderedImage, ShownLook};
 use crate::render::{self, Ended, Progress, RenderJob};
 use crate::sampler::StepControl;
 
@@ -63,11 +63,15 @@ pub enum Event {
     /// Work on an image begins.
     Started(Target),
     Step(ImageStep),
+    /// A panel's pre-run reached its mask step.
+    Look(Box<ShownLook>),
     ImageDone(Box<RenderedImage>),
     /// Saved images read back for `store`; `notes` says what was ignored and why.
     ImagesLoaded {
         store: ImagesStore,
         images: Vec<RenderedImage>,
+        /// The panels' early looks as written (the UI tells the fresh ones).
+        looks: Vec<ShownLook>,
         notes: Vec<String>,
     },
     /// The job failed; `target` is the image it failed in, if any. `message` keeps the
@@ -222,10 +226,13 @@ impl State {
                 send(Event::TinyModelCreated { dir });
             }
             Job::LoadImages { store, panels } => {
-                let found = store.read_all(panels);
+                let mut found = store.read_all(panels);
+                let (looks, mut notes) = store.read_shown_looks(panels);
+                found.notes.append(&mut notes);
                 send(Event::ImagesLoaded {
                     store,
                     images: found.images,
+                    looks,
                     notes: found.notes,
                 });
             }
@@ -250,6 +257,7 @@ impl State {
                     send(match progress {
                         Progress::Started(target) => Event::Started(target),
                         Progress::Step(step) => Event::Step(step),
+                        Progress::Look { look, .. } => Event::Look(look),
                         Progress::Finished { image, .. } => Event::ImageDone(image),
                     });
                     match cancel.load(Ordering::SeqCst) {

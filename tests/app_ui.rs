@@ -685,3 +685,95 @@ fn a_picture_identity_is_picked_dropped_rendered_and_compared() {
         .unwrap()
         .contains("FixedPoint"));
 }
+
+/// Review first: Render runs only the pre-runs and each panel shows its look; Approve all,
+/// then Skip panel 2, then Render approved: panel 1 gets a take equal to an uninterrupted
+/// render's, panel 2 none.
+#[test]
+fn review_first_shows_looks_then_renders_only_the_approved_panels() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = dir.path().join("model");
+    charaboard::models::tiny::write_repo(&model, 0, false).unwrap();
+    let project_path = project_file(dir.path());
+    let mut h = harness(app(Some(project_path.clone()), Some(model.clone()), vec![]));
+    wait_until(&mut h, "the model", |a| {
+        matches!(a.model, ModelStatus::Loaded { .. }) && !a.busy
+    });
+    h.get_by_label("Render settings").click();
+    h.run_steps(2);
+    h.get_by_label("Review first").click();
+    h.run_steps(2);
+    assert!(h.state().doc.project.settings.review_first);
+    h.get_by_label("Render all").click();
+    h.step();
+    wait_until(&mut h, "the looks", |a| !a.busy);
+    h.run_steps(2);
+    let store = charaboard::project::ImagesStore::beside(&project_path);
+    for i in 0..2 {
+        let cell = h.state().cells.get(Target::Panel(i)).unwrap();
+        assert!(cell.look.is_some(), "panel {} has its look", i + 1);
+        assert!(cell.takes.is_empty(), "panel {} has no take", i + 1);
+        assert!(store.look_path(Target::Panel(i)).is_file());
+    }
+    assert!(h
+        .query_by_label("Panel 1: look: approve, re-roll or skip")
+        .is_some());
+    assert!(!h
+        .state()
+        .cells
+        .get(Target::Identity)
+        .unwrap()
+        .takes
+        .is_empty());
+
+    h.get_by_label("Approve all").click();
+    h.run_steps(2);
+    assert!(h.query_by_label("Panel 2: look approved").is_some());
+    let skips: Vec<_> = h.get_all_by_label("Skip").collect();
+    assert_eq!(skips.len(), 2, "one Skip per look");
+    skips[1].click();
+    h.run_steps(2);
+    assert!(h.query_by_label("Panel 1: look approved").is_some());
+    assert!(h.query_by_label("Panel 2: look skipped").is_some());
+
+    h.get_by_label("Render approved").click();
+    h.step();
+    wait_until(&mut h, "the approved main runs", |a| !a.busy);
+    h.run_steps(2);
+    assert!(h.query_by_label("Panel 1: done").is_some());
+    assert!(h.query_by_label("Panel 2: look skipped").is_some());
+    let taken = |i| h.state().cells.get(Target::Panel(i)).unwrap().takes.len();
+    assert_eq!((taken(0), taken(1)), (1, 0));
+    assert!(
+        !store.look_path(Target::Panel(0)).exists(),
+        "the take replaced it"
+    );
+    assert!(!store.png_path(Target::Panel(1), 1).exists());
+
+    // The same panel rendered in one go by the CLI: the same picture.
+    let whole = dir.path().join("whole");
+    ok(&common::render_cli(
+        &project_path,
+        &model,
+        &whole,
+        &["--panels", "1"],
+    ));
+    assert_eq!(
+        std::fs::read(store.png_path(Target::Panel(0), 1)).unwrap(),
+        std::fs::read(whole.join("panel-01-take-001.png")).unwrap()
+    );
+
+    // Opened again, panel 2's look is read back from its files and waits for a verdict.
+    let mut h = harness(app(Some(project_path), Some(model), vec![]));
+    wait_until(&mut h, "the look read back", |a| {
+        matches!(a.model, ModelStatus::Loaded { .. })
+            && a.cells
+                .get(Target::Panel(1))
+                .is_some_and(|c| c.look.is_some())
+    });
+    h.run_steps(2);
+    assert!(h
+        .query_by_label("Panel 2: look: approve, re-roll or skip")
+        .is_some());
+    assert!(h.query_by_label("Panel 1: done").is_some());
+}

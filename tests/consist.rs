@@ -232,7 +232,7 @@ fn render(
                         false => StepControl::Continue,
                     }
                 }
-                RenderEvent::Started(_) => StepControl::Continue,
+                RenderEvent::Started(_) | RenderEvent::Look { .. } => StepControl::Continue,
                 RenderEvent::Finished { output: out, .. } => {
                     order.push(out.target);
                     images.insert(

@@ -580,7 +580,7 @@ fn a_failure_before_a_panels_first_step_names_that_panel() {
         match p {
             Progress::Started(t) => started.push(t),
             Progress::Finished { image, .. } => finished.push(image.target),
-            Progress::Step(_) => {}
+            Progress::Step(_) | Progress::Look { .. } => {}
         }
         StepControl::Continue
     });

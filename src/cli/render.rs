@@ -13,7 +13,7 @@ use crate::consist::session::{BankMode, RenderOptions, Renderer};
 use crate::export::sheet::contact_sheet;
 use crate::limits::prompt_too_long;
 use crate::memory_plan::{BankChoice, LOCKSTEP_BATCH_MAX};
-use crate::project::images::{project_name, stem, ImagesStore};
+use crate::project::images::{project_name, stem, ImagesStore, StoredLook};
 use crate::render::{self, Ended, Progress, RenderJob};
 use crate::sampler::StepControl;
 
@@ -51,8 +51,16 @@ pub struct Render {
     bank_file: Option<PathBuf>,
     /// Render only these panels (and what they depend on, when not rendered in this process):
     /// 1-based numbers and ranges, e.g. 2,5-7.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "approved")]
     panels: Option<String>,
+    /// Early look: run only the panels' pre-runs (11 of 61 forwards at 50 steps) and write each
+    /// panel's look (x0 preview, mask, matches) beside its takes, for review.
+    #[arg(long, conflicts_with = "approved")]
+    review_first: bool,
+    /// The main runs of these panels (1-based numbers and ranges, as --panels) from their
+    /// looks: a panel without a fresh look is refused.
+    #[arg(long)]
+    approved: Option<String>,
     /// With --bank recompute: the most panels computed beside the identity at once [default: 4,
     /// or the plan's choice with --bank auto].
     #[arg(long, value_parser = clap::value_parser!(u16).range(1..=LOCKSTEP_BATCH_MAX as i64))]
@@ -100,13 +108,25 @@ pub fn run(args: Render) -> Result<()> {
     if args.bank_file.is_some() && args.bank == BankChoice::Recompute {
         bail!("--bank-file needs a bank: use --bank device or --bank host (recompute keeps none)");
     }
-    let request = match &args.panels {
-        Some(list) => RenderRequest::Panels(parse_panels(list, project.panels.len())?),
-        None => RenderRequest::All,
+    let approved = args
+        .approved
+        .as_deref()
+        .map(|list| parse_panels("--approved", list, project.panels.len()))
+        .transpose()?;
+    let request = match (&args.panels, &approved) {
+        (_, Some(panels)) => RenderRequest::Panels(panels.clone()),
+        (Some(list), None) => {
+            RenderRequest::Panels(parse_panels("--panels", list, project.panels.len())?)
+        }
+        (None, None) => RenderRequest::All,
     };
+    let slice = args.panels.is_some() || args.review_first || approved.is_some();
     crate::project::plan::check_picture(&project)?;
     let model = super::plan::model_spec(args.model.as_deref(), &project)?;
     let (bank, batch) = bank_and_batch(&args, &project, &model)?;
+    if (args.review_first || approved.is_some()) && bank == BankMode::Recompute {
+        bail!("--review-first and --approved keep the identity's bank between a panel's pre-run and its main run, and --bank recompute (lockstep) keeps none: use --bank device or --bank host");
+    }
     let store = match args.out {
         Some(dir) => ImagesStore::at(dir, project_name(&args.project)),
         None => ImagesStore::beside(&args.project),
@@ -124,6 +144,22 @@ pub fn run(args: Render) -> Result<()> {
             );
         }
     }
+    for &i in approved.iter().flatten() {
+        let planned = &plan.panels()[i];
+        match store.read_look(planned)? {
+            StoredLook::Fresh(_) => {}
+            StoredLook::Missing => bail!(
+                "--approved: {} has no look in {}: run `charaboard render {} --review-first` first",
+                planned.target.label(),
+                store.dir().display(),
+                args.project.display()
+            ),
+            StoredLook::Stale => bail!(
+                "--approved: the look of {} is stale (its prompt, seed or settings changed since it was made): run --review-first again",
+                planned.target.label()
+            ),
+        }
+    }
     let mut renderer = Renderer::default();
     let bar = step_bar(1);
     let mut images = Vec::new();
@@ -135,6 +171,7 @@ pub fn run(args: Render) -> Result<()> {
             bank,
             batch,
             bank_file: args.bank_file.clone(),
+            looks_only: args.review_first,
             ..RenderOptions::default()
         },
     };
@@ -148,6 +185,18 @@ pub fn run(args: Render) -> Result<()> {
                 bar.set_length(s.steps as u64);
                 bar.set_message(format!("{} {:?}", stem(s.target), s.phase));
                 bar.set_position((s.step + 1) as u64);
+            }
+            Progress::Look { look, files } => {
+                bar.suspend(|| {
+                    eprintln!(
+                        "{} look ({} matches): {}",
+                        stem(look.target),
+                        look.kept_matches,
+                        files
+                            .first()
+                            .map_or_else(String::new, |f| f.display().to_string())
+                    )
+                });
             }
             Progress::Finished { image, files } => {
                 bar.suspend(|| {
@@ -185,16 +234,18 @@ pub fn run(args: Render) -> Result<()> {
     }
     // A slice of the storyboard makes no sheet: `export` makes it once every slice is done.
     let sheet_path = store.dir().join("sheet.png");
-    if args.panels.is_none() {
+    if !slice {
         images.sort_by_key(|(t, _)| *t);
         let panels: Vec<&image::RgbImage> = images.iter().map(|(_, i)| i).collect();
         save_png(&contact_sheet(&panels, 4, 256, 12)?, &sheet_path)?;
     }
     eprintln!(
         "{} (identity bank {:.1} MB, peak {:.1} MB; {} transformer forwards)",
-        match args.panels.is_none() {
-            true => format!("wrote {}", sheet_path.display()),
-            false => "rendered the slice".into(),
+        match (slice, args.review_first) {
+            (false, _) => format!("wrote {}", sheet_path.display()),
+            (true, false) => "rendered the slice".into(),
+            (true, true) =>
+                "wrote the looks (render the chosen panels with --approved LIST)".into(),
         },
         renderer.bank_bytes() as f64 / 1e6,
         renderer.identity_peak_bytes().unwrap_or(0) as f64 / 1e6,
@@ -205,14 +256,14 @@ pub fn run(args: Render) -> Result<()> {
 
 /// `--panels 2,5-7`: 1-based panel numbers and inclusive ranges, checked against the storyboard
 /// before any model loads; the result is 0-based and ascending.
-fn parse_panels(list: &str, count: usize) -> Result<Vec<usize>> {
+fn parse_panels(flag: &str, list: &str, count: usize) -> Result<Vec<usize>> {
     let number = |s: &str| -> Result<usize> {
         let n: usize = s
             .trim()
             .parse()
-            .with_context(|| format!("--panels {list}: `{}` is not a panel number", s.trim()))?;
+            .with_context(|| format!("{flag} {list}: `{}` is not a panel number", s.trim()))?;
         if n == 0 || n > count {
-            bail!("--panels {list}: panel {n} does not exist (the storyboard has {count} panels, numbered from 1)");
+            bail!("{flag} {list}: panel {n} does not exist (the storyboard has {count} panels, numbered from 1)");
         }
         Ok(n - 1)
     };
@@ -223,10 +274,7 @@ fn parse_panels(list: &str, count: usize) -> Result<Vec<usize>> {
             None => (number(part)?, number(part)?),
         };
         if first > last {
-            bail!(
-                "--panels {list}: the range `{}` runs backwards",
-                part.trim()
-            );
+            bail!("{flag} {list}: the range `{}` runs backwards", part.trim());
         }
         panels.extend(first..=last);
     }

@@ -3,6 +3,7 @@
 
 pub mod bank;
 pub mod bank_file;
+pub mod look;
 pub mod mask;
 pub mod matching;
 pub mod plan;

@@ -13,6 +13,7 @@ use std::time::Instant;
 
 use super::bank::{Bank, Record, RecordPlan, Recorder};
 use super::bank_file::{self, Refused};
+use super::look::Look;
 use super::mask::{character_spans, Grid, TextSpans};
 use super::matching::Matches;
 use super::plan::{
@@ -74,6 +75,12 @@ pub enum RenderEvent<'a> {
         output: &'a ImageOutput,
         identity: &'a RgbImage,
     },
+    /// A panel's pre-run reached its mask step (reported when [`RenderOptions::report_looks`]
+    /// or [`RenderOptions::looks_only`] asks); `identity` as for `Finished`.
+    Look {
+        look: &'a Look,
+        identity: &'a RgbImage,
+    },
 }
 
 /// Where the identity's (and a scene reference's) keys and values live between the runs they
@@ -110,6 +117,11 @@ pub struct RenderOptions {
     /// The banked modes: where the identity's bank is read from when its key matches, and
     /// written to when it is computed.
     pub bank_file: Option<std::path::PathBuf>,
+    /// Report each panel's look when its pre-run reaches the mask step (one VAE decode more).
+    pub report_looks: bool,
+    /// Review first: the requested panels stop after their pre-run, each reporting its look;
+    /// what they depend on is still rendered whole.
+    pub looks_only: bool,
 }
 
 impl Default for RenderOptions {
@@ -119,6 +131,8 @@ impl Default for RenderOptions {
             bank: BankMode::default(),
             batch: 4,
             bank_file: None,
+            report_looks: false,
+            looks_only: false,
         }
     }
 }
@@ -166,6 +180,9 @@ pub struct Renderer {
     notes: Vec<String>,
     /// A picture identity's inverted noise, for the identity key it was inverted for.
     inverted: Option<(ImageKey, Tensor)>,
+    /// Panels' looks not yet run on, by panel: a main run starts from its panel's look when
+    /// the key still matches.
+    looks: BTreeMap<usize, Look>,
 }
 
 /// Everything a run needs that does not change between its steps.
@@ -228,6 +245,19 @@ impl Renderer {
         std::mem::take(&mut self.notes)
     }
 
+    /// Keeps `look` (read back from disk, say) so that its panel's main run starts from it
+    /// while its key matches the plan's.
+    pub fn offer_look(&mut self, look: Look) {
+        if let Target::Panel(i) = look.target {
+            self.looks.insert(i, look);
+        }
+    }
+
+    /// Whether a look of panel `i` with `key` is at hand.
+    pub fn has_look(&self, i: usize, key: &ImageKey) -> bool {
+        self.looks.get(&i).is_some_and(|l| &l.key == key)
+    }
+
     /// Transformer forwards run so far, one per run and step, recomputations included.
     pub fn forwards(&self) -> usize {
         self.forwards
@@ -245,6 +275,9 @@ impl Renderer {
         let panels = plan.requested_panels(&request)?;
         if options.bank == BankMode::Recompute {
             lockstep::check_cast(plan)?;
+            if options.looks_only {
+                anyhow::bail!("review first needs the identity's bank between a panel's pre-run and its main run, and --bank recompute (lockstep) keeps none: its pre-runs and main runs share one recomputation of the identity. Use --bank device or --bank host");
+            }
         }
         // Every prompt is checked before anything is rendered, so a bad one costs no work,
         // and encoded once for the job (after which the encoders may be freed).
@@ -311,8 +344,15 @@ impl Renderer {
                 .collect();
             self.scene_refs
                 .retain(|scene, _| needed.contains(&Some(*scene)));
-            if self.render_panel(models, plan, &schedule, i, options, on_event)?
-                == Outcome::Cancelled
+            if self.render_panel(
+                models,
+                plan,
+                &schedule,
+                i,
+                options,
+                options.looks_only,
+                on_event,
+            )? == Outcome::Cancelled
             {
                 return Ok(Outcome::Cancelled);
             }
@@ -515,6 +555,9 @@ impl Renderer {
         }
     }
 
+    /// Renders panel `i` (after its scene reference, when it locks onto one), from its look
+    /// where one is at hand; with `look_only`, only as far as its look.
+    #[allow(clippy::too_many_arguments)]
     fn render_panel(
         &mut self,
         models: &mut FluxModels,
@@ -522,9 +565,14 @@ impl Renderer {
         schedule: &Schedule,
         i: usize,
         options: &RenderOptions,
+        look_only: bool,
         on_event: &mut EventSink,
     ) -> Result<Outcome> {
         let planned = &plan.panels()[i];
+        // A look whose panel changed since is stale: dropped, never run on.
+        self.looks
+            .retain(|&j, l| plan.panels().get(j).is_some_and(|p| p.key == l.key));
+        let look = self.looks.get(&i).filter(|l| l.key == planned.key).cloned();
         let scene = planned.scene.context("a panel has a scene")?;
         let mut recorder = None;
         match planned.background {
@@ -543,8 +591,15 @@ impl Renderer {
             BackgroundMode::SceneReference { first_panel } => {
                 let key = &plan.panels()[first_panel].key;
                 if self.scene_refs.get(&scene).is_none_or(|r| &r.key != key)
-                    && self.render_panel(models, plan, schedule, first_panel, options, on_event)?
-                        == Outcome::Cancelled
+                    && self.render_panel(
+                        models,
+                        plan,
+                        schedule,
+                        first_panel,
+                        options,
+                        false,
+                        on_event,
+                    )? == Outcome::Cancelled
                 {
                     return Ok(Outcome::Cancelled);
                 }
@@ -587,17 +642,51 @@ impl Renderer {
         };
         let shot = shot_of(models, planned)?;
         let start = Instant::now();
-        let result = run_panel(
+        // Review first shows a look at hand again; a new one is shown when asked for.
+        let reported = look_only || options.report_looks;
+        let (look, made) = match look {
+            Some(look) => (look, false),
+            None => {
+                let made = pre_run(
+                    models,
+                    &planned.key,
+                    plan.settings.guidance,
+                    schedule,
+                    &shot,
+                    refs,
+                    reported,
+                    options,
+                    on_event,
+                )?;
+                let Some(look) = made else {
+                    return Ok(Outcome::Cancelled);
+                };
+                (look, true)
+            }
+        };
+        if reported && (made || look_only) {
+            on_event(RenderEvent::Look {
+                look: &look,
+                identity: shown_identity,
+            });
+        }
+        if look_only {
+            self.looks.insert(i, look);
+            return Ok(Outcome::Finished);
+        }
+        let result = main_run(
             models,
             plan.settings.guidance,
             schedule,
             &shot,
             refs,
+            &look,
             recorder.as_mut(),
             options,
             on_event,
         )?;
         let Some((image, latents, observations)) = result else {
+            self.looks.insert(i, look);
             return Ok(Outcome::Cancelled);
         };
         let output = ImageOutput {
@@ -615,6 +704,7 @@ impl Renderer {
             output: &output,
             identity: shown_identity,
         });
+        self.looks.remove(&i);
         if let Some(recorder) = recorder {
             self.scene_refs.insert(
                 scene,
@@ -762,23 +852,23 @@ fn run_identity(
     Ok(Some((bank, output)))
 }
 
-/// A panel: the pre-run (steps 0..=mask step), then the main run from the pre-run's step 0.
+/// A panel's pre-run (steps 0..=mask step): its look, under `key`. With `preview`, the
+/// x0 estimate of the mask step is decoded for it (else the look's preview is empty).
 #[allow(clippy::too_many_arguments)]
-fn run_panel(
+fn pre_run(
     models: &mut FluxModels,
+    key: &ImageKey,
     guidance: f64,
     schedule: &Schedule,
     shot: &Shot,
     refs: References,
-    recorder: Option<&mut Recorder>,
+    preview: bool,
     options: &RenderOptions,
     on_event: &mut EventSink,
-) -> Result<Option<(RgbImage, Tensor, RunObservations)>> {
+) -> Result<Option<Look>> {
     let p = prepare(models, shot, None, schedule.steps)?;
     let models: &FluxModels = models;
-    let dev = p.run.img.device().clone();
     let mask_step = schedule.mask_step;
-
     let mut pre = ConsistHook::new(
         Role::PreRun,
         schedule,
@@ -791,6 +881,7 @@ fn run_panel(
     )
     .with_characters(shot.characters.clone());
     let mut after_step0 = None;
+    let mut estimate = None;
     let mut cancelled = false;
     sampler::denoise(
         &models.transformer,
@@ -801,6 +892,11 @@ fn run_panel(
         &mut |r| {
             if r.step == 0 {
                 after_step0 = Some(r.next.clone());
+            }
+            if preview && r.step == mask_step {
+                let (image, _) =
+                    models.decode_packed(&r.predicted_clean()?, shot.width, shot.height)?;
+                estimate = Some(image);
             }
             cancelled = step_event(models, shot, Phase::PreRun, r, options, on_event)?
                 == StepControl::Cancel;
@@ -813,9 +909,37 @@ fn run_panel(
     if cancelled {
         return Ok(None);
     }
-    let pre = pre.observations();
     let after_step0 = after_step0.context("the pre-run took no step")?;
+    let grid = grid_of(shot);
+    Ok(Some(Look {
+        target: shot.target,
+        key: key.clone(),
+        preview: estimate.unwrap_or_default(),
+        grid,
+        spans: shot.spans,
+        after_step0: after_step0.to_device(&candle_core::Device::Cpu)?,
+        observations: pre.observations(),
+    }))
+}
 
+/// A panel's main run, from its look's step 0 (the pre-run's, which the two share exactly) and
+/// with the look's mask and matches until its own mask step.
+#[allow(clippy::too_many_arguments)]
+fn main_run(
+    models: &mut FluxModels,
+    guidance: f64,
+    schedule: &Schedule,
+    shot: &Shot,
+    refs: References,
+    look: &Look,
+    recorder: Option<&mut Recorder>,
+    options: &RenderOptions,
+    on_event: &mut EventSink,
+) -> Result<Option<(RgbImage, Tensor, RunObservations)>> {
+    let p = prepare(models, shot, None, schedule.steps)?;
+    let models: &FluxModels = models;
+    let dev = p.run.img.device().clone();
+    let pre = &look.observations;
     let mut main = ConsistHook::new(
         Role::Main,
         schedule,
@@ -827,13 +951,13 @@ fn run_panel(
         recorder.map(|r| r as &mut dyn Record),
     )
     .with_characters(shot.characters.clone());
-    main.resume_after_step0(&pre, &dev)?;
+    main.resume_after_step0(pre, &dev)?;
     let result = sampler::denoise_from(
         &models.transformer,
         &p.run,
         &p.sigmas,
         1,
-        after_step0,
+        look.after_step0.to_device(&dev)?,
         guidance,
         Some(&mut main),
         &mut |r| step_event(models, shot, Phase::Main, r, options, on_event),
@@ -841,7 +965,7 @@ fn run_panel(
     let Denoised::Done(packed) = result else {
         return Ok(None);
     };
-    let observations = panel_observations(main.observations(), &pre);
+    let observations = panel_observations(main.observations(), pre);
     let (image, latents) = models.decode_packed(&packed, shot.width, shot.height)?;
     Ok(Some((image, latents, observations)))
 }

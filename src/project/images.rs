@@ -28,6 +28,9 @@ use crate::consist::recipe::Numerics;
 use crate::consist::session::ImageOutput;
 use crate::overlay::{mask_overlay, match_overlay, TokenGrid};
 
+mod looks;
+pub use looks::{ShownLook, StoredLook};
+
 /// The key file's format version; files of another version are not read.
 pub const VERSION: u32 = 1;
 

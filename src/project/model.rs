@@ -333,6 +333,10 @@ pub struct RenderSettings {
     /// `None`: two fifths of the final step count (at least 4, or the final count if fewer).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub draft_steps: Option<usize>,
+    /// Review first (the app): Render runs only the panels' pre-runs and shows each one's early
+    /// look to approve, re-roll or skip; "Render approved" then runs the approved main runs.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub review_first: bool,
 }
 
 fn default_draft_long_side() -> usize {
@@ -406,6 +410,7 @@ impl Default for RenderSettings {
             draft: false,
             draft_long_side: default_draft_long_side(),
             draft_steps: None,
+            review_first: false,
         }
     }
 }

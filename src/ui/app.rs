@@ -8,11 +8,11 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use super::animatic::Player;
-use super::cells::{CellState, Cells};
+use super::cells::{CellState, Cells, Verdict};
 use super::dialogs::{Dialogs, Purpose};
 use super::document::Document;
 use super::editor::{editor_ui, TokenCounter};
-use super::grid::{grid_ui, GridLayout, MIN_GRID_WIDTH};
+use super::grid::{grid_ui, GridLayout, LookAction, MIN_GRID_WIDTH};
 use super::inspector::{inspector_ui, Overlays, TakeAction};
 use super::layout_report::LayoutReport;
 use super::picture::PictureView;
@@ -319,16 +319,20 @@ impl CharaboardApp {
                         (target, t.clone(), tex)
                     });
             }
-            TakeAction::Reroll => {
-                set_seed(project, target, rand::random::<u32>() as u64);
-                self.doc.record_edits();
-                self.doc.seal();
-                self.render(match target {
-                    Target::Identity | Target::IdentityOf(_) => RenderRequest::Identity,
-                    Target::Panel(i) => RenderRequest::Panel(i),
-                });
-            }
+            TakeAction::Reroll => self.reroll(target),
         }
+    }
+
+    /// A new seed for `target` (an undoable edit), rendered at once: as a new take, or with
+    /// "Review first" as a new look.
+    fn reroll(&mut self, target: Target) {
+        set_seed(&mut self.doc.project, target, rand::random::<u32>() as u64);
+        self.doc.record_edits();
+        self.doc.seal();
+        self.render(match target {
+            Target::Identity | Target::IdentityOf(_) => RenderRequest::Identity,
+            Target::Panel(i) => RenderRequest::Panel(i),
+        });
     }
 
     fn save_settings(&mut self) {
@@ -339,7 +343,37 @@ impl CharaboardApp {
         }
     }
 
+    /// Renders `request`; with the project's "Review first", only as far as each panel's look.
     pub fn render(&mut self, request: RenderRequest) {
+        let looks_only = self.doc.project.settings.review_first;
+        self.render_job(request, looks_only);
+    }
+
+    /// The main runs of the panels whose fresh look is approved, from their looks.
+    pub fn render_approved(&mut self) {
+        self.plan();
+        let plans: Vec<&Plan> = self.plan.iter().chain(&self.other_plan).collect();
+        let approved = self.cells.looks_with(&plans, Verdict::Approved);
+        if approved.is_empty() {
+            self.error("no look is approved: approve a panel's look first");
+            return;
+        }
+        self.render_job(RenderRequest::Panels(approved), false);
+    }
+
+    /// What a look's buttons ask.
+    fn look_action(&mut self, target: Target, action: LookAction) {
+        let Some(look) = self.cells.entry(target).look.as_mut() else {
+            return;
+        };
+        match action {
+            LookAction::Approve => look.verdict = Verdict::Approved,
+            LookAction::Skip => look.verdict = Verdict::Skipped,
+            LookAction::Reroll => self.reroll(target),
+        }
+    }
+
+    fn render_job(&mut self, request: RenderRequest, looks_only: bool) {
         if self.busy {
             return;
         }
@@ -380,6 +414,8 @@ impl CharaboardApp {
                 preview_every: Some(5),
                 bank: bank.mode,
                 batch: bank.batch,
+                report_looks: true,
+                looks_only,
                 ..RenderOptions::default()
             },
         });
@@ -485,6 +521,7 @@ impl CharaboardApp {
                     cell.preview = Some(super::cells::texture(ctx, "preview", &p));
                 }
             }
+            Event::Look(look) => self.cells.set_look(ctx, *look),
             Event::ImageDone(mut image) => {
                 let target = image.target;
                 let taken = self.cells.get(target).map_or(vec![], |c| {
@@ -510,6 +547,7 @@ impl CharaboardApp {
             Event::ImagesLoaded {
                 store,
                 images,
+                looks,
                 notes,
             } => {
                 // The project may have changed while the images were read.
@@ -520,6 +558,9 @@ impl CharaboardApp {
                 {
                     for image in images {
                         self.cells.add_take(image);
+                    }
+                    for look in looks {
+                        self.cells.set_look(ctx, look);
                     }
                     if !notes.is_empty() {
                         self.info(notes.join("; "));
@@ -682,6 +723,24 @@ impl CharaboardApp {
                     self.render(r);
                 }
             }
+            if self.doc.project.settings.review_first {
+                if ui
+                    .add_enabled(!self.busy, egui::Button::new("Approve all"))
+                    .on_hover_text("Approve every look still waiting for a verdict.")
+                    .clicked()
+                {
+                    self.plan();
+                    let plans: Vec<&Plan> = self.plan.iter().chain(&self.other_plan).collect();
+                    self.cells.judge_pending(&plans, Verdict::Approved);
+                }
+                if ui
+                    .add_enabled(!self.busy, egui::Button::new("Render approved"))
+                    .on_hover_text("Run the main runs of the approved panels, from their looks.")
+                    .clicked()
+                {
+                    self.render_approved();
+                }
+            }
             if ui
                 .add_enabled(self.busy, egui::Button::new("Cancel"))
                 .clicked()
@@ -829,6 +888,7 @@ impl CharaboardApp {
             ui.checkbox(&mut self.most_drifted_first, "Most drifted first")
                 .on_hover_text("Order the panels by rising consistency with the identity.");
             let plans: Vec<&Plan> = self.plan.iter().chain(&self.other_plan).collect();
+            let mut look_action = None;
             self.layout = grid_ui(
                 ui,
                 &self.doc.project,
@@ -837,7 +897,11 @@ impl CharaboardApp {
                 &mut self.selected,
                 self.most_drifted_first,
                 &mut self.picture,
+                (!self.busy).then_some(&mut look_action),
             );
+            if let Some((target, action)) = look_action {
+                self.look_action(target, action);
+            }
         });
         self.take_dropped_picture(ui.ctx());
         self.recovery_modal(ui);

@@ -4,7 +4,7 @@ use egui::{ColorImage, Context, TextureHandle, TextureOptions};
 use std::collections::BTreeMap;
 
 use crate::consist::plan::{Phase, Plan, Quality, Target};
-use crate::project::images::RenderedImage;
+use crate::project::images::{RenderedImage, ShownLook};
 use crate::project::takes::{self, Active, TakeChoice};
 
 #[derive(Debug, Clone, PartialEq)]
@@ -22,6 +22,24 @@ pub enum CellState {
     Failed(String),
 }
 
+/// What the user decided about a panel's early look.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    Pending,
+    Approved,
+    Skipped,
+}
+
+/// A panel's early look as its cell shows it.
+pub struct CellLook {
+    pub shown: ShownLook,
+    /// The preview tinted by the mask, beside the mask.
+    pub texture: TextureHandle,
+    /// The preview and the identity with the kept matches.
+    pub matches: Option<TextureHandle>,
+    pub verdict: Verdict,
+}
+
 pub struct Cell {
     pub state: CellState,
     /// The active take, shown in the grid and the inspector and played in the animatic.
@@ -32,6 +50,8 @@ pub struct Cell {
     pub takes: Vec<RenderedImage>,
     /// The chosen take, when its files are gone.
     pub missing: Option<u32>,
+    /// The newest early look of a panel not yet rendered from it.
+    pub look: Option<CellLook>,
 }
 
 impl Cell {
@@ -43,7 +63,18 @@ impl Cell {
             preview: None,
             takes: Vec::new(),
             missing: None,
+            look: None,
         }
+    }
+
+    /// Its look, when made for exactly what one of `plans` asks now.
+    pub fn fresh_look(&self, plans: &[&Plan]) -> Option<&CellLook> {
+        self.look.as_ref().filter(|l| {
+            plans.iter().any(|p| {
+                p.image(l.shown.target)
+                    .is_some_and(|i| i.key == l.shown.key)
+            })
+        })
     }
 
     /// Rendered from other inputs than the plan of its quality (draft or final, among
@@ -64,6 +95,13 @@ impl Cell {
         match &self.state {
             CellState::Empty | CellState::Done if self.missing.is_some() => {
                 format!("missing: take {} is gone", self.missing.unwrap_or_default())
+            }
+            CellState::Empty | CellState::Done if self.fresh_look(plans).is_some() => {
+                match self.fresh_look(plans).map(|l| l.verdict) {
+                    Some(Verdict::Approved) => "look approved".into(),
+                    Some(Verdict::Skipped) => "look skipped".into(),
+                    _ => "look: approve, re-roll or skip".into(),
+                }
             }
             CellState::Empty | CellState::Done if self.image.is_some() => {
                 let state = match self.is_stale(plans) {
@@ -127,11 +165,63 @@ impl Cells {
     /// shown is [`Cells::sync`]'s to say.
     pub fn add_take(&mut self, image: RenderedImage) {
         let cell = self.entry(image.target);
+        // The take made from a look replaces it.
+        if cell
+            .look
+            .as_ref()
+            .is_some_and(|l| image.key.as_ref() == Some(&l.shown.key))
+        {
+            cell.look = None;
+        }
         cell.takes.retain(|t| t.take != image.take);
         cell.takes.push(image);
         cell.takes.sort_by_key(|t| t.take);
         cell.preview = None;
         cell.state = CellState::Done;
+    }
+
+    /// Keeps `shown` as its panel's look; the verdict stays when it is the look already shown.
+    pub fn set_look(&mut self, ctx: &Context, shown: ShownLook) {
+        let name = format!("look {:?}", shown.target);
+        let cell = self.entry(shown.target);
+        let verdict = match &cell.look {
+            Some(l) if l.shown.key == shown.key => l.verdict,
+            _ => Verdict::Pending,
+        };
+        cell.look = Some(CellLook {
+            texture: texture(ctx, &name, &shown.mask),
+            matches: shown
+                .matches
+                .as_ref()
+                .map(|m| texture(ctx, &format!("{name} matches"), m)),
+            shown,
+            verdict,
+        });
+    }
+
+    /// The panels whose fresh look (against `plans`) has `verdict`, in order.
+    pub fn looks_with(&self, plans: &[&Plan], verdict: Verdict) -> Vec<usize> {
+        self.cells
+            .iter()
+            .filter_map(|(t, c)| match (t, c.fresh_look(plans)) {
+                (Target::Panel(i), Some(l)) if l.verdict == verdict => Some(*i),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// Gives every fresh look of `plans` that still waits the verdict `verdict`.
+    pub fn judge_pending(&mut self, plans: &[&Plan], verdict: Verdict) {
+        for cell in self.cells.values_mut() {
+            let fresh = cell.fresh_look(plans).is_some();
+            if let Some(look) = cell
+                .look
+                .as_mut()
+                .filter(|l| fresh && l.verdict == Verdict::Pending)
+            {
+                look.verdict = verdict;
+            }
+        }
     }
 
     /// Shows each cell's active take as `choices` say (after a pick, a delete, an undo); a

@@ -4,7 +4,7 @@
 
 use egui::{Color32, Rect, RichText, Sense, Ui, Vec2};
 
-use super::cells::{CellState, Cells};
+use super::cells::{CellState, Cells, Verdict};
 use super::picture::PictureView;
 use crate::consist::plan::{Plan, Target};
 use crate::consist::score::Consistency;
@@ -43,6 +43,15 @@ impl Default for GridLayout {
     }
 }
 
+/// What a look's buttons ask of its panel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LookAction {
+    Approve,
+    /// A new seed, and a new look.
+    Reroll,
+    Skip,
+}
+
 /// `(columns, outer cell width)` for a grid `available` points wide: as many columns as fit at
 /// the minimum width, each widened to share the room (up to the maximum). Narrower than one
 /// minimum cell, the one column takes what there is.
@@ -73,6 +82,9 @@ pub fn consistency(cells: &Cells, target: Target) -> Option<Consistency> {
 /// `plans` (the project's drafts and finals) are what the cells' takes are compared with to
 /// tell which are stale, each take with the plan of its quality. With
 /// `most_drifted_first`, the panels come in rising order of consistency (unscored last).
+/// A look's buttons are shown where `look_action` is given (not while rendering), and say
+/// there what was clicked.
+#[allow(clippy::too_many_arguments)]
 pub fn grid_ui(
     ui: &mut Ui,
     project: &Project,
@@ -81,6 +93,7 @@ pub fn grid_ui(
     selected: &mut Option<Target>,
     most_drifted_first: bool,
     picture: &mut PictureView,
+    mut look_action: Option<&mut Option<(Target, LookAction)>>,
 ) -> GridLayout {
     let mut panels: Vec<Target> = (0..project.panels.len()).map(Target::Panel).collect();
     if most_drifted_first {
@@ -100,8 +113,17 @@ pub fn grid_ui(
             for row in targets.chunks(columns) {
                 ui.horizontal_top(|ui| {
                     for &target in row {
-                        let rect =
-                            cell_ui(ui, project, plans, cells, target, selected, width, picture);
+                        let rect = cell_ui(
+                            ui,
+                            project,
+                            plans,
+                            cells,
+                            target,
+                            selected,
+                            width,
+                            picture,
+                            look_action.as_deref_mut(),
+                        );
                         rects.push((target, rect));
                     }
                 });
@@ -128,6 +150,7 @@ fn cell_ui(
     selected: &mut Option<Target>,
     width: f32,
     picture: &mut PictureView,
+    look_action: Option<&mut Option<(Target, LookAction)>>,
 ) -> Rect {
     let cell = cells.get(target);
     let state = cell.map_or_else(|| "empty".to_string(), |c| c.label(plans));
@@ -147,13 +170,29 @@ fn cell_ui(
     ));
     let inner_width = (width - frame.total_margin().sum().x).max(1.0);
     let image_size = Vec2::new(inner_width, inner_width * h as f32 / w as f32);
+    // Where a look's buttons begin: the cell's own click stops above them, so they get theirs.
+    let mut buttons_top = None;
     let response = frame
         .show(ui, |ui| {
             ui.set_width(inner_width);
             ui.vertical(|ui| {
                 ui.strong(title(target));
-                let texture = cell.and_then(|c| c.preview.as_ref().or(c.texture.as_ref()));
+                // A live preview first, then a look waiting for its main run, then the take.
+                let look = cell.and_then(|c| c.fresh_look(plans));
+                let texture = cell.and_then(|c| {
+                    c.preview
+                        .as_ref()
+                        .or(look.map(|l| &l.texture))
+                        .or(c.texture.as_ref())
+                });
                 match texture {
+                    // The look's picture is the preview beside its mask: twice as wide.
+                    Some(t) if cell.is_some_and(|c| c.preview.is_none()) && look.is_some() => {
+                        ui.add(egui::Image::new((
+                            t.id(),
+                            Vec2::new(image_size.x, image_size.y / 2.0),
+                        )));
+                    }
                     Some(t) => {
                         ui.add(egui::Image::new((t.id(), image_size)));
                     }
@@ -182,6 +221,9 @@ fn cell_ui(
                     )
                     .wrap(),
                 );
+                if let Some(l) = look {
+                    buttons_top = look_ui(ui, target, l, look_action);
+                }
                 if target == Target::Identity {
                     picture.cell_ui(ui, project, cells);
                 }
@@ -203,9 +245,13 @@ fn cell_ui(
             });
         })
         .response;
+    let mut clickable = response.rect;
+    if let Some(top) = buttons_top {
+        clickable.max.y = top;
+    }
     if ui
         .interact(
-            response.rect,
+            clickable,
             egui::Id::unique(("cell", target)),
             Sense::click(),
         )
@@ -214,4 +260,43 @@ fn cell_ui(
         *selected = Some(target);
     }
     response.rect
+}
+
+/// A look's matches and its buttons: Approve, Re-roll (a new seed; edit the action first to
+/// re-roll with a tweaked one), Skip. Returns where the buttons begin, when shown.
+fn look_ui(
+    ui: &mut Ui,
+    target: Target,
+    look: &super::cells::CellLook,
+    action: Option<&mut Option<(Target, LookAction)>>,
+) -> Option<f32> {
+    if let Some(m) = &look.matches {
+        let size = m.size_vec2();
+        let width = ui.available_width();
+        ui.add(egui::Image::new((
+            m.id(),
+            Vec2::new(width, width * size.y / size.x),
+        )))
+        .on_hover_text(format!("{} kept matches", look.shown.kept_matches));
+    }
+    let action = action?;
+    let top = ui.cursor().min.y;
+    ui.horizontal_wrapped(|ui| {
+        let buttons = [
+            ("Approve", LookAction::Approve, Verdict::Approved),
+            ("Re-roll", LookAction::Reroll, Verdict::Pending),
+            ("Skip", LookAction::Skip, Verdict::Skipped),
+        ];
+        for (label, what, verdict) in buttons {
+            let chosen = what != LookAction::Reroll && look.verdict == verdict;
+            if ui
+                .selectable_label(chosen, label)
+                .on_hover_text(format!("{label} {}", title(target)))
+                .clicked()
+            {
+                *action = Some((target, what));
+            }
+        }
+    });
+    Some(top)
 }

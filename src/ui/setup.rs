@@ -182,6 +182,11 @@ pub fn render_settings_ui(ui: &mut Ui, project: &mut Project, settings: &mut App
                 ui.add_enabled(s.draft, egui::DragValue::new(steps).range(1..=100));
             }
         });
+        ui.checkbox(&mut s.review_first, "Review first")
+            .on_hover_text(
+                "Render runs only each panel's pre-run (a fifth of its cost) and shows its early \
+                 look: approve, re-roll or skip each, then \"Render approved\".",
+            );
         // Sides are multiples of 16 (a drag may land between).
         s.draft_long_side = (s.draft_long_side / 16).max(1) * 16;
         ui.add(egui::Slider::new(&mut s.guidance, 0.0..=10.0).text("Guidance"));
