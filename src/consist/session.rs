@@ -25,6 +25,7 @@ use crate::pipeline::{FluxModels, NoiseSource};
 use crate::sampler::{self, Denoised, RunInputs, StepControl, StepReport};
 
 /// A rendered image with what explains it.
+#[derive(Clone)]
 pub struct ImageOutput {
     pub target: Target,
     pub image: RgbImage,
