@@ -4,14 +4,13 @@
 
 mod common;
 
-use charaboard::consist::plan::{PlanModel, RenderRequest, Target};
-use charaboard::consist::session::{
-    BankMode, ImageOutput, Outcome, RenderEvent, RenderOptions, Renderer,
-};
+use charaboard::consist::plan::{RenderRequest, Target};
+use charaboard::consist::session::{BankMode, Renderer};
 use charaboard::pipeline::FluxModels;
 use charaboard::project::model::Project;
-use charaboard::sampler::StepControl;
-use common::{assert_same, knight_project, render_images as render, tiny_models, CLEARING};
+use common::{
+    assert_same, knight_project, max_abs_diff, render_images as render, tiny_models, CLEARING,
+};
 
 const MARKET: &str = "on a busy market street at noon,";
 const HARBOUR: &str = "by a grey harbour in the rain,";
