@@ -43,6 +43,8 @@ pub enum Storage {
 pub struct Weights {
     pub transformer: u64,
     pub vae: u64,
+    /// Loaded only for a picture identity.
+    pub vae_encoder: u64,
     pub t5: u64,
     pub clip: u64,
 }
@@ -98,22 +100,22 @@ fn dense_bytes(store: &TensorStore, dtype: DType) -> u64 {
     (values * dtype.size_in_bytes()) as u64
 }
 
-/// The VAE's loaded bytes: only its decoder is loaded (`vae::`), whatever else the file holds.
-fn decoder_bytes<'a>(values: impl Iterator<Item = (&'a str, usize)>, dtype: DType) -> u64 {
+/// The loaded bytes of the VAE's `part` ("decoder" or "encoder"): each is loaded on its own
+/// (`vae::`), whatever else the file holds.
+fn part_bytes<'a>(values: impl Iterator<Item = (&'a str, usize)>, part: &str, dtype: DType) -> u64 {
+    let (top, nested) = (format!("{part}."), format!(".{part}."));
     let values: usize = values
-        .filter(|(name, _)| is_decoder(name))
+        .filter(|(name, _)| name.starts_with(&top) || name.contains(&nested))
         .map(|(_, n)| n)
         .sum();
     (values * dtype.size_in_bytes()) as u64
 }
 
-fn is_decoder(name: &str) -> bool {
-    name.starts_with("decoder.") || name.contains(".decoder.")
-}
-
-fn vae_bytes(store: &TensorStore, dtype: DType) -> u64 {
+/// The VAE decoder's and encoder's loaded bytes.
+fn vae_bytes(store: &TensorStore, dtype: DType) -> (u64, u64) {
     let counts: Vec<(String, usize)> = store.value_counts().collect();
-    decoder_bytes(counts.iter().map(|(k, n)| (k.as_str(), *n)), dtype)
+    let part = |name| part_bytes(counts.iter().map(|(k, n)| (k.as_str(), *n)), name, dtype);
+    (part("decoder"), part("encoder"))
 }
 
 /// The text encoders' dtype: the run's, with f16 widened to bf16 (`text::placement`).
@@ -133,10 +135,12 @@ impl ModelMemory {
             ModelSource::Repo(layout) => {
                 let store = |c: &crate::models::layout::Component| TensorStore::open(&c.weights);
                 let cfg = crate::flux::config::from_diffusers_json(&layout.transformer.config)?;
+                let (vae, vae_encoder) = vae_bytes(&store(&layout.vae)?, dtype);
                 Ok(Self {
                     weights: Weights {
                         transformer: dense_bytes(&store(&layout.transformer)?, dtype),
-                        vae: vae_bytes(&store(&layout.vae)?, dtype),
+                        vae,
+                        vae_encoder,
                         t5: dense_bytes(&store(&layout.text_encoder_2)?, text),
                         clip: dense_bytes(&store(&layout.text_encoder)?, text),
                     },
@@ -146,10 +150,12 @@ impl ModelMemory {
             ModelSource::Files(files) => {
                 let file = |role| TensorStore::open(&[files.path(role).to_path_buf()]);
                 let (transformer, cfg) = transformer_of_file(files.path(Role::Transformer), dtype)?;
+                let (vae, vae_encoder) = vae_bytes(&file(Role::Vae)?, dtype);
                 Ok(Self {
                     weights: Weights {
                         transformer,
-                        vae: vae_bytes(&file(Role::Vae)?, dtype),
+                        vae,
+                        vae_encoder,
                         t5: dense_bytes(&file(Role::T5)?, text),
                         clip: dense_bytes(&file(Role::Clip)?, text),
                     },
@@ -198,13 +204,18 @@ impl ModelMemory {
         let vae = shapes_of(|vb| {
             candle_transformers::models::flux::autoencoder::AutoEncoder::new(vae, vb).map(|_| ())
         })?;
+        let vae_part = |part| {
+            part_bytes(
+                vae.iter().map(|(k, d)| (k.as_str(), d.iter().product())),
+                part,
+                dtype,
+            )
+        };
         Ok(Self {
             weights: Weights {
                 transformer,
-                vae: decoder_bytes(
-                    vae.iter().map(|(k, d)| (k.as_str(), d.iter().product())),
-                    dtype,
-                ),
+                vae: vae_part("decoder"),
+                vae_encoder: vae_part("encoder"),
                 t5: values(&t5) * text.size_in_bytes() as u64,
                 clip: values(&clip) * text.size_in_bytes() as u64,
             },
@@ -295,6 +306,9 @@ pub struct Storyboard {
     pub largest_tokens: usize,
     /// Each panel's background, in plan order.
     pub backgrounds: Vec<BackgroundMode>,
+    /// The forwards of the picture identities' inversions (0: every identity is generated); where
+    /// there is one, the VAE encoder's weights are held too.
+    pub inversion_forwards: usize,
 }
 
 fn tokens(width: usize, height: usize) -> usize {
@@ -314,6 +328,12 @@ impl Storyboard {
                 .max()
                 .unwrap_or(0),
             backgrounds: plan.panels().iter().map(|p| p.background).collect(),
+            inversion_forwards: plan
+                .identities()
+                .iter()
+                .filter_map(|i| i.shot.picture.as_ref())
+                .map(|p| p.key.inverter.forwards(plan.settings.steps))
+                .sum(),
         }
     }
 
@@ -328,10 +348,14 @@ impl Storyboard {
     }
 
     /// Transformer forwards (one per run and step) a whole render costs, by the renderer's
-    /// rules: the banked modes run the identity once and each panel's pre-run and main run;
-    /// lockstep runs the batches of `session::lockstep` (checked against `Renderer::forwards`
-    /// in tests/memory_plan.rs).
+    /// rules: a picture identity's inversion once, then the banked modes run the identity once
+    /// and each panel's pre-run and main run; lockstep runs the batches of `session::lockstep`
+    /// (checked against `Renderer::forwards` in tests/memory_plan.rs).
     pub fn forwards(&self, mode: BankMode, batch: usize) -> usize {
+        self.inversion_forwards + self.render_forwards(mode, batch)
+    }
+
+    fn render_forwards(&self, mode: BankMode, batch: usize) -> usize {
         let s = &self.schedule;
         let panels = self.backgrounds.len();
         if mode != BankMode::Recompute {
@@ -417,12 +441,16 @@ impl MemoryPlan {
         };
         let (t5_dev, t5_host) = text(w.t5);
         let (clip_dev, clip_host) = text(w.clip);
-        let components = vec![
+        let mut components = vec![
             ("transformer", w.transformer, 0),
             ("vae", w.vae, 0),
             ("t5", t5_dev, t5_host),
             ("clip", clip_dev, clip_host),
         ];
+        // Loaded for the inversion and kept with the models (`FluxModels::encode_picture`).
+        if board.inversion_forwards > 0 {
+            components.push(("vae encoder", w.vae_encoder, 0));
+        }
         let bank = bank_bound(model.dims, board, dtype);
         let slice = block_slice(model.dims, board, dtype);
         let one_run = activation_bytes(model.dims, board, dtype, 1, 0);

@@ -20,8 +20,8 @@ pub struct FluxModels {
     pub text: PromptEncoder,
     pub tokenizers: PromptTokenizers,
     pub vae: Vae,
-    /// Loaded on first use: only a picture identity needs it.
-    encoder: Option<VaeEncoder>,
+    /// Loaded on first use (only a picture identity needs it), with its weights' bytes.
+    encoder: Option<(VaeEncoder, usize)>,
     pub scheduler: SchedulerConfig,
     pub dtype: DType,
     pub device: Device,
@@ -100,15 +100,20 @@ impl FluxModels {
     }
 
     /// The bytes each component's weights take on the run's device, as loaded: the text
-    /// encoders count zero while freed or kept on the CPU for a GPU run.
+    /// encoders count zero while freed or kept on the CPU for a GPU run; the VAE encoder is
+    /// listed once a picture loaded it.
     pub fn component_bytes(&self) -> Vec<(&'static str, usize)> {
         let (t5, clip) = self.text.bytes_on(&self.device);
-        vec![
+        let mut bytes = vec![
             ("transformer", self.transformer_bytes),
             ("vae", self.vae_bytes),
             ("t5", t5),
             ("clip", clip),
-        ]
+        ];
+        if let Some((_, encoder)) = &self.encoder {
+            bytes.push(("vae encoder", *encoder));
+        }
+        bytes
     }
 
     /// Starts a job that will encode `prompts`: they are encoded now (once each), and the
@@ -153,7 +158,7 @@ impl FluxModels {
         if self.encoder.is_none() {
             self.encoder = Some(load::vae::encoder(&self.source, self.dtype, &self.device)?);
         }
-        let encoder = self.encoder.as_ref().expect("loaded above");
+        let (encoder, _) = self.encoder.as_ref().expect("loaded above");
         encoder.encode(&vae::from_rgb8(picture, &self.device)?, self.dtype)
     }
 

@@ -777,3 +777,92 @@ fn review_first_shows_looks_then_renders_only_the_approved_panels() {
         .is_some());
     assert!(h.query_by_label("Panel 1: done").is_some());
 }
+
+/// The identity's mask painted in the inspector: one stroke of the remove brush along the top
+/// row is one undo step, written into the project (and so into every key: the cells go stale);
+/// undo restores the project, redo the painting, and reset takes it away.
+#[test]
+fn the_identity_mask_is_painted_undone_and_reset() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = dir.path().join("model");
+    charaboard::models::tiny::write_repo(&model, 0, false).unwrap();
+    let mut h = harness(app(Some(project_file(dir.path())), Some(model), vec![]));
+    wait_until(&mut h, "the model", |a| {
+        matches!(a.model, ModelStatus::Loaded { .. }) && !a.busy
+    });
+    h.get_by_label("Render all").click();
+    h.step();
+    wait_until(&mut h, "every cell", |a| !a.busy);
+    h.state_mut().selected = Some(Target::Identity);
+    h.run_steps(2);
+    h.get_by_label("Paint mask").click();
+    h.run_steps(2);
+    h.get_by_label("Remove").click();
+    h.run_steps(2);
+    let before = h.state().doc.project.clone();
+    let computed = h
+        .state()
+        .cells
+        .get(Target::Identity)
+        .and_then(|c| c.image.as_ref())
+        .map(|i| i.mask.clone())
+        .unwrap();
+    assert_eq!(computed.len(), 64, "128 x 128: an 8 x 8 grid");
+
+    let rect = h.get_by_label("Identity mask painting").rect();
+    let at = |c: usize| {
+        egui::pos2(
+            rect.min.x + (c as f32 + 0.5) * rect.width() / 8.0,
+            rect.min.y + 0.5 * rect.height() / 8.0,
+        )
+    };
+    let button = |pos, pressed| egui::Event::PointerButton {
+        pos,
+        button: egui::PointerButton::Primary,
+        pressed,
+        modifiers: egui::Modifiers::default(),
+    };
+    h.event(egui::Event::PointerMoved(at(0)));
+    h.event(button(at(0), true));
+    h.step();
+    for c in 1..8 {
+        h.event(egui::Event::PointerMoved(at(c)));
+        h.step();
+    }
+    assert_eq!(
+        h.state().doc.project,
+        before,
+        "a stroke is written when it ends"
+    );
+    h.event(button(at(7), false));
+    h.run_steps(2);
+    let painted = h.state().doc.project.characters[0]
+        .identity
+        .painted_mask
+        .clone()
+        .expect("the stroke painted a mask");
+    let mut expected = computed.clone();
+    expected[..8].fill(false);
+    assert_eq!(painted.tokens(), expected);
+    for label in ["Identity: stale", "Panel 1: stale", "Panel 2: stale"] {
+        assert!(h.query_by_label(label).is_some(), "{label}");
+    }
+
+    h.state_mut().doc.undo();
+    h.run_steps(2);
+    assert_eq!(h.state().doc.project, before, "one stroke, one undo step");
+    assert!(h.query_by_label("Identity: done").is_some());
+    h.state_mut().doc.redo();
+    h.run_steps(2);
+    assert_eq!(
+        h.state().doc.project.characters[0].identity.painted_mask,
+        Some(painted)
+    );
+    h.get_by_label("Reset to computed").click();
+    h.run_steps(2);
+    assert_eq!(
+        h.state().doc.project.characters[0].identity.painted_mask,
+        None
+    );
+    assert!(h.query_by_label("Identity: done").is_some());
+}

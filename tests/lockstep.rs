@@ -4,75 +4,13 @@
 
 mod common;
 
-use charaboard::consist::plan::{PlanModel, RenderRequest, Target};
-use charaboard::consist::session::{
-    BankMode, ImageOutput, Outcome, RenderEvent, RenderOptions, Renderer,
-};
+use charaboard::consist::plan::{RenderRequest, Target};
+use charaboard::consist::session::{BankMode, Renderer};
 use charaboard::pipeline::FluxModels;
 use charaboard::project::model::Project;
-use charaboard::sampler::StepControl;
-use common::{knight_project, max_abs_diff, tiny_models, CLEARING};
-use std::collections::BTreeMap;
-
-/// What a render keeps of each image, in the order they finished.
-type Images = Vec<(Target, ImageOutput)>;
-
-fn render(
-    renderer: &mut Renderer,
-    models: &mut FluxModels,
-    p: &Project,
-    request: RenderRequest,
-    bank: BankMode,
-    batch: usize,
-) -> Images {
-    let plan = charaboard::project::plan(p, &PlanModel::of(models), None).unwrap();
-    let options = RenderOptions {
-        bank,
-        batch,
-        ..RenderOptions::default()
-    };
-    let mut images = Vec::new();
-    let outcome = renderer
-        .render(models, &plan, request, &options, &mut |e| {
-            if let RenderEvent::Finished { output: o, .. } = e {
-                let copy = ImageOutput {
-                    target: o.target,
-                    image: o.image.clone(),
-                    latents: o.latents.clone(),
-                    grid: o.grid,
-                    mask: o.mask.clone(),
-                    owners: o.owners.clone(),
-                    matches: o.matches.clone(),
-                    spans: o.spans,
-                    seconds: o.seconds,
-                };
-                images.push((o.target, copy));
-            }
-            StepControl::Continue
-        })
-        .unwrap();
-    assert_eq!(outcome, Outcome::Finished);
-    images
-}
-
-/// Final latents within 1e-4, masks and matches identical, image by image.
-fn assert_same(banked: &Images, lockstep: &Images) {
-    let lockstep: BTreeMap<Target, &ImageOutput> = lockstep.iter().map(|(t, o)| (*t, o)).collect();
-    assert_eq!(banked.len(), lockstep.len(), "the same images");
-    for (target, b) in banked {
-        let l = lockstep[target];
-        let diff = max_abs_diff(&b.latents, &l.latents);
-        assert!(diff <= 1e-4, "{}: latents differ by {diff}", target.label());
-        assert_eq!(b.mask, l.mask, "{}: mask", target.label());
-        assert_eq!(b.matches, l.matches, "{}: matches", target.label());
-    }
-    // The comparison counts only where panels were steered: a mixed identity mask, matches.
-    let identity = &banked[0].1;
-    assert!(identity.mask.iter().any(|&m| m) && identity.mask.iter().any(|&m| !m));
-    assert!(banked
-        .iter()
-        .any(|(_, o)| o.matches.as_ref().is_some_and(|m| !m.panel_idx.is_empty())));
-}
+use common::{
+    assert_same, knight_project, max_abs_diff, render_images as render, tiny_models, CLEARING,
+};
 
 const MARKET: &str = "on a busy market street at noon,";
 const HARBOUR: &str = "by a grey harbour in the rain,";

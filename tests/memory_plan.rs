@@ -13,25 +13,33 @@ use charaboard::memory_plan::{
 };
 use charaboard::models::source::ModelSource;
 use charaboard::pipeline::FluxModels;
-use charaboard::project::model::Project;
+use charaboard::project::model::{IdentitySource, PictureIdentity, Project};
 use charaboard::sampler::StepControl;
 use common::{charaboard, knight_project, ok, tiny_models, CLEARING};
 
+/// The bytes loaded, the VAE encoder's 0 until a picture loaded it.
 fn loaded(models: &FluxModels) -> Weights {
     let bytes = |name: &str| {
         models
             .component_bytes()
             .iter()
             .find(|c| c.0 == name)
-            .map(|c| c.1 as u64)
-            .unwrap()
+            .map_or(0, |c| c.1 as u64)
     };
     Weights {
         transformer: bytes("transformer"),
         vae: bytes("vae"),
+        vae_encoder: bytes("vae encoder"),
         t5: bytes("t5"),
         clip: bytes("clip"),
     }
+}
+
+/// Loads the VAE encoder the way a picture identity does.
+fn encode_a_picture(models: &mut FluxModels) {
+    models
+        .encode_picture(&image::RgbImage::new(32, 32))
+        .unwrap();
 }
 
 #[test]
@@ -40,13 +48,17 @@ fn predicted_weights_are_the_bytes_loaded() {
     let (path, models) = tiny_models(dir.path());
     let predicted =
         ModelMemory::of_files(&ModelSource::detect(&path).unwrap(), DType::F32).unwrap();
+    let mut models = models;
+    encode_a_picture(&mut models);
+    assert!(predicted.weights.vae_encoder > 0);
     assert_eq!(predicted.weights, loaded(&models));
     assert_eq!(predicted.dims.text_tokens, models.tokenizers.t5_len());
 
     let gguf = dir.path().join("gguf");
     charaboard::models::tiny_files::write_gguf_files(&gguf, 21, false, GgmlDType::Q8_0).unwrap();
     let model_file = gguf.join(charaboard::models::tiny_files::MODEL_FILE);
-    let models = FluxModels::load(&model_file, DType::F32, &Device::Cpu).unwrap();
+    let mut models = FluxModels::load(&model_file, DType::F32, &Device::Cpu).unwrap();
+    encode_a_picture(&mut models);
     let predicted =
         ModelMemory::of_files(&ModelSource::detect(&model_file).unwrap(), DType::F32).unwrap();
     assert_eq!(predicted.weights, loaded(&models));
@@ -74,18 +86,44 @@ fn storyboard() -> Project {
     p
 }
 
+/// [`storyboard`] with its identity drawn from a 32x32 picture written to `dir`.
+fn picture_storyboard(dir: &std::path::Path) -> Project {
+    let picture = dir.join("knight.png");
+    image::RgbImage::from_fn(32, 32, |x, y| {
+        image::Rgb([(x * 8) as u8, (y * 8) as u8, 90])
+    })
+    .save(&picture)
+    .unwrap();
+    let mut p = storyboard();
+    p.characters[0].identity.source = IdentitySource::Picture(PictureIdentity {
+        path: picture,
+        fit: Default::default(),
+        inverter: Default::default(),
+        folder: None,
+    });
+    p
+}
+
 #[test]
 fn predicted_forwards_and_bank_match_the_renderer() {
     let dir = tempfile::tempdir().unwrap();
-    let (_, mut models) = tiny_models(dir.path());
-    let p = storyboard();
-    let plan = charaboard::project::plan(&p, &PlanModel::of(&models), None).unwrap();
+    let (path, _) = tiny_models(dir.path());
+    for p in [storyboard(), picture_storyboard(dir.path())] {
+        // Fresh models: a picture's encoder is loaded by its render.
+        let models = FluxModels::load(&path, DType::F32, &Device::Cpu).unwrap();
+        forwards_and_bank_match(models, &p);
+    }
+}
+
+fn forwards_and_bank_match(mut models: FluxModels, p: &Project) {
+    let plan = charaboard::project::plan(p, &PlanModel::of(&models), None).unwrap();
     let board = Storyboard::of(&plan);
-    let memory = ModelMemory {
-        weights: loaded(&models),
-        dims: ModelDims::of(models.transformer.config()),
-    };
-    let budget = MemoryPlan::new(&memory, &board, DType::F32, false, u64::MAX, None, true);
+    let picture = plan.identity().shot.picture.is_some();
+    assert_eq!(board.inversion_forwards > 0, picture);
+    let predicted = ModelMemory::of_files(&models.source, DType::F32).unwrap();
+    let budget = MemoryPlan::new(&predicted, &board, DType::F32, false, u64::MAX, None, true);
+    let encoder = budget.components.iter().find(|c| c.0 == "vae encoder");
+    assert_eq!(encoder.is_some(), picture, "{:?}", budget.components);
     for (mode, batch) in [
         (BankMode::Device, 1),
         (BankMode::Recompute, 1),
@@ -126,6 +164,11 @@ fn predicted_forwards_and_bank_match_the_renderer() {
             assert!(renderer.bank_bytes() > 0);
         }
     }
+    // What the plan holds on the device is what the renders loaded, the encoder included.
+    assert_eq!(budget.weights_device(), {
+        let w = loaded(&models);
+        w.transformer + w.vae + w.vae_encoder + w.t5 + w.clip
+    });
 }
 
 #[test]
@@ -180,6 +223,7 @@ fn flux_dev_plan(card_gb: u64) -> MemoryPlan {
         weights: Weights {
             transformer: 12_700_000_000,
             vae: 170_000_000,
+            vae_encoder: 120_000_000,
             t5: 9_520_000_000,
             clip: 246_000_000,
         },
@@ -196,6 +240,7 @@ fn flux_dev_plan(card_gb: u64) -> MemoryPlan {
         identity_tokens: 64 * 64,
         largest_tokens: 64 * 64,
         backgrounds: vec![BackgroundMode::Identity; 8],
+        inversion_forwards: 0,
     };
     MemoryPlan::new(
         &model,

@@ -26,7 +26,7 @@ fn vae_encoder_equals_candle_encoder_on_the_bfl_weights_it_was_written_from() ->
     let dir = tempfile::tempdir()?;
     tiny::write_repo(dir.path(), 5, false)?;
     let source = ModelSource::Repo(Box::new(RepoLayout::open(dir.path())?));
-    let ours = load::vae::encoder(&source, DType::F32, &Device::Cpu)?;
+    let (ours, _) = load::vae::encoder(&source, DType::F32, &Device::Cpu)?;
     let cfg = tiny::vae_config();
     let bfl = tiny::vae_weights(&cfg, 5 + tiny::VAE_SEED_OFFSET)?;
     let vb = VarBuilder::from_tensors(bfl.into_iter().collect(), DType::F32, &Device::Cpu);

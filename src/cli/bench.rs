@@ -1146,6 +1146,7 @@ fn flux_dev_plans() -> Result<()> {
         identity_tokens: 64 * 64,
         largest_tokens: 64 * 64,
         backgrounds: vec![crate::consist::plan::BackgroundMode::Identity; 8],
+        inversion_forwards: 0,
     };
     println!("FLUX.1-dev at 1024x1024, identity + 8 panels locked onto the identity's background, bf16, text encoders on the CPU, 64 GB of host memory");
     println!("| transformer | card | mode | batch | device | host | forwards |");

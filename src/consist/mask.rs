@@ -270,6 +270,14 @@ pub struct Grid {
 }
 
 impl Grid {
+    /// The transformer's grid over an image of `width` x `height` pixels: one token per 16x16.
+    pub fn of_size(width: usize, height: usize) -> Self {
+        Self {
+            rows: height / 16,
+            cols: width / 16,
+        }
+    }
+
     pub fn len(&self) -> usize {
         self.rows * self.cols
     }

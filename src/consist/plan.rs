@@ -6,9 +6,10 @@
 //! exactly when its stored key equals the plan's. The engine never sees the document; the
 //! document is turned into a plan once (`project::plan`).
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 
+use super::mask::Grid;
 use super::recipe::Recipe;
 use crate::invert::Inverter;
 use crate::models::source::ModelSource;
@@ -172,6 +173,10 @@ pub struct ImageKey {
     /// A picture identity's picture and how it is inverted (absent in older keys: generated).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub picture: Option<PictureKey>,
+    /// FNV-1a of an identity's painted foreground mask at the image's token grid (absent: the
+    /// computed mask, and every older key).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub painted_mask: Option<u64>,
 }
 
 /// What an identity drawn from a picture depends on beyond a generated one's inputs (the
@@ -219,6 +224,9 @@ pub struct Shot {
     pub noise: NoiseSource,
     /// The identity's picture, where it is one.
     pub picture: Option<PlannedPicture>,
+    /// An identity's painted foreground mask at the image's token grid, used instead of the
+    /// one its attention gives (the image itself does not change).
+    pub painted_mask: Option<Vec<bool>>,
 }
 
 /// A panel's shot and its scene.
@@ -342,6 +350,17 @@ impl Plan {
         let key_of = |target: Target, shot: &Shot, background, depends_on| -> Result<ImageKey> {
             let noise =
                 NoiseKey::of(shot).with_context(|| format!("the noise of {}", target.label()))?;
+            let grid = Grid::of_size(shot.width, shot.height);
+            if let Some(painted) = shot.painted_mask.as_ref().filter(|m| m.len() != grid.len()) {
+                bail!(
+                    "the painted mask of {} has {} tokens, but its {} x {} token grid has {}",
+                    target.label(),
+                    painted.len(),
+                    grid.cols,
+                    grid.rows,
+                    grid.len()
+                );
+            }
             Ok(ImageKey {
                 model: settings.model.clone(),
                 prompt: shot.prompt.clone(),
@@ -357,6 +376,10 @@ impl Plan {
                     .then(|| shot.characters.iter().map(|c| c.prompt.clone()).collect()),
                 depends_on,
                 picture: shot.picture.as_ref().map(|p| p.key.clone()),
+                painted_mask: shot.painted_mask.as_ref().map(|m| {
+                    let bytes: Vec<u8> = m.iter().map(|&t| u8::from(t)).collect();
+                    crate::digest::fnv64(&bytes)
+                }),
             })
         };
         let first = identities.first().context("a storyboard has a character")?;

@@ -26,6 +26,7 @@ use crate::pipeline::{FluxModels, NoiseSource};
 use crate::sampler::{self, Denoised, RunInputs, StepControl, StepReport};
 
 /// A rendered image with what explains it.
+#[derive(Clone)]
 pub struct ImageOutput {
     pub target: Target,
     pub image: RgbImage,
@@ -196,6 +197,8 @@ struct Shot<'a> {
     height: usize,
     noise: &'a NoiseSource,
     picture: Option<&'a PlannedPicture>,
+    /// An identity's painted foreground, at its token grid.
+    painted_mask: Option<&'a [bool]>,
 }
 
 /// An image's shot with its token spans, checked.
@@ -215,6 +218,7 @@ fn shot_of<'a>(models: &FluxModels, image: &'a PlannedImage) -> Result<Shot<'a>>
         height: s.height,
         noise: &s.noise,
         picture: s.picture.as_ref(),
+        painted_mask: s.painted_mask.as_deref(),
     })
 }
 
@@ -740,10 +744,7 @@ fn identity_output(
 }
 
 fn grid_of(shot: &Shot) -> Grid {
-    Grid {
-        rows: shot.height / 16,
-        cols: shot.width / 16,
-    }
+    Grid::of_size(shot.width, shot.height)
 }
 
 struct Prepared {
@@ -826,7 +827,8 @@ fn run_identity(
         None,
         Some(&mut recorder as &mut dyn Record),
     )
-    .with_characters(shot.characters.clone());
+    .with_characters(shot.characters.clone())
+    .with_painted_mask(shot.painted_mask);
     let models_ref: &FluxModels = models;
     let result = sampler::denoise(
         &models_ref.transformer,

@@ -82,6 +82,8 @@ pub struct ConsistHook<'a> {
     refs: Option<References<'a>>,
     recorder: Option<&'a mut dyn Record>,
     mask_acc: MaskAccumulator,
+    /// The identity's painted foreground: its mask at the mask step instead of the computed one.
+    painted: Option<&'a [bool]>,
     /// One per character of `refs.identities`.
     match_accs: Vec<MatchAccumulator>,
     /// Each image token's owner (0 background, `k + 1` the prompt's character `k`) from its
@@ -140,6 +142,7 @@ impl<'a> ConsistHook<'a> {
             refs,
             recorder,
             mask_acc: MaskAccumulator::new(spans, schedule.numerics),
+            painted: None,
             match_accs: (0..refs.map_or(0, |r| r.identities.len()))
                 .map(|_| MatchAccumulator::new(schedule.numerics))
                 .collect(),
@@ -160,6 +163,15 @@ impl<'a> ConsistHook<'a> {
     pub fn with_characters(mut self, characters: Vec<Range<usize>>) -> Self {
         self.mask_acc =
             MaskAccumulator::with_characters(self.spans, characters, self.schedule.numerics);
+        self
+    }
+
+    /// An identity run whose foreground is `painted` (one flag per image token) where the user
+    /// painted one: the bank is pruned to it, and panels match, borrow and merge within it.
+    pub fn with_painted_mask(mut self, painted: Option<&'a [bool]>) -> Self {
+        if self.role == Role::Identity {
+            self.painted = painted;
+        }
         self
     }
 
@@ -215,7 +227,8 @@ impl<'a> ConsistHook<'a> {
 
     fn wants_mask(&self, step: usize) -> bool {
         match self.role {
-            Role::Identity => step == self.schedule.mask_step,
+            // A painted mask needs no attention maps.
+            Role::Identity => step == self.schedule.mask_step && self.painted.is_none(),
             Role::PreRun | Role::Main => step <= self.schedule.mask_step,
         }
     }
@@ -402,6 +415,26 @@ pub fn borrowed_key_mask(
     Tensor::cat(&[&Tensor::zeros((lq, lq), dtype, dev)?, &extra], 1)?.reshape((1, 1, lq, lq + n))
 }
 
+impl ConsistHook<'_> {
+    /// Each token's owner after `step`: the current ones, and at the mask step the run's mask
+    /// (which prunes its bank).
+    fn found_owners(&mut self, step: usize, owners: Vec<u8>) -> Result<()> {
+        if step == self.schedule.mask_step {
+            let mask: Vec<bool> = owners.iter().map(|&o| o != 0).collect();
+            if let Some(recorder) = self.recorder.as_deref_mut() {
+                recorder.set_mask(mask.clone()).map_err(to_candle)?;
+            }
+            self.mask_at_match_step = Some(mask);
+            self.owners_at_match_step = Some(owners.clone());
+        }
+        if step == 0 {
+            self.first_owners = Some(owners.clone());
+        }
+        self.owners = Some(owners);
+        Ok(())
+    }
+}
+
 impl AttentionHook for ConsistHook<'_> {
     fn before_attention(&mut self, ctx: &BlockCtx, qkv: QkvView<'_>) -> Result<AttentionRequest> {
         let mut request = AttentionRequest::default();
@@ -487,24 +520,23 @@ impl AttentionHook for ConsistHook<'_> {
     fn end_step(&mut self, step: usize) -> Result<()> {
         self.bg_tokens = None;
         self.extra_masks.clear();
-        if !self.mask_acc.is_empty() {
-            let s = self.schedule;
+        let s = self.schedule;
+        let painted = self.painted.filter(|_| step == s.mask_step);
+        if let Some(painted) = painted {
+            if painted.len() != self.grid.len() {
+                return Err(to_candle(anyhow::anyhow!(
+                    "the painted mask has {} tokens, but the image has {}",
+                    painted.len(),
+                    self.grid.len()
+                )));
+            }
+            self.found_owners(step, painted.iter().map(|&m| u8::from(m)).collect())?;
+        } else if !self.mask_acc.is_empty() {
             let owners = self
                 .mask_acc
                 .finish_owners(self.grid, s.erode, s.dilate)
                 .map_err(to_candle)?;
-            if step == s.mask_step {
-                let mask: Vec<bool> = owners.iter().map(|&o| o != 0).collect();
-                if let Some(recorder) = self.recorder.as_deref_mut() {
-                    recorder.set_mask(mask.clone()).map_err(to_candle)?;
-                }
-                self.mask_at_match_step = Some(mask);
-                self.owners_at_match_step = Some(owners.clone());
-            }
-            if step == 0 {
-                self.first_owners = Some(owners.clone());
-            }
-            self.owners = Some(owners);
+            self.found_owners(step, owners)?;
         }
         if self.match_accs.iter().any(|a| !a.is_empty()) {
             let owners = self.owners.clone().unwrap_or_default();

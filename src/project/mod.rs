@@ -2,13 +2,14 @@
 //!
 //! [`model`] is the document itself, [`io`] loads and saves it (with line and column in parse
 //! errors, and atomic saves), [`import`] reads the reference implementation's prompt files,
-//! [`plan`] turns the document into the storyboard plan a render executes, and [`images`] owns
+//! [`painted_mask`] is a foreground the user painted over an identity, [`plan`] turns the document into the storyboard plan a render executes, and [`images`] owns
 //! the folder of rendered images.
 
 pub mod images;
 pub mod import;
 pub mod io;
 pub mod model;
+pub mod painted_mask;
 pub mod plan;
 pub mod shot;
 pub mod takes;

@@ -11,8 +11,10 @@
 use anyhow::{anyhow, bail, Result};
 use serde::{Deserialize, Serialize};
 
+use super::painted_mask::PaintedMask;
 use super::shot::{CameraAngle, ShotSize};
 use super::takes::TakeChoice;
+use crate::consist::mask::Grid;
 use crate::consist::plan::{Quality, Target};
 use crate::consist::recipe::Recipe;
 use crate::invert::Inverter;
@@ -125,6 +127,10 @@ pub struct IdentityShot {
     /// picture the user brings. The prompts describe it either way: they drive the masks.
     #[serde(default, skip_serializing_if = "IdentitySource::is_generated")]
     pub source: IdentitySource,
+    /// The foreground the user painted, used instead of the computed mask by every panel's
+    /// matching and sharing (absent: the computed mask).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub painted_mask: Option<PaintedMask>,
 }
 
 impl IdentityShot {
@@ -135,6 +141,7 @@ impl IdentityShot {
             action: action.into(),
             source: IdentitySource::Generated,
             seed: None,
+            painted_mask: None,
         }
     }
 }
@@ -519,6 +526,14 @@ impl Project {
         let s = &self.settings;
         check_side("settings.width", s.width)?;
         check_side("settings.height", s.height)?;
+        // Painted at the identity's full-size grid, after the size itself is known good.
+        let size = s.identity_size(Quality::Final);
+        for (k, c) in self.characters.iter().enumerate() {
+            if let Some(painted) = &c.identity.painted_mask {
+                let field = format!("characters[{k}].identity.painted_mask");
+                painted.check(&field, Grid::of_size(size.0, size.1), size)?;
+            }
+        }
         if let Some(steps) = s.steps {
             limits::check(
                 "settings.steps (or left out for the model's default)",

@@ -5,6 +5,7 @@ use anyhow::Result;
 use std::path::Path;
 
 use super::model::{IdentitySource, PictureIdentity, Project};
+use crate::consist::mask::Grid;
 use crate::consist::plan::{
     PanelShot, PictureKey, Plan, PlanModel, PlanSettings, PlannedPicture, Quality, Shot,
     ShotCharacter,
@@ -62,6 +63,10 @@ pub fn plan_at(
                         Some(planned_picture(p, identity_size.0, identity_size.1)?)
                     }
                 },
+                painted_mask: identity
+                    .painted_mask
+                    .as_ref()
+                    .map(|m| m.at(Grid::of_size(identity_size.0, identity_size.1))),
             })
         })
         .collect::<Result<Vec<_>>>()?;
@@ -81,6 +86,7 @@ pub fn plan_at(
                     height,
                     noise: noise(panel.seed),
                     picture: None,
+                    painted_mask: None,
                 },
                 scene: panel.scene,
                 lock_background: scene.lock_background,

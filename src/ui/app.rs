@@ -13,8 +13,9 @@ use super::dialogs::{Dialogs, Purpose};
 use super::document::Document;
 use super::editor::{editor_ui, TokenCounter};
 use super::grid::{grid_ui, GridLayout, LookAction, MIN_GRID_WIDTH};
-use super::inspector::{inspector_ui, Overlays, TakeAction};
+use super::inspector::{inspector_ui, InspectorAction, Overlays, Painting, TakeAction};
 use super::layout_report::LayoutReport;
+use super::paint::{MaskEdit, PaintTool};
 use super::picture::PictureView;
 use super::setup::{self, CacheScan, ModelStatus};
 use crate::app_settings::AppSettings;
@@ -61,6 +62,8 @@ pub struct CharaboardApp {
     /// Orders the grid's panels by rising consistency, to find those that drifted.
     pub most_drifted_first: bool,
     pub overlays: Overlays,
+    /// The brush that paints an identity's mask in the inspector.
+    pub paint: PaintTool,
     /// A take shown beside the selected image's active one in the inspector.
     compare: Option<(Target, RenderedImage, egui::TextureHandle)>,
     /// Where the grid and its cells were drawn in the last frame, and the inspector if shown.
@@ -117,6 +120,7 @@ impl CharaboardApp {
             player: Player::default(),
             most_drifted_first: false,
             overlays: Overlays::default(),
+            paint: PaintTool::default(),
             compare: None,
             layout: GridLayout::default(),
             inspector_rect: None,
@@ -419,6 +423,21 @@ impl CharaboardApp {
                 ..RenderOptions::default()
             },
         });
+    }
+
+    /// Paints (or resets) character `k`'s identity mask: one undo step; the identity and the
+    /// panels that show the character become stale, as their keys hold the mask.
+    pub fn edit_mask(&mut self, k: usize, edit: MaskEdit) {
+        let Some(character) = self.doc.project.characters.get_mut(k) else {
+            return;
+        };
+        character.identity.painted_mask = match edit {
+            MaskEdit::Paint(mask) => Some(mask),
+            MaskEdit::Reset => None,
+        };
+        self.doc.seal();
+        self.doc.record_edits();
+        self.doc.seal();
     }
 
     /// Makes `path` the identity's picture (an undoable edit).
@@ -943,6 +962,16 @@ impl CharaboardApp {
                         Target::Panel(i) if i < project.panels.len() => project.panel_characters(i),
                         t => t.character().into_iter().collect(),
                     };
+                    let (width, height) = project.settings.identity_size(Quality::Final);
+                    let painting = Painting {
+                        tool: &mut self.paint,
+                        painted: project
+                            .characters
+                            .iter()
+                            .map(|c| c.identity.painted_mask.as_ref())
+                            .collect(),
+                        grid: crate::consist::mask::Grid::of_size(width, height),
+                    };
                     inspector_ui(
                         ui,
                         &self.cells,
@@ -951,6 +980,7 @@ impl CharaboardApp {
                         choice,
                         compare,
                         &characters,
+                        painting,
                     )
                     .map(|a| (target, a))
                 }
@@ -959,10 +989,17 @@ impl CharaboardApp {
                     None
                 }
             });
-        let action = panel.as_ref().and_then(|r| r.inner);
-        self.inspector_rect = panel.map(|r| r.response.rect);
-        if let Some((target, action)) = action {
-            self.take_action(ui.ctx(), target, action);
+        let (action, rect) = match panel {
+            Some(r) => (r.inner, Some(r.response.rect)),
+            None => (None, None),
+        };
+        self.inspector_rect = rect;
+        match action {
+            Some((target, InspectorAction::Take(action))) => {
+                self.take_action(ui.ctx(), target, action)
+            }
+            Some((_, InspectorAction::Mask(k, edit))) => self.edit_mask(k, edit),
+            None => {}
         }
         // Dragged shut (or open) by the user; a deselected cell leaves the choice as it was.
         if expanded != was_expanded {

@@ -258,7 +258,11 @@ fn characters_ui(ui: &mut Ui, project: &mut Project, tokens: &mut TokenCounter) 
         project.characters.push(Character {
             name,
             prompt: format!("a new character ({})", n + 1),
-            identity: IdentityShot { ..identity },
+            // A painting fits the character it was painted over only.
+            identity: IdentityShot {
+                painted_mask: None,
+                ..identity
+            },
         });
     }
 }

@@ -4,10 +4,12 @@ use egui::{Color32, Pos2, Rect, Sense, Stroke, Ui, Vec2};
 
 use super::cells::Cells;
 use super::grid::title;
+use super::paint::{MaskEdit, PaintTool};
 use crate::consist::mask::Grid;
 use crate::consist::plan::Target;
 use crate::overlay::{owner_colour, similarity_color, subsample};
 use crate::project::images::RenderedImage;
+use crate::project::painted_mask::PaintedMask;
 use crate::project::takes::{self, TakeChoice};
 use image::Rgb;
 
@@ -32,7 +34,7 @@ impl Default for Overlays {
 /// Match lines drawn at most, to stay readable.
 const MAX_LINES: usize = 160;
 
-fn token_rect(image: Rect, grid: Grid, token: usize) -> Rect {
+pub(super) fn token_rect(image: Rect, grid: Grid, token: usize) -> Rect {
     let (r, c) = (token / grid.cols, token % grid.cols);
     let size = Vec2::new(
         image.width() / grid.cols as f32,
@@ -44,7 +46,7 @@ fn token_rect(image: Rect, grid: Grid, token: usize) -> Rect {
     )
 }
 
-fn token_at(image: Rect, grid: Grid, pos: Pos2) -> Option<usize> {
+pub(super) fn token_at(image: Rect, grid: Grid, pos: Pos2) -> Option<usize> {
     if !image.contains(pos) {
         return None;
     }
@@ -197,8 +199,41 @@ fn takes_ui(
     action
 }
 
+/// What the user asked in the inspector.
+#[derive(Debug, Clone, PartialEq)]
+pub enum InspectorAction {
+    Take(TakeAction),
+    /// Of the identity of the character.
+    Mask(usize, MaskEdit),
+}
+
+/// The identities' painted masks and the brush that paints them.
+pub struct Painting<'a> {
+    pub tool: &'a mut PaintTool,
+    /// Per character, its identity's painted mask.
+    pub painted: Vec<Option<&'a PaintedMask>>,
+    /// The identities' token grid at full size, where masks are painted.
+    pub grid: Grid,
+}
+
+impl Painting<'_> {
+    /// Character `k`'s identity mask as shown: the stroke in progress, else its painting.
+    fn shown(&self, k: usize, editing: bool) -> Option<Vec<bool>> {
+        match self.tool.stroke().filter(|_| editing) {
+            Some(stroke) => Some(stroke.to_vec()),
+            None => self
+                .painted
+                .get(k)
+                .copied()
+                .flatten()
+                .map(PaintedMask::tokens),
+        }
+    }
+}
+
 /// The selected image with its overlays and its takes; `compare` is another take shown beside
 /// it (its picture and texture).
+#[allow(clippy::too_many_arguments)]
 pub fn inspector_ui(
     ui: &mut Ui,
     cells: &Cells,
@@ -207,10 +242,11 @@ pub fn inspector_ui(
     choice: Option<&TakeChoice>,
     compare: Option<(&RenderedImage, &egui::TextureHandle)>,
     characters: &[usize],
-) -> Option<TakeAction> {
+    painting: Painting,
+) -> Option<InspectorAction> {
     let action = takes_ui(ui, cells, selected, choice, compare.map(|c| c.0.take));
-    inspect(ui, cells, selected, overlays, compare, characters);
-    action
+    let edit = inspect(ui, cells, selected, overlays, compare, characters, painting);
+    action.map(InspectorAction::Take).or(edit)
 }
 
 /// `characters`: the storyboard's characters the selected image shows, in its prompt's order
@@ -222,7 +258,8 @@ fn inspect(
     overlays: &mut Overlays,
     compare: Option<(&RenderedImage, &egui::TextureHandle)>,
     characters: &[usize],
-) {
+    painting: Painting,
+) -> Option<InspectorAction> {
     ui.horizontal_wrapped(|ui| {
         ui.heading(title(selected));
         ui.checkbox(&mut overlays.mask, "Show foreground mask");
@@ -232,6 +269,16 @@ fn inspect(
             egui::Checkbox::new(&mut overlays.matches, "Show point matches"),
         );
     });
+    let mut edit = None;
+    // An identity (any character's) takes a painted mask.
+    let painted_character = selected.character();
+    if let Some(k) = painted_character {
+        let painted = painting.painted.get(k).copied().flatten().is_some();
+        edit = painting
+            .tool
+            .bar(ui, painted)
+            .map(|e| InspectorAction::Mask(k, e));
+    }
     let Some((cell, rendered)) = cells
         .get(selected)
         .and_then(|c| c.image.as_ref().map(|i| (c, i)))
@@ -242,10 +289,10 @@ fn inspect(
             )),
             None => ui.label("Not rendered yet."),
         };
-        return;
+        return edit;
     };
     let Some(texture) = &cell.texture else {
-        return;
+        return edit;
     };
     if let Some((other, other_tex)) = compare {
         let avail = ui.available_size();
@@ -260,7 +307,7 @@ fn inspect(
                 show_image(ui, other_tex, size);
             });
         });
-        return;
+        return edit;
     }
     let identity = cells
         .get(Target::Identity)
@@ -283,8 +330,26 @@ fn inspect(
             }
         }
     });
-    if overlays.mask {
-        tint_mask(ui, panel_rect, rendered.grid, &rendered.owners, characters);
+    if let Some(k) = painted_character.filter(|_| painting.tool.on) {
+        // A stroke starts from the mask shown: the painting, else the computed mask at the
+        // painting's grid.
+        let start = painting.shown(k, false).unwrap_or_else(|| {
+            PaintedMask::from_tokens(rendered.grid, &rendered.mask).at(painting.grid)
+        });
+        if let Some(stroke) = painting.tool.paint(ui, panel_rect, painting.grid, &start) {
+            edit = Some(InspectorAction::Mask(k, stroke));
+        }
+    }
+    let identity_shown = |k: usize| {
+        painting
+            .shown(k, painted_character == Some(k))
+            .map(|mask| mask.into_iter().map(u8::from).collect::<Vec<u8>>())
+    };
+    if overlays.mask || painting.tool.on {
+        match painted_character.and_then(identity_shown) {
+            Some(owners) => tint_mask(ui, panel_rect, painting.grid, &owners, characters),
+            None => tint_mask(ui, panel_rect, rendered.grid, &rendered.owners, characters),
+        }
     }
     if let Some((_, id_img)) = identity {
         if overlays.identity_mask {
@@ -295,7 +360,10 @@ fn inspect(
             };
             if side_by_side || selected == Target::Identity {
                 let character = id_img.target.character().unwrap_or(0);
-                tint_mask(ui, rect, id_img.grid, &id_img.owners, &[character]);
+                match identity_shown(character) {
+                    Some(owners) => tint_mask(ui, rect, painting.grid, &owners, &[character]),
+                    None => tint_mask(ui, rect, id_img.grid, &id_img.owners, &[character]),
+                }
             }
         }
         if overlays.matches && side_by_side {
@@ -345,4 +413,5 @@ fn inspect(
         }
     }
     ui.label(format!("rendered in {:.1} s", rendered.seconds));
+    edit
 }

@@ -9,6 +9,7 @@ pub mod editor;
 pub mod grid;
 pub mod inspector;
 pub mod layout_report;
+pub mod paint;
 pub mod picture;
 pub mod setup;
 

@@ -2,6 +2,10 @@
 #![allow(dead_code)]
 
 use candle_core::{DType, Device, Tensor};
+use charaboard::consist::plan::{PlanModel, RenderRequest};
+use charaboard::consist::session::{
+    BankMode, ImageOutput, Outcome, RenderEvent, RenderOptions, Renderer,
+};
 use charaboard::pipeline::{FluxModels, GenerateParams, NoiseSource};
 use charaboard::project::model::{Character, IdentityShot, Panel, Project, RenderSettings, Scene};
 use charaboard::sampler::StepControl;
@@ -170,4 +174,55 @@ pub fn knight_project(panels: Vec<(usize, &str)>, scenes: Vec<(&str, bool)>) -> 
             ..RenderSettings::default()
         },
     }
+}
+
+/// What a render keeps of each image, in the order they finished.
+pub type Images = Vec<(charaboard::consist::plan::Target, ImageOutput)>;
+
+/// Renders `request` of `p` in `bank` mode (lockstep batches of `batch`) to the end.
+pub fn render_images(
+    renderer: &mut Renderer,
+    models: &mut FluxModels,
+    p: &Project,
+    request: RenderRequest,
+    bank: BankMode,
+    batch: usize,
+) -> Images {
+    let plan = charaboard::project::plan(p, &PlanModel::of(models), None).unwrap();
+    let options = RenderOptions {
+        bank,
+        batch,
+        ..RenderOptions::default()
+    };
+    let mut images = Vec::new();
+    let outcome = renderer
+        .render(models, &plan, request, &options, &mut |e| {
+            if let RenderEvent::Finished { output, .. } = e {
+                images.push((output.target, output.clone()));
+            }
+            StepControl::Continue
+        })
+        .unwrap();
+    assert_eq!(outcome, Outcome::Finished);
+    images
+}
+
+/// Final latents within 1e-4, masks and matches identical, image by image.
+pub fn assert_same(banked: &Images, lockstep: &Images) {
+    let lockstep: std::collections::BTreeMap<charaboard::consist::plan::Target, &ImageOutput> =
+        lockstep.iter().map(|(t, o)| (*t, o)).collect();
+    assert_eq!(banked.len(), lockstep.len(), "the same images");
+    for (target, b) in banked {
+        let l = lockstep[target];
+        let diff = max_abs_diff(&b.latents, &l.latents);
+        assert!(diff <= 1e-4, "{}: latents differ by {diff}", target.label());
+        assert_eq!(b.mask, l.mask, "{}: mask", target.label());
+        assert_eq!(b.matches, l.matches, "{}: matches", target.label());
+    }
+    // The comparison counts only where panels were steered: a mixed identity mask, matches.
+    let identity = &banked[0].1;
+    assert!(identity.mask.iter().any(|&m| m) && identity.mask.iter().any(|&m| !m));
+    assert!(banked
+        .iter()
+        .any(|(_, o)| o.matches.as_ref().is_some_and(|m| !m.panel_idx.is_empty())));
 }

@@ -504,7 +504,8 @@ impl Renderer {
                 models.dtype,
                 refs,
                 recorder.as_mut().map(|r| r as &mut dyn Record),
-            );
+            )
+            .with_painted_mask(shot.painted_mask);
             if let RunKind::Main(i) = spec.kind {
                 let pre = job.pre.get(&i).context("the pre-run ran first")?;
                 hook.resume_after_step0(&pre.observations, &models.device)?;

@@ -27,13 +27,13 @@ pub fn from_file(path: &Path, dtype: DType, dev: &Device) -> Result<(Vae, usize)
     file_part(path, dtype, dev, Vae::new)
 }
 
-/// The VAE encoder of `source`, from the same files and names as its decoder.
-pub fn encoder(source: &ModelSource, dtype: DType, dev: &Device) -> Result<VaeEncoder> {
-    let (encoder, _) = match source {
-        ModelSource::Repo(layout) => repo_part(layout, dtype, dev, VaeEncoder::new)?,
-        ModelSource::Files(files) => file_part(&files.vae, dtype, dev, VaeEncoder::new)?,
-    };
-    Ok(encoder)
+/// The VAE encoder of `source`, from the same files and names as its decoder, and the bytes of
+/// its weights.
+pub fn encoder(source: &ModelSource, dtype: DType, dev: &Device) -> Result<(VaeEncoder, usize)> {
+    match source {
+        ModelSource::Repo(layout) => repo_part(layout, dtype, dev, VaeEncoder::new),
+        ModelSource::Files(files) => file_part(&files.vae, dtype, dev, VaeEncoder::new),
+    }
 }
 
 type Build<T> = fn(&AeConfig, VarBuilder) -> candle_core::Result<T>;
