@@ -88,7 +88,7 @@ pub fn run(
                     Progress::Started(target)
                 }
                 RenderEvent::Step(step) => Progress::Step(step),
-                RenderEvent::Finished { output, identity } => {
+                RenderEvent::Finished { output, identities } => {
                     current = None;
                     let Some(planned) = job.plan.image(output.target) else {
                         write_failure = Some((
@@ -104,7 +104,7 @@ pub fn run(
                     let settings = &job.plan.settings;
                     let (take, files) = match job.store {
                         Some(store) => {
-                            match store.write(output, identity, planned, settings, reuse) {
+                            match store.write(output, &identities, planned, settings, reuse) {
                                 Ok(written) => written,
                                 Err(e) => {
                                     write_failure = Some((output.target, e));

@@ -1141,12 +1141,12 @@ fn flux_dev_plans() -> Result<()> {
     const GB: u64 = 1_000_000_000;
     // What most FLUX users have beside a 12-24 GB card.
     const HOST_RAM: u64 = 64 * GB;
-    let board = Storyboard {
-        schedule: Recipe::default().schedule(50),
-        identity_tokens: 64 * 64,
-        largest_tokens: 64 * 64,
-        backgrounds: vec![crate::consist::plan::BackgroundMode::Identity; 8],
-    };
+    let board = Storyboard::one_character(
+        Recipe::default().schedule(50),
+        64 * 64,
+        64 * 64,
+        vec![crate::consist::plan::BackgroundMode::Identity; 8],
+    );
     println!("FLUX.1-dev at 1024x1024, identity + 8 panels locked onto the identity's background, bf16, text encoders on the CPU, 64 GB of host memory");
     println!("| transformer | card | mode | batch | device | host | forwards |");
     println!("|---|---|---|---|---|---|---|");

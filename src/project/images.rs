@@ -26,7 +26,7 @@ use crate::consist::plan::{
 };
 use crate::consist::recipe::Numerics;
 use crate::consist::session::ImageOutput;
-use crate::overlay::{mask_overlay, match_overlay, TokenGrid};
+use crate::overlay::{cast_match_overlay, mask_overlay, match_overlay, TokenGrid};
 
 /// The key file's format version; files of another version are not read.
 pub const VERSION: u32 = 1;
@@ -257,8 +257,9 @@ impl ImagesStore {
         Ok(found)
     }
 
-    /// Writes a finished image as a new take of its target; `identity` is the identity image its
-    /// matches point into. No file of another take is touched, and all files are staged first,
+    /// Writes a finished image as a new take of its target; `identities` are the identity images
+    /// its matches point into, one per character it shows (its `-matches.png` draws one
+    /// character's in similarity colours, several in their characters' colours). No file of another take is touched, and all files are staged first,
     /// so a failure while writing leaves no partial take behind. With `reuse`, an image equal
     /// to a take already there (same key, same picture: the identity rendered again only to
     /// steer a panel) is not stored twice and that take is returned. Returns the take and the
@@ -266,7 +267,7 @@ impl ImagesStore {
     pub fn write(
         &self,
         output: &ImageOutput,
-        identity: &RgbImage,
+        identities: &[&RgbImage],
         planned: &PlannedImage,
         settings: &PlanSettings,
         reuse: bool,
@@ -323,7 +324,17 @@ impl ImagesStore {
             ),
         ];
         if let Some(m) = &output.matches {
-            let overlay = match_overlay(&output.image, identity, &m.triples(), MAX_MATCH_LINES);
+            let overlay = match identities {
+                [identity] => match_overlay(&output.image, identity, &m.triples(), MAX_MATCH_LINES),
+                _ => cast_match_overlay(
+                    &output.image,
+                    identities,
+                    &output.owners_or_mask(),
+                    &characters,
+                    &m.triples(),
+                    MAX_MATCH_LINES,
+                ),
+            };
             files.push((
                 self.file(target, take, "-matches.png"),
                 atomic_file::png_bytes(&overlay)?,
