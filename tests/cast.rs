@@ -431,26 +431,16 @@ fn a_two_character_storyboard_renders_end_to_end_in_the_cli() {
     assert!(owners("panel-01").iter().all(|&o| o <= 1));
     assert!(owners("panel-02").iter().all(|&o| o <= 1));
     assert!(owners("panel-03").iter().all(|&o| o <= 2));
-    // Lockstep keeps one character: refused before any work, naming the way out.
-    let refused = common::render_cli(
+    // Lockstep renders the same storyboard, every character's identity beside the panels.
+    let lockstep = dir.path().join("lockstep");
+    common::ok(&common::render_cli(
         &file,
         &model,
-        &dir.path().join("r"),
-        &["--bank", "recompute"],
-    );
-    assert!(!refused.status.success());
-    let e = String::from_utf8_lossy(&refused.stderr);
-    assert!(
-        e.contains("keeps one character") && e.contains("--bank device"),
-        "{e}"
-    );
-    // Refused before any work: no picture of any take in the output folder.
-    let pngs = std::fs::read_dir(dir.path().join("r"))
-        .map(|d| {
-            d.flatten()
-                .filter(|e| e.path().extension().is_some_and(|x| x == "png"))
-                .count()
-        })
-        .unwrap_or(0);
-    assert_eq!(pngs, 0);
+        &lockstep,
+        &["--bank", "recompute", "--batch", "2"],
+    ));
+    for stem in ["identity", "identity-2", "panel-01", "panel-02", "panel-03"] {
+        let picture = |dir: &Path| std::fs::read(dir.join(format!("{stem}-take-001.png"))).unwrap();
+        assert_eq!(picture(&out), picture(&lockstep), "{stem}");
+    }
 }
