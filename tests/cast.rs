@@ -444,3 +444,53 @@ fn a_two_character_storyboard_renders_end_to_end_in_the_cli() {
         assert_eq!(picture(&out), picture(&lockstep), "{stem}");
     }
 }
+
+#[test]
+fn each_characters_bank_has_a_file_of_its_own_refused_by_its_own_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = common::tiny_model_cli(dir.path());
+    let mut p = two_friends();
+    (p.settings.width, p.settings.height, p.settings.steps) = (32, 32, Some(3));
+    let file = dir.path().join("friends.ron");
+    project::save(&p, &file).unwrap();
+    let bank = dir.path().join("friends.bank");
+    let bank_arg = bank.to_str().unwrap();
+    let render = |out: &str, panels: &str| {
+        let out = dir.path().join(out);
+        let run = common::render_cli(
+            &file,
+            &model,
+            &out,
+            &["--bank", "device", "--bank-file", bank_arg, "--panels", panels],
+        );
+        common::ok(&run);
+        (out, String::from_utf8_lossy(&run.stderr).to_string())
+    };
+    let rendered = |out: &Path, stem: &str| out.join(format!("{stem}-take-001.png")).is_file();
+    // The first process renders both identities and writes both banks.
+    let (a, _) = render("a", "1");
+    assert!(rendered(&a, "identity") && rendered(&a, "identity-2"));
+    let tom_bank = dir.path().join("friends-2.bank");
+    assert!(bank.is_file() && tom_bank.is_file());
+    // A second reads both: it renders no identity.
+    let (b, note) = render("b", "2");
+    assert!(!rendered(&b, "identity") && !rendered(&b, "identity-2"), "{note}");
+    assert!(rendered(&b, "panel-02") && !note.contains("note:"), "{note}");
+    // Tom changed: his bank is refused by its key and he is rendered again; Mia's is read.
+    project::save(
+        &{
+            let mut q = p.clone();
+            q.characters[1].prompt = "an old fisherman with a grey beard,".into();
+            q
+        },
+        &file,
+    )
+    .unwrap();
+    let (c, note) = render("c", "2");
+    assert!(
+        note.contains("friends-2.bank belongs to another identity (other prompt)"),
+        "{note}"
+    );
+    assert!(!note.contains("friends.bank "), "{note}");
+    assert!(rendered(&c, "identity-2") && !rendered(&c, "identity"));
+}
