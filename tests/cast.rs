@@ -494,3 +494,59 @@ fn each_characters_bank_has_a_file_of_its_own_refused_by_its_own_key() {
     assert!(!note.contains("friends.bank "), "{note}");
     assert!(rendered(&c, "identity-2") && !rendered(&c, "identity"));
 }
+
+#[test]
+fn a_second_character_from_a_picture_renders_end_to_end() {
+    use charaboard::project::{IdentitySource, PictureIdentity};
+    let dir = tempfile::tempdir().unwrap();
+    let model = common::tiny_model_cli(dir.path());
+    let picture = dir.path().join("tom.png");
+    common::ok(&common::generate(
+        model.to_str().unwrap(),
+        &picture,
+        &["--width", "48", "--height", "32", "--steps", "3"],
+    ));
+    let mut p = two_friends();
+    (p.settings.width, p.settings.height, p.settings.steps) = (32, 32, Some(3));
+    p.characters[1].identity.source = IdentitySource::Picture(PictureIdentity {
+        path: picture.clone(),
+        fit: Default::default(),
+        inverter: Default::default(),
+        folder: None,
+    });
+    let file = dir.path().join("friends.ron");
+    project::save(&p, &file).unwrap();
+    let mut outs = Vec::new();
+    for bank in ["device", "recompute"] {
+        let out = dir.path().join(bank);
+        let run = common::render_cli(&file, &model, &out, &["--bank", bank]);
+        common::ok(&run);
+        for stem in ["identity", "identity-2", "panel-01", "panel-02", "panel-03"] {
+            assert!(out.join(format!("{stem}-take-001.png")).is_file(), "{bank}: {stem}");
+        }
+        outs.push(out);
+    }
+    // Tom's identity is the picture's reconstruction, keyed by it; Mia's is generated.
+    let key = |stem: &str| {
+        std::fs::read_to_string(outs[0].join(format!("{stem}-take-001.key.ron"))).unwrap()
+    };
+    assert!(key("identity-2").contains("picture:") && !key("identity").contains("picture:"));
+    for stem in ["identity", "identity-2", "panel-02", "panel-03"] {
+        let png = |d: &Path| std::fs::read(d.join(format!("{stem}-take-001.png"))).unwrap();
+        assert_eq!(png(&outs[0]), png(&outs[1]), "{stem}: banked and lockstep agree");
+    }
+    // The reconstruction is the picture's, not the seed's: it differs from Tom generated.
+    let mut generated = p.clone();
+    generated.characters[1].identity.source = IdentitySource::Generated;
+    let plain = dir.path().join("plain.ron");
+    project::save(&generated, &plain).unwrap();
+    let out = dir.path().join("plain");
+    common::ok(&common::render_cli(
+        &plain,
+        &model,
+        &out,
+        &["--bank", "device", "--panels", "2"],
+    ));
+    let tom = |d: &Path| std::fs::read(d.join("identity-2-take-001.png")).unwrap();
+    assert_ne!(tom(&out), tom(&outs[0]));
+}
