@@ -182,9 +182,7 @@ fn cell_ui(
                     )
                     .wrap(),
                 );
-                if target == Target::Identity {
-                    picture.cell_ui(ui, project, cells);
-                }
+                picture.cell_ui(ui, project, cells, target);
                 if let Some(c) = consistency(cells, target) {
                     ui.label(
                         RichText::new(format!(
