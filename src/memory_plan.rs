@@ -319,7 +319,11 @@ impl Storyboard {
                 .unwrap_or(0),
             backgrounds: plan.panels().iter().map(|p| p.background).collect(),
             characters: plan.identities().len(),
-            cast: plan.panels().iter().map(|p| p.characters().collect()).collect(),
+            cast: plan
+                .panels()
+                .iter()
+                .map(|p| p.characters().collect())
+                .collect(),
         }
     }
 

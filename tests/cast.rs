@@ -461,7 +461,14 @@ fn each_characters_bank_has_a_file_of_its_own_refused_by_its_own_key() {
             &file,
             &model,
             &out,
-            &["--bank", "device", "--bank-file", bank_arg, "--panels", panels],
+            &[
+                "--bank",
+                "device",
+                "--bank-file",
+                bank_arg,
+                "--panels",
+                panels,
+            ],
         );
         common::ok(&run);
         (out, String::from_utf8_lossy(&run.stderr).to_string())
@@ -474,8 +481,14 @@ fn each_characters_bank_has_a_file_of_its_own_refused_by_its_own_key() {
     assert!(bank.is_file() && tom_bank.is_file());
     // A second reads both: it renders no identity.
     let (b, note) = render("b", "2");
-    assert!(!rendered(&b, "identity") && !rendered(&b, "identity-2"), "{note}");
-    assert!(rendered(&b, "panel-02") && !note.contains("note:"), "{note}");
+    assert!(
+        !rendered(&b, "identity") && !rendered(&b, "identity-2"),
+        "{note}"
+    );
+    assert!(
+        rendered(&b, "panel-02") && !note.contains("note:"),
+        "{note}"
+    );
     // Tom changed: his bank is refused by its key and he is rendered again; Mia's is read.
     project::save(
         &{
@@ -522,7 +535,10 @@ fn a_second_character_from_a_picture_renders_end_to_end() {
         let run = common::render_cli(&file, &model, &out, &["--bank", bank]);
         common::ok(&run);
         for stem in ["identity", "identity-2", "panel-01", "panel-02", "panel-03"] {
-            assert!(out.join(format!("{stem}-take-001.png")).is_file(), "{bank}: {stem}");
+            assert!(
+                out.join(format!("{stem}-take-001.png")).is_file(),
+                "{bank}: {stem}"
+            );
         }
         outs.push(out);
     }
@@ -533,7 +549,11 @@ fn a_second_character_from_a_picture_renders_end_to_end() {
     assert!(key("identity-2").contains("picture:") && !key("identity").contains("picture:"));
     for stem in ["identity", "identity-2", "panel-02", "panel-03"] {
         let png = |d: &Path| std::fs::read(d.join(format!("{stem}-take-001.png"))).unwrap();
-        assert_eq!(png(&outs[0]), png(&outs[1]), "{stem}: banked and lockstep agree");
+        assert_eq!(
+            png(&outs[0]),
+            png(&outs[1]),
+            "{stem}: banked and lockstep agree"
+        );
     }
     // The reconstruction is the picture's, not the seed's: it differs from Tom generated.
     let mut generated = p.clone();

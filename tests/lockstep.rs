@@ -233,7 +233,12 @@ fn lockstep_gives_the_banked_images_with_two_characters() {
     };
     for i in 0..5 {
         let t = Target::Panel(i);
-        assert_eq!(owners(&reference, t), owners(&recomputed, t), "panel {}", i + 1);
+        assert_eq!(
+            owners(&reference, t),
+            owners(&recomputed, t),
+            "panel {}",
+            i + 1
+        );
     }
     // Both identities are images of the job, and the panel of both has tokens of each (the
     // tiny random model's similarities keep matches in Tom's panels only).
@@ -249,10 +254,8 @@ fn lockstep_gives_the_banked_images_with_two_characters() {
     // background, Tom's for panel 4), rendering both whole; panel 5 (nobody) beside no
     // identity; panels 2-3 (following panel 1's background) beside both identities and panel
     // 1's main run again (1 and 4 steps).
-    let expected = 2
-        + (2 * 2 + 2 * 2 + 2 * 6 + 2 * 5)
-        + (2 + 5)
-        + (2 * 2 + 1 + 2 * 2 + 2 * 5 + 4 + 2 * 5);
+    let expected =
+        2 + (2 * 2 + 2 * 2 + 2 * 6 + 2 * 5) + (2 + 5) + (2 * 2 + 1 + 2 * 2 + 2 * 5 + 4 + 2 * 5);
     assert_eq!(lockstep.forwards(), expected);
     assert_eq!(lockstep.bank_bytes(), 0, "lockstep keeps no bank");
 
@@ -268,6 +271,9 @@ fn lockstep_gives_the_banked_images_with_two_characters() {
     );
     assert_eq!(again.len(), 1);
     assert_eq!(lockstep.forwards() - before, 2 + 5);
-    let (_, first) = reference.iter().find(|(t, _)| *t == Target::Panel(4)).unwrap();
+    let (_, first) = reference
+        .iter()
+        .find(|(t, _)| *t == Target::Panel(4))
+        .unwrap();
     assert!(max_abs_diff(&again[0].1.latents, &first.latents) <= 1e-4);
 }

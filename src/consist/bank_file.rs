@@ -41,10 +41,9 @@ pub fn path_of(path: &Path, k: usize) -> PathBuf {
     if k == 0 {
         return path.to_path_buf();
     }
-    let stem = path.file_stem().map_or_else(
-        || "bank".to_string(),
-        |s| s.to_string_lossy().into_owned(),
-    );
+    let stem = path
+        .file_stem()
+        .map_or_else(|| "bank".to_string(), |s| s.to_string_lossy().into_owned());
     let name = match path.extension() {
         Some(ext) => format!("{stem}-{}.{}", k + 1, ext.to_string_lossy()),
         None => format!("{stem}-{}", k + 1),

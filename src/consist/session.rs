@@ -476,10 +476,7 @@ impl Renderer {
     }
 
     /// The identity images of `characters`, in their order: what a panel's matches point into.
-    fn identity_images(
-        &self,
-        characters: impl Iterator<Item = usize>,
-    ) -> Result<Vec<&RgbImage>> {
+    fn identity_images(&self, characters: impl Iterator<Item = usize>) -> Result<Vec<&RgbImage>> {
         characters
             .map(|k| {
                 let cache = self

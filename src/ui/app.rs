@@ -12,7 +12,7 @@ use super::cells::{CellState, Cells};
 use super::dialogs::{Dialogs, Purpose};
 use super::document::Document;
 use super::editor::{editor_ui, TokenCounter};
-use super::grid::{grid_ui, GridLayout, MIN_GRID_WIDTH};
+use super::grid::{consistency_lines, grid_ui, GridLayout, MIN_GRID_WIDTH};
 use super::inspector::{inspector_ui, Overlays, TakeAction};
 use super::layout_report::LayoutReport;
 use super::picture::PictureView;
@@ -883,6 +883,7 @@ impl CharaboardApp {
                         Target::Panel(i) if i < project.panels.len() => project.panel_characters(i),
                         t => t.character().into_iter().collect(),
                     };
+                    let scores = consistency_lines(&self.cells, project, target);
                     inspector_ui(
                         ui,
                         &self.cells,
@@ -891,6 +892,7 @@ impl CharaboardApp {
                         choice,
                         compare,
                         &characters,
+                        &scores,
                     )
                     .map(|a| (target, a))
                 }
