@@ -2,8 +2,8 @@
 
 use charaboard::export::sheet::contact_sheet;
 use charaboard::overlay::{
-    cast_match_overlay, mask_overlay, match_overlay, owner_colour, similarity_color, subsample, TokenGrid,
-    CHARACTER_COLOURS,
+    cast_match_overlay, mask_overlay, match_overlay, owner_colour, similarity_color, subsample,
+    TokenGrid, CHARACTER_COLOURS,
 };
 use image::{Rgb, RgbImage};
 
@@ -225,7 +225,11 @@ fn a_cast_match_overlay_draws_each_match_into_its_characters_identity_in_its_col
     let characters = [2, 0];
     let matches = [(0, 0, 0.9), (1, 0, 0.6)];
     let out = cast_match_overlay(&panel, &[&mia, &tom], &owners, &characters, &matches, 10);
-    assert_eq!(out.dimensions(), (48, 32), "identities stacked beside the panel");
+    assert_eq!(
+        out.dimensions(),
+        (48, 32),
+        "identities stacked beside the panel"
+    );
     let (first, second) = (
         owner_colour(1, &characters).unwrap(),
         owner_colour(2, &characters).unwrap(),
@@ -259,8 +263,14 @@ fn each_character_is_scored_on_its_own_region_matches_and_identity() {
     let tom = [false, false, true, false];
     let scores = Consistency::of_cast(&owners, &matches, &[Some(&mia), Some(&tom)]);
     let (m, t) = (scores[0].unwrap(), scores[1].unwrap());
-    assert!((m.similarity - 0.8).abs() < 1e-6 && m.coverage == 1.0, "{m:?}");
-    assert!((t.similarity - 0.4).abs() < 1e-6 && t.coverage == 1.0, "{t:?}");
+    assert!(
+        (m.similarity - 0.8).abs() < 1e-6 && m.coverage == 1.0,
+        "{m:?}"
+    );
+    assert!(
+        (t.similarity - 0.4).abs() < 1e-6 && t.coverage == 1.0,
+        "{t:?}"
+    );
     // Tom lost his match: his coverage falls, Mia's score is untouched.
     let fewer = Matches {
         panel_idx: vec![1, 2],
@@ -271,7 +281,10 @@ fn each_character_is_scored_on_its_own_region_matches_and_identity() {
     assert_eq!(scores[0], Some(m));
     assert_eq!(scores[1].unwrap().coverage, 0.0);
     // An identity not rendered has no score; one character is the one-character score.
-    assert_eq!(Consistency::of_cast(&owners, &matches, &[Some(&mia), None])[1], None);
+    assert_eq!(
+        Consistency::of_cast(&owners, &matches, &[Some(&mia), None])[1],
+        None
+    );
     let one = [0u8, 1, 1, 1];
     let mask: Vec<bool> = one.iter().map(|&o| o == 1).collect();
     let both = [true, true, true, false];

@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 
 use super::args::DeviceArgs;
 
+mod cast;
 mod lockstep;
 use crate::consist::bank::{identity_bank_bytes, BankDims};
 use crate::consist::plan::{Phase, Plan, PlanModel, RenderRequest, Target};
@@ -474,6 +475,17 @@ pub enum Bench {
         #[command(flatten)]
         run: DeviceArgs,
     },
+    /// A panel showing two characters against one showing one, on the medium random pipeline:
+    /// forwards, CPU seconds and the keys each character borrows.
+    Cast {
+        #[arg(long, default_value_t = 8)]
+        steps: usize,
+        /// Image side in pixels.
+        #[arg(long, default_value_t = 256)]
+        side: usize,
+        #[command(flatten)]
+        run: DeviceArgs,
+    },
     /// The identity bank's bytes for FLUX.1-dev at 1024x1024, next to the reference's.
     Bank,
     /// `charaboard plan` for FLUX.1-dev at 1024x1024 (identity + 8 panels locked onto the
@@ -655,6 +667,10 @@ pub fn run(bench: Bench) -> Result<()> {
             }
         }
         Bench::Plan => flux_dev_plans()?,
+        Bench::Cast { steps, side, run } => {
+            let (device, dtype) = run.device_and_dtype()?;
+            cast::run(side, steps, dtype, &device)?;
+        }
         Bench::Lockstep {
             steps,
             memory_steps,
