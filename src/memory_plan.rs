@@ -309,6 +309,10 @@ pub struct Storyboard {
     /// The forwards of the picture identities' inversions (0: every identity is generated); where
     /// there is one, the VAE encoder's weights are held too.
     pub inversion_forwards: usize,
+    /// How many characters (identities) the storyboard has.
+    pub characters: usize,
+    /// The characters each panel shows, in plan order.
+    pub cast: Vec<Vec<usize>>,
 }
 
 fn tokens(width: usize, height: usize) -> usize {
@@ -334,6 +338,30 @@ impl Storyboard {
                 .filter_map(|i| i.shot.picture.as_ref())
                 .map(|p| p.key.inverter.forwards(plan.settings.steps))
                 .sum(),
+            characters: plan.identities().len(),
+            cast: plan
+                .panels()
+                .iter()
+                .map(|p| p.characters().collect())
+                .collect(),
+        }
+    }
+
+    /// One character shown by every panel of `backgrounds`.
+    pub fn one_character(
+        schedule: Schedule,
+        identity_tokens: usize,
+        largest_tokens: usize,
+        backgrounds: Vec<BackgroundMode>,
+    ) -> Self {
+        Self {
+            schedule,
+            identity_tokens,
+            largest_tokens,
+            cast: vec![vec![0]; backgrounds.len()],
+            backgrounds,
+            characters: 1,
+            inversion_forwards: 0,
         }
     }
 
@@ -348,9 +376,10 @@ impl Storyboard {
     }
 
     /// Transformer forwards (one per run and step) a whole render costs, by the renderer's
-    /// rules: a picture identity's inversion once, then the banked modes run the identity once
-    /// and each panel's pre-run and main run; lockstep runs the batches of `session::lockstep`
-    /// (checked against `Renderer::forwards` in tests/memory_plan.rs).
+    /// rules: a picture identity's inversion once, then the banked modes run each character's
+    /// identity once and each panel's pre-run and main run; lockstep runs the batches of
+    /// `session::lockstep`, one identity row per character a chunk reads (checked against
+    /// `Renderer::forwards` in tests/memory_plan.rs).
     pub fn forwards(&self, mode: BankMode, batch: usize) -> usize {
         self.inversion_forwards + self.render_forwards(mode, batch)
     }
@@ -359,10 +388,10 @@ impl Storyboard {
         let s = &self.schedule;
         let panels = self.backgrounds.len();
         if mode != BankMode::Recompute {
-            return s.steps + panels * (s.mask_step + 1 + s.steps - 1);
+            return self.characters * s.steps + panels * (s.mask_step + 1 + s.steps - 1);
         }
         if panels == 0 {
-            return s.steps;
+            return self.characters * s.steps;
         }
         let locks_on_identity = self.backgrounds.contains(&BackgroundMode::Identity);
         let mut forwards = match locks_on_identity {
@@ -383,12 +412,28 @@ impl Storyboard {
                         }
                     }
                 }
+                // The identities the chunk reads: its panels' and its references' characters,
+                // and the first where a panel locks onto its background.
+                let mut read: Vec<usize> = chunk
+                    .iter()
+                    .chain(&references)
+                    .flat_map(|&i| self.cast[i].iter().copied())
+                    .chain(
+                        chunk
+                            .iter()
+                            .any(|&i| self.backgrounds[i] == BackgroundMode::Identity)
+                            .then_some(0),
+                    )
+                    .collect();
+                read.sort_unstable();
+                read.dedup();
+                // The first chunk renders every identity whole.
                 let identity_main = match identity_pending {
-                    true => s.steps,
-                    false => s.share.1.max(pre).min(s.steps),
+                    true => self.characters * s.steps,
+                    false => read.len() * s.share.1.max(pre).min(s.steps),
                 };
                 let helper_main = s.share.1.min(s.steps).max(2) - 1;
-                forwards += pre.min(s.steps) + identity_main.min(s.steps);
+                forwards += read.len() * pre.min(s.steps) + identity_main;
                 forwards += references.len() * (pre - 1 + helper_main);
                 forwards += chunk.len() * (pre + s.steps - 1);
                 identity_pending = false;
@@ -473,7 +518,7 @@ impl MemoryPlan {
             },
         ];
         let panels = board.backgrounds.len().max(1);
-        let helpers = 1 + usize::from(board.scene_references() > 0);
+        let helpers = board.characters + usize::from(board.scene_references() > 0);
         for batch in BATCHES.into_iter().filter(|&b| b == 1 || b / 2 < panels) {
             let batch = batch.min(panels);
             options.push(Way {
@@ -623,8 +668,9 @@ fn gb(bytes: u64) -> String {
     }
 }
 
-/// The identity bank's bytes at its worst foreground fraction (the mask is found while it
-/// renders), plus one locked-background bank per scene reference (`bank::identity_bank_bytes`).
+/// The identities' banks' bytes at their worst foreground fraction (the mask is found while
+/// they render; only the first character's holds a locked background), plus one
+/// locked-background bank per scene reference (`bank::identity_bank_bytes`).
 fn bank_bound(d: ModelDims, board: &Storyboard, dtype: DType) -> u64 {
     let locked = board.backgrounds.contains(&BackgroundMode::Identity);
     let bank = |tokens: usize, locked: bool| {
@@ -647,6 +693,7 @@ fn bank_bound(d: ModelDims, board: &Storyboard, dtype: DType) -> u64 {
             .unwrap_or(0) as u64
     };
     bank(board.identity_tokens, locked)
+        + board.characters.saturating_sub(1) as u64 * bank(board.identity_tokens, false)
         + board.scene_references() as u64 * bank(board.largest_tokens, true)
 }
 

@@ -231,20 +231,71 @@ pub fn match_overlay(
     matches: &[(usize, usize, f32)],
     max_lines: usize,
 ) -> RgbImage {
+    draw_matches(panel, &[identity], matches, max_lines, |_, sim| {
+        Some((0, similarity_color(sim)))
+    })
+}
+
+/// A panel of several characters: the panel (left) and the identities of the characters it
+/// shows (right, stacked top to bottom in its prompt's order), each match drawn into the
+/// identity of the character that owns its panel token and in that character's colour
+/// ([`owner_colour`] of `owners`, with the panel's `characters`). Subsampled and checked as
+/// [`match_overlay`]; a match from a background token (none is kept) is skipped.
+pub fn cast_match_overlay(
+    panel: &RgbImage,
+    identities: &[&RgbImage],
+    owners: &[u8],
+    characters: &[usize],
+    matches: &[(usize, usize, f32)],
+    max_lines: usize,
+) -> RgbImage {
+    draw_matches(panel, identities, matches, max_lines, |p, _| {
+        let owner = owners.get(p).copied()?;
+        let colour = owner_colour(owner, characters)?;
+        Some((usize::from(owner) - 1, colour))
+    })
+}
+
+/// The panel and `identities` (stacked on its right), joined by the matches `style` gives an
+/// identity (by index) and a colour, lines first and dots over them.
+fn draw_matches(
+    panel: &RgbImage,
+    identities: &[&RgbImage],
+    matches: &[(usize, usize, f32)],
+    max_lines: usize,
+    style: impl Fn(usize, f32) -> Option<(usize, Rgb<u8>)>,
+) -> RgbImage {
     let (pw, ph) = panel.dimensions();
-    let (iw, ih) = identity.dimensions();
+    let iw = identities.iter().map(|i| i.width()).max().unwrap_or(0);
+    let tops: Vec<u32> = identities
+        .iter()
+        .scan(0, |top, i| {
+            let at = *top;
+            *top += i.height();
+            Some(at)
+        })
+        .collect();
+    let ih: u32 = identities.iter().map(|i| i.height()).sum();
     let mut canvas = RgbImage::new(pw + iw, ph.max(ih));
     imageops::replace(&mut canvas, panel, 0, 0);
-    imageops::replace(&mut canvas, identity, i64::from(pw), 0);
+    for (identity, &top) in identities.iter().zip(&tops) {
+        imageops::replace(&mut canvas, *identity, i64::from(pw), i64::from(top));
+    }
 
-    let (pgrid, igrid) = (TokenGrid::of_image(panel), TokenGrid::of_image(identity));
+    let pgrid = TokenGrid::of_image(panel);
     let segments: Vec<_> = subsample(matches, max_lines)
         .into_iter()
-        .filter(|&(p, i, _)| p < pgrid.len() && i < igrid.len())
-        .map(|(p, i, sim)| {
+        .filter_map(|(p, i, sim)| {
+            let (k, color) = style(p, sim)?;
+            let identity = identities.get(k)?;
+            let igrid = TokenGrid::of_image(identity);
+            if p >= pgrid.len() || i >= igrid.len() {
+                return None;
+            }
             let a = to_pixel(pgrid.center(p, pw, ph), 0);
-            let b = to_pixel(igrid.center(i, iw, ih), pw);
-            (a, b, similarity_color(sim))
+            let (x, y) = igrid.center(i, identity.width(), identity.height());
+            let b = to_pixel((x, y + tops[k] as f32), pw);
+            Some((a, b, color))
         })
         .collect();
     for &(a, b, color) in &segments {

@@ -105,13 +105,13 @@ pub fn run(
                     Progress::Started(target)
                 }
                 RenderEvent::Step(step) => Progress::Step(step),
-                RenderEvent::Look { look, identity } => {
+                RenderEvent::Look { look, identities } => {
                     let Some(planned) = job.plan.image(look.target) else {
                         return StepControl::Cancel;
                     };
                     let shown = match job.store {
-                        Some(store) => store.write_look(look, identity, planned),
-                        None => ShownLook::of(look, identity, planned).map(|s| (s, vec![])),
+                        Some(store) => store.write_look(look, &identities, planned),
+                        None => ShownLook::of(look, &identities, planned).map(|s| (s, vec![])),
                     };
                     match shown {
                         Ok((shown, files)) => Progress::Look {
@@ -124,7 +124,7 @@ pub fn run(
                         }
                     }
                 }
-                RenderEvent::Finished { output, identity } => {
+                RenderEvent::Finished { output, identities } => {
                     current = None;
                     let Some(planned) = job.plan.image(output.target) else {
                         write_failure = Some((
@@ -140,7 +140,7 @@ pub fn run(
                     let settings = &job.plan.settings;
                     let (take, files) = match job.store {
                         Some(store) => {
-                            match store.write(output, identity, planned, settings, reuse) {
+                            match store.write(output, &identities, planned, settings, reuse) {
                                 Ok(written) => written,
                                 Err(e) => {
                                     write_failure = Some((output.target, e));

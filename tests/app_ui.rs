@@ -249,7 +249,8 @@ fn render_on_a_tiny_model_then_overlays_and_export() {
 
     // Every rendered panel shows its consistency with the identity, and the grid can put the
     // most drifted first.
-    let score = |a: &CharaboardApp, t: Target| consistency(&a.cells, t).map(|c| c.score());
+    let score =
+        |a: &CharaboardApp, t: Target| consistency(&a.cells, &a.doc.project, t).map(|c| c.score());
     for (k, t) in [(1, Target::Panel(0)), (2, Target::Panel(1))] {
         let s = score(h.state(), t).expect("a rendered panel has a score");
         assert!((0.0..=1.0).contains(&s), "{s}");

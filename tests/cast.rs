@@ -431,26 +431,142 @@ fn a_two_character_storyboard_renders_end_to_end_in_the_cli() {
     assert!(owners("panel-01").iter().all(|&o| o <= 1));
     assert!(owners("panel-02").iter().all(|&o| o <= 1));
     assert!(owners("panel-03").iter().all(|&o| o <= 2));
-    // Lockstep keeps one character: refused before any work, naming the way out.
-    let refused = common::render_cli(
+    // Lockstep renders the same storyboard, every character's identity beside the panels.
+    let lockstep = dir.path().join("lockstep");
+    common::ok(&common::render_cli(
         &file,
         &model,
-        &dir.path().join("r"),
-        &["--bank", "recompute"],
-    );
-    assert!(!refused.status.success());
-    let e = String::from_utf8_lossy(&refused.stderr);
+        &lockstep,
+        &["--bank", "recompute", "--batch", "2"],
+    ));
+    for stem in ["identity", "identity-2", "panel-01", "panel-02", "panel-03"] {
+        let picture = |dir: &Path| std::fs::read(dir.join(format!("{stem}-take-001.png"))).unwrap();
+        assert_eq!(picture(&out), picture(&lockstep), "{stem}");
+    }
+}
+
+#[test]
+fn each_characters_bank_has_a_file_of_its_own_refused_by_its_own_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = common::tiny_model_cli(dir.path());
+    let mut p = two_friends();
+    (p.settings.width, p.settings.height, p.settings.steps) = (32, 32, Some(3));
+    let file = dir.path().join("friends.ron");
+    project::save(&p, &file).unwrap();
+    let bank = dir.path().join("friends.bank");
+    let bank_arg = bank.to_str().unwrap();
+    let render = |out: &str, panels: &str| {
+        let out = dir.path().join(out);
+        let run = common::render_cli(
+            &file,
+            &model,
+            &out,
+            &[
+                "--bank",
+                "device",
+                "--bank-file",
+                bank_arg,
+                "--panels",
+                panels,
+            ],
+        );
+        common::ok(&run);
+        (out, String::from_utf8_lossy(&run.stderr).to_string())
+    };
+    let rendered = |out: &Path, stem: &str| out.join(format!("{stem}-take-001.png")).is_file();
+    // The first process renders both identities and writes both banks.
+    let (a, _) = render("a", "1");
+    assert!(rendered(&a, "identity") && rendered(&a, "identity-2"));
+    let tom_bank = dir.path().join("friends-2.bank");
+    assert!(bank.is_file() && tom_bank.is_file());
+    // A second reads both: it renders no identity.
+    let (b, note) = render("b", "2");
     assert!(
-        e.contains("keeps one character") && e.contains("--bank device"),
-        "{e}"
+        !rendered(&b, "identity") && !rendered(&b, "identity-2"),
+        "{note}"
     );
-    // Refused before any work: no picture of any take in the output folder.
-    let pngs = std::fs::read_dir(dir.path().join("r"))
-        .map(|d| {
-            d.flatten()
-                .filter(|e| e.path().extension().is_some_and(|x| x == "png"))
-                .count()
-        })
-        .unwrap_or(0);
-    assert_eq!(pngs, 0);
+    assert!(
+        rendered(&b, "panel-02") && !note.contains("note:"),
+        "{note}"
+    );
+    // Tom changed: his bank is refused by its key and he is rendered again; Mia's is read.
+    project::save(
+        &{
+            let mut q = p.clone();
+            q.characters[1].prompt = "an old fisherman with a grey beard,".into();
+            q
+        },
+        &file,
+    )
+    .unwrap();
+    let (c, note) = render("c", "2");
+    assert!(
+        note.contains("friends-2.bank belongs to another identity (other prompt)"),
+        "{note}"
+    );
+    assert!(!note.contains("friends.bank "), "{note}");
+    assert!(rendered(&c, "identity-2") && !rendered(&c, "identity"));
+}
+
+#[test]
+fn a_second_character_from_a_picture_renders_end_to_end() {
+    use charaboard::project::{IdentitySource, PictureIdentity};
+    let dir = tempfile::tempdir().unwrap();
+    let model = common::tiny_model_cli(dir.path());
+    let picture = dir.path().join("tom.png");
+    common::ok(&common::generate(
+        model.to_str().unwrap(),
+        &picture,
+        &["--width", "48", "--height", "32", "--steps", "3"],
+    ));
+    let mut p = two_friends();
+    (p.settings.width, p.settings.height, p.settings.steps) = (32, 32, Some(3));
+    p.characters[1].identity.source = IdentitySource::Picture(PictureIdentity {
+        path: picture.clone(),
+        fit: Default::default(),
+        inverter: Default::default(),
+        folder: None,
+    });
+    let file = dir.path().join("friends.ron");
+    project::save(&p, &file).unwrap();
+    let mut outs = Vec::new();
+    for bank in ["device", "recompute"] {
+        let out = dir.path().join(bank);
+        let run = common::render_cli(&file, &model, &out, &["--bank", bank]);
+        common::ok(&run);
+        for stem in ["identity", "identity-2", "panel-01", "panel-02", "panel-03"] {
+            assert!(
+                out.join(format!("{stem}-take-001.png")).is_file(),
+                "{bank}: {stem}"
+            );
+        }
+        outs.push(out);
+    }
+    // Tom's identity is the picture's reconstruction, keyed by it; Mia's is generated.
+    let key = |stem: &str| {
+        std::fs::read_to_string(outs[0].join(format!("{stem}-take-001.key.ron"))).unwrap()
+    };
+    assert!(key("identity-2").contains("picture:") && !key("identity").contains("picture:"));
+    for stem in ["identity", "identity-2", "panel-02", "panel-03"] {
+        let png = |d: &Path| std::fs::read(d.join(format!("{stem}-take-001.png"))).unwrap();
+        assert_eq!(
+            png(&outs[0]),
+            png(&outs[1]),
+            "{stem}: banked and lockstep agree"
+        );
+    }
+    // The reconstruction is the picture's, not the seed's: it differs from Tom generated.
+    let mut generated = p.clone();
+    generated.characters[1].identity.source = IdentitySource::Generated;
+    let plain = dir.path().join("plain.ron");
+    project::save(&generated, &plain).unwrap();
+    let out = dir.path().join("plain");
+    common::ok(&common::render_cli(
+        &plain,
+        &model,
+        &out,
+        &["--bank", "device", "--panels", "2"],
+    ));
+    let tom = |d: &Path| std::fs::read(d.join("identity-2-take-001.png")).unwrap();
+    assert_ne!(tom(&out), tom(&outs[0]));
 }

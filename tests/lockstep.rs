@@ -140,3 +140,78 @@ fn lockstep_gives_the_banked_images_with_schnell() {
     );
     assert_same(&banked, &host);
 }
+
+#[test]
+fn lockstep_gives_the_banked_images_with_two_characters() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_, mut models) = tiny_models(dir.path());
+    let p = common::two_friends_every_mode();
+    let mut banked = Renderer::default();
+    let reference = render(
+        &mut banked,
+        &mut models,
+        &p,
+        RenderRequest::All,
+        BankMode::Device,
+        1,
+    );
+    let mut lockstep = Renderer::default();
+    let recomputed = render(
+        &mut lockstep,
+        &mut models,
+        &p,
+        RenderRequest::All,
+        BankMode::Recompute,
+        2,
+    );
+    assert_same(&reference, &recomputed);
+    let owners = |images: &Images, t: Target| {
+        let o = &images.iter().find(|(x, _)| *x == t).unwrap().1;
+        (o.owners.clone(), o.matches.clone())
+    };
+    for i in 0..5 {
+        let t = Target::Panel(i);
+        assert_eq!(
+            owners(&reference, t),
+            owners(&recomputed, t),
+            "panel {}",
+            i + 1
+        );
+    }
+    // Both identities are images of the job, and the panel of both has tokens of each (the
+    // tiny random model's similarities keep matches in Tom's panels only).
+    assert!(recomputed.iter().any(|(t, _)| *t == Target::IdentityOf(1)));
+    let (both, _) = owners(&reference, Target::Panel(2));
+    assert!(both.contains(&1) && both.contains(&2));
+
+    // 6 steps, mask step 1, sharing until step 5. Banked: two identities, then per panel a
+    // pre-run (2 steps) and a main run (5).
+    assert_eq!(banked.forwards(), 2 * 6 + 5 * (2 + 5));
+    // Lockstep, batch 2: Mia's identity's first 2 steps alone (panel 4 locks onto its
+    // background); panels 1 and 4 beside both identities (Mia's for panel 1 and panel 4's
+    // background, Tom's for panel 4), rendering both whole; panel 5 (nobody) beside no
+    // identity; panels 2-3 (following panel 1's background) beside both identities and panel
+    // 1's main run again (1 and 4 steps).
+    let expected =
+        2 + (2 * 2 + 2 * 2 + 2 * 6 + 2 * 5) + (2 + 5) + (2 * 2 + 1 + 2 * 2 + 2 * 5 + 4 + 2 * 5);
+    assert_eq!(lockstep.forwards(), expected);
+    assert_eq!(lockstep.bank_bytes(), 0, "lockstep keeps no bank");
+
+    // Re-rolling the panel of nobody computes no identity row: its pre-run and main run alone.
+    let before = lockstep.forwards();
+    let again = render(
+        &mut lockstep,
+        &mut models,
+        &p,
+        RenderRequest::Panel(4),
+        BankMode::Recompute,
+        2,
+    );
+    assert_eq!(again.len(), 1);
+    assert_eq!(lockstep.forwards() - before, 2 + 5);
+    let (_, first) = reference
+        .iter()
+        .find(|(t, _)| *t == Target::Panel(4))
+        .unwrap();
+    assert!(max_abs_diff(&again[0].1.latents, &first.latents) <= 1e-4);
+}

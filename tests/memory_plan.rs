@@ -235,13 +235,12 @@ fn flux_dev_plan(card_gb: u64) -> MemoryPlan {
             default_steps: 50,
         },
     };
-    let board = Storyboard {
-        schedule: charaboard::consist::recipe::Recipe::default().schedule(50),
-        identity_tokens: 64 * 64,
-        largest_tokens: 64 * 64,
-        backgrounds: vec![BackgroundMode::Identity; 8],
-        inversion_forwards: 0,
-    };
+    let board = Storyboard::one_character(
+        charaboard::consist::recipe::Recipe::default().schedule(50),
+        64 * 64,
+        64 * 64,
+        vec![BackgroundMode::Identity; 8],
+    );
     MemoryPlan::new(
         &model,
         &board,
@@ -293,4 +292,50 @@ fn bank_choice_is_the_named_mode_or_the_plans() {
         (chosen.mode, chosen.batch, chosen.plan),
         (BankMode::Recompute, 4, None)
     );
+}
+
+#[test]
+fn predicted_forwards_match_the_renderer_with_two_characters() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_, mut models) = tiny_models(dir.path());
+    let mut p = common::two_friends_every_mode();
+    (p.settings.width, p.settings.height) = (32, 32);
+    let plan = charaboard::project::plan(&p, &PlanModel::of(&models), None).unwrap();
+    let board = Storyboard::of(&plan);
+    assert_eq!((board.characters, board.cast[2].clone()), (2, vec![0, 1]));
+    let memory = ModelMemory {
+        weights: loaded(&models),
+        dims: ModelDims::of(models.transformer.config()),
+    };
+    let budget = MemoryPlan::new(&memory, &board, DType::F32, false, u64::MAX, None, true);
+    for (mode, batch) in [
+        (BankMode::Device, 1),
+        (BankMode::Recompute, 1),
+        (BankMode::Recompute, 2),
+        (BankMode::Recompute, 4),
+    ] {
+        let mut renderer = Renderer::default();
+        let options = RenderOptions {
+            bank: mode,
+            batch,
+            ..RenderOptions::default()
+        };
+        renderer
+            .render(
+                &mut models,
+                &plan,
+                RenderRequest::All,
+                &options,
+                &mut |_| StepControl::Continue,
+            )
+            .unwrap();
+        assert_eq!(
+            board.forwards(mode, batch),
+            renderer.forwards(),
+            "{mode:?} batch {batch}"
+        );
+        // Both characters' banks, within the bound.
+        let way = budget.options.iter().find(|w| w.mode == mode).unwrap();
+        assert!(renderer.bank_bytes() as u64 <= way.bank_device);
+    }
 }

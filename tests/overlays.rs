@@ -2,8 +2,8 @@
 
 use charaboard::export::sheet::contact_sheet;
 use charaboard::overlay::{
-    mask_overlay, match_overlay, owner_colour, similarity_color, subsample, TokenGrid,
-    CHARACTER_COLOURS,
+    cast_match_overlay, mask_overlay, match_overlay, owner_colour, similarity_color, subsample,
+    TokenGrid, CHARACTER_COLOURS,
 };
 use image::{Rgb, RgbImage};
 
@@ -211,5 +211,85 @@ fn consistency_is_foreground_similarity_times_identity_coverage() {
     assert_eq!(
         Consistency::of(&panel_mask[..3], &matches, &identity_mask),
         None
+    );
+}
+
+#[test]
+fn a_cast_match_overlay_draws_each_match_into_its_characters_identity_in_its_colour() {
+    // A 32x16 panel (2 tokens: Mia's, Tom's) beside Mia's and Tom's identities (16x16 each),
+    // stacked: each panel token matches token 0 of its own character's identity.
+    let panel = RgbImage::new(32, 16);
+    let (mia, tom) = (RgbImage::new(16, 16), RgbImage::new(16, 16));
+    let owners = [1u8, 2];
+    // The panel shows storyboard characters 2 and 0, in that order.
+    let characters = [2, 0];
+    let matches = [(0, 0, 0.9), (1, 0, 0.6)];
+    let out = cast_match_overlay(&panel, &[&mia, &tom], &owners, &characters, &matches, 10);
+    assert_eq!(
+        out.dimensions(),
+        (48, 32),
+        "identities stacked beside the panel"
+    );
+    let (first, second) = (
+        owner_colour(1, &characters).unwrap(),
+        owner_colour(2, &characters).unwrap(),
+    );
+    assert_eq!(first, Rgb(CHARACTER_COLOURS[2]));
+    assert_eq!(second, Rgb(CHARACTER_COLOURS[0]));
+    // Token 0 (centre 8,8) -> the first identity's token 0 (40,8), in the first's colour.
+    assert_eq!(*out.get_pixel(16, 8), first);
+    assert_eq!(*out.get_pixel(40, 10), first, "dot on the first identity");
+    // Token 1 (24,8) -> the second identity's token 0, below the first (40,24).
+    assert_eq!(*out.get_pixel(40, 26), second, "dot on the second identity");
+    assert_ne!(*out.get_pixel(40, 24), first);
+    // No similarity colour anywhere: the character says which is which.
+    let sims = [similarity_color(0.9), similarity_color(0.6)];
+    assert!(out.pixels().all(|p| !sims.contains(p)));
+}
+
+#[test]
+fn each_character_is_scored_on_its_own_region_matches_and_identity() {
+    use charaboard::consist::matching::Matches;
+    use charaboard::consist::score::Consistency;
+    // Four panel tokens: background, Mia, Mia, Tom. Mia's identity has foreground tokens 0 and
+    // 1, Tom's token 2 only.
+    let owners = [0u8, 1, 1, 2];
+    let matches = Matches {
+        panel_idx: vec![1, 2, 3],
+        identity_idx: vec![0, 1, 2],
+        max_sim: vec![0.1, 0.9, 0.7, 0.4],
+    };
+    let mia = [true, true, false, false];
+    let tom = [false, false, true, false];
+    let scores = Consistency::of_cast(&owners, &matches, &[Some(&mia), Some(&tom)]);
+    let (m, t) = (scores[0].unwrap(), scores[1].unwrap());
+    assert!(
+        (m.similarity - 0.8).abs() < 1e-6 && m.coverage == 1.0,
+        "{m:?}"
+    );
+    assert!(
+        (t.similarity - 0.4).abs() < 1e-6 && t.coverage == 1.0,
+        "{t:?}"
+    );
+    // Tom lost his match: his coverage falls, Mia's score is untouched.
+    let fewer = Matches {
+        panel_idx: vec![1, 2],
+        identity_idx: vec![0, 1],
+        ..matches.clone()
+    };
+    let scores = Consistency::of_cast(&owners, &fewer, &[Some(&mia), Some(&tom)]);
+    assert_eq!(scores[0], Some(m));
+    assert_eq!(scores[1].unwrap().coverage, 0.0);
+    // An identity not rendered has no score; one character is the one-character score.
+    assert_eq!(
+        Consistency::of_cast(&owners, &matches, &[Some(&mia), None])[1],
+        None
+    );
+    let one = [0u8, 1, 1, 1];
+    let mask: Vec<bool> = one.iter().map(|&o| o == 1).collect();
+    let both = [true, true, true, false];
+    assert_eq!(
+        Consistency::of_cast(&one, &matches, &[Some(&both)])[0],
+        Consistency::of(&mask, &matches, &both)
     );
 }

@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 
 use super::args::DeviceArgs;
 
+mod cast;
 mod lockstep;
 use crate::consist::bank::{identity_bank_bytes, BankDims};
 use crate::consist::plan::{Phase, Plan, PlanModel, RenderRequest, Target};
@@ -474,6 +475,17 @@ pub enum Bench {
         #[command(flatten)]
         run: DeviceArgs,
     },
+    /// A panel showing two characters against one showing one, on the medium random pipeline:
+    /// forwards, CPU seconds and the keys each character borrows.
+    Cast {
+        #[arg(long, default_value_t = 8)]
+        steps: usize,
+        /// Image side in pixels.
+        #[arg(long, default_value_t = 256)]
+        side: usize,
+        #[command(flatten)]
+        run: DeviceArgs,
+    },
     /// The identity bank's bytes for FLUX.1-dev at 1024x1024, next to the reference's.
     Bank,
     /// `charaboard plan` for FLUX.1-dev at 1024x1024 (identity + 8 panels locked onto the
@@ -655,6 +667,10 @@ pub fn run(bench: Bench) -> Result<()> {
             }
         }
         Bench::Plan => flux_dev_plans()?,
+        Bench::Cast { steps, side, run } => {
+            let (device, dtype) = run.device_and_dtype()?;
+            cast::run(side, steps, dtype, &device)?;
+        }
         Bench::Lockstep {
             steps,
             memory_steps,
@@ -1141,13 +1157,12 @@ fn flux_dev_plans() -> Result<()> {
     const GB: u64 = 1_000_000_000;
     // What most FLUX users have beside a 12-24 GB card.
     const HOST_RAM: u64 = 64 * GB;
-    let board = Storyboard {
-        schedule: Recipe::default().schedule(50),
-        identity_tokens: 64 * 64,
-        largest_tokens: 64 * 64,
-        backgrounds: vec![crate::consist::plan::BackgroundMode::Identity; 8],
-        inversion_forwards: 0,
-    };
+    let board = Storyboard::one_character(
+        Recipe::default().schedule(50),
+        64 * 64,
+        64 * 64,
+        vec![crate::consist::plan::BackgroundMode::Identity; 8],
+    );
     println!("FLUX.1-dev at 1024x1024, identity + 8 panels locked onto the identity's background, bf16, text encoders on the CPU, 64 GB of host memory");
     println!("| transformer | card | mode | batch | device | host | forwards |");
     println!("|---|---|---|---|---|---|---|");

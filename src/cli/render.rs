@@ -46,6 +46,7 @@ pub struct Render {
     budget: Option<u64>,
     /// The identity's bank on disk: reused when it holds this identity's bank (same model,
     /// prompt, size, noise, steps, guidance and recipe), written when the identity is computed.
+    /// With several characters the others' banks go beside it, FILE's stem with `-2`, `-3`, ...
     /// With --panels, processes that share one bank file render disjoint slices of a storyboard.
     #[arg(long)]
     bank_file: Option<PathBuf>,

@@ -2,13 +2,15 @@
 //! latents and mask in one safetensors file whose metadata holds the identity's key, so that
 //! another process (tomorrow, or on another machine with the file on shared storage) reuses it
 //! instead of rendering the identity again. A file is reused only when its key equals the
-//! plan's; anything else is refused with a note that says why, and recomputed.
+//! plan's; anything else is refused with a note that says why, and recomputed. With several
+//! characters each one's bank has a file of its own beside FILE ([`path_of`]), judged by its
+//! own identity's key.
 
 use anyhow::{bail, ensure, Context, Result};
 use candle_core::{DType, Device, Tensor};
 use image::RgbImage;
 use std::collections::{BTreeMap, HashMap};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use super::bank::{Bank, Slot, TokenSubset};
 use super::plan::ImageKey;
@@ -29,6 +31,24 @@ pub struct StoredIdentity {
 pub enum Refused {
     Missing,
     Note(String),
+}
+
+/// Character `k`'s bank file for `--bank-file path`: `path` itself for the first character (as
+/// a one-character storyboard has always used it), `{stem}-{k + 1}.{extension}` beside it for
+/// the others (`bank.safetensors`, `bank-2.safetensors`, ...), as their identity images are
+/// named.
+pub fn path_of(path: &Path, k: usize) -> PathBuf {
+    if k == 0 {
+        return path.to_path_buf();
+    }
+    let stem = path
+        .file_stem()
+        .map_or_else(|| "bank".to_string(), |s| s.to_string_lossy().into_owned());
+    let name = match path.extension() {
+        Some(ext) => format!("{stem}-{}.{}", k + 1, ext.to_string_lossy()),
+        None => format!("{stem}-{}", k + 1),
+    };
+    path.with_file_name(name)
 }
 
 /// Writes the identity's bank to `path`, atomically.

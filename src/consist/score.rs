@@ -1,7 +1,8 @@
 //! How closely a panel's character follows the identity, from what its render already has: the
 //! point matches' similarities over the panel's foreground, and the share of the identity's
 //! foreground that the matches reach. The frame grid shows it so that a user sees which panels
-//! drifted and re-rolls only those.
+//! drifted and re-rolls only those. With several characters each one is scored on its own: its
+//! region, its matches, its identity.
 
 use super::matching::Matches;
 
@@ -50,5 +51,25 @@ impl Consistency {
             similarity,
             coverage: covered as f32 / identity_foreground as f32,
         })
+    }
+
+    /// Each character's consistency in a panel, in its prompt's order: character `k`'s region
+    /// (the tokens `owners` gives `k + 1`) and its matches, against its own identity's mask
+    /// (`identity_masks[k]`, `None` where that identity is not rendered). With one character
+    /// this is [`Consistency::of`] of the panel's mask.
+    pub fn of_cast(
+        owners: &[u8],
+        matches: &Matches,
+        identity_masks: &[Option<&[bool]>],
+    ) -> Vec<Option<Self>> {
+        identity_masks
+            .iter()
+            .enumerate()
+            .map(|(k, identity_mask)| {
+                let owner = k as u8 + 1;
+                let region: Vec<bool> = owners.iter().map(|&o| o == owner).collect();
+                Self::of(&region, &matches.of_owner(owners, owner), (*identity_mask)?)
+            })
+            .collect()
     }
 }

@@ -70,17 +70,18 @@ pub enum RenderEvent<'a> {
     /// An image's work begins (before its prompt is prepared).
     Started(Target),
     Step(ImageStep),
-    /// An image is done; `identity` is the identity image its matches point into (the image
-    /// itself, for the identity).
+    /// An image is done; `identities` are the identity images of the characters it shows, in
+    /// its prompt's order: a match of a token owned by its `k`-th character points into the
+    /// `k`-th (an identity's is the image itself).
     Finished {
         output: &'a ImageOutput,
-        identity: &'a RgbImage,
+        identities: Vec<&'a RgbImage>,
     },
     /// A panel's pre-run reached its mask step (reported when [`RenderOptions::report_looks`]
-    /// or [`RenderOptions::looks_only`] asks); `identity` as for `Finished`.
+    /// or [`RenderOptions::looks_only`] asks); `identities` as for `Finished`.
     Look {
         look: &'a Look,
-        identity: &'a RgbImage,
+        identities: Vec<&'a RgbImage>,
     },
 }
 
@@ -168,10 +169,8 @@ type EventSink<'a> = dyn FnMut(RenderEvent) -> StepControl + 'a;
 /// between jobs.
 #[derive(Default)]
 pub struct Renderer {
-    /// The first character's identity.
-    identity: Option<IdentityCache>,
-    /// The other characters' identities (banked modes), by character.
-    others: BTreeMap<usize, IdentityCache>,
+    /// Each character's identity, by character (lockstep keeps them without a bank).
+    identities: BTreeMap<usize, IdentityCache>,
     scene_refs: BTreeMap<usize, SceneReference>,
     /// Lockstep: the scene references a later panel may recompute.
     replayed: BTreeMap<usize, lockstep::ReplayedReference>,
@@ -179,8 +178,9 @@ pub struct Renderer {
     forwards: usize,
     /// What the caller should be told (a bank file refused), oldest first.
     notes: Vec<String>,
-    /// A picture identity's inverted noise, for the identity key it was inverted for.
-    inverted: Option<(ImageKey, Tensor)>,
+    /// Each picture identity's inverted noise, by character, for the identity key it was
+    /// inverted for.
+    inverted: BTreeMap<usize, (ImageKey, Tensor)>,
     /// Panels' looks not yet run on, by panel: a main run starts from its panel's look when
     /// the key still matches.
     looks: BTreeMap<usize, Look>,
@@ -223,12 +223,13 @@ fn shot_of<'a>(models: &FluxModels, image: &'a PlannedImage) -> Result<Shot<'a>>
 }
 
 impl Renderer {
-    /// Bytes held by the identity bank and scene references now.
+    /// Bytes held by the identities' banks and scene references now.
     pub fn bank_bytes(&self) -> usize {
-        self.identity
-            .as_ref()
-            .and_then(|c| c.bank.as_ref())
-            .map_or(0, |(bank, _)| bank.bytes)
+        self.identities
+            .values()
+            .filter_map(|c| c.bank.as_ref())
+            .map(|(bank, _)| bank.bytes)
+            .sum::<usize>()
             + self
                 .scene_refs
                 .values()
@@ -236,10 +237,9 @@ impl Renderer {
                 .sum::<usize>()
     }
 
-    /// The identity bank's peak bytes during its recording run.
+    /// The first character's identity bank's peak bytes during its recording run.
     pub fn identity_peak_bytes(&self) -> Option<usize> {
-        self.identity
-            .as_ref()
+        self.identity_cache(0)
             .and_then(|c| c.bank.as_ref())
             .map(|(bank, _)| bank.peak_bytes)
     }
@@ -277,11 +277,8 @@ impl Renderer {
         on_event: &mut EventSink,
     ) -> Result<Outcome> {
         let panels = plan.requested_panels(&request)?;
-        if options.bank == BankMode::Recompute {
-            lockstep::check_cast(plan)?;
-            if options.looks_only {
-                anyhow::bail!("review first needs the identity's bank between a panel's pre-run and its main run, and --bank recompute (lockstep) keeps none: its pre-runs and main runs share one recomputation of the identity. Use --bank device or --bank host");
-            }
+        if options.bank == BankMode::Recompute && options.looks_only {
+            anyhow::bail!("review first needs the identity's bank between a panel's pre-run and its main run, and --bank recompute (lockstep) keeps none: its pre-runs and main runs share one recomputation of the identity. Use --bank device or --bank host");
         }
         // Every prompt is checked before anything is rendered, so a bad one costs no work,
         // and encoded once for the job (after which the encoders may be freed).
@@ -329,12 +326,9 @@ impl Renderer {
         on_event: &mut EventSink,
     ) -> Result<Outcome> {
         let schedule = plan.settings.recipe.schedule(plan.settings.steps);
-        if self.ensure_identity(models, plan, &schedule, options, on_event)? == Outcome::Cancelled {
-            return Ok(Outcome::Cancelled);
-        }
-        self.others.retain(|&k, _| k < plan.identities().len());
-        for k in 1..plan.identities().len() {
-            if self.ensure_other_identity(models, plan, k, &schedule, options, on_event)?
+        self.identities.retain(|&k, _| k < plan.identities().len());
+        for k in 0..plan.identities().len() {
+            if self.ensure_identity(models, plan, k, &schedule, options, on_event)?
                 == Outcome::Cancelled
             {
                 return Ok(Outcome::Cancelled);
@@ -364,44 +358,57 @@ impl Renderer {
         Ok(Outcome::Finished)
     }
 
+    /// Character `k`'s identity with its bank: kept, read from its bank file, or rendered (and
+    /// written to its bank file). Only the first character's records the background: a locked
+    /// panel locks onto that one.
     fn ensure_identity(
         &mut self,
         models: &mut FluxModels,
         plan: &Plan,
+        k: usize,
         schedule: &Schedule,
         options: &RenderOptions,
         on_event: &mut EventSink,
     ) -> Result<Outcome> {
-        let planned = plan.identity();
-        let with_background = plan.identity_background_needed();
-        if self.identity.as_ref().is_some_and(|c| {
+        let planned = &plan.identities()[k];
+        let with_background = k == 0 && plan.identity_background_needed();
+        if self.identities.get(&k).is_some_and(|c| {
             c.key == planned.key && c.bank.as_ref().is_some_and(|b| b.1 || !with_background)
         }) {
             return Ok(Outcome::Finished);
         }
-        self.identity = None;
-        self.scene_refs.clear();
-        self.replayed.clear();
-        if let Some(path) = &options.bank_file {
+        self.identities.remove(&k);
+        if k == 0 {
+            self.scene_refs.clear();
+            self.replayed.clear();
+        }
+        let bank_file = options
+            .bank_file
+            .as_deref()
+            .map(|path| bank_file::path_of(path, k));
+        if let Some(path) = &bank_file {
             let home = bank_home(models, options);
             match bank_file::read(path, &planned.key, with_background, &home) {
                 Ok(stored) => {
                     let shot = shot_of(models, planned)?;
                     let output =
                         identity_output(&shot, stored.image, stored.latents, &stored.bank, 0.0);
-                    self.identity = Some(IdentityCache {
-                        key: planned.key.clone(),
-                        bank: Some((stored.bank, stored.with_background)),
-                        output,
-                    });
+                    self.identities.insert(
+                        k,
+                        IdentityCache {
+                            key: planned.key.clone(),
+                            bank: Some((stored.bank, stored.with_background)),
+                            output,
+                        },
+                    );
                     return Ok(Outcome::Finished);
                 }
                 Err(Refused::Missing) => {}
                 Err(Refused::Note(note)) => self.notes.push(note),
             }
         }
-        if on_event(RenderEvent::Started(Target::Identity)) == StepControl::Cancel
-            || self.ensure_inverted(models, plan, on_event)? == Outcome::Cancelled
+        if on_event(RenderEvent::Started(planned.target)) == StepControl::Cancel
+            || self.ensure_inverted(models, plan, k, on_event)? == Outcome::Cancelled
         {
             return Ok(Outcome::Cancelled);
         }
@@ -425,83 +432,38 @@ impl Renderer {
         else {
             return Ok(Outcome::Cancelled);
         };
-        if let Some(path) = &options.bank_file {
+        if let Some(path) = &bank_file {
             let (image, latents) = (&output.image, &output.latents);
             bank_file::write(path, &planned.key, with_background, &bank, image, latents)?;
         }
-        self.identity = Some(IdentityCache {
-            key: planned.key.clone(),
-            bank: Some((bank, with_background)),
-            output,
-        });
-        Ok(Outcome::Finished)
-    }
-
-    /// The identity of character `k >= 1`: one identity run recording its foreground bank (its
-    /// background is never borrowed: a locked panel locks onto the first character's).
-    fn ensure_other_identity(
-        &mut self,
-        models: &mut FluxModels,
-        plan: &Plan,
-        k: usize,
-        schedule: &Schedule,
-        options: &RenderOptions,
-        on_event: &mut EventSink,
-    ) -> Result<Outcome> {
-        let planned = &plan.identities()[k];
-        if self.others.get(&k).is_some_and(|c| c.key == planned.key) {
-            return Ok(Outcome::Finished);
-        }
-        self.others.remove(&k);
-        if on_event(RenderEvent::Started(planned.target)) == StepControl::Cancel {
-            return Ok(Outcome::Cancelled);
-        }
-        let shot = shot_of(models, planned)?;
-        let record = RecordPlan {
-            foreground: true,
-            background: false,
-            features: true,
-        };
-        let Some((bank, output)) = run_identity(
-            models,
-            None,
-            plan.settings.guidance,
-            schedule,
-            &shot,
-            record,
-            options,
-            on_event,
-        )?
-        else {
-            return Ok(Outcome::Cancelled);
-        };
-        self.others.insert(
+        self.identities.insert(
             k,
             IdentityCache {
                 key: planned.key.clone(),
-                bank: Some((bank, false)),
+                bank: Some((bank, with_background)),
                 output,
             },
         );
         Ok(Outcome::Finished)
     }
 
-    /// Inverts a picture identity's picture to the noise its identity run starts from, unless
-    /// that inversion is at hand for the identity's key. The inversion's steps are reported as
-    /// the identity's [`Phase::Inversion`] and may be cancelled.
+    /// Inverts character `k`'s picture identity's picture to the noise its identity run starts
+    /// from, unless that inversion is at hand for the identity's key. The inversion's steps are
+    /// reported as the identity's [`Phase::Inversion`] and may be cancelled.
     fn ensure_inverted(
         &mut self,
         models: &mut FluxModels,
         plan: &Plan,
+        k: usize,
         on_event: &mut EventSink,
     ) -> Result<Outcome> {
-        let planned = plan.identity();
+        let planned = &plan.identities()[k];
         let Some(picture) = &planned.shot.picture else {
             return Ok(Outcome::Finished);
         };
         if self
             .inverted
-            .as_ref()
+            .get(&k)
             .is_some_and(|(key, _)| key == &planned.key)
         {
             return Ok(Outcome::Finished);
@@ -515,7 +477,7 @@ impl Renderer {
             plan.settings.guidance,
             &mut |step, steps| {
                 Ok(on_event(RenderEvent::Step(ImageStep {
-                    target: Target::Identity,
+                    target: planned.target,
                     phase: Phase::Inversion,
                     step: step - 1,
                     steps,
@@ -526,7 +488,7 @@ impl Renderer {
         self.forwards += picture.key.inverter.forwards(plan.settings.steps);
         match inverted {
             Some(noise) => {
-                self.inverted = Some((planned.key.clone(), noise));
+                self.inverted.insert(k, (planned.key.clone(), noise));
                 Ok(Outcome::Finished)
             }
             None => Ok(Outcome::Cancelled),
@@ -539,24 +501,34 @@ impl Renderer {
         if shot.picture.is_none() {
             return Ok(None);
         }
-        let (_, noise) = self
-            .inverted
-            .as_ref()
+        let (_, noise) = shot
+            .target
+            .character()
+            .and_then(|k| self.inverted.get(&k))
             .context("the identity's picture is inverted before its run")?;
         Ok(Some(noise))
     }
 
-    /// The identity image and its mask, once rendered.
+    /// The first character's identity image and its mask, once rendered.
     pub fn identity_output(&self) -> Option<&ImageOutput> {
-        self.identity.as_ref().map(|c| &c.output)
+        self.identity_cache(0).map(|c| &c.output)
     }
 
     /// Character `k`'s identity, once rendered.
     fn identity_cache(&self, k: usize) -> Option<&IdentityCache> {
-        match k {
-            0 => self.identity.as_ref(),
-            k => self.others.get(&k),
-        }
+        self.identities.get(&k)
+    }
+
+    /// The identity images of `characters`, in their order: what a panel's matches point into.
+    fn identity_images(&self, characters: impl Iterator<Item = usize>) -> Result<Vec<&RgbImage>> {
+        characters
+            .map(|k| {
+                let cache = self
+                    .identity_cache(k)
+                    .context("the identities are rendered first")?;
+                Ok(&cache.output.image)
+            })
+            .collect()
     }
 
     /// Renders panel `i` (after its scene reference, when it locks onto one), from its look
@@ -624,12 +596,7 @@ impl Renderer {
             .characters()
             .map(|k| Ok(IdentityRef::Bank(bank_of(k)?)))
             .collect::<Result<Vec<_>>>()?;
-        // The panel's first character's identity is the one its matches are shown against.
-        let shown_identity = &self
-            .identity_cache(planned.characters().next().unwrap_or(0))
-            .context("the identities are rendered first")?
-            .output
-            .image;
+        let shown_identities = self.identity_images(planned.characters())?;
         let background = match planned.background {
             BackgroundMode::Free => None,
             BackgroundMode::Identity => bank_of(0)?.bg.as_ref().map(BackgroundRef::Bank),
@@ -671,7 +638,7 @@ impl Renderer {
         if reported && (made || look_only) {
             on_event(RenderEvent::Look {
                 look: &look,
-                identity: shown_identity,
+                identities: shown_identities.clone(),
             });
         }
         if look_only {
@@ -706,7 +673,7 @@ impl Renderer {
         };
         on_event(RenderEvent::Finished {
             output: &output,
-            identity: shown_identity,
+            identities: shown_identities,
         });
         self.looks.remove(&i);
         if let Some(recorder) = recorder {
@@ -849,7 +816,7 @@ fn run_identity(
     let output = identity_output(shot, image, latents, &bank, seconds);
     on_event(RenderEvent::Finished {
         output: &output,
-        identity: &output.image,
+        identities: vec![&output.image],
     });
     Ok(Some((bank, output)))
 }

@@ -26,7 +26,7 @@ use crate::consist::plan::{
 };
 use crate::consist::recipe::Numerics;
 use crate::consist::session::ImageOutput;
-use crate::overlay::{mask_overlay, match_overlay, TokenGrid};
+use crate::overlay::{cast_match_overlay, mask_overlay, match_overlay, TokenGrid};
 
 mod looks;
 pub use looks::{ShownLook, StoredLook};
@@ -260,8 +260,9 @@ impl ImagesStore {
         Ok(found)
     }
 
-    /// Writes a finished image as a new take of its target; `identity` is the identity image its
-    /// matches point into. No file of another take is touched, and all files are staged first,
+    /// Writes a finished image as a new take of its target; `identities` are the identity images
+    /// its matches point into, one per character it shows (its `-matches.png` draws one
+    /// character's in similarity colours, several in their characters' colours). No file of another take is touched, and all files are staged first,
     /// so a failure while writing leaves no partial take behind. With `reuse`, an image equal
     /// to a take already there (same key, same picture: the identity rendered again only to
     /// steer a panel) is not stored twice and that take is returned. Returns the take and the
@@ -269,7 +270,7 @@ impl ImagesStore {
     pub fn write(
         &self,
         output: &ImageOutput,
-        identity: &RgbImage,
+        identities: &[&RgbImage],
         planned: &PlannedImage,
         settings: &PlanSettings,
         reuse: bool,
@@ -326,7 +327,13 @@ impl ImagesStore {
             ),
         ];
         if let Some(m) = &output.matches {
-            let overlay = match_overlay(&output.image, identity, &m.triples(), MAX_MATCH_LINES);
+            let overlay = matches_picture(
+                &output.image,
+                identities,
+                &output.owners_or_mask(),
+                &characters,
+                m,
+            );
             files.push((
                 self.file(target, take, "-matches.png"),
                 atomic_file::png_bytes(&overlay)?,
@@ -733,4 +740,26 @@ fn read_dump(path: &Path, grid: Grid) -> Result<(Vec<u8>, Option<Matches>)> {
         false => None,
     };
     Ok((mask, matches))
+}
+
+/// The matches picture of `image`: one identity's lines coloured by similarity, several
+/// characters' in each character's colour into its own identity.
+pub(crate) fn matches_picture(
+    image: &RgbImage,
+    identities: &[&RgbImage],
+    owners: &[u8],
+    characters: &[usize],
+    matches: &Matches,
+) -> RgbImage {
+    match identities {
+        [identity] => match_overlay(image, identity, &matches.triples(), MAX_MATCH_LINES),
+        _ => cast_match_overlay(
+            image,
+            identities,
+            owners,
+            characters,
+            &matches.triples(),
+            MAX_MATCH_LINES,
+        ),
+    }
 }

@@ -578,10 +578,6 @@ impl Project {
                 if p.path.as_os_str().is_empty() {
                     bail!("characters[{k}].identity.source: the picture's path is empty");
                 }
-                // The inversion keeps one noise, the first identity's.
-                if k > 0 {
-                    bail!("characters[{k}].identity.source: only the first character's identity can be a picture for now");
-                }
             }
             if let Some(j) = self.characters[..k].iter().position(|o| o.name == c.name) {
                 bail!(

@@ -12,7 +12,7 @@ use super::cells::{CellState, Cells, Verdict};
 use super::dialogs::{Dialogs, Purpose};
 use super::document::Document;
 use super::editor::{editor_ui, TokenCounter};
-use super::grid::{grid_ui, GridLayout, LookAction, MIN_GRID_WIDTH};
+use super::grid::{consistency_lines, grid_ui, GridLayout, LookAction, MIN_GRID_WIDTH};
 use super::inspector::{inspector_ui, InspectorAction, Overlays, Painting, TakeAction};
 use super::layout_report::LayoutReport;
 use super::paint::{MaskEdit, PaintTool};
@@ -440,15 +440,19 @@ impl CharaboardApp {
         self.doc.seal();
     }
 
-    /// Makes `path` the identity's picture (an undoable edit).
-    pub fn set_identity_picture(&mut self, path: &Path) {
-        super::picture::set_picture(&mut self.doc.project, self.doc.path.as_deref(), path);
+    /// Makes `path` character `k`'s identity picture (an undoable edit).
+    pub fn set_identity_picture(&mut self, k: usize, path: &Path) {
+        super::picture::set_picture(&mut self.doc.project, self.doc.path.as_deref(), k, path);
         self.doc.record_edits();
         self.doc.seal();
-        self.info(format!("the identity is now {}", path.display()));
+        self.info(format!(
+            "{} is now {}",
+            Target::identity_of(k).label(),
+            path.display()
+        ));
     }
 
-    /// A picture dropped on the identity cell becomes the identity's picture.
+    /// A picture dropped on an identity's cell becomes that character's identity picture.
     fn take_dropped_picture(&mut self, ctx: &egui::Context) {
         let (files, pointer) = ctx.input(|i| (i.raw.dropped_files.clone(), i.pointer.latest_pos()));
         let Some(path) = files
@@ -458,13 +462,13 @@ impl CharaboardApp {
         else {
             return;
         };
-        let on_identity =
-            self.layout.cells.iter().any(|(t, rect)| {
-                *t == Target::Identity && pointer.is_some_and(|p| rect.contains(p))
-            });
+        let on_identity = self.layout.cells.iter().find_map(|(t, rect)| {
+            t.character()
+                .filter(|_| pointer.is_some_and(|p| rect.contains(p)))
+        });
         match on_identity {
-            true => self.set_identity_picture(&path),
-            false => self.info("drop a picture on the identity cell to make it the identity"),
+            Some(k) => self.set_identity_picture(k, &path),
+            None => self.info("drop a picture on an identity's cell to make it that identity"),
         }
     }
 
@@ -487,7 +491,7 @@ impl CharaboardApp {
                 Purpose::SaveProjectAs => self.save_to(&path),
                 Purpose::ModelFolder => self.load_model(path),
                 Purpose::ExportFolder => self.export_to(path),
-                Purpose::IdentityPicture => self.set_identity_picture(&path),
+                Purpose::IdentityPicture(k) => self.set_identity_picture(k, &path),
             }
         }
         let results: Vec<_> = self.exports.1.try_iter().collect();
@@ -860,8 +864,8 @@ impl CharaboardApp {
                 egui::ScrollArea::vertical().show(ui, |ui| {
                     let old_len = self.doc.project.panels.len();
                     let edit = editor_ui(ui, &mut self.doc.project, &mut self.tokens);
-                    if self.picture.source_ui(ui, &mut self.doc.project) {
-                        self.dialogs.ask(Purpose::IdentityPicture, "");
+                    if let Some(k) = self.picture.source_ui(ui, &mut self.doc.project) {
+                        self.dialogs.ask(Purpose::IdentityPicture(k), "");
                     }
                     ui.separator();
                     setup::render_settings_ui(ui, &mut self.doc.project, &mut self.settings);
@@ -972,6 +976,7 @@ impl CharaboardApp {
                             .collect(),
                         grid: crate::consist::mask::Grid::of_size(width, height),
                     };
+                    let scores = consistency_lines(&self.cells, project, target);
                     inspector_ui(
                         ui,
                         &self.cells,
@@ -981,6 +986,7 @@ impl CharaboardApp {
                         compare,
                         &characters,
                         painting,
+                        &scores,
                     )
                     .map(|a| (target, a))
                 }

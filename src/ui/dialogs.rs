@@ -12,7 +12,8 @@ pub enum Purpose {
     SaveProjectAs,
     ModelFolder,
     ExportFolder,
-    IdentityPicture,
+    /// Character `k`'s identity picture.
+    IdentityPicture(usize),
 }
 
 pub struct Dialogs {
@@ -69,7 +70,7 @@ impl Dialogs {
                 Purpose::ExportFolder => {
                     rfd::FileDialog::new().set_title("Export to").pick_folder()
                 }
-                Purpose::IdentityPicture => rfd::FileDialog::new()
+                Purpose::IdentityPicture(_) => rfd::FileDialog::new()
                     .set_title("The identity's picture")
                     .add_filter("picture", &["png", "jpg", "jpeg", "webp"])
                     .pick_file(),

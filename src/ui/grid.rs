@@ -69,14 +69,78 @@ pub fn title(target: Target) -> String {
     }
 }
 
-/// How closely a rendered panel's character follows the identity (see [`Consistency`]).
-pub fn consistency(cells: &Cells, target: Target) -> Option<Consistency> {
-    let Target::Panel(_) = target else {
-        return None;
+/// How closely each character of a rendered panel follows its identity, in the panel's order
+/// (see [`Consistency::of_cast`]): empty for an identity or a panel not rendered.
+pub fn consistencies(cells: &Cells, project: &Project, target: Target) -> Vec<Option<Consistency>> {
+    let Target::Panel(i) = target else {
+        return vec![];
     };
-    let image = cells.get(target)?.image.as_ref()?;
-    let identity = cells.get(Target::Identity)?.image.as_ref()?;
-    Consistency::of(&image.mask, image.matches.as_ref()?, &identity.mask)
+    let Some(image) = cells.get(target).and_then(|c| c.image.as_ref()) else {
+        return vec![];
+    };
+    let Some(matches) = image.matches.as_ref() else {
+        return vec![];
+    };
+    let characters = match i < project.panels.len() {
+        true => project.panel_characters(i),
+        false => vec![],
+    };
+    let identity_masks: Vec<Option<&[bool]>> = characters
+        .iter()
+        .map(|&k| {
+            let identity = cells.get(Target::identity_of(k))?.image.as_ref()?;
+            Some(identity.mask.as_slice())
+        })
+        .collect();
+    Consistency::of_cast(&image.owners, matches, &identity_masks)
+}
+
+/// The panel's most drifted character's consistency: what "Most drifted first" sorts by.
+pub fn consistency(cells: &Cells, project: &Project, target: Target) -> Option<Consistency> {
+    consistencies(cells, project, target)
+        .into_iter()
+        .flatten()
+        .min_by(|a, b| a.score().total_cmp(&b.score()))
+}
+
+/// The line under a cell (and in the inspector) for each character's consistency: one
+/// character's as it always read, several each with its name.
+pub fn consistency_lines(
+    cells: &Cells,
+    project: &Project,
+    target: Target,
+) -> Vec<(String, String)> {
+    let Target::Panel(i) = target else {
+        return vec![];
+    };
+    let scores = consistencies(cells, project, target);
+    if scores.is_empty() {
+        return vec![];
+    }
+    let characters = project.panel_characters(i);
+    scores
+        .iter()
+        .zip(&characters)
+        .filter_map(|(c, &k)| {
+            let c = c.as_ref()?;
+            let who = match scores.len() {
+                1 => String::new(),
+                _ => format!(" {}", project.characters[k].name),
+            };
+            Some((
+                format!(
+                    "{}{who} consistency {:.0}%",
+                    title(target),
+                    100.0 * c.score()
+                ),
+                format!(
+                    "foreground similarity {:.2} x identity matched {:.0}%",
+                    c.similarity,
+                    100.0 * c.coverage
+                ),
+            ))
+        })
+        .collect()
 }
 
 /// `plans` (the project's drafts and finals) are what the cells' takes are compared with to
@@ -97,7 +161,8 @@ pub fn grid_ui(
 ) -> GridLayout {
     let mut panels: Vec<Target> = (0..project.panels.len()).map(Target::Panel).collect();
     if most_drifted_first {
-        let score = |t: &Target| consistency(cells, *t).map_or(f32::INFINITY, |c| c.score());
+        let score =
+            |t: &Target| consistency(cells, project, *t).map_or(f32::INFINITY, |c| c.score());
         panels.sort_by(|a, b| score(a).total_cmp(&score(b)));
     }
     let targets: Vec<Target> = (0..project.characters.len())
@@ -224,23 +289,9 @@ fn cell_ui(
                 if let Some(l) = look {
                     buttons_top = look_ui(ui, target, l, look_action);
                 }
-                if target == Target::Identity {
-                    picture.cell_ui(ui, project, cells);
-                }
-                if let Some(c) = consistency(cells, target) {
-                    ui.label(
-                        RichText::new(format!(
-                            "{} consistency {:.0}%",
-                            title(target),
-                            100.0 * c.score()
-                        ))
-                        .small(),
-                    )
-                    .on_hover_text(format!(
-                        "foreground similarity {:.2} x identity matched {:.0}%",
-                        c.similarity,
-                        100.0 * c.coverage
-                    ));
+                picture.cell_ui(ui, project, cells, target);
+                for (line, hover) in consistency_lines(cells, project, target) {
+                    ui.label(RichText::new(line).small()).on_hover_text(hover);
                 }
             });
         })

@@ -232,7 +232,8 @@ impl Painting<'_> {
 }
 
 /// The selected image with its overlays and its takes; `compare` is another take shown beside
-/// it (its picture and texture).
+/// it (its picture and texture); `scores` each of its characters' consistency line and what it
+/// is made of.
 #[allow(clippy::too_many_arguments)]
 pub fn inspector_ui(
     ui: &mut Ui,
@@ -243,8 +244,12 @@ pub fn inspector_ui(
     compare: Option<(&RenderedImage, &egui::TextureHandle)>,
     characters: &[usize],
     painting: Painting,
+    scores: &[(String, String)],
 ) -> Option<InspectorAction> {
     let action = takes_ui(ui, cells, selected, choice, compare.map(|c| c.0.take));
+    for (line, hover) in scores {
+        ui.label(line).on_hover_text(hover);
+    }
     let edit = inspect(ui, cells, selected, overlays, compare, characters, painting);
     action.map(InspectorAction::Take).or(edit)
 }
@@ -265,7 +270,7 @@ fn inspect(
         ui.checkbox(&mut overlays.mask, "Show foreground mask");
         ui.checkbox(&mut overlays.identity_mask, "Show identity mask");
         ui.add_enabled(
-            selected != Target::Identity,
+            matches!(selected, Target::Panel(_)),
             egui::Checkbox::new(&mut overlays.matches, "Show point matches"),
         );
     });
@@ -309,25 +314,38 @@ fn inspect(
         });
         return edit;
     }
-    let identity = cells
-        .get(Target::Identity)
-        .and_then(|c| Some((c.texture.as_ref()?, c.image.as_ref()?)));
-    let side_by_side = selected != Target::Identity
-        && (overlays.matches || overlays.identity_mask)
-        && identity.is_some();
+    // A panel's identities (those of its characters, in its order) stacked beside it; an
+    // identity is its own.
+    let identities: Vec<Option<(&egui::TextureHandle, &RenderedImage)>> = match selected {
+        Target::Panel(_) => characters
+            .iter()
+            .map(|&k| {
+                let cell = cells.get(Target::identity_of(k))?;
+                Some((cell.texture.as_ref()?, cell.image.as_ref()?))
+            })
+            .collect(),
+        _ => vec![],
+    };
+    let side_by_side =
+        (overlays.matches || overlays.identity_mask) && identities.iter().any(Option::is_some);
     let avail = ui.available_size();
     let size = match side_by_side {
         true => Vec2::new(avail.x / 2.0 - 8.0, avail.y - 30.0),
         false => Vec2::new(avail.x, avail.y - 30.0),
     };
     let mut panel_rect = Rect::NOTHING;
-    let mut identity_rect = Rect::NOTHING;
+    let mut identity_rects = vec![Rect::NOTHING; identities.len()];
     ui.horizontal_top(|ui| {
         panel_rect = show_image(ui, texture, size);
         if side_by_side {
-            if let Some((id_tex, _)) = identity {
-                identity_rect = show_image(ui, id_tex, size);
-            }
+            let each = Vec2::new(size.x, size.y / identities.len() as f32);
+            ui.vertical(|ui| {
+                for (rect, identity) in identity_rects.iter_mut().zip(&identities) {
+                    if let Some((id_tex, _)) = identity {
+                        *rect = show_image(ui, id_tex, each);
+                    }
+                }
+            });
         }
     });
     if let Some(k) = painted_character.filter(|_| painting.tool.on) {
@@ -351,67 +369,97 @@ fn inspect(
             None => tint_mask(ui, panel_rect, rendered.grid, &rendered.owners, characters),
         }
     }
-    if let Some((_, id_img)) = identity {
-        if overlays.identity_mask {
-            let rect = if side_by_side {
-                identity_rect
-            } else {
-                panel_rect
-            };
-            if side_by_side || selected == Target::Identity {
-                let character = id_img.target.character().unwrap_or(0);
-                match identity_shown(character) {
-                    Some(owners) => tint_mask(ui, rect, painting.grid, &owners, &[character]),
-                    None => tint_mask(ui, rect, id_img.grid, &id_img.owners, &[character]),
+    if overlays.identity_mask {
+        if side_by_side {
+            for (rect, identity) in identity_rects.iter().zip(&identities) {
+                if let Some((_, id_img)) = identity {
+                    let character = id_img.target.character().unwrap_or(0);
+                    match identity_shown(character) {
+                        Some(owners) => tint_mask(ui, *rect, painting.grid, &owners, &[character]),
+                        None => tint_mask(ui, *rect, id_img.grid, &id_img.owners, &[character]),
+                    }
                 }
             }
-        }
-        if overlays.matches && side_by_side {
-            if let Some(m) = &rendered.matches {
-                let pairs = m.triples();
-                let hovered = ui
-                    .ctx()
-                    .pointer_hover_pos()
-                    .and_then(|p| token_at(panel_rect, rendered.grid, p));
-                for &(c, j, sim) in &subsample(&pairs, MAX_LINES) {
-                    let a = token_rect(panel_rect, rendered.grid, c).center();
-                    let b = token_rect(identity_rect, id_img.grid, j).center();
-                    let rgb = similarity_color(sim);
-                    ui.painter().line_segment(
-                        [a, b],
-                        Stroke::new(1.0, Color32::from_rgb(rgb[0], rgb[1], rgb[2])),
-                    );
-                }
-                // Hovering a panel token highlights its own match, sampled or not.
-                if let Some(&(c, j, sim)) = hovered.and_then(|h| pairs.iter().find(|p| p.0 == h)) {
-                    let a = token_rect(panel_rect, rendered.grid, c);
-                    let b = token_rect(identity_rect, id_img.grid, j);
-                    ui.painter().rect_stroke(
-                        a,
-                        0.0,
-                        Stroke::new(2.0, Color32::WHITE),
-                        egui::StrokeKind::Inside,
-                    );
-                    ui.painter().rect_stroke(
-                        b,
-                        0.0,
-                        Stroke::new(2.0, Color32::WHITE),
-                        egui::StrokeKind::Inside,
-                    );
-                    ui.painter()
-                        .line_segment([a.center(), b.center()], Stroke::new(3.0, Color32::WHITE));
-                    ui.label(format!(
-                        "token {c} -> identity token {j}, similarity {sim:.2}"
-                    ));
-                }
-                ui.label(format!(
-                    "{} matches (showing {})",
-                    pairs.len(),
-                    pairs.len().min(MAX_LINES)
-                ));
+        } else if let Some(k) = selected.character() {
+            match identity_shown(k) {
+                Some(owners) => tint_mask(ui, panel_rect, painting.grid, &owners, &[k]),
+                None => tint_mask(ui, panel_rect, rendered.grid, &rendered.owners, characters),
             }
         }
     }
+    if let (true, true, Some(m)) = (overlays.matches, side_by_side, &rendered.matches) {
+        match_lines(
+            ui,
+            rendered,
+            m.triples(),
+            &identities,
+            &identity_rects,
+            panel_rect,
+            characters,
+        );
+    }
     ui.label(format!("rendered in {:.1} s", rendered.seconds));
     edit
+}
+
+/// The panel's point matches as lines into its identities: a token's match goes into the
+/// identity of the character that owns it, coloured by similarity with one character and in its
+/// character's colour with several. Hovering a panel token highlights its own match.
+fn match_lines(
+    ui: &mut Ui,
+    rendered: &RenderedImage,
+    pairs: Vec<(usize, usize, f32)>,
+    identities: &[Option<(&egui::TextureHandle, &RenderedImage)>],
+    identity_rects: &[Rect],
+    panel_rect: Rect,
+    characters: &[usize],
+) {
+    // Where a match lands, and its colour.
+    let end = |(c, j, sim): (usize, usize, f32)| -> Option<(Rect, Rect, Color32)> {
+        let owner = rendered.owners.get(c).copied().unwrap_or(1);
+        let k = usize::from(owner.max(1)) - 1;
+        let (_, id_img) = identities.get(k)?.as_ref()?;
+        let Rgb([r, g, b]) = match characters.len() {
+            0 | 1 => similarity_color(sim),
+            _ => owner_colour(owner, characters)?,
+        };
+        Some((
+            token_rect(panel_rect, rendered.grid, c),
+            token_rect(identity_rects[k], id_img.grid, j),
+            Color32::from_rgb(r, g, b),
+        ))
+    };
+    let hovered = ui
+        .ctx()
+        .pointer_hover_pos()
+        .and_then(|p| token_at(panel_rect, rendered.grid, p));
+    for &pair in &subsample(&pairs, MAX_LINES) {
+        if let Some((a, b, colour)) = end(pair) {
+            ui.painter()
+                .line_segment([a.center(), b.center()], Stroke::new(1.0, colour));
+        }
+    }
+    let highlighted = hovered.and_then(|h| pairs.iter().find(|p| p.0 == h));
+    if let Some(&(c, j, sim)) = highlighted {
+        if let Some((a, b, _)) = end((c, j, sim)) {
+            for rect in [a, b] {
+                ui.painter().rect_stroke(
+                    rect,
+                    0.0,
+                    Stroke::new(2.0, Color32::WHITE),
+                    egui::StrokeKind::Inside,
+                );
+            }
+            ui.painter()
+                .line_segment([a.center(), b.center()], Stroke::new(3.0, Color32::WHITE));
+            ui.label(format!(
+                "token {c} -> identity token {j}, similarity {sim:.2}"
+            ));
+        }
+    }
+    ui.label(format!(
+        "{} matches (showing {})",
+        pairs.len(),
+        pairs.len().min(MAX_LINES)
+    ));
 }

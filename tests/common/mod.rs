@@ -226,3 +226,30 @@ pub fn assert_same(banked: &Images, lockstep: &Images) {
         .iter()
         .any(|(_, o)| o.matches.as_ref().is_some_and(|m| !m.panel_idx.is_empty())));
 }
+
+/// `projects/two-friends.ron` at 64x64 and 6 steps (erosion off, so the tiny model's masks keep
+/// tokens), with two more panels: Tom in the identities' studio, locked onto the first
+/// identity's background, and nobody in a free scene. Every way a panel reads the identities:
+/// one character, the other, both, a background of one under the other, none.
+pub fn two_friends_every_mode() -> Project {
+    let mut p = charaboard::project::load(Path::new("projects/two-friends.ron")).unwrap();
+    let studio = p.characters[0].identity.environment.clone();
+    for (environment, lock) in [(studio, true), ("on an empty beach,".to_string(), false)] {
+        p.scenes.push(Scene {
+            name: String::new(),
+            environment,
+            lock_background: lock,
+            width: None,
+            height: None,
+        });
+    }
+    let mut tom = Panel::new(1, "waving goodbye");
+    tom.characters = Some(vec!["Old Tom".into()]);
+    let mut nobody = Panel::new(2, "waves rolling in");
+    nobody.characters = Some(vec![]);
+    p.panels.extend([tom, nobody]);
+    (p.settings.width, p.settings.height, p.settings.steps) = (128, 128, Some(6));
+    p.settings.recipe.erode = 1;
+    p.settings.recipe.dilate = 1;
+    p
+}

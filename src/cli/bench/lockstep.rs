@@ -19,7 +19,7 @@ use crate::project::model::{Panel, Project, Scene};
 use crate::sampler::StepControl;
 
 /// The random medium pipeline with `cfg`'s blocks, loaded from a scratch folder.
-fn medium_models(cfg: &FluxConfig, dtype: DType, device: &Device) -> Result<FluxModels> {
+pub(super) fn medium_models(cfg: &FluxConfig, dtype: DType, device: &Device) -> Result<FluxModels> {
     let dir = std::env::temp_dir().join(format!(
         "charaboard-bench-lockstep-{}-{}",
         std::process::id(),

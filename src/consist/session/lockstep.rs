@@ -5,18 +5,23 @@
 //!
 //! What must be known before a batch starts is only what a panel reads from step 1 on: a locked
 //! background's mask (its reference's mask at the mask step). So a job runs in batches:
-//! 1. the identity's steps up to the mask step, alone, when a panel locks onto the identity's
-//!    background and the identity's mask is not known yet;
-//! 2. per chunk of `batch` panels: the pre-runs beside the identity's first steps, then the
-//!    main runs beside the identity from step 0 (the first chunk finishes the identity image);
+//! 1. the first character's identity's steps up to the mask step, alone, when a panel locks onto
+//!    its background and its mask is not known yet;
+//! 2. per chunk of `batch` panels: the pre-runs beside the identities' first steps, then the
+//!    main runs beside the identities from step 0 (the first chunk finishes every identity
+//!    image not rendered yet);
 //! 3. the panels that lock onto a scene's first panel, after it: the same two batches, with the
 //!    scene's first panel's main run computed again beside them.
+//!
+//! With several characters a batch has one identity row per character that its panels (or the
+//! scene panels recomputed for them) show, and each panel reads the live record of each of its
+//! characters' rows: a chunk of Mia's panels computes no step of Tom's identity.
 //!
 //! Each run computes exactly what the banked mode computes, so the images are the same.
 
 use anyhow::{Context, Result};
 use candle_core::Tensor;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Instant;
 
 use super::super::bank::{Record, RecordPlan};
@@ -50,7 +55,8 @@ pub(super) struct ReplayedReference {
 /// Which run of which image.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum RunKind {
-    Identity,
+    /// Character `k`'s identity.
+    Identity(usize),
     PreRun(usize),
     Main(usize),
 }
@@ -83,7 +89,9 @@ struct Job<'p> {
     schedule: Schedule,
     shots: BTreeMap<Target, Shot<'p>>,
     prepared: BTreeMap<Target, Prepared>,
-    identity_mask: Option<Vec<bool>>,
+    /// Each character's identity mask at the mask step, once known (kept from an earlier job,
+    /// or found in this one).
+    identity_masks: Vec<Option<Vec<bool>>>,
     pre: BTreeMap<usize, PreRunResult>,
     /// Main-run masks of scene reference panels.
     reference_masks: BTreeMap<usize, Vec<bool>>,
@@ -91,28 +99,9 @@ struct Job<'p> {
     started: BTreeMap<Target, Instant>,
 }
 
-/// Lockstep recomputes one identity beside the panels: a storyboard of several characters, or a
-/// panel that shows none, is refused before any work.
-pub(super) fn check_cast(plan: &Plan) -> Result<()> {
-    let characters = plan.identities().len();
-    if characters > 1 {
-        anyhow::bail!(
-            "--bank recompute (lockstep) keeps one character, and this storyboard has {characters}: render it with --bank device or --bank host (one bank per character)"
-        );
-    }
-    if let Some(p) = plan.panels().iter().find(|p| p.characters().count() != 1) {
-        anyhow::bail!(
-            "--bank recompute (lockstep) needs the character in every panel, but {} shows none ({}): render it with --bank device or --bank host",
-            p.target.label(),
-            p.shot.characters_field
-        );
-    }
-    Ok(())
-}
-
 impl Renderer {
-    /// Renders `panels` (and, when not cached, the identity and the scene references they need)
-    /// in lockstep.
+    /// Renders `panels` (and, when not cached, the identities and the scene references they
+    /// need) in lockstep.
     pub(super) fn render_lockstep(
         &mut self,
         models: &mut FluxModels,
@@ -121,16 +110,27 @@ impl Renderer {
         options: &RenderOptions,
         on_event: &mut EventSink,
     ) -> Result<Outcome> {
-        let identity_key = &plan.identity().key;
-        let cached = self
-            .identity
-            .as_ref()
-            .filter(|c| &c.key == identity_key)
-            .map(|c| c.output.mask.clone());
-        if cached.is_none() {
-            self.identity = None;
-            self.replayed.clear();
+        let characters = plan.identities().len();
+        self.identities.retain(|&k, _| k < characters);
+        let mut identity_masks = Vec::with_capacity(characters);
+        for (k, planned) in plan.identities().iter().enumerate() {
+            let cached = self
+                .identities
+                .get(&k)
+                .filter(|c| c.key == planned.key)
+                .map(|c| c.output.mask.clone());
+            if cached.is_none() {
+                self.identities.remove(&k);
+                if k == 0 {
+                    self.replayed.clear();
+                }
+            }
+            identity_masks.push(cached);
         }
+        // The identities this job renders as images (not kept from an earlier one).
+        let pending: Vec<usize> = (0..characters)
+            .filter(|&k| identity_masks[k].is_none())
+            .collect();
         // The panels to render: the requested ones, after the scene references they need.
         let mut targets: Vec<usize> = Vec::new();
         for &i in panels {
@@ -152,7 +152,7 @@ impl Renderer {
             schedule,
             shots: BTreeMap::new(),
             prepared: BTreeMap::new(),
-            identity_mask: cached,
+            identity_masks,
             pre: BTreeMap::new(),
             reference_masks: BTreeMap::new(),
             started: BTreeMap::new(),
@@ -167,29 +167,38 @@ impl Renderer {
                 job.reference_masks.insert(first, r.mask.clone());
             }
         }
-        let identity_is_target = job.identity_mask.is_none();
-        if identity_is_target {
-            job.started.insert(Target::Identity, Instant::now());
-            if on_event(RenderEvent::Started(Target::Identity)) == StepControl::Cancel {
+        for &k in &pending {
+            let target = Target::identity_of(k);
+            job.started.insert(target, Instant::now());
+            if on_event(RenderEvent::Started(target)) == StepControl::Cancel {
                 return Ok(Outcome::Cancelled);
             }
         }
-        // The identity runs again beside every panel: from its picture's inversion, where it is
-        // one (inverted once, kept while its key holds).
-        if (identity_is_target || !targets.is_empty())
-            && self.ensure_inverted(models, plan, on_event)? == Outcome::Cancelled
-        {
-            return Ok(Outcome::Cancelled);
+        // The identities run again beside every panel: from their pictures' inversions, where
+        // they are pictures (inverted once, kept while their keys hold).
+        if !pending.is_empty() || !targets.is_empty() {
+            for k in 0..characters {
+                if self.ensure_inverted(models, plan, k, on_event)? == Outcome::Cancelled {
+                    return Ok(Outcome::Cancelled);
+                }
+            }
         }
         if targets.is_empty() {
-            if !identity_is_target {
+            if pending.is_empty() {
                 return Ok(Outcome::Finished);
             }
-            let specs = vec![identity_spec(&job.schedule, true, None, job.schedule.steps)];
+            let steps = job.schedule.steps;
+            let specs: Vec<RunSpec> = pending
+                .iter()
+                .map(|&k| identity_spec(k, &job.schedule, true, None, steps))
+                .collect();
             let Some(results) = self.run_batch(models, &mut job, &specs, options, on_event)? else {
                 return Ok(Outcome::Cancelled);
             };
-            return self.finish_identity(models, &job, results, on_event);
+            for (&k, result) in pending.iter().zip(results) {
+                self.finish_identity(models, &job, k, result, on_event)?;
+            }
+            return Ok(Outcome::Finished);
         }
         let follows = |i: usize| match plan.panels()[i].background {
             BackgroundMode::SceneReference { first_panel } => {
@@ -200,43 +209,38 @@ impl Renderer {
         let locks_on_identity = targets
             .iter()
             .any(|&i| plan.panels()[i].background == BackgroundMode::Identity);
-        if identity_is_target && locks_on_identity {
+        if job.identity_masks[0].is_none() && locks_on_identity {
             let end = job.schedule.mask_step + 1;
-            let specs = vec![identity_spec(&job.schedule, false, None, end)];
+            let specs = vec![identity_spec(0, &job.schedule, false, None, end)];
             let Some(results) = self.run_batch(models, &mut job, &specs, options, on_event)? else {
                 return Ok(Outcome::Cancelled);
             };
-            job.identity_mask = results[0].observations.mask.clone();
+            job.identity_masks[0] = results[0].observations.mask.clone();
         }
         let (first_wave, second_wave): (Vec<usize>, Vec<usize>) =
             targets.iter().copied().partition(|&i| follows(i).is_none());
-        let mut identity_pending = identity_is_target;
+        let mut pending = pending;
         for wave in [first_wave, second_wave] {
             for chunk in wave.chunks(options.batch.max(1)) {
-                if self.render_chunk(
-                    models,
-                    &mut job,
-                    chunk,
-                    identity_pending,
-                    options,
-                    on_event,
-                )? == Outcome::Cancelled
+                if self.render_chunk(models, &mut job, chunk, &pending, options, on_event)?
+                    == Outcome::Cancelled
                 {
                     return Ok(Outcome::Cancelled);
                 }
-                identity_pending = false;
+                pending.clear();
             }
         }
         Ok(Outcome::Finished)
     }
 
-    /// The pre-runs of `chunk`, then its main runs, each batch with the runs that steer them.
+    /// The pre-runs of `chunk`, then its main runs, each batch with the runs that steer them;
+    /// the identities of `pending` are rendered whole beside the main runs.
     fn render_chunk(
         &mut self,
         models: &mut FluxModels,
         job: &mut Job,
         chunk: &[usize],
-        identity_is_target: bool,
+        pending: &[usize],
         options: &RenderOptions,
         on_event: &mut EventSink,
     ) -> Result<Outcome> {
@@ -251,32 +255,39 @@ impl Renderer {
                 }
             }
         }
+        let locks_on_identity = chunk
+            .iter()
+            .any(|&i| plan.panels()[i].background == BackgroundMode::Identity);
+        let read = identities_read(plan, chunk, &references, locks_on_identity);
         for phase in [Phase::PreRun, Phase::Main] {
             let pre = phase == Phase::PreRun;
-            let identity_end = match (pre, identity_is_target) {
-                (true, _) => s.mask_step + 1,
-                (false, true) => s.steps,
-                (false, false) => s.share.1.max(s.mask_step + 1).min(s.steps),
-            };
             let helper_end = match pre {
                 true => s.mask_step + 1,
                 false => s.share.1.min(s.steps).max(2),
             };
-            let locks_on_identity = chunk
-                .iter()
-                .any(|&i| plan.panels()[i].background == BackgroundMode::Identity);
-            let record = RecordPlan {
+            let record = |k: usize| RecordPlan {
                 foreground: !pre || !references.is_empty(),
-                background: locks_on_identity,
+                background: k == 0 && locks_on_identity,
                 features: true,
             };
-            let mut specs = vec![identity_spec(
-                &s,
-                identity_is_target && !pre,
-                Some(record),
-                identity_end,
-            )];
-            specs[0].known_mask = job.identity_mask.clone();
+            // One row per identity read, and per identity rendered whole in the main runs.
+            let rows: Vec<usize> = (0..plan.identities().len())
+                .filter(|k| read.contains(k) || (!pre && pending.contains(k)))
+                .collect();
+            let mut specs: Vec<RunSpec> = rows
+                .iter()
+                .map(|&k| {
+                    let whole = !pre && pending.contains(&k);
+                    let end = match (pre, whole) {
+                        (true, _) => s.mask_step + 1,
+                        (false, true) => s.steps,
+                        (false, false) => s.share.1.max(s.mask_step + 1).min(s.steps),
+                    };
+                    let mut spec = identity_spec(k, &s, whole, Some(record(k)), end);
+                    spec.known_mask = job.identity_masks[k].clone();
+                    spec
+                })
+                .collect();
             let mut reference_index = BTreeMap::new();
             for &r in &references {
                 reference_index.insert(r, specs.len());
@@ -297,7 +308,7 @@ impl Renderer {
             for &i in chunk {
                 let background = match plan.panels()[i].background {
                     BackgroundMode::Free => None,
-                    BackgroundMode::Identity => Some(0),
+                    BackgroundMode::Identity => rows.iter().position(|&k| k == 0),
                     BackgroundMode::SceneReference { first_panel } => {
                         reference_index.get(&first_panel).copied()
                     }
@@ -336,20 +347,16 @@ impl Renderer {
                 }
                 continue;
             }
-            let mut results = results.into_iter();
-            let identity_result = results.next().context("the identity ran")?;
-            if identity_is_target {
-                job.identity_mask = identity_result.observations.mask.clone();
-                if self.finish_identity(models, job, vec![identity_result], on_event)?
-                    == Outcome::Cancelled
-                {
-                    return Ok(Outcome::Cancelled);
+            let mut results: Vec<Option<RunResult>> = results.into_iter().map(Some).collect();
+            // The identities first: a panel's matches are shown against them.
+            for (spec, result) in specs.iter().zip(results.iter_mut()) {
+                if let (RunKind::Identity(k), true) = (spec.kind, spec.target) {
+                    let result = result.take().context("the identity ran")?;
+                    job.identity_masks[k] = result.observations.mask.clone();
+                    self.finish_identity(models, job, k, result, on_event)?;
                 }
             }
-            for (spec, result) in specs
-                .iter()
-                .zip(std::iter::once(None).chain(results.map(Some)))
-            {
+            for (spec, result) in specs.iter().zip(results) {
                 let (RunKind::Main(i), Some(result), true) = (spec.kind, result, spec.target)
                 else {
                     continue;
@@ -385,33 +392,30 @@ impl Renderer {
                     spans: shot.spans,
                     seconds: seconds_since(&job.started, planned.target),
                 };
-                let identity = &self
-                    .identity
-                    .as_ref()
-                    .context("the identity is rendered first")?
-                    .output
-                    .image;
+                let identities = self.identity_images(planned.characters())?;
                 on_event(RenderEvent::Finished {
                     output: &output,
-                    identity,
+                    identities,
                 });
             }
         }
         Ok(Outcome::Finished)
     }
 
+    /// Character `k`'s identity image from its whole run, announced and kept (without a bank).
     fn finish_identity(
         &mut self,
         models: &mut FluxModels,
         job: &Job,
-        results: Vec<RunResult>,
+        k: usize,
+        result: RunResult,
         on_event: &mut EventSink,
-    ) -> Result<Outcome> {
-        let result = results.into_iter().next().context("the identity ran")?;
-        let shot = &job.shots[&Target::Identity];
+    ) -> Result<()> {
+        let target = Target::identity_of(k);
+        let shot = &job.shots[&target];
         let (image, latents) = models.decode_packed(&result.latents, shot.width, shot.height)?;
         let output = ImageOutput {
-            target: Target::Identity,
+            target,
             image,
             latents,
             grid: grid_of(shot),
@@ -419,18 +423,21 @@ impl Renderer {
             owners: result.observations.owners.unwrap_or_default(),
             matches: None,
             spans: shot.spans,
-            seconds: seconds_since(&job.started, Target::Identity),
+            seconds: seconds_since(&job.started, target),
         };
         on_event(RenderEvent::Finished {
             output: &output,
-            identity: &output.image,
+            identities: vec![&output.image],
         });
-        self.identity = Some(IdentityCache {
-            key: job.plan.identity().key.clone(),
-            bank: None,
-            output,
-        });
-        Ok(Outcome::Finished)
+        self.identities.insert(
+            k,
+            IdentityCache {
+                key: job.plan.identities()[k].key.clone(),
+                bank: None,
+                output,
+            },
+        );
+        Ok(())
     }
 
     /// Runs one lockstep batch; `None` when cancelled.
@@ -444,7 +451,7 @@ impl Renderer {
     ) -> Result<Option<Vec<RunResult>>> {
         let plan = job.plan;
         let target_of = |kind: RunKind| match kind {
-            RunKind::Identity => Target::Identity,
+            RunKind::Identity(k) => Target::identity_of(k),
             RunKind::PreRun(i) | RunKind::Main(i) => Target::Panel(i),
         };
         for spec in specs {
@@ -481,18 +488,43 @@ impl Renderer {
                 })
             })
             .collect();
-        let identities = [IdentityRef::Live(&records[0])];
+        // Each panel run reads the rows of its characters' identities, in its prompt's order.
+        let row_of: BTreeMap<usize, usize> = specs
+            .iter()
+            .enumerate()
+            .filter_map(|(n, s)| match s.kind {
+                RunKind::Identity(k) => Some((k, n)),
+                _ => None,
+            })
+            .collect();
+        let identities: Vec<Vec<IdentityRef>> = specs
+            .iter()
+            .map(|spec| match spec.kind {
+                RunKind::Identity(_) => Ok(vec![]),
+                RunKind::PreRun(i) | RunKind::Main(i) => plan.panels()[i]
+                    .characters()
+                    .map(|k| {
+                        let row = row_of
+                            .get(&k)
+                            .context("internal: a panel's identity runs beside it")?;
+                        Ok(IdentityRef::Live(&records[*row]))
+                    })
+                    .collect(),
+            })
+            .collect::<Result<_>>()?;
         let mut hooks = Vec::with_capacity(specs.len());
-        for (spec, recorder) in specs.iter().zip(recorders.iter_mut()) {
+        for ((spec, recorder), identities) in
+            specs.iter().zip(recorders.iter_mut()).zip(&identities)
+        {
             let target = target_of(spec.kind);
             let (shot, prepared) = (&job.shots[&target], &job.prepared[&target]);
             let role = match spec.kind {
-                RunKind::Identity => Role::Identity,
+                RunKind::Identity(_) => Role::Identity,
                 RunKind::PreRun(_) => Role::PreRun,
                 RunKind::Main(_) => Role::Main,
             };
             let refs = (role != Role::Identity).then(|| References {
-                identities: &identities,
+                identities,
                 background: spec.background.map(|b| BackgroundRef::Live(&records[b])),
             });
             let mut hook = ConsistHook::new(
@@ -505,7 +537,8 @@ impl Renderer {
                 refs,
                 recorder.as_mut().map(|r| r as &mut dyn Record),
             )
-            .with_painted_mask(shot.painted_mask);
+            .with_painted_mask(shot.painted_mask)
+            .with_characters(shot.characters.clone());
             if let RunKind::Main(i) = spec.kind {
                 let pre = job.pre.get(&i).context("the pre-run ran first")?;
                 hook.resume_after_step0(&pre.observations, &models.device)?;
@@ -546,7 +579,7 @@ impl Renderer {
                     return Ok(StepControl::Continue);
                 }
                 let phase = match spec.kind {
-                    RunKind::Identity => Phase::Identity,
+                    RunKind::Identity(_) => Phase::Identity,
                     RunKind::PreRun(_) => Phase::PreRun,
                     RunKind::Main(_) => Phase::Main,
                 };
@@ -573,9 +606,16 @@ impl Renderer {
     }
 }
 
-fn identity_spec(s: &Schedule, target: bool, record: Option<RecordPlan>, end: usize) -> RunSpec {
+/// Character `k`'s identity run, steps `0..end`.
+fn identity_spec(
+    k: usize,
+    s: &Schedule,
+    target: bool,
+    record: Option<RecordPlan>,
+    end: usize,
+) -> RunSpec {
     RunSpec {
-        kind: RunKind::Identity,
+        kind: RunKind::Identity(k),
         first: 0,
         end: end.min(s.steps),
         target,
@@ -583,6 +623,25 @@ fn identity_spec(s: &Schedule, target: bool, record: Option<RecordPlan>, end: us
         record,
         known_mask: None,
     }
+}
+
+/// The identities a chunk's runs read: those of the characters its panels and the scene panels
+/// recomputed for them show, and the first character's where a panel locks onto its background.
+fn identities_read(
+    plan: &Plan,
+    chunk: &[usize],
+    references: &[usize],
+    locks_on_identity: bool,
+) -> BTreeSet<usize> {
+    let mut read: BTreeSet<usize> = chunk
+        .iter()
+        .chain(references)
+        .flat_map(|&i| plan.panels()[i].characters())
+        .collect();
+    if locks_on_identity {
+        read.insert(0);
+    }
+    read
 }
 
 fn seconds_since(started: &BTreeMap<Target, Instant>, target: Target) -> f64 {

@@ -12,14 +12,14 @@ use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-use super::{remove_if_present, stem, ImagesStore, MAX_MATCH_LINES, VERSION};
+use super::{matches_picture, remove_if_present, stem, ImagesStore, VERSION};
 use crate::atomic_file;
 use crate::consist::look::Look;
 use crate::consist::mask::{Grid, TextSpans};
 use crate::consist::matching::Matches;
 use crate::consist::plan::{ImageKey, PlannedImage, Target};
 use crate::consist::steer::RunObservations;
-use crate::overlay::{mask_overlay, match_overlay, TokenGrid};
+use crate::overlay::{mask_overlay, TokenGrid};
 
 /// A look as the app shows it: the preview and its overlays.
 #[derive(Clone)]
@@ -36,8 +36,8 @@ pub struct ShownLook {
 }
 
 impl ShownLook {
-    /// `identity` is the image the look's matches point into.
-    pub fn of(look: &Look, identity: &RgbImage, planned: &PlannedImage) -> Result<Self> {
+    /// `identities` are the images of the panel's characters the look's matches point into.
+    pub fn of(look: &Look, identities: &[&RgbImage], planned: &PlannedImage) -> Result<Self> {
         let characters: Vec<usize> = planned.shot.characters.iter().map(|c| c.index).collect();
         let grid = TokenGrid {
             rows: look.grid.rows,
@@ -50,7 +50,7 @@ impl ShownLook {
             preview: look.preview.clone(),
             mask: mask_overlay(&look.preview, &look.owners(), &characters, grid)?,
             matches: matches
-                .map(|m| match_overlay(&look.preview, identity, &m.triples(), MAX_MATCH_LINES)),
+                .map(|m| matches_picture(&look.preview, identities, &look.owners(), &characters, m)),
             kept_matches: matches.map_or(0, Matches::len),
         })
     }
@@ -87,13 +87,13 @@ impl ImagesStore {
     pub fn write_look(
         &self,
         look: &Look,
-        identity: &RgbImage,
+        identities: &[&RgbImage],
         planned: &PlannedImage,
     ) -> Result<(ShownLook, Vec<PathBuf>)> {
         let target = look.target;
         std::fs::create_dir_all(&self.dir)
             .with_context(|| format!("cannot create {}", self.dir.display()))?;
-        let shown = ShownLook::of(look, identity, planned)?;
+        let shown = ShownLook::of(look, identities, planned)?;
         let key = LookKeyFile {
             version: VERSION,
             project: self.project.clone(),
