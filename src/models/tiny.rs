@@ -36,6 +36,15 @@ pub fn flux_config(schnell: bool) -> FluxConfig {
     }
 }
 
+/// The tiny transformer at FLUX.1's head size: hidden 256 in 2 heads of 128 (FLUX's RoPE axes).
+pub fn head128_config(schnell: bool) -> FluxConfig {
+    FluxConfig {
+        hidden_size: 256,
+        axes_dim: vec![16, 56, 56],
+        ..flux_config(schnell)
+    }
+}
+
 fn clip_config() -> ClipJsonConfig {
     ClipJsonConfig {
         vocab_size: 49408,
