@@ -56,13 +56,13 @@ sed -i "s/width: 1024/width: $size/; s/height: 1024/height: $size/; s/seed: 2025
 echo "storyboard: identity + 3 panels, ${size}x$size, $steps steps, f32, $transformer pipeline, $threads thread(s) a side"
 for ((i = 1; i <= pairs; i++)); do
     rm -rf out
-    ours=$( { RAYON_NUM_THREADS=$threads /usr/bin/time -f '%U %S %e' \
-        "$bin" render project/prompts-01.ron --model model --out out >/dev/null 2>/dev/null; } 2>&1 | tail -1)
+    RAYON_NUM_THREADS=$threads /usr/bin/time -o time.txt -f '%U %S %e' \
+        "$bin" render project/prompts-01.ron --model model --out out >render.log 2>&1
     theirs=$("$pyenv/bin/python" "$here/pytorch_anchor.py" "$authors" model prompts.txt \
-        --size "$size" --steps "$steps" --threads "$threads" 2>/dev/null | grep '^anchor:')
-    read -r user sys wall <<<"$ours"
+        --size "$size" --steps "$steps" --threads "$threads" 2>pytorch.log | grep '^anchor:')
+    read -r user sys wall <time.txt
     cpu=$(echo "$user + $sys" | bc)
-    py_cpu=$(sed 's/.*cpu_s=\([0-9.]*\).*/\1/' <<<"$theirs")
+    py_cpu=$(sed 's/^anchor: cpu_s=\([0-9.]*\).*/\1/' <<<"$theirs")
     py_wall=$(sed 's/.* wall_s=\([0-9.]*\).*/\1/' <<<"$theirs")
     printf 'pair %d: charaboard %.2f s CPU (%.2f s wall), PyTorch %.2f s CPU (%.2f s wall): ratio %.3f CPU, %.3f wall\n' \
         "$i" "$cpu" "$wall" "$py_cpu" "$py_wall" "$(echo "$cpu / $py_cpu" | bc -l)" "$(echo "$wall / $py_wall" | bc -l)"
