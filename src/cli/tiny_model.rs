@@ -22,6 +22,16 @@ pub struct TinyModel {
     /// The GGUF's quantization of matrices (with --layout gguf).
     #[arg(long, value_enum, default_value_t = Quant::Q8_0)]
     quant: Quant,
+    /// tiny: hidden 64 (2 heads of 32); head128: hidden 256 in 2 heads of FLUX's size 128, for
+    /// benchmarks at FLUX's head size (with --layout repo only).
+    #[arg(long, value_enum, default_value_t = Transformer::Tiny)]
+    transformer: Transformer,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Transformer {
+    Tiny,
+    Head128,
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -50,8 +60,16 @@ impl Quant {
 
 pub fn run(args: TinyModel) -> Result<()> {
     let (out, seed, schnell) = (&args.out, args.seed, args.schnell);
+    if args.transformer == Transformer::Head128 && !matches!(args.layout, Layout::Repo) {
+        anyhow::bail!("--transformer head128 is written in --layout repo only");
+    }
     match args.layout {
-        Layout::Repo => tiny::write_repo(out, seed, schnell)?,
+        Layout::Repo => match args.transformer {
+            Transformer::Tiny => tiny::write_repo(out, seed, schnell)?,
+            Transformer::Head128 => {
+                tiny::write_repo_with(out, seed, &tiny::head128_config(schnell))?
+            }
+        },
         Layout::SingleFile => {
             tiny_files::write_single_files(out, seed, schnell, tiny_files::FileDtypes::DOWNLOADS)?
         }

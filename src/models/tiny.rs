@@ -36,6 +36,15 @@ pub fn flux_config(schnell: bool) -> FluxConfig {
     }
 }
 
+/// The tiny transformer at FLUX.1's head size: hidden 256 in 2 heads of 128 (FLUX's RoPE axes).
+pub fn head128_config(schnell: bool) -> FluxConfig {
+    FluxConfig {
+        hidden_size: 256,
+        axes_dim: vec![16, 56, 56],
+        ..flux_config(schnell)
+    }
+}
+
 fn clip_config() -> ClipJsonConfig {
     ClipJsonConfig {
         vocab_size: 49408,
@@ -310,6 +319,16 @@ pub fn write_repo_with(out: &Path, seed: u64, cfg: &FluxConfig) -> Result<()> {
 
     write_clip_tokenizer_files(&out.join("tokenizer"))?;
     std::fs::write(out.join("tokenizer_2/tokenizer.json"), T5_TOKENIZER_JSON)?;
+    // The lengths FLUX.1's repositories give their tokenizers, so that diffusers pads and
+    // truncates as it does for the real model (charaboard itself reads neither file).
+    write_json(
+        &out.join("tokenizer/tokenizer_config.json"),
+        &serde_json::json!({"tokenizer_class": "CLIPTokenizer", "model_max_length": 77}),
+    )?;
+    write_json(
+        &out.join("tokenizer_2/tokenizer_config.json"),
+        &serde_json::json!({"tokenizer_class": "T5Tokenizer", "model_max_length": 512, "extra_ids": 100}),
+    )?;
 
     let ae = vae_config();
     let levels = ae.ch_mult.len();

@@ -9,6 +9,7 @@
 use candle_core::{DType, Module, Result, Tensor};
 use candle_nn::{Conv2dConfig, VarBuilder};
 
+use super::cpu_conv;
 use crate::device;
 
 /// A 2-D convolution with bias, loaded from `weight` and `bias` under its prefix.
@@ -49,21 +50,33 @@ impl Conv {
 
 impl Module for Conv {
     fn forward(&self, xs: &Tensor) -> Result<Tensor> {
-        if device::has_native_conv(xs.device(), xs.dtype()) {
+        let native = device::has_native_conv(xs.device(), xs.dtype());
+        let weight = self.inner.weight();
+        if native && !cpu_conv::takes(xs, weight, self.inner.config().groups) {
             return self.inner.forward(xs);
         }
-        let cfg = self.inner.config();
-        let wide = xs.to_dtype(DType::F32)?.conv2d(
-            &self.inner.weight().to_dtype(DType::F32)?,
-            cfg.padding,
-            cfg.stride,
-            cfg.dilation,
-            cfg.groups,
-        )?;
-        let ys = wide.to_dtype(xs.dtype())?;
+        let (wide, weight) = match native {
+            true => (xs.clone(), weight.clone()),
+            false => (xs.to_dtype(DType::F32)?, weight.to_dtype(DType::F32)?),
+        };
+        let ys = convolve(&wide, &weight, self.inner.config())?.to_dtype(xs.dtype())?;
         match self.inner.bias() {
             None => Ok(ys),
             Some(bias) => ys.broadcast_add(&bias.reshape((1, bias.dims1()?, 1, 1))?),
         }
     }
+}
+
+/// candle's convolution, through [`cpu_conv`] where that computes it (the same sums, less
+/// copying).
+fn convolve(xs: &Tensor, weight: &Tensor, cfg: &Conv2dConfig) -> Result<Tensor> {
+    if cpu_conv::takes(xs, weight, cfg.groups) {
+        let geometry = cpu_conv::Geometry {
+            padding: cfg.padding,
+            stride: cfg.stride,
+            dilation: cfg.dilation,
+        };
+        return cpu_conv::conv2d(xs, weight, geometry);
+    }
+    xs.conv2d(weight, cfg.padding, cfg.stride, cfg.dilation, cfg.groups)
 }

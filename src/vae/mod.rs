@@ -2,6 +2,7 @@
 //! `models::load::vae` loads them (the encoder only for a picture identity).
 
 mod conv;
+mod cpu_conv;
 mod decoder;
 mod encoder;
 

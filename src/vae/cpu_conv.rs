@@ -1,0 +1,236 @@
+//! The VAE's k x k convolutions on the CPU in f32: candle's tiled im2col product, the same tiles
+//! of 512 output pixels and the same `gemm` call on the same matrices, so the sums are candle's
+//! bit for bit. What differs is the memory traffic around the product: candle first copies the
+//! whole input to NHWC one scalar at a time on one thread, gathers each patch value with bounds
+//! checks and scatters the product back pixel by pixel; here each im2col row is a run of
+//! contiguous copies from the NCHW input and the product is written straight into the output
+//! (a fifth of a tiny storyboard's CPU time went to candle's copies).
+
+use candle_core::{bail, CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
+use gemm::{gemm, Parallelism};
+use rayon::prelude::*;
+
+/// Output pixels per product: candle's `TILE_SIZE`, which fixes the products' shapes and so
+/// their rounding.
+const TILE: usize = 512;
+
+/// Padding, stride and dilation of a convolution (groups of 1).
+#[derive(Debug, Clone, Copy)]
+pub struct Geometry {
+    pub padding: usize,
+    pub stride: usize,
+    pub dilation: usize,
+}
+
+struct TiledConv(Geometry);
+
+/// The output pointer shared by the tiles, which write disjoint pixel ranges.
+#[derive(Clone, Copy)]
+struct Dst(*mut f32);
+// SAFETY: each tile writes only its own columns of the output (see `cpu_fwd`).
+unsafe impl Send for Dst {}
+unsafe impl Sync for Dst {}
+
+impl Dst {
+    /// The pointer `offset` values on (a method, so closures capture the whole `Dst`).
+    fn at(self, offset: usize) -> *mut f32 {
+        self.0.wrapping_add(offset)
+    }
+}
+
+impl CustomOp2 for TiledConv {
+    fn name(&self) -> &'static str {
+        "vae-conv2d"
+    }
+
+    fn cpu_fwd(
+        &self,
+        inp: &CpuStorage,
+        inp_l: &Layout,
+        k: &CpuStorage,
+        k_l: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (CpuStorage::F32(inp), CpuStorage::F32(k)) = (inp, k) else {
+            bail!("vae-conv2d: f32 operands only");
+        };
+        let Some((start, _)) = inp_l.contiguous_offsets() else {
+            bail!("vae-conv2d: the input must be contiguous");
+        };
+        let inp = &inp[start..];
+        let (b, c_in, i_h, i_w) = inp_l.shape().dims4()?;
+        let (c_out, k_c, k_h, k_w) = k_l.shape().dims4()?;
+        if k_c != c_in {
+            bail!("vae-conv2d: a kernel over {k_c} channels for an input of {c_in}");
+        }
+        let Geometry {
+            padding,
+            stride,
+            dilation,
+        } = self.0;
+        let span = |i: usize, k: usize| (i + 2 * padding).checked_sub(dilation * (k - 1) + 1);
+        let (Some(h_span), Some(w_span)) = (span(i_h, k_h), span(i_w, k_w)) else {
+            bail!("vae-conv2d: a {k_h}x{k_w} kernel larger than the padded {i_h}x{i_w} input");
+        };
+        let (o_h, o_w) = (h_span / stride + 1, w_span / stride + 1);
+        let pixels = o_h * o_w;
+        // The kernel as (c_out, k_h, k_w, c_in) rows: candle's flattening.
+        let ks = k_l.stride();
+        let k = &k[k_l.start_offset()..];
+        let mut k_flat = Vec::with_capacity(c_out * k_h * k_w * c_in);
+        for o in 0..c_out {
+            for y in 0..k_h {
+                for x in 0..k_w {
+                    k_flat.extend(
+                        (0..c_in).map(|c| k[o * ks[0] + c * ks[1] + y * ks[2] + x * ks[3]]),
+                    );
+                }
+            }
+        }
+        let k_size = c_in * k_h * k_w;
+        let mut out = vec![0f32; b * c_out * pixels];
+        let dst = Dst(out.as_mut_ptr());
+        let tiles = pixels.div_ceil(TILE);
+        (0..b * tiles).into_par_iter().for_each(|item| {
+            let (bi, first) = (item / tiles, (item % tiles) * TILE);
+            let len = TILE.min(pixels - first);
+            let image = &inp[bi * c_in * i_h * i_w..][..c_in * i_h * i_w];
+            let mut col = vec![0f32; k_size * len];
+            for (r, row) in col.chunks_exact_mut(len).enumerate() {
+                let (c, ky, kx) = (r % c_in, r / c_in / k_w, r / c_in % k_w);
+                let plane = &image[c * i_h * i_w..][..i_h * i_w];
+                im2col_row(row, plane, (i_h, i_w), o_w, first, (ky, kx), self.0);
+            }
+            // SAFETY: `out` holds b * c_out * pixels values; this tile writes rows 0..c_out of
+            // columns first..first+len of image bi, with row stride `pixels`, and no other tile
+            // writes those. k_flat is c_out x k_size and col k_size x len, both row-major.
+            unsafe {
+                gemm(
+                    c_out,
+                    len,
+                    k_size,
+                    dst.at(bi * c_out * pixels + first),
+                    1,
+                    pixels as isize,
+                    false,
+                    k_flat.as_ptr(),
+                    1,
+                    k_size as isize,
+                    col.as_ptr(),
+                    1,
+                    len as isize,
+                    0.0,
+                    1.0,
+                    false,
+                    false,
+                    false,
+                    Parallelism::None,
+                )
+            }
+        });
+        Ok((CpuStorage::F32(out), Shape::from((b, c_out, o_h, o_w))))
+    }
+}
+
+/// One im2col row: the input value under kernel tap (ky, kx) of channel `plane` for each output
+/// pixel `first..first + row.len()` (row-major over an `o_w`-wide output), zero in the padding.
+fn im2col_row(
+    row: &mut [f32],
+    plane: &[f32],
+    (i_h, i_w): (usize, usize),
+    o_w: usize,
+    first: usize,
+    (ky, kx): (usize, usize),
+    g: Geometry,
+) {
+    let mut j = 0;
+    while j < row.len() {
+        let (oy, ox0) = ((first + j) / o_w, (first + j) % o_w);
+        let n = (o_w - ox0).min(row.len() - j);
+        let seg = &mut row[j..j + n];
+        j += n;
+        let Some(iy) = (oy * g.stride + ky * g.dilation)
+            .checked_sub(g.padding)
+            .filter(|&y| y < i_h)
+        else {
+            continue;
+        };
+        let line = &plane[iy * i_w..][..i_w];
+        // Input column of output column ox: ox * stride + shift, inside the line or padding.
+        let shift = (kx * g.dilation) as isize - g.padding as isize;
+        if g.stride == 1 {
+            // The output columns whose tap lands inside the line are one run of the line.
+            let lo = (-shift).max(ox0 as isize);
+            let hi = (i_w as isize - shift).min((ox0 + n) as isize);
+            if lo < hi {
+                let (lo, hi) = (lo as usize, hi as usize);
+                let x0 = (lo as isize + shift) as usize;
+                seg[lo - ox0..hi - ox0].copy_from_slice(&line[x0..x0 + (hi - lo)]);
+            }
+            continue;
+        }
+        for (t, v) in seg.iter_mut().enumerate() {
+            let x = ((ox0 + t) * g.stride) as isize + shift;
+            if (0..i_w as isize).contains(&x) {
+                *v = line[x as usize];
+            }
+        }
+    }
+}
+
+/// Whether [`conv2d`] computes this convolution (and so candle's tiled product): f32 on the CPU,
+/// one group and a kernel larger than 1x1 (candle multiplies 1x1 kernels another way).
+pub fn takes(xs: &Tensor, kernel: &Tensor, groups: usize) -> bool {
+    let (_, _, k_h, k_w) = kernel.dims4().unwrap_or((0, 0, 1, 1));
+    xs.device().is_cpu()
+        && xs.dtype() == candle_core::DType::F32
+        && kernel.dtype() == candle_core::DType::F32
+        && groups == 1
+        && k_h * k_w > 1
+        && xs.elem_count() > 0
+}
+
+/// `xs.conv2d(kernel, padding, stride, dilation, 1)` for what [`takes`] accepts.
+pub fn conv2d(xs: &Tensor, kernel: &Tensor, geometry: Geometry) -> Result<Tensor> {
+    xs.contiguous()?
+        .apply_op2_no_bwd(kernel, &TiledConv(geometry))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::Device;
+
+    /// Bit for bit candle's convolution, over tiles that end inside an output row, a last tile
+    /// shorter than the others, a batch of two, strides, dilation and padding wider than the tap.
+    #[test]
+    fn equals_candles_convolution_to_the_bit() -> Result<()> {
+        let dev = Device::Cpu;
+        for (c_in, c_out, (h, w), k, g) in [
+            (5, 7, (23, 37), 3, (1, 1, 1)),
+            (3, 4, (19, 30), 3, (0, 2, 1)),
+            (4, 6, (17, 29), 3, (2, 1, 2)),
+            (2, 3, (9, 11), 5, (3, 2, 1)),
+        ] {
+            let (padding, stride, dilation) = g;
+            let xs = Tensor::randn(0f32, 1., (2, c_in, h, w), &dev)?;
+            let kernel = Tensor::randn(0f32, 1., (c_out, c_in, k, k), &dev)?;
+            assert!(takes(&xs, &kernel, 1));
+            let geometry = Geometry {
+                padding,
+                stride,
+                dilation,
+            };
+            let ours = conv2d(&xs, &kernel, geometry)?;
+            let theirs = xs.conv2d(&kernel, padding, stride, dilation, 1)?;
+            assert_eq!(ours.dims(), theirs.dims());
+            let ours = ours.flatten_all()?.to_vec1::<f32>()?;
+            let theirs = theirs.flatten_all()?.to_vec1::<f32>()?;
+            let equal = ours
+                .iter()
+                .zip(&theirs)
+                .all(|(a, b)| a.to_bits() == b.to_bits());
+            assert!(equal, "{c_in}->{c_out} {h}x{w} k{k} {g:?}");
+        }
+        Ok(())
+    }
+}
