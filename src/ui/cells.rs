@@ -181,9 +181,11 @@ impl Cells {
     }
 
     /// Keeps `shown` as its panel's look; the verdict stays when it is the look already shown.
+    /// It replaces the running preview until the next one comes.
     pub fn set_look(&mut self, ctx: &Context, shown: ShownLook) {
         let name = format!("look {:?}", shown.target);
         let cell = self.entry(shown.target);
+        cell.preview = None;
         let verdict = match &cell.look {
             Some(l) if l.shown.key == shown.key => l.verdict,
             _ => Verdict::Pending,
