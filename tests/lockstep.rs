@@ -9,7 +9,8 @@ use charaboard::consist::session::{BankMode, Renderer};
 use charaboard::pipeline::FluxModels;
 use charaboard::project::model::Project;
 use common::{
-    assert_same, knight_project, max_abs_diff, render_images as render, tiny_models, CLEARING,
+    assert_same, knight_project, max_abs_diff, render_images as render, tiny_models, Images,
+    CLEARING,
 };
 
 const MARKET: &str = "on a busy market street at noon,";

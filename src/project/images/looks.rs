@@ -49,8 +49,9 @@ impl ShownLook {
             key: look.key.clone(),
             preview: look.preview.clone(),
             mask: mask_overlay(&look.preview, &look.owners(), &characters, grid)?,
-            matches: matches
-                .map(|m| matches_picture(&look.preview, identities, &look.owners(), &characters, m)),
+            matches: matches.map(|m| {
+                matches_picture(&look.preview, identities, &look.owners(), &characters, m)
+            }),
             kept_matches: matches.map_or(0, Matches::len),
         })
     }
