@@ -103,6 +103,29 @@ pub fn commit(tmp: &Path, path: &Path) -> Result<()> {
     Ok(())
 }
 
+/// Writes several files as one: every file is staged first (nothing is replaced if one cannot
+/// be), then renamed over its target in the order given, so a reader that waits for the last
+/// (a key file) never sees a mixture.
+pub fn write_all_in_order(files: &[(PathBuf, Vec<u8>)]) -> Result<()> {
+    let mut staged = Vec::new();
+    let prepared = files.iter().try_for_each(|(path, bytes)| {
+        check_replaceable(path)?;
+        staged.push(stage(path, |w| Ok(w.write_all(bytes)?))?);
+        Ok::<_, anyhow::Error>(())
+    });
+    if let Err(e) = prepared {
+        discard(&staged);
+        return Err(e);
+    }
+    for (k, (tmp, (path, _))) in staged.iter().zip(files).enumerate() {
+        if let Err(e) = commit(tmp, path) {
+            discard(&staged[k + 1..]);
+            return Err(e);
+        }
+    }
+    Ok(())
+}
+
 /// Removes staged files that will not be committed.
 pub fn discard(staged: &[PathBuf]) {
     for tmp in staged {

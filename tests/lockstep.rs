@@ -40,16 +40,16 @@ fn every_mode(steps: Option<usize>) -> Project {
     p
 }
 
-#[test]
-fn lockstep_gives_the_banked_images_in_every_scene_mode() {
-    let dir = tempfile::tempdir().unwrap();
-    let (_, mut models) = tiny_models(dir.path());
-    let p = every_mode(Some(6));
+/// `p` rendered whole banked on the device and in lockstep at batch 2, each by a fresh renderer.
+fn banked_and_lockstep(
+    models: &mut FluxModels,
+    p: &Project,
+) -> ((Renderer, Images), (Renderer, Images)) {
     let mut banked = Renderer::default();
     let reference = render(
         &mut banked,
-        &mut models,
-        &p,
+        models,
+        p,
         RenderRequest::All,
         BankMode::Device,
         1,
@@ -57,12 +57,21 @@ fn lockstep_gives_the_banked_images_in_every_scene_mode() {
     let mut lockstep = Renderer::default();
     let recomputed = render(
         &mut lockstep,
-        &mut models,
-        &p,
+        models,
+        p,
         RenderRequest::All,
         BankMode::Recompute,
         2,
     );
+    ((banked, reference), (lockstep, recomputed))
+}
+
+#[test]
+fn lockstep_gives_the_banked_images_in_every_scene_mode() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_, mut models) = tiny_models(dir.path());
+    let p = every_mode(Some(6));
+    let ((banked, reference), (mut lockstep, recomputed)) = banked_and_lockstep(&mut models, &p);
     assert_same(&reference, &recomputed);
     assert_eq!(lockstep.bank_bytes(), 0, "lockstep keeps no bank");
 
@@ -147,24 +156,7 @@ fn lockstep_gives_the_banked_images_with_two_characters() {
     let dir = tempfile::tempdir().unwrap();
     let (_, mut models) = tiny_models(dir.path());
     let p = common::two_friends_every_mode();
-    let mut banked = Renderer::default();
-    let reference = render(
-        &mut banked,
-        &mut models,
-        &p,
-        RenderRequest::All,
-        BankMode::Device,
-        1,
-    );
-    let mut lockstep = Renderer::default();
-    let recomputed = render(
-        &mut lockstep,
-        &mut models,
-        &p,
-        RenderRequest::All,
-        BankMode::Recompute,
-        2,
-    );
+    let ((banked, reference), (mut lockstep, recomputed)) = banked_and_lockstep(&mut models, &p);
     assert_same(&reference, &recomputed);
     let owners = |images: &Images, t: Target| {
         let o = &images.iter().find(|(x, _)| *x == t).unwrap().1;

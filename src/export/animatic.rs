@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 
 use super::panel_shape;
 use super::text::TextRenderer;
-use crate::atomic_file::{check_replaceable, commit, discard, png_bytes, stage, write_atomic_with};
+use crate::atomic_file::{png_bytes, write_all_in_order, write_atomic_with};
 use crate::project::model::Project;
 use crate::project::timing::{starts, timecode};
 
@@ -134,33 +134,24 @@ pub fn write_sequence(frames: &[AnimaticFrame], dir: &Path) -> Result<Vec<PathBu
     if let Some(last) = names.last() {
         concat += &format!("file {last}\n");
     }
-    let mut staged = Vec::new();
-    let mut targets = Vec::new();
-    let result = (|| -> Result<()> {
-        for (f, name) in frames.iter().zip(&names) {
-            let path = dir.join(name);
-            let bytes = png_bytes(&f.image)?;
-            staged.push(stage(&path, |w| Ok(w.write_all(&bytes)?))?);
-            targets.push(path);
-        }
-        let path = dir.join("animatic.ffconcat");
-        staged.push(stage(&path, |w| Ok(w.write_all(concat.as_bytes())?))?);
-        targets.push(path);
-        // A folder in the way of any file stops all of them before one is replaced.
-        targets.iter().try_for_each(|t| check_replaceable(t))
+    let written = (|| -> Result<Vec<(PathBuf, Vec<u8>)>> {
+        let mut files = frames
+            .iter()
+            .zip(&names)
+            .map(|(f, name)| Ok((dir.join(name), png_bytes(&f.image)?)))
+            .collect::<Result<Vec<_>>>()?;
+        files.push((dir.join("animatic.ffconcat"), concat.into_bytes()));
+        write_all_in_order(&files)?;
+        Ok(files)
     })();
-    if let Err(e) = result {
-        discard(&staged);
-        if made {
-            let _ = fs::remove_dir(dir);
-        }
-        return Err(e);
-    }
-    for (k, (tmp, path)) in staged.iter().zip(&targets).enumerate() {
-        if let Err(e) = commit(tmp, path) {
-            discard(&staged[k + 1..]);
+    let targets = match written {
+        Ok(files) => files.into_iter().map(|(path, _)| path).collect(),
+        Err(e) => {
+            if made {
+                let _ = fs::remove_dir(dir);
+            }
             return Err(e);
         }
-    }
+    };
     Ok(targets)
 }

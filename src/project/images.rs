@@ -345,23 +345,9 @@ impl ImagesStore {
         ));
         files.push((self.file(target, take, ".key.ron"), key_text.into_bytes()));
 
-        let mut staged = Vec::new();
-        let prepared = files.iter().try_for_each(|(path, bytes)| {
-            atomic_file::check_replaceable(path)?;
-            staged.push(atomic_file::stage(path, |w| Ok(w.write_all(bytes)?))?);
-            Ok::<_, anyhow::Error>(())
-        });
-        if let Err(e) = prepared {
-            atomic_file::discard(&staged);
-            return Err(e.context(format!("writing {}", target.label())));
-        }
         // The key file comes last: until it is there, the take does not exist for a reader.
-        for (k, (tmp, (path, _))) in staged.iter().zip(&files).enumerate() {
-            if let Err(e) = atomic_file::commit(tmp, path) {
-                atomic_file::discard(&staged[k + 1..]);
-                return Err(e.context(format!("writing {}", target.label())));
-            }
-        }
+        atomic_file::write_all_in_order(&files)
+            .with_context(|| format!("writing {}", target.label()))?;
         Ok((take, files.into_iter().map(|(path, _)| path).collect()))
     }
 

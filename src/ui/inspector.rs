@@ -5,6 +5,7 @@ use egui::{Color32, Pos2, Rect, Sense, Stroke, Ui, Vec2};
 use super::cells::Cells;
 use super::grid::title;
 use super::paint::{MaskEdit, PaintTool};
+use super::token_grid::{token_at, token_rect};
 use crate::consist::mask::Grid;
 use crate::consist::plan::Target;
 use crate::overlay::{owner_colour, similarity_color, subsample};
@@ -33,27 +34,6 @@ impl Default for Overlays {
 
 /// Match lines drawn at most, to stay readable.
 const MAX_LINES: usize = 160;
-
-pub(super) fn token_rect(image: Rect, grid: Grid, token: usize) -> Rect {
-    let (r, c) = (token / grid.cols, token % grid.cols);
-    let size = Vec2::new(
-        image.width() / grid.cols as f32,
-        image.height() / grid.rows as f32,
-    );
-    Rect::from_min_size(
-        image.min + Vec2::new(c as f32 * size.x, r as f32 * size.y),
-        size,
-    )
-}
-
-pub(super) fn token_at(image: Rect, grid: Grid, pos: Pos2) -> Option<usize> {
-    if !image.contains(pos) {
-        return None;
-    }
-    let c = ((pos.x - image.min.x) / image.width() * grid.cols as f32) as usize;
-    let r = ((pos.y - image.min.y) / image.height() * grid.rows as f32) as usize;
-    Some(r.min(grid.rows - 1) * grid.cols + c.min(grid.cols - 1))
-}
 
 /// Tints each character's tokens of `image` in the character's colour.
 fn tint_mask(ui: &Ui, image: Rect, grid: Grid, owners: &[u8], characters: &[usize]) {

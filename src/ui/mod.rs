@@ -12,6 +12,7 @@ pub mod layout_report;
 pub mod paint;
 pub mod picture;
 pub mod setup;
+mod token_grid;
 
 use std::path::PathBuf;
 

@@ -7,7 +7,7 @@
 
 use egui::{Color32, Rect, Sense, Stroke, Ui};
 
-use super::inspector::{token_at, token_rect};
+use super::token_grid::{token_at, token_rect};
 use crate::consist::mask::Grid;
 use crate::project::painted_mask::PaintedMask;
 

@@ -124,21 +124,8 @@ impl ImagesStore {
         // The old look goes first (its key before the rest), so no reader ever pairs the new
         // tensors with the old key.
         self.remove_look(target)?;
-        let mut staged = Vec::new();
-        let prepared = files.iter().try_for_each(|(path, bytes)| {
-            staged.push(atomic_file::stage(path, |w| Ok(w.write_all(bytes)?))?);
-            Ok::<_, anyhow::Error>(())
-        });
-        if let Err(e) = prepared {
-            atomic_file::discard(&staged);
-            return Err(e.context(format!("writing the look of {}", target.label())));
-        }
-        for (k, (tmp, (path, _))) in staged.iter().zip(&files).enumerate() {
-            if let Err(e) = atomic_file::commit(tmp, path) {
-                atomic_file::discard(&staged[k + 1..]);
-                return Err(e.context(format!("writing the look of {}", target.label())));
-            }
-        }
+        atomic_file::write_all_in_order(&files)
+            .with_context(|| format!("writing the look of {}", target.label()))?;
         Ok((shown, files.into_iter().map(|(path, _)| path).collect()))
     }
 
