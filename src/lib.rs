@@ -7,6 +7,7 @@ pub mod app_settings;
 pub mod assets;
 pub mod atomic_file;
 pub mod cli;
+pub mod compute_pool;
 pub mod consist;
 pub mod device;
 pub mod digest;

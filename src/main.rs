@@ -8,7 +8,8 @@ use clap::Parser;
 static HEAP: charaboard::heap_meter::CountingAllocator = charaboard::heap_meter::CountingAllocator;
 
 fn main() {
-    if let Err(e) = charaboard::cli::run(charaboard::cli::Cli::parse()) {
+    let cli = charaboard::cli::Cli::parse();
+    if let Err(e) = charaboard::compute_pool::install(|| charaboard::cli::run(cli)) {
         eprintln!("error: {e:#}");
         std::process::exit(1);
     }

@@ -94,7 +94,7 @@ pub struct Worker {
 
 impl Worker {
     /// Starts the thread; `notify` is called after every event (the UI passes its repaint request).
-    pub fn spawn(notify: impl Fn() + Send + 'static) -> Self {
+    pub fn spawn(notify: impl Fn() + Send + Sync + 'static) -> Self {
         let (job_tx, job_rx) = unbounded::<Job>();
         let (event_tx, event_rx) = unbounded::<Event>();
         let cancel = Arc::new(AtomicBool::new(false));
@@ -111,8 +111,9 @@ impl Worker {
                     flag.store(false, Ordering::SeqCst);
                     // Reading saved images does not make the app busy, so its end is no Idle.
                     let announces_idle = !matches!(job, Job::LoadImages { .. });
-                    let result =
-                        std::panic::catch_unwind(AssertUnwindSafe(|| state.run(job, &flag, &send)));
+                    let result = std::panic::catch_unwind(AssertUnwindSafe(|| {
+                        crate::compute_pool::install(|| state.run(job, &flag, &send))
+                    }));
                     match result {
                         Ok(Ok(())) => {}
                         Ok(Err((target, e))) => send(Event::Failed {
