@@ -8,6 +8,7 @@ use clap::Parser;
 static HEAP: charaboard::heap_meter::CountingAllocator = charaboard::heap_meter::CountingAllocator;
 
 fn main() {
+    charaboard::compute_pool::set_defaults();
     let cli = charaboard::cli::Cli::parse();
     if let Err(e) = charaboard::compute_pool::install(|| charaboard::cli::run(cli)) {
         eprintln!("error: {e:#}");
