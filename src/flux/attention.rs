@@ -109,34 +109,54 @@ pub fn text_probs(q_img: &Tensor, k_text: &Tensor) -> Result<Tensor> {
     candle_nn::ops::softmax_last_dim(&q.matmul(&k.t()?)?)
 }
 
-/// One block's attention. Without a hook this is candle's `attention(q, k, v, pe)`; with one, the
-/// hook's request decides what else happens (see [`AttentionHook`]).
+/// The queries whose attention output a block needs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Queries {
+    /// `[text | image]`: every block but the last.
+    Joint,
+    /// The image tokens only: the last block, whose text tokens the final layer never reads.
+    /// Each query's output is computed exactly as in [`Queries::Joint`]; the text queries'
+    /// are not computed at all.
+    Image,
+}
+
+/// One block's attention, (b, queries, hidden). Without a hook this is candle's
+/// `attention(q, k, v, pe)`; with one, the hook's request decides what else happens (see
+/// [`AttentionHook`]). The keys are always all of `[text | image]` (and the hook's extra ones).
 pub fn block_attention(
     q: &Tensor,
     k: &Tensor,
     v: &Tensor,
     pe: &Tensor,
     ctx: &BlockCtx,
+    queries: Queries,
     hook: Option<&mut dyn AttentionHook>,
 ) -> Result<Tensor> {
+    let (txt_len, img_len) = (ctx.txt_len, ctx.img_len());
+    let rope_q = |q: &Tensor| match queries {
+        Queries::Joint => apply_rope(q, pe),
+        Queries::Image => apply_rope(
+            &q.narrow(2, txt_len, img_len)?,
+            &pe.narrow(2, txt_len, img_len)?,
+        ),
+    };
     let Some(hook) = hook else {
-        let q = apply_rope(q, pe)?;
         let k = apply_rope(k, pe)?;
-        return scaled_dot_product(&q, &k, v, None);
+        return scaled_dot_product(&rope_q(q)?, &k, v, None);
     };
     let AttentionRequest {
         extra,
         text_probs: probs_over,
         read_output,
     } = hook.before_attention(ctx, QkvView { q, k, v, pe })?;
-    let q = apply_rope(q, pe)?;
+    let q = rope_q(q)?;
     let k = apply_rope(k, pe)?;
-    let (txt_len, img_len) = (ctx.txt_len, ctx.img_len());
+    let img_q = match queries {
+        Queries::Joint => q.narrow(2, txt_len, img_len)?,
+        Queries::Image => q.clone(),
+    };
     let probs = match probs_over {
-        Some(n) => Some(text_probs(
-            &q.narrow(2, txt_len, img_len)?,
-            &k.narrow(2, 0, n)?,
-        )?),
+        Some(n) => Some(text_probs(&img_q, &k.narrow(2, 0, n)?)?),
         None => None,
     };
     let out = match extra {
@@ -144,13 +164,22 @@ pub fn block_attention(
         Some(extra) => {
             let k = Tensor::cat(&[&k, &extra.k], 2)?;
             let v = Tensor::cat(&[v, &extra.v], 2)?;
-            scaled_dot_product(&q, &k, &v, extra.mask.as_ref())?
+            let mask = match (queries, extra.mask) {
+                (Queries::Image, Some(mask)) => Some(mask.narrow(2, txt_len, img_len)?),
+                (_, mask) => mask,
+            };
+            scaled_dot_product(&q, &k, &v, mask.as_ref())?
         }
     };
     if probs.is_none() && !read_output {
         return Ok(out);
     }
-    let txt_out = out.narrow(1, 0, txt_len)?;
-    let img_out = hook.after_attention(ctx, probs, out.narrow(1, txt_len, img_len)?)?;
-    Tensor::cat(&[&txt_out, &img_out], 1)
+    match queries {
+        Queries::Joint => {
+            let txt_out = out.narrow(1, 0, txt_len)?;
+            let img_out = hook.after_attention(ctx, probs, out.narrow(1, txt_len, img_len)?)?;
+            Tensor::cat(&[&txt_out, &img_out], 1)
+        }
+        Queries::Image => hook.after_attention(ctx, probs, out),
+    }
 }

@@ -5,7 +5,7 @@ use candle_core::{DType, Result, Tensor, D};
 use candle_nn::{RmsNorm, VarBuilder};
 use candle_transformers::models::flux::model::EmbedNd;
 
-use super::attention::block_attention;
+use super::attention::{block_attention, Queries};
 use super::gelu::gelu;
 use super::hook::{reborrow, AttentionHook, BlockCtx, BlockKind};
 use super::linear::Linear;
@@ -199,7 +199,7 @@ impl DoubleStreamBlock {
         let q = Tensor::cat(&[txt_q, img_q], 2)?;
         let k = Tensor::cat(&[txt_k, img_k], 2)?;
         let v = Tensor::cat(&[txt_v, img_v], 2)?;
-        let attn = block_attention(&q, &k, &v, pe, ctx, hook)?;
+        let attn = block_attention(&q, &k, &v, pe, ctx, Queries::Joint, hook)?;
         let txt_len = txt.dim(1)?;
         let txt_attn = attn.narrow(1, 0, txt_len)?;
         let img_attn = attn.narrow(1, txt_len, attn.dim(1)? - txt_len)?;
@@ -233,26 +233,34 @@ impl SingleStreamBlock {
         })
     }
 
+    /// The block over the joint sequence `xs`; with [`Queries::Image`] only the image tokens'
+    /// outputs are made and returned.
     fn forward(
         &self,
         xs: &Tensor,
         vec_: &Tensor,
         pe: &Tensor,
         ctx: &BlockCtx,
+        queries: Queries,
         hook: Option<&mut dyn AttentionHook>,
     ) -> Result<Tensor> {
         let m = modulations(&self.modulation, vec_, 1)?.remove(0);
         let x = m.norm_scale_shift(xs)?.apply(&self.linear1)?;
         let qkv = x.narrow(D::Minus1, 0, 3 * self.hidden)?;
-        let mlp = x.narrow(
+        let (q, k, v) = split_qkv(&qkv, self.heads, &self.qk_norm)?;
+        let attn = block_attention(&q, &k, &v, pe, ctx, queries, hook)?;
+        // The rows whose outputs are made: all, or the image tokens after the text.
+        let rows = |t: &Tensor| match queries {
+            Queries::Joint => Ok(t.clone()),
+            Queries::Image => t.narrow(1, ctx.txt_len, ctx.img_len()),
+        };
+        let mlp = rows(&x)?.narrow(
             D::Minus1,
             3 * self.hidden,
             x.dim(D::Minus1)? - 3 * self.hidden,
         )?;
-        let (q, k, v) = split_qkv(&qkv, self.heads, &self.qk_norm)?;
-        let attn = block_attention(&q, &k, &v, pe, ctx, hook)?;
         let out = Tensor::cat(&[attn, gelu(&mlp)?], 2)?.apply(&self.linear2)?;
-        m.gated_add(xs, &out)
+        m.gated_add(&rows(xs)?, &out)
     }
 }
 
@@ -429,16 +437,36 @@ impl Flux {
             .iter()
             .map(|s| Tensor::cat(&[&s.txt, &s.img], 1))
             .collect::<Result<Vec<_>>>()?;
+        // The final layer reads the image tokens only, so the last single block makes only
+        // theirs; after it `joint` holds the image tokens.
+        let last = self.single_blocks.len().saturating_sub(1);
         for (i, block) in self.single_blocks.iter().enumerate() {
+            let queries = if i == last {
+                Queries::Image
+            } else {
+                Queries::Joint
+            };
             for ((run, s), xs) in runs.iter_mut().zip(&states).zip(joint.iter_mut()) {
                 let c = ctx(&*run, BlockKind::Single, i);
-                *xs = block.forward(xs, &s.vec_, run.input.pe, &c, reborrow(&mut run.hook))?;
+                *xs = block.forward(
+                    xs,
+                    &s.vec_,
+                    run.input.pe,
+                    &c,
+                    queries,
+                    reborrow(&mut run.hook),
+                )?;
             }
         }
         let mut out = Vec::with_capacity(runs.len());
         for ((run, s), xs) in runs.iter().zip(&states).zip(&joint) {
-            let txt_len = run.input.layout.txt_len;
-            let img = xs.narrow(1, txt_len, xs.dim(1)? - txt_len)?;
+            let img = match self.single_blocks.is_empty() {
+                true => {
+                    let txt_len = run.input.layout.txt_len;
+                    xs.narrow(1, txt_len, xs.dim(1)? - txt_len)?
+                }
+                false => xs.clone(),
+            };
             out.push(self.final_layer.forward(&img, &s.vec_)?);
         }
         for run in runs.iter_mut() {
