@@ -5,10 +5,11 @@
 //! equal in f32 by tests/loading.rs).
 
 use candle_core::{Module, Result, Tensor};
-use candle_nn::{group_norm, Activation, GroupNorm, VarBuilder};
+use candle_nn::VarBuilder;
 use candle_transformers::models::flux::autoencoder::Config;
 
 use super::conv::Conv;
+use super::group_norm::Norm;
 
 pub(super) const GROUPS: usize = 32;
 pub(super) const NORM_EPS: f64 = 1e-6;
@@ -21,7 +22,8 @@ pub struct Decoder {
     mid_attention: SelfAttention,
     /// From the lowest resolution up.
     levels: Vec<Level>,
-    norm_out: GroupNorm,
+    /// With its swish.
+    norm_out: Norm,
     conv_out: Conv,
 }
 
@@ -63,7 +65,7 @@ impl Decoder {
             mid,
             mid_attention,
             levels,
-            norm_out: group_norm(GROUPS, width, NORM_EPS, vb.pp("norm_out"))?,
+            norm_out: Norm::new(width, true, vb.pp("norm_out"))?,
             conv_out: Conv::new(width, cfg.out_ch, 3, 1, vb.pp("conv_out"))?,
         })
     }
@@ -85,18 +87,17 @@ impl Module for Decoder {
                 h = h.upsample_nearest2d(2 * height, 2 * width)?.apply(conv)?;
             }
         }
-        h.apply(&self.norm_out)?
-            .apply(&Activation::Swish)?
-            .apply(&self.conv_out)
+        h.apply(&self.norm_out)?.apply(&self.conv_out)
     }
 }
 
 /// norm, swish, conv twice, added to the input (through a 1x1 conv where the width changes).
 #[derive(Debug, Clone)]
 pub(super) struct Residual {
-    norm1: GroupNorm,
+    /// Both with their swish.
+    norm1: Norm,
     conv1: Conv,
-    norm2: GroupNorm,
+    norm2: Norm,
     conv2: Conv,
     shortcut: Option<Conv>,
 }
@@ -108,9 +109,9 @@ impl Residual {
             false => Some(Conv::new(input, output, 1, 0, vb.pp("nin_shortcut"))?),
         };
         Ok(Self {
-            norm1: group_norm(GROUPS, input, NORM_EPS, vb.pp("norm1"))?,
+            norm1: Norm::new(input, true, vb.pp("norm1"))?,
             conv1: Conv::new(input, output, 3, 1, vb.pp("conv1"))?,
-            norm2: group_norm(GROUPS, output, NORM_EPS, vb.pp("norm2"))?,
+            norm2: Norm::new(output, true, vb.pp("norm2"))?,
             conv2: Conv::new(output, output, 3, 1, vb.pp("conv2"))?,
             shortcut,
         })
@@ -121,10 +122,8 @@ impl Module for Residual {
     fn forward(&self, xs: &Tensor) -> Result<Tensor> {
         let h = xs
             .apply(&self.norm1)?
-            .apply(&Activation::Swish)?
             .apply(&self.conv1)?
             .apply(&self.norm2)?
-            .apply(&Activation::Swish)?
             .apply(&self.conv2)?;
         match &self.shortcut {
             None => xs + h,
@@ -136,7 +135,7 @@ impl Module for Residual {
 /// Single-head attention over the pixels, 1x1 convs for q, k, v and the output, residual.
 #[derive(Debug, Clone)]
 pub(super) struct SelfAttention {
-    norm: GroupNorm,
+    norm: Norm,
     q: Conv,
     k: Conv,
     v: Conv,
@@ -146,7 +145,7 @@ pub(super) struct SelfAttention {
 impl SelfAttention {
     pub(super) fn new(width: usize, vb: VarBuilder) -> Result<Self> {
         Ok(Self {
-            norm: group_norm(GROUPS, width, NORM_EPS, vb.pp("norm"))?,
+            norm: Norm::new(width, false, vb.pp("norm"))?,
             q: Conv::new(width, width, 1, 0, vb.pp("q"))?,
             k: Conv::new(width, width, 1, 0, vb.pp("k"))?,
             v: Conv::new(width, width, 1, 0, vb.pp("v"))?,

@@ -3,11 +3,12 @@
 //! `flux::autoencoder::Encoder`'s, op for op (tested equal in f32 by tests/picture.rs).
 
 use candle_core::{Module, Result, Tensor, D};
-use candle_nn::{group_norm, Activation, GroupNorm, VarBuilder};
+use candle_nn::VarBuilder;
 use candle_transformers::models::flux::autoencoder::Config;
 
 use super::conv::Conv;
-use super::decoder::{Residual, SelfAttention, GROUPS, NORM_EPS};
+use super::decoder::{Residual, SelfAttention};
+use super::group_norm::Norm;
 
 /// Pixels (1, 3, H, W) in [-1, 1] to the latent distribution's moments (1, 2z, H/8, W/8): the
 /// mean, then the log-variance.
@@ -18,7 +19,8 @@ pub struct Encoder {
     levels: Vec<Level>,
     mid: [Residual; 2],
     mid_attention: SelfAttention,
-    norm_out: GroupNorm,
+    /// With its swish.
+    norm_out: Norm,
     conv_out: Conv,
 }
 
@@ -63,7 +65,7 @@ impl Encoder {
                 Residual::new(width, width, vb.pp("mid.block_2"))?,
             ],
             mid_attention: SelfAttention::new(width, vb.pp("mid.attn_1"))?,
-            norm_out: group_norm(GROUPS, width, NORM_EPS, vb.pp("norm_out"))?,
+            norm_out: Norm::new(width, true, vb.pp("norm_out"))?,
             conv_out: Conv::new(width, 2 * cfg.z_channels, 3, 1, vb.pp("conv_out"))?,
         })
     }
@@ -88,7 +90,6 @@ impl Module for Encoder {
             .apply(&self.mid_attention)?
             .apply(&self.mid[1])?
             .apply(&self.norm_out)?
-            .apply(&Activation::Swish)?
             .apply(&self.conv_out)
     }
 }

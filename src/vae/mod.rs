@@ -5,6 +5,7 @@ mod conv;
 mod cpu_conv;
 mod decoder;
 mod encoder;
+mod group_norm;
 
 use anyhow::{bail, Context, Result};
 use candle_core::{DType, Module, Tensor};

@@ -1,0 +1,201 @@
+//! The VAE's GroupNorm, with the swish (x * sigmoid(x)) that follows most of them, in three
+//! passes over an f32 tensor on the CPU where candle's `GroupNorm` and `Activation::Swish` make
+//! ten, each into a fresh allocation (a tenth of a tiny storyboard's time went to them). The
+//! arithmetic is candle's to the bit: the two sums are candle's own reductions, the per-group
+//! statistics candle's own operations on (b, groups, 1) tensors, and each element's
+//! normalisation, affine and swish the same IEEE operations in the same order. Other dtypes and
+//! devices run candle's layers themselves.
+
+use candle_core::{
+    bail, CpuStorage, CustomOp2, CustomOp3, DType, Device, Layout, Module, Result, Shape, Tensor, D,
+};
+use candle_nn::{Activation, GroupNorm, VarBuilder};
+use rayon::prelude::*;
+
+use super::decoder::{GROUPS, NORM_EPS};
+
+/// GroupNorm over `GROUPS` groups with a learnt per-channel affine, then swish if asked.
+#[derive(Debug, Clone)]
+pub(super) struct Norm {
+    candle: GroupNorm,
+    /// (2, channels): the weight, then the bias.
+    affine: Tensor,
+    channels: usize,
+    swish: bool,
+}
+
+impl Norm {
+    /// The norm of `channels` channels from `vb` (`weight`, `bias`), followed by swish or not.
+    pub(super) fn new(channels: usize, swish: bool, vb: VarBuilder) -> Result<Self> {
+        let weight = vb.get(channels, "weight")?;
+        let bias = vb.get(channels, "bias")?;
+        let affine = Tensor::stack(&[&weight, &bias], 0)?.to_dtype(DType::F32)?;
+        Ok(Self {
+            candle: GroupNorm::new(weight, bias, channels, GROUPS, NORM_EPS)?,
+            affine,
+            channels,
+            swish,
+        })
+    }
+
+    /// Candle's layers, for the dtypes and devices the fused passes do not cover.
+    fn candle_forward(&self, xs: &Tensor) -> Result<Tensor> {
+        let normed = xs.apply(&self.candle)?;
+        match self.swish {
+            true => normed.apply(&Activation::Swish),
+            false => Ok(normed),
+        }
+    }
+}
+
+impl Module for Norm {
+    fn forward(&self, xs: &Tensor) -> Result<Tensor> {
+        let fused = matches!(xs.device(), Device::Cpu)
+            && xs.dtype() == DType::F32
+            && xs.rank() >= 3
+            && xs.dim(1)? == self.channels
+            && xs.elem_count() > 0;
+        if !fused {
+            return self.candle_forward(xs);
+        }
+        let xs = xs.contiguous()?;
+        let b = xs.dim(0)?;
+        let n = xs.elem_count() / (b * GROUPS);
+        // The statistics exactly as candle's GroupNorm computes them.
+        let grouped = xs.reshape((b, GROUPS, n))?;
+        let mean = (grouped.sum_keepdim(2)? / n as f64)?;
+        let squares = grouped.apply_op2_no_bwd(&mean, &SquaredDeviations)?;
+        let var = (squares.sum_keepdim(2)? / n as f64)?;
+        let std = (var + NORM_EPS)?.sqrt()?;
+        let stats = Tensor::cat(&[&mean, &std], D::Minus1)?;
+        xs.apply_op3_no_bwd(
+            &stats,
+            &self.affine,
+            &Normalize {
+                swish: self.swish,
+                groups: GROUPS,
+            },
+        )
+    }
+}
+
+fn f32_slice<'a>(storage: &'a CpuStorage, layout: &Layout, what: &str) -> Result<&'a [f32]> {
+    let CpuStorage::F32(data) = storage else {
+        bail!("{what}: the fused group norm reads f32 only");
+    };
+    match layout.contiguous_offsets() {
+        Some((start, end)) => Ok(&data[start..end]),
+        None => bail!("{what}: the fused group norm reads contiguous tensors only"),
+    }
+}
+
+/// (x - mean)^2 of every element of a (b, groups, n) tensor, its group's mean (b, groups, 1).
+struct SquaredDeviations;
+
+impl CustomOp2 for SquaredDeviations {
+    fn name(&self) -> &'static str {
+        "group-norm-squared-deviations"
+    }
+
+    fn cpu_fwd(
+        &self,
+        xs: &CpuStorage,
+        xs_l: &Layout,
+        mean: &CpuStorage,
+        mean_l: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (xs, mean) = (f32_slice(xs, xs_l, "x")?, f32_slice(mean, mean_l, "mean")?);
+        let n = xs.len() / mean.len().max(1);
+        let mut out = vec![0f32; xs.len()];
+        out.par_chunks_mut(n)
+            .zip(xs.par_chunks(n))
+            .zip(mean.par_iter())
+            .for_each(|((out, xs), &m)| {
+                for (o, &x) in out.iter_mut().zip(xs) {
+                    let d = x - m;
+                    *o = d * d;
+                }
+            });
+        Ok((CpuStorage::F32(out), xs_l.shape().clone()))
+    }
+}
+
+/// ((x - mean) / std) * weight + bias, then x * (1 / (e^-x + 1)) if `swish`: candle's
+/// broadcast_sub, broadcast_div, broadcast_mul, broadcast_add and sigmoid, element by element.
+/// Inputs: x (b, channels, ...), stats (b, groups, 2) of mean and std, affine (2, channels).
+struct Normalize {
+    swish: bool,
+    groups: usize,
+}
+
+impl CustomOp3 for Normalize {
+    fn name(&self) -> &'static str {
+        "group-norm-normalize"
+    }
+
+    fn cpu_fwd(
+        &self,
+        xs: &CpuStorage,
+        xs_l: &Layout,
+        stats: &CpuStorage,
+        stats_l: &Layout,
+        affine: &CpuStorage,
+        affine_l: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let xs_data = f32_slice(xs, xs_l, "x")?;
+        let stats = f32_slice(stats, stats_l, "stats")?;
+        let affine = f32_slice(affine, affine_l, "affine")?;
+        let dims = xs_l.dims();
+        let (b, channels) = (dims[0], dims[1]);
+        let plane = xs_data.len() / (b * channels).max(1);
+        let per_group = channels / self.groups;
+        if stats.len() != 2 * b * self.groups || affine.len() != 2 * channels {
+            bail!("group norm: stats or affine do not fit {dims:?}");
+        }
+        let (weight, bias) = affine.split_at(channels);
+        let mut out = vec![0f32; xs_data.len()];
+        out.par_chunks_mut(plane)
+            .zip(xs_data.par_chunks(plane))
+            .enumerate()
+            .for_each(|(bc, (out, xs))| {
+                let (bi, c) = (bc / channels, bc % channels);
+                let g = bi * self.groups + c / per_group;
+                let (mean, std) = (stats[2 * g], stats[2 * g + 1]);
+                let (w, bias) = (weight[c], bias[c]);
+                for (o, &x) in out.iter_mut().zip(xs) {
+                    let y = (x - mean) / std * w + bias;
+                    *o = match self.swish {
+                        true => y * ((-y).exp() + 1.0).recip(),
+                        false => y,
+                    };
+                }
+            });
+        Ok((CpuStorage::F32(out), xs_l.shape().clone()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The fused passes give candle's GroupNorm (and swish) bit for bit, on a batch of two.
+    #[test]
+    fn equals_candles_group_norm_and_swish_to_the_bit() -> Result<()> {
+        let dev = Device::Cpu;
+        let channels = 64;
+        let weight = (Tensor::randn(0f32, 1., channels, &dev)? + 1.0)?;
+        let bias = Tensor::randn(0f32, 1., channels, &dev)?;
+        let tensors = [("weight".to_string(), weight), ("bias".to_string(), bias)];
+        let vb = VarBuilder::from_tensors(tensors.into_iter().collect(), DType::F32, &dev);
+        // Not a multiple of 8 per group, so the reductions' tails are exercised.
+        let xs = (Tensor::randn(0f32, 3., (2, channels, 13, 11), &dev)? + 0.7)?;
+        for swish in [false, true] {
+            let norm = Norm::new(channels, swish, vb.clone())?;
+            let fused = norm.forward(&xs)?;
+            let reference = norm.candle_forward(&xs)?;
+            let diff = (fused - reference)?.abs()?.max_all()?.to_scalar::<f32>()?;
+            assert_eq!(diff, 0.0, "swish {swish}");
+        }
+        Ok(())
+    }
+}
