@@ -5,6 +5,7 @@
 pub mod attention;
 pub mod config;
 pub mod cpu_attention;
+mod cpu_linear;
 pub mod error;
 pub mod gelu;
 pub mod hook;

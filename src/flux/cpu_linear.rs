@@ -1,0 +1,139 @@
+//! A dense layer's `x W^T + b` on the CPU in one pass: the output starts as the bias rows and
+//! the product is accumulated into it by the same `gemm` call candle's matmul makes, where
+//! candle zeroes a fresh output, multiplies into it, then adds the bias into another fresh
+//! tensor. With the products summed in one block (inputs of up to a few hundred features) the
+//! result is candle's to the bit: both round the product's sum, then its sum with the bias.
+//! Wider inputs are summed in blocks whose partial sums meet the bias one block earlier, a
+//! rounding-level difference.
+
+use candle_core::{bail, CpuStorage, CustomOp3, Layout, Result, Shape};
+use gemm::{gemm, Parallelism};
+
+/// `x (.., k) W^T + b` for f32 `x` contiguous, `W` (n, k) contiguous and `b` (n).
+pub struct BiasedProduct;
+
+fn contiguous<'a>(storage: &'a CpuStorage, layout: &Layout, what: &str) -> Result<&'a [f32]> {
+    let CpuStorage::F32(data) = storage else {
+        bail!("{what}: the fused linear reads f32 only");
+    };
+    match layout.contiguous_offsets() {
+        Some((start, end)) => Ok(&data[start..end]),
+        None => bail!("{what}: the fused linear reads contiguous tensors only"),
+    }
+}
+
+impl CustomOp3 for BiasedProduct {
+    fn name(&self) -> &'static str {
+        "biased-product"
+    }
+
+    fn cpu_fwd(
+        &self,
+        xs: &CpuStorage,
+        xs_l: &Layout,
+        weight: &CpuStorage,
+        weight_l: &Layout,
+        bias: &CpuStorage,
+        bias_l: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let xs = contiguous(xs, xs_l, "x")?;
+        let weight = contiguous(weight, weight_l, "weight")?;
+        let bias = contiguous(bias, bias_l, "bias")?;
+        let (n, k) = weight_l.shape().dims2()?;
+        let dims = xs_l.dims();
+        if dims.last() != Some(&k) || bias.len() != n {
+            bail!(
+                "linear: input {dims:?}, weight {:?}, bias {}",
+                weight_l.dims(),
+                bias.len()
+            );
+        }
+        let m = xs.len() / k.max(1);
+        let mut out = Vec::with_capacity(m * n);
+        for _ in 0..m {
+            out.extend_from_slice(bias);
+        }
+        let threads = rayon::current_num_threads();
+        let parallelism = match threads > 1 {
+            true => Parallelism::Rayon(threads),
+            false => Parallelism::None,
+        };
+        if m > 0 && n > 0 && k > 0 {
+            // SAFETY: out is m x n (row stride n), xs m x k (row stride k), and W^T's element
+            // (i, j) is weight[j * k + i]: all inside the slices above.
+            unsafe {
+                gemm(
+                    m,
+                    n,
+                    k,
+                    out.as_mut_ptr(),
+                    1,
+                    n as isize,
+                    true,
+                    xs.as_ptr(),
+                    1,
+                    k as isize,
+                    weight.as_ptr(),
+                    k as isize,
+                    1,
+                    1.0,
+                    1.0,
+                    false,
+                    false,
+                    false,
+                    parallelism,
+                )
+            }
+        }
+        let mut shape = dims.to_vec();
+        *shape.last_mut().expect("checked above") = n;
+        Ok((CpuStorage::F32(out), Shape::from(shape)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{Device, Module, Tensor};
+
+    fn layer_and_input(k: usize, n: usize) -> Result<(candle_nn::Linear, Tensor)> {
+        let dev = Device::Cpu;
+        let weight = Tensor::randn(0f32, 1., (n, k), &dev)?;
+        let bias = Tensor::randn(0f32, 1., n, &dev)?;
+        let xs = Tensor::randn(0f32, 1., (2, 37, k), &dev)?;
+        Ok((candle_nn::Linear::new(weight, Some(bias)), xs))
+    }
+
+    fn fused(layer: &candle_nn::Linear, xs: &Tensor) -> Result<Tensor> {
+        let bias = layer.bias().expect("a biased layer");
+        xs.apply_op3_no_bwd(layer.weight(), bias, &BiasedProduct)
+    }
+
+    /// At the tiny and test models' widths the products are summed in one block: candle's bits.
+    #[test]
+    fn equals_candles_linear_to_the_bit_on_narrow_inputs() -> Result<()> {
+        for (k, n) in [(64, 192), (320, 64), (17, 5)] {
+            let (layer, xs) = layer_and_input(k, n)?;
+            let (ours, theirs) = (fused(&layer, &xs)?, layer.forward(&xs)?);
+            assert_eq!(ours.dims(), theirs.dims());
+            let diff = (ours - theirs)?.abs()?.max_all()?.to_scalar::<f32>()?;
+            assert_eq!(diff, 0.0, "k {k}, n {n}");
+        }
+        Ok(())
+    }
+
+    /// FLUX's widths (3072 features in, 15360 in the single blocks' second layer) sum in
+    /// blocks: within f32 rounding of candle's, relative to the outputs' size.
+    #[test]
+    fn is_within_rounding_of_candles_linear_on_wide_inputs() -> Result<()> {
+        let (layer, xs) = layer_and_input(3072, 24)?;
+        let (ours, theirs) = (fused(&layer, &xs)?, layer.forward(&xs)?);
+        let diff = (&ours - &theirs)?.abs()?.max_all()?.to_scalar::<f32>()?;
+        let size = theirs.abs()?.max_all()?.to_scalar::<f32>()?;
+        assert!(
+            diff <= 1e-5 * size,
+            "max difference {diff} on outputs up to {size}"
+        );
+        Ok(())
+    }
+}
