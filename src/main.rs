@@ -9,8 +9,7 @@ static HEAP: charaboard::heap_meter::CountingAllocator = charaboard::heap_meter:
 
 fn main() {
     charaboard::compute_pool::set_defaults();
-    let cli = charaboard::cli::Cli::parse();
-    if let Err(e) = charaboard::compute_pool::install(|| charaboard::cli::run(cli)) {
+    if let Err(e) = charaboard::cli::run(charaboard::cli::Cli::parse()) {
         eprintln!("error: {e:#}");
         std::process::exit(1);
     }

@@ -73,9 +73,11 @@ pub fn run(cli: Cli) -> Result<()> {
             .model
             .map(|m| crate::models::discovery::resolve(&m))
             .transpose()?;
+        // The window's event loop must run on the main thread; its worker runs its jobs in the
+        // compute pool itself.
         return crate::ui::run(cli.project, model, cli.render_on_start, cli.layout_report);
     };
-    match command {
+    crate::compute_pool::install(|| match command {
         Command::Generate(args) => generate::run(args),
         Command::Render(args) => render::run(args),
         Command::Plan(args) => plan::run(args),
@@ -85,5 +87,5 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::TinyModel(args) => tiny_model::run(args),
         Command::Models(args) => models::run(args),
         Command::Bench(args) => bench::run(args),
-    }
+    })
 }
