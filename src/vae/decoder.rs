@@ -11,9 +11,6 @@ use candle_transformers::models::flux::autoencoder::Config;
 use super::conv::Conv;
 use super::group_norm::Norm;
 
-pub(super) const GROUPS: usize = 32;
-pub(super) const NORM_EPS: f64 = 1e-6;
-
 /// Unscaled latents (1, z, h, w) to pixels (1, 3, 8h, 8w) for a VAE of three upsamplings.
 #[derive(Debug, Clone)]
 pub struct Decoder {

@@ -1,10 +1,9 @@
 //! The VAE's GroupNorm, with the swish (x * sigmoid(x)) that follows most of them, in three
 //! passes over an f32 tensor on the CPU where candle's `GroupNorm` and `Activation::Swish` make
-//! ten, each into a fresh allocation (a tenth of a tiny storyboard's time went to them). The
-//! arithmetic is candle's to the bit: the two sums are candle's own reductions, the per-group
-//! statistics candle's own operations on (b, groups, 1) tensors, and each element's
-//! normalisation, affine and swish the same IEEE operations in the same order. Other dtypes and
-//! devices run candle's layers themselves.
+//! ten, each into a fresh allocation. The arithmetic is candle's to the bit: the two sums are
+//! candle's own reductions, the per-group statistics candle's own operations on (b, groups, 1)
+//! tensors, and each element's normalisation, affine and swish the same IEEE operations in the
+//! same order. Other dtypes and devices run candle's layers themselves.
 
 use candle_core::{
     bail, CpuStorage, CustomOp2, CustomOp3, DType, Device, Layout, Module, Result, Shape, Tensor, D,
@@ -12,7 +11,9 @@ use candle_core::{
 use candle_nn::{Activation, GroupNorm, VarBuilder};
 use rayon::prelude::*;
 
-use super::decoder::{GROUPS, NORM_EPS};
+/// The groups and epsilon of every GroupNorm in FLUX's VAE.
+const GROUPS: usize = 32;
+const NORM_EPS: f64 = 1e-6;
 
 /// GroupNorm over `GROUPS` groups with a learnt per-channel affine, then swish if asked.
 #[derive(Debug, Clone)]
