@@ -9,6 +9,7 @@ pub mod atomic_file;
 pub mod cli;
 pub mod compute_pool;
 pub mod consist;
+pub mod cpu_slices;
 pub mod device;
 pub mod digest;
 pub mod export;

@@ -9,18 +9,10 @@
 use candle_core::{bail, CpuStorage, CustomOp3, Layout, Result, Shape};
 use gemm::{gemm, Parallelism};
 
+use crate::cpu_slices::contiguous_f32;
+
 /// `x (.., k) W^T + b` for f32 `x` contiguous, `W` (n, k) contiguous and `b` (n).
 pub struct BiasedProduct;
-
-fn contiguous<'a>(storage: &'a CpuStorage, layout: &Layout, what: &str) -> Result<&'a [f32]> {
-    let CpuStorage::F32(data) = storage else {
-        bail!("{what}: the fused linear reads f32 only");
-    };
-    match layout.contiguous_offsets() {
-        Some((start, end)) => Ok(&data[start..end]),
-        None => bail!("{what}: the fused linear reads contiguous tensors only"),
-    }
-}
 
 impl CustomOp3 for BiasedProduct {
     fn name(&self) -> &'static str {
@@ -36,9 +28,9 @@ impl CustomOp3 for BiasedProduct {
         bias: &CpuStorage,
         bias_l: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let xs = contiguous(xs, xs_l, "x")?;
-        let weight = contiguous(weight, weight_l, "weight")?;
-        let bias = contiguous(bias, bias_l, "bias")?;
+        let xs = contiguous_f32(xs, xs_l, "linear", "x")?;
+        let weight = contiguous_f32(weight, weight_l, "linear", "weight")?;
+        let bias = contiguous_f32(bias, bias_l, "linear", "bias")?;
         let (n, k) = weight_l.shape().dims2()?;
         let dims = xs_l.dims();
         if dims.last() != Some(&k) || bias.len() != n {

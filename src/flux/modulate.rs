@@ -7,16 +7,15 @@ use candle_core::{bail, CpuStorage, CustomOp3, DType, Device, Layout, Result, Sh
 use candle_nn::{LayerNorm, Module};
 use rayon::prelude::*;
 
+use crate::cpu_slices::contiguous_f32;
+
 const EPS: f64 = 1e-6;
 
 struct NormModulate;
 
-/// The contiguous f32 elements of a tensor.
+/// The contiguous f32 elements of one of these operations' operands.
 fn contiguous<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> Result<&'a [f32]> {
-    match (s, l.contiguous_offsets()) {
-        (CpuStorage::F32(data), Some((start, end))) => Ok(&data[start..end]),
-        _ => bail!("norm-modulate: {what} must be contiguous f32"),
-    }
+    contiguous_f32(s, l, "norm-modulate / gated-residual", what)
 }
 
 impl CustomOp3 for NormModulate {

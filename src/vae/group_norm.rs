@@ -11,6 +11,8 @@ use candle_core::{
 use candle_nn::{Activation, GroupNorm, VarBuilder};
 use rayon::prelude::*;
 
+use crate::cpu_slices::contiguous_f32;
+
 /// The groups and epsilon of every GroupNorm in FLUX's VAE.
 const GROUPS: usize = 32;
 const NORM_EPS: f64 = 1e-6;
@@ -80,16 +82,6 @@ impl Module for Norm {
     }
 }
 
-fn f32_slice<'a>(storage: &'a CpuStorage, layout: &Layout, what: &str) -> Result<&'a [f32]> {
-    let CpuStorage::F32(data) = storage else {
-        bail!("{what}: the fused group norm reads f32 only");
-    };
-    match layout.contiguous_offsets() {
-        Some((start, end)) => Ok(&data[start..end]),
-        None => bail!("{what}: the fused group norm reads contiguous tensors only"),
-    }
-}
-
 /// (x - mean)^2 of every element of a (b, groups, n) tensor, its group's mean (b, groups, 1).
 struct SquaredDeviations;
 
@@ -105,7 +97,10 @@ impl CustomOp2 for SquaredDeviations {
         mean: &CpuStorage,
         mean_l: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let (xs, mean) = (f32_slice(xs, xs_l, "x")?, f32_slice(mean, mean_l, "mean")?);
+        let (xs, mean) = (
+            contiguous_f32(xs, xs_l, "group norm", "x")?,
+            contiguous_f32(mean, mean_l, "group norm", "mean")?,
+        );
         let n = xs.len() / mean.len().max(1);
         let mut out = vec![0f32; xs.len()];
         out.par_chunks_mut(n)
@@ -143,9 +138,9 @@ impl CustomOp3 for Normalize {
         affine: &CpuStorage,
         affine_l: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let xs_data = f32_slice(xs, xs_l, "x")?;
-        let stats = f32_slice(stats, stats_l, "stats")?;
-        let affine = f32_slice(affine, affine_l, "affine")?;
+        let xs_data = contiguous_f32(xs, xs_l, "group norm", "x")?;
+        let stats = contiguous_f32(stats, stats_l, "group norm", "stats")?;
+        let affine = contiguous_f32(affine, affine_l, "group norm", "affine")?;
         let dims = xs_l.dims();
         let (b, channels) = (dims[0], dims[1]);
         let plane = xs_data.len() / (b * channels).max(1);
