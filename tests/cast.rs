@@ -2,7 +2,7 @@
 //! matches per character, and a two-character storyboard rendered end to end.
 
 use charaboard::project::{self, Project, ProjectError};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 fn parse(text: &str) -> Result<Project, ProjectError> {
     project::parse(text, Path::new("cast.ron"))
@@ -406,14 +406,21 @@ fn character_spans_follow_t5_where_words_split_into_pieces() {
     );
 }
 
+/// The tiny model and the two friends at 32x32 in 3 steps, saved in `dir`: (model, project
+/// file, project).
+fn friends_on_disk(dir: &Path) -> (PathBuf, PathBuf, Project) {
+    let model = common::tiny_model_cli(dir);
+    let mut p = two_friends();
+    (p.settings.width, p.settings.height, p.settings.steps) = (32, 32, Some(3));
+    let file = dir.join("friends.ron");
+    project::save(&p, &file).unwrap();
+    (model, file, p)
+}
+
 #[test]
 fn a_two_character_storyboard_renders_end_to_end_in_the_cli() {
     let dir = tempfile::tempdir().unwrap();
-    let model = common::tiny_model_cli(dir.path());
-    let mut p = two_friends();
-    (p.settings.width, p.settings.height, p.settings.steps) = (32, 32, Some(3));
-    let file = dir.path().join("friends.ron");
-    project::save(&p, &file).unwrap();
+    let (model, file, _) = friends_on_disk(dir.path());
     let out = dir.path().join("out");
     let run = common::render_cli(&file, &model, &out, &["--bank", "device"]);
     common::ok(&run);
@@ -448,11 +455,7 @@ fn a_two_character_storyboard_renders_end_to_end_in_the_cli() {
 #[test]
 fn each_characters_bank_has_a_file_of_its_own_refused_by_its_own_key() {
     let dir = tempfile::tempdir().unwrap();
-    let model = common::tiny_model_cli(dir.path());
-    let mut p = two_friends();
-    (p.settings.width, p.settings.height, p.settings.steps) = (32, 32, Some(3));
-    let file = dir.path().join("friends.ron");
-    project::save(&p, &file).unwrap();
+    let (model, file, p) = friends_on_disk(dir.path());
     let bank = dir.path().join("friends.bank");
     let bank_arg = bank.to_str().unwrap();
     let render = |out: &str, panels: &str| {

@@ -6,7 +6,7 @@ mod common;
 
 use candle_core::quantized::GgmlDType;
 use candle_core::{DType, Device};
-use charaboard::consist::plan::{BackgroundMode, PlanModel, RenderRequest};
+use charaboard::consist::plan::{BackgroundMode, Plan, PlanModel, RenderRequest};
 use charaboard::consist::session::{BankMode, RenderOptions, Renderer};
 use charaboard::memory_plan::{
     BankChoice, MemoryPlan, ModelDims, ModelMemory, Storyboard, Weights,
@@ -115,6 +115,34 @@ fn predicted_forwards_and_bank_match_the_renderer() {
     }
 }
 
+/// Renders all of `plan` with a fresh renderer in `mode` at `batch`, checking that it ran the
+/// forwards the storyboard predicts; the renderer is returned for its bank.
+fn render_as_predicted(
+    models: &mut FluxModels,
+    plan: &Plan,
+    board: &Storyboard,
+    mode: BankMode,
+    batch: usize,
+) -> Renderer {
+    let mut renderer = Renderer::default();
+    let options = RenderOptions {
+        bank: mode,
+        batch,
+        ..RenderOptions::default()
+    };
+    renderer
+        .render(models, plan, RenderRequest::All, &options, &mut |_| {
+            StepControl::Continue
+        })
+        .unwrap();
+    assert_eq!(
+        board.forwards(mode, batch),
+        renderer.forwards(),
+        "{mode:?} batch {batch}"
+    );
+    renderer
+}
+
 fn forwards_and_bank_match(mut models: FluxModels, p: &Project) {
     let plan = charaboard::project::plan(p, &PlanModel::of(&models), None).unwrap();
     let board = Storyboard::of(&plan);
@@ -129,26 +157,7 @@ fn forwards_and_bank_match(mut models: FluxModels, p: &Project) {
         (BankMode::Recompute, 1),
         (BankMode::Recompute, 4),
     ] {
-        let mut renderer = Renderer::default();
-        let options = RenderOptions {
-            bank: mode,
-            batch,
-            ..RenderOptions::default()
-        };
-        renderer
-            .render(
-                &mut models,
-                &plan,
-                RenderRequest::All,
-                &options,
-                &mut |_| StepControl::Continue,
-            )
-            .unwrap();
-        assert_eq!(
-            board.forwards(mode, batch),
-            renderer.forwards(),
-            "{mode:?} batch {batch}"
-        );
+        let renderer = render_as_predicted(&mut models, &plan, &board, mode, batch);
         let way = budget
             .options
             .iter()
@@ -314,26 +323,7 @@ fn predicted_forwards_match_the_renderer_with_two_characters() {
         (BankMode::Recompute, 2),
         (BankMode::Recompute, 4),
     ] {
-        let mut renderer = Renderer::default();
-        let options = RenderOptions {
-            bank: mode,
-            batch,
-            ..RenderOptions::default()
-        };
-        renderer
-            .render(
-                &mut models,
-                &plan,
-                RenderRequest::All,
-                &options,
-                &mut |_| StepControl::Continue,
-            )
-            .unwrap();
-        assert_eq!(
-            board.forwards(mode, batch),
-            renderer.forwards(),
-            "{mode:?} batch {batch}"
-        );
+        let renderer = render_as_predicted(&mut models, &plan, &board, mode, batch);
         // Both characters' banks, within the bound.
         let way = budget.options.iter().find(|w| w.mode == mode).unwrap();
         assert!(renderer.bank_bytes() as u64 <= way.bank_device);
