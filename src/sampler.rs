@@ -8,6 +8,7 @@ use serde::Deserialize;
 use std::path::Path;
 
 use crate::flux::hook::reborrow;
+use crate::flux::rope::Rope;
 use crate::flux::{AttentionHook, Flux, LockstepInput, StepInput, TokenLayout};
 
 /// The shift parameters of diffusers' `FlowMatchEulerDiscreteScheduler` (scheduler_config.json).
@@ -212,7 +213,7 @@ pub struct RunInputs {
     pub img: Tensor,
     pub txt: Tensor,
     pub pooled: Tensor,
-    pub pe: Tensor,
+    pub rope: Rope,
     pub layout: TokenLayout,
 }
 
@@ -229,12 +230,12 @@ impl RunInputs {
         let noise = noise.to_device(dev)?.to_dtype(dtype)?;
         let (_, _, h8, w8) = noise.dims4()?;
         let state = candle_transformers::models::flux::sampling::State::new(txt, pooled, &noise)?;
-        let pe = model.rope_table(&state.txt_ids, &state.img_ids)?;
+        let rope = model.rope_table(&state.txt_ids, &state.img_ids)?;
         Ok(Self {
             img: state.img,
             txt: state.txt,
             pooled: state.vec,
-            pe,
+            rope,
             layout: TokenLayout {
                 txt_len: txt.dim(1)?,
                 img_h: h8 / 2,
@@ -262,7 +263,7 @@ impl RunInputs {
             img,
             txt: &self.txt,
             pooled: &self.pooled,
-            pe: &self.pe,
+            rope: &self.rope,
             layout: self.layout,
         }
     }

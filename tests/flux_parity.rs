@@ -6,6 +6,7 @@ mod common;
 use candle_core::{DType, Device, Result, Tensor};
 use candle_nn::VarBuilder;
 use candle_transformers::models::flux::WithForward;
+use charaboard::flux::rope::Rope;
 use charaboard::flux::{
     rope, AttentionHook, AttentionRequest, BlockCtx, BlockKind, ExtraKv, Flux, FluxConfig, QkvView,
     StepInput, TokenLayout,
@@ -21,7 +22,7 @@ struct Fixture {
     pooled: Tensor,
     img_ids: Tensor,
     txt_ids: Tensor,
-    pe: Tensor,
+    rope: Rope,
     layout: TokenLayout,
 }
 
@@ -37,7 +38,7 @@ fn fixture(cfg: &FluxConfig) -> anyhow::Result<Fixture> {
     let pooled = Tensor::randn(0f32, 1., (1, cfg.vec_in_dim), &dev)?;
     let img_ids = rope::image_ids(IMG_H, IMG_W, DType::F32, &dev)?;
     let txt_ids = Tensor::zeros((1, TXT, 3), DType::F32, &dev)?;
-    let pe = ours.rope_table(&txt_ids, &img_ids)?;
+    let rope = ours.rope_table(&txt_ids, &img_ids)?;
     let layout = TokenLayout {
         txt_len: TXT,
         img_h: IMG_H,
@@ -51,7 +52,7 @@ fn fixture(cfg: &FluxConfig) -> anyhow::Result<Fixture> {
         pooled,
         img_ids,
         txt_ids,
-        pe,
+        rope,
         layout,
     })
 }
@@ -76,7 +77,7 @@ impl Fixture {
         let (ours, theirs) = transformers(cfg, dtype)?;
         let (img_ids, txt_ids) = (self.img_ids.to_dtype(dtype)?, self.txt_ids.to_dtype(dtype)?);
         Ok(Fixture {
-            pe: ours.rope_table(&txt_ids, &img_ids)?,
+            rope: ours.rope_table(&txt_ids, &img_ids)?,
             ours,
             theirs,
             img: self.img.to_dtype(dtype)?,
@@ -93,7 +94,7 @@ impl Fixture {
             img: &self.img,
             txt: &self.txt,
             pooled: &self.pooled,
-            pe: &self.pe,
+            rope: &self.rope,
             layout: self.layout,
         };
         let t = Tensor::new(&[0.7f32], &Device::Cpu)?;
@@ -308,16 +309,13 @@ fn rope_at_gathered_positions_equals_rope_of_the_permuted_sequence() -> anyhow::
     let x = Tensor::randn(0f32, 1., (1, 2, IMG_H * IMG_W, head_dim), &dev)?;
     let perm: Vec<u32> = (0..(IMG_H * IMG_W) as u32).rev().collect();
     let perm_t = Tensor::new(perm.as_slice(), &dev)?;
-    let img_pe = f.pe.narrow(2, TXT, IMG_H * IMG_W)?;
+    let img_rope = f.rope.narrow(TXT, IMG_H * IMG_W)?;
     // Rotating the permuted rows at the gathered positions ...
-    let a = rope::apply_rope(
-        &x.index_select(&perm_t, 2)?,
-        &rope::gather_positions(&img_pe, &perm_t)?,
-    )?;
+    let a = rope::apply_rope(&x.index_select(&perm_t, 2)?, &img_rope.gather(&perm_t)?)?;
     // ... equals permuting the rows rotated at their own positions.
-    let b = rope::apply_rope(&x, &img_pe)?.index_select(&perm_t, 2)?;
+    let b = rope::apply_rope(&x, &img_rope)?.index_select(&perm_t, 2)?;
     assert!(rel_diff(&a, &b) < 1e-6);
     // And it is not the identity.
-    assert!(rel_diff(&rope::apply_rope(&x, &img_pe)?, &x) > 1e-2);
+    assert!(rel_diff(&rope::apply_rope(&x, &img_rope)?, &x) > 1e-2);
     Ok(())
 }

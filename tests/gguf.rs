@@ -105,12 +105,12 @@ fn forward(flux: &Flux, dtype: DType) -> Tensor {
     let pooled = randn((1, 1, cfg.vec_in_dim)).squeeze(1).unwrap();
     let img_ids = rope::image_ids(IMG_H, IMG_W, dtype, &dev).unwrap();
     let txt_ids = Tensor::zeros((1, TXT, 3), dtype, &dev).unwrap();
-    let pe = flux.rope_table(&txt_ids, &img_ids).unwrap();
+    let rope = flux.rope_table(&txt_ids, &img_ids).unwrap();
     let input = StepInput {
         img: &img,
         txt: &txt,
         pooled: &pooled,
-        pe: &pe,
+        rope: &rope,
         layout: TokenLayout {
             txt_len: TXT,
             img_h: IMG_H,

@@ -43,12 +43,12 @@ fn diffusers_transformer_loads_to_the_bfl_weights_it_was_written_from() -> anyho
         let txt_ids = Tensor::zeros((1, 5, 3), DType::F32, &dev)?;
         let t = Tensor::new(&[0.4f32], &dev)?;
         let g = Tensor::new(&[3.5f32], &dev)?;
-        let pe = loaded.rope_table(&txt_ids, &img_ids)?;
+        let rope = loaded.rope_table(&txt_ids, &img_ids)?;
         let input = StepInput {
             img: &img,
             txt: &txt,
             pooled: &pooled,
-            pe: &pe,
+            rope: &rope,
             layout: TokenLayout {
                 txt_len: 5,
                 img_h: 2,

@@ -107,12 +107,12 @@ pub fn time_against(
     };
     let run_ours = || -> Result<Tensor> {
         // The RoPE table is built once per image in a real run; timing it per step is fairer to candle.
-        let pe = ours.rope_table(&txt_ids, &img_ids)?;
+        let rope = ours.rope_table(&txt_ids, &img_ids)?;
         let input = StepInput {
             img: &img,
             txt: &txt,
             pooled: &pooled,
-            pe: &pe,
+            rope: &rope,
             layout,
         };
         Ok(ours.forward(&input, &t, Some(&g), 0, None)?)

@@ -14,7 +14,7 @@ use super::matching::{normalize_rows, MatchAccumulator, Matches};
 use super::recipe::{Numerics, Schedule};
 use super::reference::{BackgroundRef, IdentityRef};
 use crate::flux::error::to_candle;
-use crate::flux::rope::{apply_rope, gather_positions};
+use crate::flux::rope::{apply_rope, Rope};
 use crate::flux::{
     AttentionHook, AttentionRequest, BlockCtx, BlockKind, ExtraKv, QkvView, TokenLayout,
 };
@@ -93,8 +93,10 @@ pub struct ConsistHook<'a> {
     active: Vec<ActiveMatches>,
     /// Per step: background tokens shared (reference background and not current foreground).
     bg_tokens: Option<Vec<u32>>,
-    /// Per step: attention masks by borrowed key counts (background, then each character).
+    /// Attention masks by borrowed key counts (background, then each character), for the
+    /// owners they were made for: kept from step to step while the owners stay.
     extra_masks: Vec<(Vec<usize>, Tensor)>,
+    extra_masks_owners: Vec<u8>,
     /// Outputs: the owners after step 0, and the mask, owners and matches of the mask step.
     first_owners: Option<Vec<u8>>,
     mask_at_match_step: Option<Vec<bool>>,
@@ -150,6 +152,7 @@ impl<'a> ConsistHook<'a> {
             active: Vec::new(),
             bg_tokens: None,
             extra_masks: Vec::new(),
+            extra_masks_owners: Vec::new(),
             first_owners: None,
             mask_at_match_step: None,
             owners_at_match_step: None,
@@ -282,19 +285,23 @@ impl<'a> ConsistHook<'a> {
         counts: &[usize],
         dev: &candle_core::Device,
     ) -> Result<Tensor> {
+        let owners = self.owners.as_deref().unwrap_or(&[]);
+        if self.extra_masks_owners != owners {
+            self.extra_masks.clear();
+            self.extra_masks_owners = owners.to_vec();
+        }
         if let Some((_, m)) = self.extra_masks.iter().find(|(k, _)| k == counts) {
             return Ok(m.clone());
         }
-        let owners = self.owners.as_deref().unwrap_or(&[]);
         let mask = borrowed_key_mask(owners, ctx.txt_len, ctx.img_len(), counts, self.dtype, dev)?;
         self.extra_masks.push((counts.to_vec(), mask.clone()));
         Ok(mask)
     }
 
     /// Borrowed keys (RoPE-encoded at the panel positions they serve) and values.
-    fn extras(&mut self, ctx: &BlockCtx, pe: &Tensor) -> Result<Option<ExtraKv>> {
+    fn extras(&mut self, ctx: &BlockCtx, rope: &Rope) -> Result<Option<ExtraKv>> {
         let slot = (ctx.step, ctx.index);
-        let dev = pe.device().clone();
+        let dev = rope.device().clone();
         let (mut ks, mut vs) = (Vec::new(), Vec::new());
         let mut counts = vec![0; 1 + self.active.len()];
         let refs = self.refs;
@@ -307,10 +314,10 @@ impl<'a> ConsistHook<'a> {
                 if let Some((k, v)) = background.kv(slot, &tokens, &dev).map_err(to_candle)? {
                     let positions: Vec<u32> =
                         tokens.iter().map(|&t| t + ctx.txt_len as u32).collect();
-                    let pe_bg = gather_positions(pe, &Tensor::new(positions.as_slice(), &dev)?)?;
+                    let rope_bg = rope.gather(&Tensor::new(positions.as_slice(), &dev)?)?;
                     ks.push(apply_rope(
                         &from_rows(&k, self.heads).map_err(to_candle)?,
-                        &pe_bg,
+                        &rope_bg,
                     )?);
                     vs.push(from_rows(&v, self.heads).map_err(to_candle)?);
                     counts[0] = tokens.len();
@@ -329,10 +336,10 @@ impl<'a> ConsistHook<'a> {
                     .kv(slot, &active.matches.identity_idx, &dev)
                     .map_err(to_candle)?
                 {
-                    let pe_fg = gather_positions(pe, &active.positions)?;
+                    let rope_fg = rope.gather(&active.positions)?;
                     ks.push(apply_rope(
                         &from_rows(&k, self.heads).map_err(to_candle)?,
-                        &pe_fg,
+                        &rope_fg,
                     )?);
                     vs.push(from_rows(&v, self.heads).map_err(to_candle)?);
                     counts[c + 1] = active.matches.len();
@@ -393,26 +400,27 @@ pub fn borrowed_key_mask(
     dtype: DType,
     dev: &candle_core::Device,
 ) -> Result<Tensor> {
-    let q_class: Vec<u8> = (0..txt_len)
-        .map(|_| u8::MAX)
-        .chain((0..img_len).map(|i| owners.get(i).copied().unwrap_or(0)))
-        .collect();
-    let k_class: Vec<u8> = counts
+    let k_class: Vec<usize> = counts
         .iter()
         .enumerate()
-        .flat_map(|(class, &n)| std::iter::repeat_n(class as u8, n))
+        .flat_map(|(class, &n)| std::iter::repeat_n(class, n))
         .collect();
-    let lq = q_class.len();
-    let n: usize = counts.iter().sum();
-    let allowed = Tensor::from_vec(q_class, (lq, 1), dev)?.broadcast_eq(&Tensor::from_vec(
-        k_class,
-        (1, n),
-        dev,
-    )?)?;
-    let zeros = Tensor::zeros((lq, n), dtype, dev)?;
-    let blocked = Tensor::full(f32::NEG_INFINITY, (lq, n), dev)?.to_dtype(dtype)?;
-    let extra = allowed.where_cond(&zeros, &blocked)?;
-    Tensor::cat(&[&Tensor::zeros((lq, lq), dtype, dev)?, &extra], 1)?.reshape((1, 1, lq, lq + n))
+    let lq = txt_len + img_len;
+    let width = lq + k_class.len();
+    // Written row by row in one pass: the joint keys open, the borrowed ones by class.
+    let mut mask = vec![0f32; lq * width];
+    for (q, row) in mask.chunks_exact_mut(width).enumerate() {
+        let class = match q.checked_sub(txt_len) {
+            Some(i) => owners.get(i).map_or(0, |&o| usize::from(o)),
+            None => usize::MAX,
+        };
+        for (m, &k) in row[lq..].iter_mut().zip(&k_class) {
+            if k != class {
+                *m = f32::NEG_INFINITY;
+            }
+        }
+    }
+    Tensor::from_vec(mask, (1, 1, lq, width), dev)?.to_dtype(dtype)
 }
 
 impl ConsistHook<'_> {
@@ -453,8 +461,8 @@ impl AttentionHook for ConsistHook<'_> {
                 // §4), so the f32 probabilities the transformer offers cannot be used.
                 Numerics::Reference => {
                     let (txt, img) = (ctx.txt_len, ctx.img_len());
-                    let q = apply_rope(&qkv.q.narrow(2, txt, img)?, &qkv.pe.narrow(2, txt, img)?)?;
-                    let k = apply_rope(&qkv.k.narrow(2, 0, n)?, &qkv.pe.narrow(2, 0, n)?)?;
+                    let q = apply_rope(&qkv.q.narrow(2, txt, img)?, &qkv.rope.narrow(txt, img)?)?;
+                    let k = apply_rope(&qkv.k.narrow(2, 0, n)?, &qkv.rope.narrow(0, n)?)?;
                     let probs = reference_text_probs(&q, &k).map_err(to_candle)?;
                     self.mask_acc.add(&probs).map_err(to_candle)?;
                 }
@@ -472,7 +480,7 @@ impl AttentionHook for ConsistHook<'_> {
             request.read_output |= recorder.wants_out(slot) || recorder.wants_features(ctx.step);
         }
         if self.owners.is_some() {
-            request.extra = self.extras(ctx, qkv.pe)?;
+            request.extra = self.extras(ctx, qkv.rope)?;
         }
         Ok(request)
     }
@@ -519,7 +527,6 @@ impl AttentionHook for ConsistHook<'_> {
 
     fn end_step(&mut self, step: usize) -> Result<()> {
         self.bg_tokens = None;
-        self.extra_masks.clear();
         let s = self.schedule;
         let painted = self.painted.filter(|_| step == s.mask_step);
         if let Some(painted) = painted {

@@ -4,7 +4,7 @@ use candle_core::{DType, Device, Result, Tensor, D};
 
 use super::cpu_attention::{self, FusedAttention, FusedTextProbs};
 use super::hook::{AttentionHook, AttentionRequest, BlockCtx, QkvView};
-use super::rope::apply_rope;
+use super::rope::{apply_rope, Rope};
 
 /// The most bytes of scores one query chunk of [`attention_in_query_chunks`] may hold.
 pub const SCORE_CHUNK_BYTES: usize = 256 << 20;
@@ -127,30 +127,30 @@ pub fn block_attention(
     q: &Tensor,
     k: &Tensor,
     v: &Tensor,
-    pe: &Tensor,
+    rope: &Rope,
     ctx: &BlockCtx,
     queries: Queries,
     hook: Option<&mut dyn AttentionHook>,
 ) -> Result<Tensor> {
     let (txt_len, img_len) = (ctx.txt_len, ctx.img_len());
     let rope_q = |q: &Tensor| match queries {
-        Queries::Joint => apply_rope(q, pe),
+        Queries::Joint => apply_rope(q, rope),
         Queries::Image => apply_rope(
             &q.narrow(2, txt_len, img_len)?,
-            &pe.narrow(2, txt_len, img_len)?,
+            &rope.narrow(txt_len, img_len)?,
         ),
     };
     let Some(hook) = hook else {
-        let k = apply_rope(k, pe)?;
+        let k = apply_rope(k, rope)?;
         return scaled_dot_product(&rope_q(q)?, &k, v, None);
     };
     let AttentionRequest {
         extra,
         text_probs: probs_over,
         read_output,
-    } = hook.before_attention(ctx, QkvView { q, k, v, pe })?;
+    } = hook.before_attention(ctx, QkvView { q, k, v, rope })?;
     let q = rope_q(q)?;
-    let k = apply_rope(k, pe)?;
+    let k = apply_rope(k, rope)?;
     let img_q = match queries {
         Queries::Joint => q.narrow(2, txt_len, img_len)?,
         Queries::Image => q.clone(),

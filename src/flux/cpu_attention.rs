@@ -14,7 +14,7 @@ use super::vexp::{online_softmax_tile, softmax_rows};
 /// Query rows per work item: large enough to reuse each key and value tile many times.
 const TILE_Q: usize = 128;
 /// Keys per score tile: a TILE_Q x TILE_K tile (128 KiB) stays in the core's L2 cache.
-const TILE_K: usize = 256;
+const TILE_K: usize = 1024;
 
 /// Query rows per work item: [`TILE_Q`], or fewer so that a short sequence still gives every
 /// core a few items.

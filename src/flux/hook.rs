@@ -7,6 +7,8 @@
 
 use candle_core::{Result, Tensor};
 
+use super::rope::Rope;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BlockKind {
     Double,
@@ -41,8 +43,8 @@ pub struct QkvView<'a> {
     pub k: &'a Tensor,
     /// (b, heads, seq, head_dim).
     pub v: &'a Tensor,
-    /// The RoPE table of the joint sequence, (b, 1, seq, head_dim/2, 2, 2).
-    pub pe: &'a Tensor,
+    /// The RoPE table of the joint sequence.
+    pub rope: &'a Rope,
 }
 
 /// Keys and values appended after `[text | image]`.

@@ -2,14 +2,16 @@
 //! with the tensor names of candle-transformers' `flux/model.rs` (BFL names), plus the hook seam.
 
 use candle_core::{DType, Result, Tensor, D};
-use candle_nn::{RmsNorm, VarBuilder};
+use candle_nn::VarBuilder;
 use candle_transformers::models::flux::model::EmbedNd;
 
 use super::attention::{block_attention, Queries};
 use super::gelu::gelu;
+use super::heads::{split_heads, QkNorm};
 use super::hook::{reborrow, AttentionHook, BlockCtx, BlockKind};
 use super::linear::Linear;
 use super::modulate::{gated_residual, norm_modulate};
+use super::rope::Rope;
 use super::weights::Weights;
 use super::FluxConfig;
 
@@ -47,18 +49,12 @@ impl MlpEmbedder {
     }
 }
 
-struct QkNorm {
-    query: RmsNorm,
-    key: RmsNorm,
-}
-
-impl QkNorm {
-    fn new(dim: usize, vb: Weights) -> Result<Self> {
-        Ok(Self {
-            query: RmsNorm::new(vb.get(dim, "query_norm.scale")?, 1e-6),
-            key: RmsNorm::new(vb.get(dim, "key_norm.scale")?, 1e-6),
-        })
-    }
+/// The q and k RMSNorms of a block's heads (`query_norm.scale`, `key_norm.scale`).
+fn qk_norm(dim: usize, vb: Weights) -> Result<QkNorm> {
+    QkNorm::new(
+        vb.get(dim, "query_norm.scale")?,
+        vb.get(dim, "key_norm.scale")?,
+    )
 }
 
 /// Shift, scale and gate of one adaLN modulation.
@@ -97,18 +93,6 @@ fn modulations(lin: &Linear, vec_: &Tensor, n: usize) -> Result<Vec<Modulation>>
         .collect())
 }
 
-/// Splits fused (b, l, 3*hidden) projections into q, k, v of shape (b, heads, l, head_dim),
-/// with q and k RMS-normalised. q and k are made contiguous first so that the norm (and RoPE
-/// after it) run as one-pass kernels; v stays a view, which attention reads through its strides.
-fn split_qkv(qkv: &Tensor, heads: usize, norm: &QkNorm) -> Result<(Tensor, Tensor, Tensor)> {
-    let (b, l, _) = qkv.dims3()?;
-    let qkv = qkv.reshape((b, l, 3, heads, ()))?;
-    let part = |i: usize| qkv.get_on_dim(2, i)?.transpose(1, 2);
-    let q = part(0)?.contiguous()?.apply(&norm.query)?;
-    let k = part(1)?.contiguous()?.apply(&norm.key)?;
-    Ok((q, k, part(2)?))
-}
-
 struct Mlp {
     lin1: Linear,
     lin2: Linear,
@@ -144,22 +128,16 @@ impl Stream {
         Ok(Self {
             modulation: vb.linear(h, 6 * h, true, &format!("{name}_mod.lin"))?,
             qkv: attn.linear(h, 3 * h, cfg.qkv_bias, "qkv")?,
-            qk_norm: QkNorm::new(h / cfg.num_heads, attn.pp("norm"))?,
+            qk_norm: qk_norm(h / cfg.num_heads, attn.pp("norm"))?,
             proj: attn.linear(h, h, true, "proj")?,
             mlp: Mlp::new(h, mlp_sz, vb.pp(format!("{name}_mlp")))?,
         })
     }
 
-    /// Modulations and (q, k, v) of this stream's tokens.
-    fn pre_attention(
-        &self,
-        xs: &Tensor,
-        vec_: &Tensor,
-        heads: usize,
-    ) -> Result<(Vec<Modulation>, (Tensor, Tensor, Tensor))> {
+    /// Modulations and the fused qkv projection (b, l, 3 * hidden) of this stream's tokens.
+    fn pre_attention(&self, xs: &Tensor, vec_: &Tensor) -> Result<(Vec<Modulation>, Tensor)> {
         let mods = modulations(&self.modulation, vec_, 2)?;
-        let x = mods[0].norm_scale_shift(xs)?.apply(&self.qkv)?;
-        let qkv = split_qkv(&x, heads, &self.qk_norm)?;
+        let qkv = mods[0].norm_scale_shift(xs)?.apply(&self.qkv)?;
         Ok((mods, qkv))
     }
 
@@ -190,16 +168,17 @@ impl DoubleStreamBlock {
         img: &Tensor,
         txt: &Tensor,
         vec_: &Tensor,
-        pe: &Tensor,
+        rope: &Rope,
         ctx: &BlockCtx,
         hook: Option<&mut dyn AttentionHook>,
     ) -> Result<(Tensor, Tensor)> {
-        let (img_mods, (img_q, img_k, img_v)) = self.img.pre_attention(img, vec_, self.heads)?;
-        let (txt_mods, (txt_q, txt_k, txt_v)) = self.txt.pre_attention(txt, vec_, self.heads)?;
-        let q = Tensor::cat(&[txt_q, img_q], 2)?;
-        let k = Tensor::cat(&[txt_k, img_k], 2)?;
-        let v = Tensor::cat(&[txt_v, img_v], 2)?;
-        let attn = block_attention(&q, &k, &v, pe, ctx, Queries::Joint, hook)?;
+        let (img_mods, img_qkv) = self.img.pre_attention(img, vec_)?;
+        let (txt_mods, txt_qkv) = self.txt.pre_attention(txt, vec_)?;
+        let (q, k, v) = split_heads(
+            &[(&txt_qkv, &self.txt.qk_norm), (&img_qkv, &self.img.qk_norm)],
+            self.heads,
+        )?;
+        let attn = block_attention(&q, &k, &v, rope, ctx, Queries::Joint, hook)?;
         let txt_len = txt.dim(1)?;
         let txt_attn = attn.narrow(1, 0, txt_len)?;
         let img_attn = attn.narrow(1, txt_len, attn.dim(1)? - txt_len)?;
@@ -226,7 +205,7 @@ impl SingleStreamBlock {
         Ok(Self {
             linear1: vb.linear(h, 3 * h + mlp_sz, true, "linear1")?,
             linear2: vb.linear(h + mlp_sz, h, true, "linear2")?,
-            qk_norm: QkNorm::new(h / cfg.num_heads, vb.pp("norm"))?,
+            qk_norm: qk_norm(h / cfg.num_heads, vb.pp("norm"))?,
             modulation: vb.linear(h, 3 * h, true, "modulation.lin")?,
             hidden: h,
             heads: cfg.num_heads,
@@ -239,7 +218,7 @@ impl SingleStreamBlock {
         &self,
         xs: &Tensor,
         vec_: &Tensor,
-        pe: &Tensor,
+        rope: &Rope,
         ctx: &BlockCtx,
         queries: Queries,
         hook: Option<&mut dyn AttentionHook>,
@@ -247,8 +226,8 @@ impl SingleStreamBlock {
         let m = modulations(&self.modulation, vec_, 1)?.remove(0);
         let x = m.norm_scale_shift(xs)?.apply(&self.linear1)?;
         let qkv = x.narrow(D::Minus1, 0, 3 * self.hidden)?;
-        let (q, k, v) = split_qkv(&qkv, self.heads, &self.qk_norm)?;
-        let attn = block_attention(&q, &k, &v, pe, ctx, queries, hook)?;
+        let (q, k, v) = split_heads(&[(&qkv, &self.qk_norm)], self.heads)?;
+        let attn = block_attention(&q, &k, &v, rope, ctx, queries, hook)?;
         // The rows whose outputs are made: all, or the image tokens after the text.
         let rows = |t: &Tensor| match queries {
             Queries::Joint => Ok(t.clone()),
@@ -304,7 +283,7 @@ pub struct StepInput<'a> {
     /// CLIP pooled output (b, vec_in_dim).
     pub pooled: &'a Tensor,
     /// RoPE table from [`Flux::rope_table`]; built once per run.
-    pub pe: &'a Tensor,
+    pub rope: &'a Rope,
     pub layout: TokenLayout,
 }
 
@@ -360,8 +339,8 @@ impl Flux {
     }
 
     /// The RoPE table of `[text | image]` for the given position ids, each (b, len, 3).
-    pub fn rope_table(&self, txt_ids: &Tensor, img_ids: &Tensor) -> Result<Tensor> {
-        Tensor::cat(&[txt_ids, img_ids], 1)?.apply(&self.pe_embedder)
+    pub fn rope_table(&self, txt_ids: &Tensor, img_ids: &Tensor) -> Result<Rope> {
+        Rope::from_table(&Tensor::cat(&[txt_ids, img_ids], 1)?.apply(&self.pe_embedder)?)
     }
 
     /// One velocity prediction (b, img_len, in_channels) at timestep `t` (b,) in [0, 1].
@@ -427,7 +406,7 @@ impl Flux {
                     &s.img,
                     &s.txt,
                     &s.vec_,
-                    run.input.pe,
+                    run.input.rope,
                     &c,
                     reborrow(&mut run.hook),
                 )?;
@@ -451,7 +430,7 @@ impl Flux {
                 *xs = block.forward(
                     xs,
                     &s.vec_,
-                    run.input.pe,
+                    run.input.rope,
                     &c,
                     queries,
                     reborrow(&mut run.hook),

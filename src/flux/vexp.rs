@@ -2,6 +2,8 @@
 //! baseline and chosen at run time: the scalar `expf` behind candle's softmax was the largest
 //! single cost of a CPU forward.
 
+use super::dispatch::dispatched;
+
 /// Lanes of the running reductions: wide enough for one AVX-512 register, plain arrays so the
 /// compiler vectorises them on every target.
 const LANES: usize = 16;
@@ -115,38 +117,6 @@ fn gelu(xs: &[f32], out: &mut [f32]) {
         let u = SQRT_TWO_OVER_PI * x * (1.0 + 0.044_715 * x * x);
         *o = x / (1.0 + exp(-2.0 * u));
     }
-}
-
-/// Defines `$name` calling `$body` compiled for the best of AVX-512, AVX2+FMA and the baseline
-/// that this CPU has.
-macro_rules! dispatched {
-    ($(#[$doc:meta])* pub fn $name:ident($($arg:ident: $ty:ty),*) => $body:ident) => {
-        $(#[$doc])*
-        pub fn $name($($arg: $ty),*) {
-            #[cfg(target_arch = "x86_64")]
-            {
-                #[target_feature(enable = "avx512f")]
-                fn avx512($($arg: $ty),*) {
-                    $body($($arg),*)
-                }
-                #[target_feature(enable = "avx2,fma")]
-                fn avx2($($arg: $ty),*) {
-                    $body($($arg),*)
-                }
-                if std::arch::is_x86_feature_detected!("avx512f") {
-                    // SAFETY: the CPU has the features the function was compiled for.
-                    return unsafe { avx512($($arg),*) };
-                }
-                if std::arch::is_x86_feature_detected!("avx2")
-                    && std::arch::is_x86_feature_detected!("fma")
-                {
-                    // SAFETY: as above.
-                    return unsafe { avx2($($arg),*) };
-                }
-            }
-            $body($($arg),*)
-        }
-    };
 }
 
 dispatched! {

@@ -1,0 +1,262 @@
+//! The attention heads of fused qkv projections: (b, len, 3 * hidden) rows split into q, k and v
+//! of shape (b, heads, len, head_dim), q and k RMS-normalised, and a double block's two streams
+//! joined along the sequence (text first). On the CPU in f32 one pass writes all three; elsewhere
+//! candle's operations.
+
+use candle_core::{
+    bail, CpuStorage, CustomOp1, CustomOp2, DType, Device, Layout, Result, Shape, Tensor,
+};
+use candle_nn::{Module, RmsNorm};
+use rayon::prelude::*;
+
+/// The RMSNorms of q and k of one stream's heads.
+pub struct QkNorm {
+    query: RmsNorm,
+    key: RmsNorm,
+    /// The scales as f32 when the weights are f32 on the CPU, for the one-pass split.
+    cpu_scales: Option<(Vec<f32>, Vec<f32>)>,
+}
+
+/// candle's `RmsNorm` epsilon in FLUX's QK norms.
+const EPS: f32 = 1e-6;
+
+impl QkNorm {
+    pub fn new(query: Tensor, key: Tensor) -> Result<Self> {
+        let on_cpu_f32 = |t: &Tensor| matches!(t.device(), Device::Cpu) && t.dtype() == DType::F32;
+        let cpu_scales = match on_cpu_f32(&query) && on_cpu_f32(&key) {
+            true => Some((query.to_vec1()?, key.to_vec1()?)),
+            false => None,
+        };
+        Ok(Self {
+            query: RmsNorm::new(query, EPS.into()),
+            key: RmsNorm::new(key, EPS.into()),
+            cpu_scales,
+        })
+    }
+}
+
+/// q, k and v of the streams' projections `(qkv, norm)` joined along the sequence, each
+/// (b, heads, total len, head_dim), contiguous. A projection may be a narrowed view of a wider
+/// row (a single block's `linear1`).
+pub fn split_heads(
+    streams: &[(&Tensor, &QkNorm)],
+    heads: usize,
+) -> Result<(Tensor, Tensor, Tensor)> {
+    let fast = streams.iter().all(|(x, n)| {
+        n.cpu_scales.is_some() && matches!(x.device(), Device::Cpu) && x.dtype() == DType::F32
+    });
+    let joint = match (fast, streams) {
+        (true, [(x, n)]) => Some(x.apply_op1_no_bwd(&SplitHeads::new(heads, &[n]))?),
+        (true, [(a, na), (b, nb)]) => {
+            Some(a.apply_op2_no_bwd(b, &SplitHeads::new(heads, &[na, nb]))?)
+        }
+        _ => None,
+    };
+    if let Some(joint) = joint {
+        return Ok((joint.get(0)?, joint.get(1)?, joint.get(2)?));
+    }
+    let mut parts = (Vec::new(), Vec::new(), Vec::new());
+    for (x, norm) in streams {
+        let (b, l, _) = x.dims3()?;
+        let qkv = x.reshape((b, l, 3, heads, ()))?;
+        let part = |i: usize| qkv.get_on_dim(2, i)?.transpose(1, 2)?.contiguous();
+        parts.0.push(norm.query.forward(&part(0)?)?);
+        parts.1.push(norm.key.forward(&part(1)?)?);
+        parts.2.push(part(2)?);
+    }
+    Ok((
+        Tensor::cat(&parts.0, 2)?,
+        Tensor::cat(&parts.1, 2)?,
+        Tensor::cat(&parts.2, 2)?,
+    ))
+}
+
+/// [`split_heads`] on the CPU: writes (3, b, heads, total len, head_dim).
+struct SplitHeads<'a> {
+    heads: usize,
+    /// Per stream, the q and k scales.
+    scales: Vec<&'a (Vec<f32>, Vec<f32>)>,
+}
+
+impl<'a> SplitHeads<'a> {
+    fn new(heads: usize, norms: &[&'a QkNorm]) -> Self {
+        Self {
+            heads,
+            scales: norms.iter().filter_map(|n| n.cpu_scales.as_ref()).collect(),
+        }
+    }
+
+    /// The split of the streams, each its data (from its layout's start), (b, len) and row
+    /// stride, rows of unit column stride.
+    fn split(&self, streams: &[(&[f32], &Layout)]) -> Result<(CpuStorage, Shape)> {
+        let heads = self.heads;
+        let mut rows = Vec::new();
+        for (data, layout) in streams {
+            let (b, len, width) = layout.shape().dims3()?;
+            let [sb, sl, sc] = <[usize; 3]>::try_from(layout.stride()).expect("three dims");
+            if width % (3 * heads) != 0 || (width > 0 && sc != 1) {
+                bail!(
+                    "split heads: (b, len, 3 * hidden) rows of unit stride, got {:?}",
+                    layout.dims()
+                );
+            }
+            rows.push((&data[layout.start_offset()..], b, len, sb, sl, width / 3));
+        }
+        let (b, hidden) = (rows[0].1, rows[0].5);
+        if rows.iter().any(|r| r.1 != b || r.5 != hidden) || self.scales.len() != rows.len() {
+            bail!("split heads: the streams' batches or widths differ");
+        }
+        let dim = hidden / heads;
+        let total: usize = rows.iter().map(|r| r.2).sum();
+        let mut out = vec![0f32; 3 * b * heads * total * dim];
+        if !out.is_empty() {
+            // One item per (part, batch, head): a contiguous (total, dim) block of the output.
+            out.par_chunks_mut(total * dim)
+                .enumerate()
+                .for_each(|(item, dst)| {
+                    let (part, bi, h) = (item / (b * heads), item / heads % b, item % heads);
+                    let mut dst = dst.chunks_exact_mut(dim);
+                    for ((data, _, len, sb, sl, _), (q_scale, k_scale)) in
+                        rows.iter().zip(&self.scales)
+                    {
+                        let scale = match part {
+                            0 => Some(q_scale),
+                            1 => Some(k_scale),
+                            _ => None,
+                        };
+                        let col = part * hidden + h * dim;
+                        for r in 0..*len {
+                            let src = &data[bi * sb + r * sl + col..][..dim];
+                            let d = dst.next().expect("the block holds every row");
+                            match scale {
+                                Some(alpha) => rms_row(src, alpha, d),
+                                None => d.copy_from_slice(src),
+                            }
+                        }
+                    }
+                });
+        }
+        Ok((CpuStorage::F32(out), Shape::from((3, b, heads, total, dim))))
+    }
+}
+
+/// candle's `rms_norm` of one row, in its order of operations.
+fn rms_row(src: &[f32], alpha: &[f32], dst: &mut [f32]) {
+    let sum2 = src.iter().map(|&v| v * v).sum::<f32>();
+    let m = (sum2 / src.len() as f32 + EPS).sqrt();
+    for ((d, &s), &a) in dst.iter_mut().zip(src).zip(alpha) {
+        *d = s / m * a;
+    }
+}
+
+fn f32_data<'s>(s: &'s CpuStorage, what: &str) -> Result<&'s [f32]> {
+    match s {
+        CpuStorage::F32(d) => Ok(d),
+        _ => bail!("split heads: {what} must be f32"),
+    }
+}
+
+impl CustomOp1 for SplitHeads<'_> {
+    fn name(&self) -> &'static str {
+        "split-heads"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        self.split(&[(f32_data(s, "qkv")?, l)])
+    }
+}
+
+impl CustomOp2 for SplitHeads<'_> {
+    fn name(&self) -> &'static str {
+        "split-heads"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        self.split(&[
+            (f32_data(s1, "text qkv")?, l1),
+            (f32_data(s2, "image qkv")?, l2),
+        ])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn norm(dim: usize, seed: f32) -> Result<QkNorm> {
+        let dev = Device::Cpu;
+        let w = |s: f32| Tensor::arange(0f32, dim as f32, &dev)?.affine(0.1, s as f64);
+        QkNorm::new(w(seed)?, w(seed + 0.5)?)
+    }
+
+    fn max_diff(a: &Tensor, b: &Tensor) -> Result<f32> {
+        (a.to_dtype(DType::F32)? - b.to_dtype(DType::F32)?)?
+            .abs()?
+            .max_all()?
+            .to_scalar()
+    }
+
+    #[test]
+    fn the_one_pass_split_equals_candles_operations_to_the_bit() -> Result<()> {
+        let dev = Device::Cpu;
+        let (heads, dim) = (3, 8);
+        let hidden = heads * dim;
+        // A single block's view: the first 3 * hidden columns of wider rows.
+        let wide = Tensor::randn(0f32, 1., (2, 5, 3 * hidden + 7), &dev)?;
+        let qkv = wide.narrow(2, 0, 3 * hidden)?;
+        let txt = Tensor::randn(0f32, 1., (2, 4, 3 * hidden), &dev)?;
+        let (fast_a, fast_b) = (norm(dim, 1.0)?, norm(dim, -2.0)?);
+        // The same weights without their f32 copies take candle's operations.
+        let slow = |n: &QkNorm| QkNorm {
+            query: n.query.clone(),
+            key: n.key.clone(),
+            cpu_scales: None,
+        };
+        let (slow_a, slow_b) = (slow(&fast_a), slow(&fast_b));
+        for streams in [
+            (vec![(&qkv, &fast_a)], vec![(&qkv, &slow_a)]),
+            (
+                vec![(&txt, &fast_b), (&qkv, &fast_a)],
+                vec![(&txt, &slow_b), (&qkv, &slow_a)],
+            ),
+        ] {
+            let got = split_heads(&streams.0, heads)?;
+            let want = split_heads(&streams.1, heads)?;
+            for (g, w) in [(&got.0, &want.0), (&got.1, &want.1), (&got.2, &want.2)] {
+                assert_eq!(g.dims(), w.dims());
+                assert!(g.is_contiguous());
+                assert_eq!(max_diff(g, w)?, 0.0);
+            }
+        }
+        // And the norm is applied: q's rows are not the projection's.
+        let (q, _, v) = split_heads(&[(&qkv, &fast_a)], heads)?;
+        let plain_q = qkv
+            .reshape((2, 5, 3, heads, dim))?
+            .get_on_dim(2, 0)?
+            .transpose(1, 2)?;
+        assert!(max_diff(&q, &plain_q)? > 1e-2);
+        let plain_v = qkv
+            .reshape((2, 5, 3, heads, dim))?
+            .get_on_dim(2, 2)?
+            .transpose(1, 2)?;
+        assert_eq!(max_diff(&v, &plain_v)?, 0.0);
+        Ok(())
+    }
+
+    #[test]
+    fn rows_that_do_not_split_into_the_heads_are_refused() -> Result<()> {
+        let dev = Device::Cpu;
+        let x = Tensor::zeros((1, 2, 20), DType::F32, &dev)?;
+        let err = split_heads(&[(&x, &norm(4, 1.0)?)], 3)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("3 * hidden"), "{err}");
+        Ok(())
+    }
+}
