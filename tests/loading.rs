@@ -78,7 +78,9 @@ fn bfl_autoencoder_and_latents() -> anyhow::Result<(AutoEncoder, Tensor)> {
 }
 
 /// Our decoder, loaded from the diffusers names, computes what candle-transformers' AutoEncoder
-/// computes from the BFL weights, to the bit in f32.
+/// computes from the BFL weights: the same arithmetic in f32 but for the swish's exp, ours
+/// vectorised and within 2 ulp of libm's, which leaves the pixels within 1e-5 (2.98e-6 seen) and
+/// their 8-bit values at most one level apart.
 #[test]
 fn vae_decoder_equals_candle_autoencoder_on_the_bfl_weights_it_was_written_from(
 ) -> anyhow::Result<()> {
@@ -89,9 +91,12 @@ fn vae_decoder_equals_candle_autoencoder_on_the_bfl_weights_it_was_written_from(
     let ours = vae.decode_pixels(&latents, DType::F32)?;
     let theirs = reference.decode(&latents)?;
     assert_eq!(ours.dims(), &[1, 3, 32, 48]);
-    assert_eq!(max_abs_diff(&ours, &theirs), 0.0, "the same arithmetic");
+    let diff = max_abs_diff(&ours, &theirs);
+    assert!(diff < 1e-5, "pixels differ by {diff}");
     let image = vae.decode(&latents, DType::F32)?;
-    assert_eq!(image, charaboard::vae::to_rgb8(&theirs)?);
+    let reference = charaboard::vae::to_rgb8(&theirs)?;
+    let levels = image.as_raw().iter().zip(reference.as_raw());
+    assert!(levels.into_iter().all(|(a, b)| a.abs_diff(*b) <= 1));
     let distinct: std::collections::HashSet<_> = image.pixels().map(|p| p.0).collect();
     assert!(distinct.len() > 50, "the decoded image is not flat");
     Ok(())

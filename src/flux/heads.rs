@@ -9,6 +9,8 @@ use candle_core::{
 use candle_nn::{Module, RmsNorm};
 use rayon::prelude::*;
 
+use super::row_sums::{ordered_sums, ROWS};
+
 /// The RMSNorms of q and k of one stream's heads.
 pub struct QkNorm {
     query: RmsNorm,
@@ -125,12 +127,19 @@ impl<'a> SplitHeads<'a> {
                             _ => None,
                         };
                         let col = part * hidden + h * dim;
-                        for r in 0..*len {
-                            let src = &data[bi * sb + r * sl + col..][..dim];
-                            let d = dst.next().expect("the block holds every row");
-                            match scale {
-                                Some(alpha) => rms_row(src, alpha, d),
-                                None => d.copy_from_slice(src),
+                        let src = |r: usize| &data[bi * sb + r * sl + col..][..dim];
+                        for start in (0..*len).step_by(ROWS) {
+                            let n = ROWS.min(len - start);
+                            // A short last group repeats its last row; the copies are not written.
+                            let rows: [&[f32]; ROWS] =
+                                std::array::from_fn(|j| src(start + j.min(n - 1)));
+                            let sums = scale.map(|_| ordered_sums(rows, |_, v| v * v));
+                            for (j, row) in rows.into_iter().enumerate().take(n) {
+                                let d = dst.next().expect("the block holds every row");
+                                match (scale, sums) {
+                                    (Some(alpha), Some(sums)) => rms_row(row, sums[j], alpha, d),
+                                    _ => d.copy_from_slice(row),
+                                }
                             }
                         }
                     }
@@ -140,9 +149,8 @@ impl<'a> SplitHeads<'a> {
     }
 }
 
-/// candle's `rms_norm` of one row, in its order of operations.
-fn rms_row(src: &[f32], alpha: &[f32], dst: &mut [f32]) {
-    let sum2 = src.iter().map(|&v| v * v).sum::<f32>();
+/// candle's `rms_norm` of one row whose sum of squares is `sum2`, in its order of operations.
+fn rms_row(src: &[f32], sum2: f32, alpha: &[f32], dst: &mut [f32]) {
     let m = (sum2 / src.len() as f32 + EPS).sqrt();
     for ((d, &s), &a) in dst.iter_mut().zip(src).zip(alpha) {
         *d = s / m * a;
@@ -207,8 +215,9 @@ mod tests {
         let dev = Device::Cpu;
         let (heads, dim) = (3, 8);
         let hidden = heads * dim;
-        // A single block's view: the first 3 * hidden columns of wider rows.
-        let wide = Tensor::randn(0f32, 1., (2, 5, 3 * hidden + 7), &dev)?;
+        // A single block's view: the first 3 * hidden columns of wider rows; 13 rows make a
+        // group summed side by side and a short one.
+        let wide = Tensor::randn(0f32, 1., (2, 13, 3 * hidden + 7), &dev)?;
         let qkv = wide.narrow(2, 0, 3 * hidden)?;
         let txt = Tensor::randn(0f32, 1., (2, 4, 3 * hidden), &dev)?;
         let (fast_a, fast_b) = (norm(dim, 1.0)?, norm(dim, -2.0)?);
@@ -237,12 +246,12 @@ mod tests {
         // And the norm is applied: q's rows are not the projection's.
         let (q, _, v) = split_heads(&[(&qkv, &fast_a)], heads)?;
         let plain_q = qkv
-            .reshape((2, 5, 3, heads, dim))?
+            .reshape((2, 13, 3, heads, dim))?
             .get_on_dim(2, 0)?
             .transpose(1, 2)?;
         assert!(max_diff(&q, &plain_q)? > 1e-2);
         let plain_v = qkv
-            .reshape((2, 5, 3, heads, dim))?
+            .reshape((2, 13, 3, heads, dim))?
             .get_on_dim(2, 2)?
             .transpose(1, 2)?;
         assert_eq!(max_diff(&v, &plain_v)?, 0.0);

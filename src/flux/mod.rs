@@ -6,7 +6,7 @@ pub mod attention;
 pub mod config;
 pub mod cpu_attention;
 mod cpu_linear;
-mod dispatch;
+pub(crate) mod dispatch;
 pub mod error;
 pub mod gelu;
 pub mod heads;
@@ -15,6 +15,7 @@ pub mod linear;
 pub mod model;
 pub mod modulate;
 pub mod rope;
+mod row_sums;
 pub mod vexp;
 pub mod weights;
 

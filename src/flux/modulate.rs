@@ -7,6 +7,7 @@ use candle_core::{bail, CpuStorage, CustomOp3, DType, Device, Layout, Result, Sh
 use candle_nn::{LayerNorm, Module};
 use rayon::prelude::*;
 
+use super::row_sums::{group_sums, ROWS};
 use crate::cpu_slices::contiguous_f32;
 
 const EPS: f64 = 1e-6;
@@ -43,21 +44,25 @@ impl CustomOp3 for NormModulate {
             );
         }
         let mut out = vec![0f32; x_data.len()];
-        out.par_chunks_mut(hidden)
-            .zip(x_data.par_chunks(hidden))
+        let n = hidden as f32;
+        out.par_chunks_mut(ROWS * hidden)
+            .zip(x_data.par_chunks(ROWS * hidden))
             .enumerate()
-            .for_each(|(row, (y, x))| {
-                let bi = row / len;
-                let (scale1, shift) = (
-                    &scale1[bi * hidden..][..hidden],
-                    &shift[bi * hidden..][..hidden],
-                );
+            .for_each(|(g, (ys, xs))| {
                 // The two-pass variance of candle's LayerNorm, in its order of operations.
-                let mean = x.iter().sum::<f32>() / hidden as f32;
-                let var = x.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>() / hidden as f32;
-                let std = (var + EPS as f32).sqrt();
-                for (((y, &x), &s), &t) in y.iter_mut().zip(x).zip(scale1).zip(shift) {
-                    *y = (x - mean) / std * s + t;
+                let mean = group_sums(xs, hidden, |_, v| v).map(|s| s / n);
+                let var = group_sums(xs, hidden, |j, v| (v - mean[j]) * (v - mean[j]));
+                let rows = ys.chunks_exact_mut(hidden).zip(xs.chunks_exact(hidden));
+                for (j, (y, x)) in rows.enumerate() {
+                    let bi = (g * ROWS + j) / len;
+                    let (scale1, shift) = (
+                        &scale1[bi * hidden..][..hidden],
+                        &shift[bi * hidden..][..hidden],
+                    );
+                    let (mean, std) = (mean[j], (var[j] / n + EPS as f32).sqrt());
+                    for (((y, &x), &s), &t) in y.iter_mut().zip(x).zip(scale1).zip(shift) {
+                        *y = (x - mean) / std * s + t;
+                    }
                 }
             });
         Ok((CpuStorage::F32(out), x_l.shape().clone()))

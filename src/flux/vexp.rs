@@ -11,7 +11,7 @@ const LANES: usize = 16;
 /// e^x to about 1 ulp over the f32 range, 0 below -87 (and for -inf, so masked keys weigh
 /// nothing): Cody-Waite reduction by ln 2 and Cephes' degree-6 polynomial, branch-free.
 #[inline(always)]
-fn exp(x: f32) -> f32 {
+pub(crate) fn exp(x: f32) -> f32 {
     const LOG2E: f32 = std::f32::consts::LOG2_E;
     const LN2_HI: f32 = 0.693_359_4;
     const LN2_LO: f32 = -2.121_944_4e-4;
