@@ -132,6 +132,16 @@ dispatched! {
     ) => online_tile
 }
 
+#[inline(always)]
+fn add(dst: &mut [f32], src: &[f32]) {
+    dst.iter_mut().zip(src).for_each(|(d, s)| *d += s);
+}
+
+dispatched! {
+    /// `dst += src`, element by element (an attention tile's mask).
+    pub fn add_in_place(dst: &mut [f32], src: &[f32]) => add
+}
+
 dispatched! {
     /// Each row of `rows` (row-major, `row_len` wide) replaced by its softmax.
     pub fn softmax_rows(rows: &mut [f32], row_len: usize) => softmax
