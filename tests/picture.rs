@@ -18,8 +18,11 @@ use charaboard::sampler::{self, Denoised, StepControl};
 use common::max_abs_diff;
 
 /// Our encoder, loaded from the diffusers names, computes what candle-transformers' encoder
-/// computes from the BFL weights, to the bit in f32; `encode` takes the mean and scales it as
-/// candle's `AutoEncoder::encode` does (which draws around the mean instead).
+/// computes from the BFL weights: the same arithmetic in f32 but for the swish's exp, ours
+/// vectorised and within 2 ulp of libm's, which leaves the moments within 1e-5 (1.6e-6 seen);
+/// `encode` takes
+/// the mean and scales it as candle's `AutoEncoder::encode` does (which draws around the mean
+/// instead).
 #[test]
 fn vae_encoder_equals_candle_encoder_on_the_bfl_weights_it_was_written_from() -> anyhow::Result<()>
 {
@@ -34,7 +37,8 @@ fn vae_encoder_equals_candle_encoder_on_the_bfl_weights_it_was_written_from() ->
     let pixels = Tensor::rand(-1f32, 1., (1, 3, 32, 48), &Device::Cpu)?;
     let moments = ours.moments(&pixels)?;
     assert_eq!(moments.dims(), &[1, 32, 4, 6]);
-    assert_eq!(max_abs_diff(&moments, &theirs.forward(&pixels)?), 0.0);
+    let diff = max_abs_diff(&moments, &theirs.forward(&pixels)?);
+    assert!(diff < 1e-5, "moments differ by {diff}");
     let mean = moments.chunk(2, 1)?.remove(0);
     let expected = ((mean - cfg.shift_factor)? * cfg.scale_factor)?;
     assert_eq!(
