@@ -20,9 +20,8 @@ use common::max_abs_diff;
 /// Our encoder, loaded from the diffusers names, computes what candle-transformers' encoder
 /// computes from the BFL weights: the same arithmetic in f32 but for the swish's exp, ours
 /// vectorised and within 2 ulp of libm's, which leaves the moments within 1e-5 (1.6e-6 seen);
-/// `encode` takes
-/// the mean and scales it as candle's `AutoEncoder::encode` does (which draws around the mean
-/// instead).
+/// `encode` takes the mean and scales it as candle's `AutoEncoder::encode` does (which draws
+/// around the mean instead).
 #[test]
 fn vae_encoder_equals_candle_encoder_on_the_bfl_weights_it_was_written_from() -> anyhow::Result<()>
 {
