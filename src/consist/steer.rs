@@ -93,10 +93,9 @@ pub struct ConsistHook<'a> {
     active: Vec<ActiveMatches>,
     /// Per step: background tokens shared (reference background and not current foreground).
     bg_tokens: Option<Vec<u32>>,
-    /// Attention masks by borrowed key counts (background, then each character), for the
-    /// owners they were made for: kept from step to step while the owners stay.
-    extra_masks: Vec<(Vec<usize>, Tensor)>,
-    extra_masks_owners: Vec<u8>,
+    /// The owners the masks were made for, and their attention masks by borrowed key counts
+    /// (background, then each character): kept from step to step while the owners stay.
+    extra_masks: (Vec<u8>, Vec<(Vec<usize>, Tensor)>),
     /// Outputs: the owners after step 0, and the mask, owners and matches of the mask step.
     first_owners: Option<Vec<u8>>,
     mask_at_match_step: Option<Vec<bool>>,
@@ -151,8 +150,7 @@ impl<'a> ConsistHook<'a> {
             owners: None,
             active: Vec::new(),
             bg_tokens: None,
-            extra_masks: Vec::new(),
-            extra_masks_owners: Vec::new(),
+            extra_masks: (Vec::new(), Vec::new()),
             first_owners: None,
             mask_at_match_step: None,
             owners_at_match_step: None,
@@ -286,15 +284,16 @@ impl<'a> ConsistHook<'a> {
         dev: &candle_core::Device,
     ) -> Result<Tensor> {
         let owners = self.owners.as_deref().unwrap_or(&[]);
-        if self.extra_masks_owners != owners {
-            self.extra_masks.clear();
-            self.extra_masks_owners = owners.to_vec();
+        let (made_for, masks) = &mut self.extra_masks;
+        if made_for != owners {
+            *made_for = owners.to_vec();
+            masks.clear();
         }
-        if let Some((_, m)) = self.extra_masks.iter().find(|(k, _)| k == counts) {
+        if let Some((_, m)) = masks.iter().find(|(k, _)| k == counts) {
             return Ok(m.clone());
         }
         let mask = borrowed_key_mask(owners, ctx.txt_len, ctx.img_len(), counts, self.dtype, dev)?;
-        self.extra_masks.push((counts.to_vec(), mask.clone()));
+        self.extra_masks.1.push((counts.to_vec(), mask.clone()));
         Ok(mask)
     }
 
