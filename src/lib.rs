@@ -15,6 +15,7 @@ pub mod digest;
 pub mod export;
 pub mod flux;
 pub mod heap_meter;
+pub mod heap_policy;
 pub mod invert;
 pub mod limits;
 pub mod memory_plan;

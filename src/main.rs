@@ -8,6 +8,7 @@ use clap::Parser;
 static HEAP: charaboard::heap_meter::CountingAllocator = charaboard::heap_meter::CountingAllocator;
 
 fn main() {
+    charaboard::heap_policy::reuse_freed_memory();
     charaboard::compute_pool::set_defaults();
     if let Err(e) = charaboard::cli::run(charaboard::cli::Cli::parse()) {
         eprintln!("error: {e:#}");

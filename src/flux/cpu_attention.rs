@@ -9,7 +9,7 @@ use candle_core::{
 use gemm::{gemm, Parallelism};
 use rayon::prelude::*;
 
-use super::vexp::{add_in_place, online_softmax_tile, softmax_rows};
+use super::vexp::{online_softmax_tile, softmax_rows};
 
 /// Query rows per work item: large enough to reuse each key and value tile many times.
 const TILE_Q: usize = 128;
@@ -112,22 +112,27 @@ fn product(
 
 /// An additive mask (1 or b, 1, len_q, len_k), contiguous, in the model's dtype.
 enum MaskRows<'a> {
+    /// Added to the scores inside the softmax's first pass.
     F32(&'a [f32]),
+    /// Widened and added to each score row before the softmax.
+    Half(HalfMask<'a>),
+}
+
+enum HalfMask<'a> {
     Bf16(&'a [half::bf16]),
     F16(&'a [half::f16]),
 }
 
-impl MaskRows<'_> {
+impl HalfMask<'_> {
     /// Adds `len` mask entries from `start` to `row`.
     fn add_to(&self, row: &mut [f32], start: usize) {
         let len = row.len();
         match self {
-            MaskRows::F32(m) => add_in_place(row, &m[start..start + len]),
-            MaskRows::Bf16(m) => row
+            HalfMask::Bf16(m) => row
                 .iter_mut()
                 .zip(&m[start..start + len])
                 .for_each(|(x, m)| *x += m.to_f32()),
-            MaskRows::F16(m) => row
+            HalfMask::F16(m) => row
                 .iter_mut()
                 .zip(&m[start..start + len])
                 .for_each(|(x, m)| *x += m.to_f32()),
@@ -179,8 +184,10 @@ impl CustomOp3 for FusedAttention {
                 let start = layout.start_offset();
                 Some(match &**storage {
                     Storage::Cpu(CpuStorage::F32(m)) => MaskRows::F32(&m[start..]),
-                    Storage::Cpu(CpuStorage::BF16(m)) => MaskRows::Bf16(&m[start..]),
-                    Storage::Cpu(CpuStorage::F16(m)) => MaskRows::F16(&m[start..]),
+                    Storage::Cpu(CpuStorage::BF16(m)) => {
+                        MaskRows::Half(HalfMask::Bf16(&m[start..]))
+                    }
+                    Storage::Cpu(CpuStorage::F16(m)) => MaskRows::Half(HalfMask::F16(&m[start..])),
                     _ => bail!("the attention mask must be a float tensor on the CPU"),
                 })
             }
@@ -220,12 +227,26 @@ impl CustomOp3 for FusedAttention {
                                     self.scale,
                                     false,
                                 );
-                                if let Some(mask) = &mask {
-                                    for (r, row) in tile.chunks_exact_mut(cols).enumerate() {
-                                        mask.add_to(row, mask_base + (q0 + r) * len_k + k0);
+                                let tile_mask = match &mask {
+                                    Some(MaskRows::F32(m)) => {
+                                        Some((&m[mask_base + q0 * len_k + k0..], len_k))
                                     }
-                                }
-                                online_softmax_tile(tile, cols, &mut max, &mut sum, &mut rescale);
+                                    Some(MaskRows::Half(m)) => {
+                                        for (r, row) in tile.chunks_exact_mut(cols).enumerate() {
+                                            m.add_to(row, mask_base + (q0 + r) * len_k + k0);
+                                        }
+                                        None
+                                    }
+                                    None => None,
+                                };
+                                online_softmax_tile(
+                                    tile,
+                                    cols,
+                                    tile_mask,
+                                    &mut max,
+                                    &mut sum,
+                                    &mut rescale,
+                                );
                                 for (row, &f) in acc.chunks_exact_mut(dim_v).zip(&rescale) {
                                     if f != 1.0 {
                                         row.iter_mut().for_each(|x| *x *= f);

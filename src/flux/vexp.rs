@@ -55,6 +55,32 @@ fn row_max(row: &[f32]) -> f32 {
         .fold(f32::NEG_INFINITY, f32::max)
 }
 
+/// Adds `mask` to `row` in place and returns the row's maximum: the additive attention mask
+/// and the softmax's first pass over a score row in one.
+#[inline(always)]
+fn masked_row_max(row: &mut [f32], mask: &[f32]) -> f32 {
+    let mask = &mask[..row.len()];
+    let mut lanes = [f32::NEG_INFINITY; LANES];
+    let mut chunks = row.chunks_exact_mut(LANES);
+    let mut mask_chunks = mask.chunks_exact(LANES);
+    for (c, m) in (&mut chunks).zip(&mut mask_chunks) {
+        for ((l, x), &m) in lanes.iter_mut().zip(c).zip(m) {
+            *x += m;
+            *l = if *x > *l { *x } else { *l };
+        }
+    }
+    let mut rest = f32::NEG_INFINITY;
+    for (x, &m) in chunks
+        .into_remainder()
+        .iter_mut()
+        .zip(mask_chunks.remainder())
+    {
+        *x += m;
+        rest = rest.max(*x);
+    }
+    lanes.into_iter().fold(rest, f32::max)
+}
+
 /// Replaces each x of `row` by e^(x - max) and returns their sum.
 #[inline(always)]
 fn exp_shifted_sum(row: &mut [f32], max: f32) -> f32 {
@@ -75,19 +101,25 @@ fn exp_shifted_sum(row: &mut [f32], max: f32) -> f32 {
 }
 
 /// The online-softmax step of one score tile (`rows` x `row_len`, row-major) for the running
-/// maxima `max` and sums `sum` of its rows: the tile becomes e^(s - new max) and `rescale` gets the
-/// factor e^(old max - new max) the rows' accumulated outputs must be multiplied by. A row whose
-/// keys are all masked so far stays at weight 0.
+/// maxima `max` and sums `sum` of its rows, after adding `mask` (its rows `mask.1` apart) when
+/// there is one: the tile becomes e^(s - new max) and `rescale` gets the factor
+/// e^(old max - new max) the rows' accumulated outputs must be multiplied by. A row whose keys are
+/// all masked so far stays at weight 0.
 #[inline(always)]
 fn online_tile(
     tile: &mut [f32],
     row_len: usize,
+    mask: Option<(&[f32], usize)>,
     max: &mut [f32],
     sum: &mut [f32],
     rescale: &mut [f32],
 ) {
     for (r, row) in tile.chunks_exact_mut(row_len).enumerate() {
-        let new_max = max[r].max(row_max(row));
+        let row_max = match mask {
+            Some((mask, stride)) => masked_row_max(row, &mask[r * stride..]),
+            None => row_max(row),
+        };
+        let new_max = max[r].max(row_max);
         if new_max == f32::NEG_INFINITY {
             row.fill(0.0);
             rescale[r] = 1.0;
@@ -126,20 +158,11 @@ dispatched! {
     pub fn online_softmax_tile(
         tile: &mut [f32],
         row_len: usize,
+        mask: Option<(&[f32], usize)>,
         max: &mut [f32],
         sum: &mut [f32],
         rescale: &mut [f32]
     ) => online_tile
-}
-
-#[inline(always)]
-fn add(dst: &mut [f32], src: &[f32]) {
-    dst.iter_mut().zip(src).for_each(|(d, s)| *d += s);
-}
-
-dispatched! {
-    /// `dst += src`, element by element (an attention tile's mask).
-    pub fn add_in_place(dst: &mut [f32], src: &[f32]) => add
 }
 
 dispatched! {

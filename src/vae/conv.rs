@@ -50,16 +50,22 @@ impl Conv {
 
 impl Module for Conv {
     fn forward(&self, xs: &Tensor) -> Result<Tensor> {
-        let native = device::has_native_conv(xs.device(), xs.dtype());
         let weight = self.inner.weight();
-        if native && !cpu_conv::takes(xs, weight, self.inner.config().groups) {
+        let cfg = self.inner.config();
+        if cpu_conv::takes(xs, weight, cfg.groups) {
+            // f32 on the CPU: the bias goes in with the product.
+            return cpu_conv::conv2d(xs, weight, self.inner.bias(), geometry(cfg));
+        }
+        if device::has_native_conv(xs.device(), xs.dtype()) {
             return self.inner.forward(xs);
         }
-        let (wide, weight) = match native {
-            true => (xs.clone(), weight.clone()),
-            false => (xs.to_dtype(DType::F32)?, weight.to_dtype(DType::F32)?),
-        };
-        let ys = convolve(&wide, &weight, self.inner.config())?.to_dtype(xs.dtype())?;
+        let (wide, weight) = (xs.to_dtype(DType::F32)?, weight.to_dtype(DType::F32)?);
+        let ys = match cpu_conv::takes(&wide, &weight, cfg.groups) {
+            true => cpu_conv::conv2d(&wide, &weight, None, geometry(cfg))?,
+            false => wide.conv2d(&weight, cfg.padding, cfg.stride, cfg.dilation, cfg.groups)?,
+        }
+        .to_dtype(xs.dtype())?;
+        // Added in the run's dtype, as candle's convolution module adds it.
         match self.inner.bias() {
             None => Ok(ys),
             Some(bias) => ys.broadcast_add(&bias.reshape((1, bias.dims1()?, 1, 1))?),
@@ -67,16 +73,10 @@ impl Module for Conv {
     }
 }
 
-/// candle's convolution, through [`cpu_conv`] where that computes it (the same sums, less
-/// copying).
-fn convolve(xs: &Tensor, weight: &Tensor, cfg: &Conv2dConfig) -> Result<Tensor> {
-    if cpu_conv::takes(xs, weight, cfg.groups) {
-        let geometry = cpu_conv::Geometry {
-            padding: cfg.padding,
-            stride: cfg.stride,
-            dilation: cfg.dilation,
-        };
-        return cpu_conv::conv2d(xs, weight, geometry);
+fn geometry(cfg: &Conv2dConfig) -> cpu_conv::Geometry {
+    cpu_conv::Geometry {
+        padding: cfg.padding,
+        stride: cfg.stride,
+        dilation: cfg.dilation,
     }
-    xs.conv2d(weight, cfg.padding, cfg.stride, cfg.dilation, cfg.groups)
 }

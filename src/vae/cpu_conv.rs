@@ -4,7 +4,9 @@
 //! whole input to NHWC one scalar at a time on one thread, gathers each patch value with bounds
 //! checks and scatters the product back pixel by pixel; here each im2col row is a run of
 //! contiguous copies from the NCHW input and the product is written straight into the output
-//! (a fifth of a tiny storyboard's CPU time went to candle's copies).
+//! (a fifth of a tiny storyboard's CPU time went to candle's copies). The bias is added to each
+//! output tile while it is still in cache (the same f32 additions as candle's `broadcast_add`
+//! after the convolution, without a second pass over the output and a second output buffer).
 
 use candle_core::{bail, CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
 use gemm::{gemm, Parallelism};
@@ -22,7 +24,11 @@ pub struct Geometry {
     pub dilation: usize,
 }
 
-struct TiledConv(Geometry);
+struct TiledConv {
+    geometry: Geometry,
+    /// One value per output channel, added to its outputs.
+    bias: Option<Vec<f32>>,
+}
 
 /// The output pointer shared by the tiles, which write disjoint pixel ranges.
 #[derive(Clone, Copy)]
@@ -66,7 +72,10 @@ impl CustomOp2 for TiledConv {
             padding,
             stride,
             dilation,
-        } = self.0;
+        } = self.geometry;
+        if self.bias.as_ref().is_some_and(|b| b.len() != c_out) {
+            bail!("vae-conv2d: a bias of the wrong length for {c_out} output channels");
+        }
         let span = |i: usize, k: usize| (i + 2 * padding).checked_sub(dilation * (k - 1) + 1);
         let (Some(h_span), Some(w_span)) = (span(i_h, k_h), span(i_w, k_w)) else {
             bail!("vae-conv2d: a {k_h}x{k_w} kernel larger than the padded {i_h}x{i_w} input");
@@ -98,7 +107,7 @@ impl CustomOp2 for TiledConv {
             for (r, row) in col.chunks_exact_mut(len).enumerate() {
                 let (c, ky, kx) = (r % c_in, r / c_in / k_w, r / c_in % k_w);
                 let plane = &image[c * i_h * i_w..][..i_h * i_w];
-                im2col_row(row, plane, (i_h, i_w), o_w, first, (ky, kx), self.0);
+                im2col_row(row, plane, (i_h, i_w), o_w, first, (ky, kx), self.geometry);
             }
             // SAFETY: `out` holds b * c_out * pixels values; this tile writes rows 0..c_out of
             // columns first..first+len of image bi, with row stride `pixels`, and no other tile
@@ -125,6 +134,19 @@ impl CustomOp2 for TiledConv {
                     false,
                     Parallelism::None,
                 )
+            }
+            if let Some(bias) = &self.bias {
+                for (o, &b) in bias.iter().enumerate() {
+                    // SAFETY: row o of this tile's columns, written by the product above and by
+                    // no other tile.
+                    let row = unsafe {
+                        std::slice::from_raw_parts_mut(
+                            dst.at(bi * c_out * pixels + o * pixels + first),
+                            len,
+                        )
+                    };
+                    row.iter_mut().for_each(|y| *y += b);
+                }
             }
         });
         Ok((CpuStorage::F32(out), Shape::from((b, c_out, o_h, o_w))))
@@ -189,10 +211,19 @@ pub fn takes(xs: &Tensor, kernel: &Tensor, groups: usize) -> bool {
         && xs.elem_count() > 0
 }
 
-/// `xs.conv2d(kernel, padding, stride, dilation, 1)` for what [`takes`] accepts.
-pub fn conv2d(xs: &Tensor, kernel: &Tensor, geometry: Geometry) -> Result<Tensor> {
+/// `xs.conv2d(kernel, padding, stride, dilation, 1)`, plus `bias` (c_out) broadcast over the
+/// pixels, for what [`takes`] accepts.
+pub fn conv2d(
+    xs: &Tensor,
+    kernel: &Tensor,
+    bias: Option<&Tensor>,
+    geometry: Geometry,
+) -> Result<Tensor> {
+    let bias = bias
+        .map(|b| b.to_dtype(candle_core::DType::F32)?.to_vec1::<f32>())
+        .transpose()?;
     xs.contiguous()?
-        .apply_op2_no_bwd(kernel, &TiledConv(geometry))
+        .apply_op2_no_bwd(kernel, &TiledConv { geometry, bias })
 }
 
 #[cfg(test)]
@@ -200,8 +231,9 @@ mod tests {
     use super::*;
     use candle_core::Device;
 
-    /// Bit for bit candle's convolution, over tiles that end inside an output row, a last tile
-    /// shorter than the others, a batch of two, strides, dilation and padding wider than the tap.
+    /// Bit for bit candle's convolution (and its bias added after it), over tiles that end inside
+    /// an output row, a last tile shorter than the others, a batch of two, strides, dilation and
+    /// padding wider than the tap, and a product long enough to be summed in blocks.
     #[test]
     fn equals_candles_convolution_to_the_bit() -> Result<()> {
         let dev = Device::Cpu;
@@ -210,6 +242,7 @@ mod tests {
             (3, 4, (19, 30), 3, (0, 2, 1)),
             (4, 6, (17, 29), 3, (2, 1, 2)),
             (2, 3, (9, 11), 5, (3, 2, 1)),
+            (96, 8, (12, 13), 3, (1, 1, 1)),
         ] {
             let (padding, stride, dilation) = g;
             let xs = Tensor::randn(0f32, 1., (2, c_in, h, w), &dev)?;
@@ -220,16 +253,25 @@ mod tests {
                 stride,
                 dilation,
             };
-            let ours = conv2d(&xs, &kernel, geometry)?;
-            let theirs = xs.conv2d(&kernel, padding, stride, dilation, 1)?;
-            assert_eq!(ours.dims(), theirs.dims());
-            let ours = ours.flatten_all()?.to_vec1::<f32>()?;
-            let theirs = theirs.flatten_all()?.to_vec1::<f32>()?;
-            let equal = ours
-                .iter()
-                .zip(&theirs)
-                .all(|(a, b)| a.to_bits() == b.to_bits());
-            assert!(equal, "{c_in}->{c_out} {h}x{w} k{k} {g:?}");
+            for bias in [None, Some(Tensor::randn(0f32, 1., c_out, &dev)?)] {
+                let ours = conv2d(&xs, &kernel, bias.as_ref(), geometry)?;
+                let mut theirs = xs.conv2d(&kernel, padding, stride, dilation, 1)?;
+                if let Some(bias) = &bias {
+                    theirs = theirs.broadcast_add(&bias.reshape((1, c_out, 1, 1))?)?;
+                }
+                assert_eq!(ours.dims(), theirs.dims());
+                let ours = ours.flatten_all()?.to_vec1::<f32>()?;
+                let theirs = theirs.flatten_all()?.to_vec1::<f32>()?;
+                let equal = ours
+                    .iter()
+                    .zip(&theirs)
+                    .all(|(a, b)| a.to_bits() == b.to_bits());
+                assert!(
+                    equal,
+                    "{c_in}->{c_out} {h}x{w} k{k} {g:?}, bias {}",
+                    bias.is_some()
+                );
+            }
         }
         Ok(())
     }
