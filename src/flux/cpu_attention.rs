@@ -123,6 +123,36 @@ enum HalfMask<'a> {
     F16(&'a [half::f16]),
 }
 
+impl MaskRows<'_> {
+    /// Whether entry `i` lets its query see its key.
+    fn is_open(&self, i: usize) -> bool {
+        let value = match self {
+            MaskRows::F32(m) => m[i],
+            MaskRows::Half(HalfMask::Bf16(m)) => m[i].to_f32(),
+            MaskRows::Half(HalfMask::F16(m)) => m[i].to_f32(),
+        };
+        value != f32::NEG_INFINITY
+    }
+
+    /// The leading keys that `rows` query rows (from entry `first`, rows `len_k` apart) must
+    /// read: up to the last key any of them may see. CharaConsist's borrowed keys come after
+    /// the joint ones and are closed to the text queries, so a tile of text rows reads only
+    /// the joint keys; the keys skipped would weigh exactly 0.
+    fn open_keys(&self, first: usize, rows: usize, len_k: usize) -> usize {
+        let mut keys = 0;
+        for r in 0..rows {
+            let row = first + r * len_k;
+            if let Some(last) = (keys..len_k).rev().find(|&c| self.is_open(row + c)) {
+                keys = last + 1;
+                if keys == len_k {
+                    break;
+                }
+            }
+        }
+        keys
+    }
+}
+
 impl HalfMask<'_> {
     /// Adds `len` mask entries from `start` to `row`.
     fn add_to(&self, row: &mut [f32], start: usize) {
@@ -210,12 +240,15 @@ impl CustomOp3 for FusedAttention {
                             (vec![0f32; rows], vec![0f32; rows], vec![0f32; rows]);
                         let q0 = t * tile_q;
                         let mask_base = (bi % mask_batches) * len_q * len_k;
+                        let keys = mask
+                            .as_ref()
+                            .map_or(len_k, |m| m.open_keys(mask_base + q0 * len_k, rows, len_k));
                         for h in 0..heads {
                             max.fill(f32::NEG_INFINITY);
                             sum.fill(0.0);
                             acc.fill(0.0);
-                            for k0 in (0..len_k).step_by(TILE_K) {
-                                let cols = TILE_K.min(len_k - k0);
+                            for k0 in (0..keys).step_by(TILE_K) {
+                                let cols = TILE_K.min(keys - k0);
                                 let tile = &mut scores[..rows * cols];
                                 product(
                                     (rows, cols, dim),
