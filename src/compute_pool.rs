@@ -12,13 +12,17 @@ use std::sync::OnceLock;
 /// tiny storyboard at two threads took 0.95x the wall time and 0.91x the CPU time.
 const ELEMENTWISE_SPIN_LIMIT: &str = "1000";
 
-/// Sets the process-wide threading defaults a user has not set. Call first thing in `main`,
+/// Sets the process-wide threading defaults a user has not set, and gemm's packing threshold. Call first thing in `main`,
 /// while the process has one thread: it sets environment variables.
 pub fn set_defaults() {
     const SPIN: &str = "CANDLE_BARRIER_POOL_SPIN_LIMIT";
     if std::env::var_os(SPIN).is_none() {
         std::env::set_var(SPIN, ELEMENTWISE_SPIN_LIMIT);
     }
+    // gemm repacks a column-major left operand when the product is wider than 8 x 6 columns;
+    // the attention's score and value tiles are already laid out as its kernels read them, and
+    // repacking them took 1-3 % of a tiny storyboard. Packing or not, the sums are the same.
+    gemm::set_lhs_packing_threshold_single_thread(256);
 }
 
 use rayon::{ThreadPool, ThreadPoolBuilder};

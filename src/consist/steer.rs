@@ -406,20 +406,28 @@ pub fn borrowed_key_mask(
         .collect();
     let lq = txt_len + img_len;
     let width = lq + k_class.len();
-    // Written row by row in one pass: the joint keys open, the borrowed ones by class.
-    let mut mask = vec![0f32; lq * width];
-    for (q, row) in mask.chunks_exact_mut(width).enumerate() {
-        let class = match q.checked_sub(txt_len) {
-            Some(i) => owners.get(i).map_or(0, |&o| usize::from(o)),
-            None => usize::MAX,
-        };
-        for (m, &k) in row[lq..].iter_mut().zip(&k_class) {
-            if k != class {
+    let class_of = |q: usize| match q.checked_sub(txt_len) {
+        Some(i) => owners.get(i).map_or(0, |&o| usize::from(o)),
+        None => usize::MAX,
+    };
+    // Written key by key in one pass (the joint keys open, the borrowed ones to their class
+    // only), so that key j's entries for consecutive queries lie side by side: the CPU kernel's
+    // score tiles read them so, in place. Other devices take it query-major.
+    let mut by_key = vec![0f32; width * lq];
+    for (column, &k) in by_key[lq * lq..].chunks_exact_mut(lq).zip(&k_class) {
+        for (q, m) in column.iter_mut().enumerate() {
+            if class_of(q) != k {
                 *m = f32::NEG_INFINITY;
             }
         }
     }
-    Tensor::from_vec(mask, (1, 1, lq, width), dev)?.to_dtype(dtype)
+    let mask = Tensor::from_vec(by_key, (1, 1, width, lq), dev)?
+        .to_dtype(dtype)?
+        .transpose(2, 3)?;
+    match dev {
+        candle_core::Device::Cpu => Ok(mask),
+        _ => mask.contiguous(),
+    }
 }
 
 impl ConsistHook<'_> {

@@ -54,7 +54,12 @@ pub fn fused_attention(
     let dtype = q.dtype();
     let op = FusedAttention {
         scale: 1.0 / (q.dim(D::Minus1)? as f32).sqrt(),
-        mask: mask.map(Tensor::contiguous).transpose()?,
+        mask: mask
+            .map(|m| match cpu_attention::mask_is_readable(m) {
+                true => Ok(m.clone()),
+                false => m.contiguous(),
+            })
+            .transpose()?,
     };
     let f32 = |t: &Tensor| t.to_dtype(DType::F32);
     f32(q)?

@@ -9,7 +9,7 @@ use candle_core::{
 use gemm::{gemm, Parallelism};
 use rayon::prelude::*;
 
-use super::vexp::{online_softmax_tile, softmax_rows};
+use super::vexp::{online_softmax_columns, softmax_rows};
 
 /// Query rows per work item: large enough to reuse each key and value tile many times.
 const TILE_Q: usize = 128;
@@ -70,19 +70,19 @@ impl<'a> Heads<'a> {
     }
 }
 
-/// `dst = beta * lhs rhs`, or `dst += lhs rhs` when `accumulate`, on one thread: the kernels
-/// already run one work item per core. Strides are (row, column) in elements.
+/// `dst = beta * lhs rhs`, or `dst += beta * lhs rhs` when `accumulate`, on one thread: the
+/// kernels already run one work item per core. Strides are (row, column) in elements.
 #[allow(clippy::too_many_arguments)]
 fn product(
     (m, n, k): (usize, usize, usize),
     dst: &mut [f32],
-    dst_rs: usize,
+    (dst_rs, dst_cs): (usize, usize),
     lhs: (*const f32, isize, isize),
     rhs: (*const f32, isize, isize),
     beta: f32,
     accumulate: bool,
 ) {
-    debug_assert!(dst.len() >= (m - 1) * dst_rs + n);
+    assert!(dst.len() > (m - 1) * dst_rs + (n - 1) * dst_cs);
     // SAFETY: the callers pass pointers into live slices whose strides cover m x k and k x n
     // elements (checked by the shapes in `cpu_fwd`); dst is checked above.
     unsafe {
@@ -91,7 +91,7 @@ fn product(
             n,
             k,
             dst.as_mut_ptr(),
-            1,
+            dst_cs as isize,
             dst_rs as isize,
             accumulate,
             lhs.0,
@@ -110,39 +110,78 @@ fn product(
     }
 }
 
-/// An additive mask (1 or b, 1, len_q, len_k), contiguous, in the model's dtype.
-enum MaskRows<'a> {
-    /// Added to the scores inside the softmax's first pass.
-    F32(&'a [f32]),
-    /// Widened and added to each score row before the softmax.
-    Half(HalfMask<'a>),
+/// An additive mask (1 or b, 1, len_q, len_k) in the model's dtype, read through its strides:
+/// query-major (rows of keys, as the plain computation adds it) or key-major (a key's entries
+/// for consecutive queries side by side, as the score tiles hold them, so a tile reads its
+/// mask in place).
+struct Mask<'a> {
+    values: MaskValues<'a>,
+    /// Strides of the batch (0 when one mask serves every image), query and key dimensions.
+    batch: usize,
+    query: usize,
+    key: usize,
 }
 
-enum HalfMask<'a> {
+enum MaskValues<'a> {
+    F32(&'a [f32]),
     Bf16(&'a [half::bf16]),
     F16(&'a [half::f16]),
 }
 
-impl MaskRows<'_> {
-    /// Whether entry `i` lets its query see its key.
-    fn is_open(&self, i: usize) -> bool {
-        let value = match self {
-            MaskRows::F32(m) => m[i],
-            MaskRows::Half(HalfMask::Bf16(m)) => m[i].to_f32(),
-            MaskRows::Half(HalfMask::F16(m)) => m[i].to_f32(),
+impl<'a> Mask<'a> {
+    fn new(storage: &'a Storage, layout: &Layout) -> Result<Self> {
+        let start = layout.start_offset();
+        let values = match storage {
+            Storage::Cpu(CpuStorage::F32(m)) => MaskValues::F32(&m[start..]),
+            Storage::Cpu(CpuStorage::BF16(m)) => MaskValues::Bf16(&m[start..]),
+            Storage::Cpu(CpuStorage::F16(m)) => MaskValues::F16(&m[start..]),
+            _ => bail!("the attention mask must be a float tensor on the CPU"),
         };
-        value != f32::NEG_INFINITY
+        let (&[batches, _, _, _], &[batch, _, query, key]) = (layout.dims(), layout.stride())
+        else {
+            bail!(
+                "the attention mask must be (b, 1, queries, keys), got {:?}",
+                layout.shape()
+            );
+        };
+        Ok(Self {
+            values,
+            batch: if batches == 1 { 0 } else { batch },
+            query,
+            key,
+        })
     }
 
-    /// The leading keys that `rows` query rows (from entry `first`, rows `len_k` apart) must
-    /// read: up to the last key any of them may see. CharaConsist's borrowed keys come after
-    /// the joint ones and are closed to the text queries, so a tile of text rows reads only
-    /// the joint keys; the keys skipped would weigh exactly 0.
-    fn open_keys(&self, first: usize, rows: usize, len_k: usize) -> usize {
+    /// Entry (query `q`, key `j`) of image `b`, widened.
+    fn at(&self, b: usize, q: usize, j: usize) -> f32 {
+        let i = b * self.batch + q * self.query + j * self.key;
+        match self.values {
+            MaskValues::F32(m) => m[i],
+            MaskValues::Bf16(m) => m[i].to_f32(),
+            MaskValues::F16(m) => m[i].to_f32(),
+        }
+    }
+
+    fn is_open(&self, b: usize, q: usize, j: usize) -> bool {
+        self.at(b, q, j) != f32::NEG_INFINITY
+    }
+
+    /// The leading keys that queries `q0..q0 + rows` of image `b` must read: up to the last key
+    /// any of them may see. CharaConsist's borrowed keys come after the joint ones and are
+    /// closed to the text queries, so a tile of text rows reads only the joint keys; the keys
+    /// skipped would weigh exactly 0.
+    fn open_keys(&self, b: usize, (q0, rows): (usize, usize), len_k: usize) -> usize {
+        let queries = q0..q0 + rows;
+        if self.query == 1 {
+            // Key-major: scan whole keys from the last.
+            return (0..len_k)
+                .rev()
+                .find(|&j| queries.clone().any(|q| self.is_open(b, q, j)))
+                .map_or(0, |last| last + 1);
+        }
         let mut keys = 0;
-        for r in 0..rows {
-            let row = first + r * len_k;
-            if let Some(last) = (keys..len_k).rev().find(|&c| self.is_open(row + c)) {
+        for q in queries {
+            if let Some(last) = (keys..len_k).rev().find(|&j| self.is_open(b, q, j)) {
                 keys = last + 1;
                 if keys == len_k {
                     break;
@@ -151,30 +190,104 @@ impl MaskRows<'_> {
         }
         keys
     }
+
+    /// Keys `0..keys` of queries `q0..q0 + rows` of image `b` as a score tile reads them: key
+    /// j's entries from `j * stride`, `stride` apart. Read in place where the mask is f32,
+    /// key-major and the tile's lanes are all queries; otherwise copied (and widened) into
+    /// `scratch`.
+    fn tile<'s>(
+        &'s self,
+        b: usize,
+        (q0, rows): (usize, usize),
+        (keys, stride): (usize, usize),
+        scratch: &'s mut [f32],
+    ) -> (&'s [f32], usize) {
+        if let (MaskValues::F32(m), 1, true) = (&self.values, self.query, rows == stride) {
+            return (&m[b * self.batch + q0..], self.key);
+        }
+        if self.query == 1 {
+            for (j, column) in scratch.chunks_exact_mut(stride).take(keys).enumerate() {
+                for (r, x) in column[..rows].iter_mut().enumerate() {
+                    *x = self.at(b, q0 + r, j);
+                }
+            }
+        } else {
+            for r in 0..rows {
+                for (j, x) in scratch[r..]
+                    .iter_mut()
+                    .step_by(stride)
+                    .take(keys)
+                    .enumerate()
+                {
+                    *x = self.at(b, q0 + r, j);
+                }
+            }
+        }
+        (scratch, stride)
+    }
 }
 
-impl HalfMask<'_> {
-    /// Adds `len` mask entries from `start` to `row`.
-    fn add_to(&self, row: &mut [f32], start: usize) {
-        let len = row.len();
-        match self {
-            HalfMask::Bf16(m) => row
-                .iter_mut()
-                .zip(&m[start..start + len])
-                .for_each(|(x, m)| *x += m.to_f32()),
-            HalfMask::F16(m) => row
-                .iter_mut()
-                .zip(&m[start..start + len])
-                .for_each(|(x, m)| *x += m.to_f32()),
+/// A work item's buffers, kept by each thread from one attention call to the next (a fresh
+/// score tile per item cost an allocation and a zeroing pass the product overwrites anyway).
+/// The tiles are column-major, one column per key and the queries down it, so that both
+/// products run without repacking an operand (gemm packs a row-major key tile, and a row-major
+/// score tile as the left operand of the value product) and the softmax reduces down columns.
+#[derive(Default)]
+struct TileScratch {
+    scores: Vec<f32>,
+    mask: Vec<f32>,
+    acc: Vec<f32>,
+    max: Vec<f32>,
+    sum: Vec<f32>,
+    rescale: Vec<f32>,
+}
+
+impl TileScratch {
+    /// The buffers cut to `stride` query lanes, `cols` keys per score tile, `mask_keys` keys of
+    /// mask and `dim_v` values; each item initialises what it reads.
+    fn sized(
+        &mut self,
+        stride: usize,
+        cols: usize,
+        mask_keys: usize,
+        dim_v: usize,
+    ) -> TileView<'_> {
+        fn cut(buf: &mut Vec<f32>, len: usize) -> &mut [f32] {
+            if buf.len() < len {
+                buf.resize(len, 0.0);
+            }
+            &mut buf[..len]
+        }
+        TileView {
+            scores: cut(&mut self.scores, stride * cols),
+            mask: cut(&mut self.mask, stride * mask_keys),
+            acc: cut(&mut self.acc, stride * dim_v),
+            max: cut(&mut self.max, stride),
+            sum: cut(&mut self.sum, stride),
+            rescale: cut(&mut self.rescale, stride),
         }
     }
+}
+
+struct TileView<'a> {
+    scores: &'a mut [f32],
+    mask: &'a mut [f32],
+    acc: &'a mut [f32],
+    max: &'a mut [f32],
+    sum: &'a mut [f32],
+    rescale: &'a mut [f32],
+}
+
+thread_local! {
+    static TILE_SCRATCH: std::cell::RefCell<TileScratch> = Default::default();
 }
 
 /// softmax(q k^T * scale + mask) v over f32 (b, heads, len, dim) inputs, returned as
 /// (b, len_q, heads * dim_v) like `scaled_dot_product`.
 pub struct FusedAttention {
     pub scale: f32,
-    /// (1 or b, 1, len_q, len_k), contiguous; checked by the caller.
+    /// (1 or b, 1, len_q, len_k), query- or key-major (see [`mask_is_readable`]); its shape is
+    /// checked by the caller.
     pub mask: Option<Tensor>,
 }
 
@@ -209,20 +322,16 @@ impl CustomOp3 for FusedAttention {
         }
         let guard = self.mask.as_ref().map(|m| m.storage_and_layout());
         let mask = match &guard {
+            Some((storage, layout)) => Some(Mask::new(storage, layout)?),
             None => None,
-            Some((storage, layout)) => {
-                let start = layout.start_offset();
-                Some(match &**storage {
-                    Storage::Cpu(CpuStorage::F32(m)) => MaskRows::F32(&m[start..]),
-                    Storage::Cpu(CpuStorage::BF16(m)) => {
-                        MaskRows::Half(HalfMask::Bf16(&m[start..]))
-                    }
-                    Storage::Cpu(CpuStorage::F16(m)) => MaskRows::Half(HalfMask::F16(&m[start..])),
-                    _ => bail!("the attention mask must be a float tensor on the CPU"),
-                })
-            }
         };
-        let mask_batches = self.mask.as_ref().map_or(1, |m| m.dims()[0]);
+        let call = Call {
+            q,
+            k,
+            v,
+            mask,
+            scale: self.scale,
+        };
         let out_row = heads * dim_v;
         let tile_q = query_tile(b, len_q);
         let mut out = vec![0f32; b * len_q * out_row];
@@ -233,76 +342,99 @@ impl CustomOp3 for FusedAttention {
                     .par_chunks_mut(tile_q * out_row)
                     .enumerate()
                     .for_each(|(t, tile_out)| {
-                        let rows = tile_out.len() / out_row;
-                        let mut scores = vec![0f32; rows * TILE_K.min(len_k)];
-                        let mut acc = vec![0f32; rows * dim_v];
-                        let (mut max, mut sum, mut rescale) =
-                            (vec![0f32; rows], vec![0f32; rows], vec![0f32; rows]);
-                        let q0 = t * tile_q;
-                        let mask_base = (bi % mask_batches) * len_q * len_k;
-                        let keys = mask
-                            .as_ref()
-                            .map_or(len_k, |m| m.open_keys(mask_base + q0 * len_k, rows, len_k));
-                        for h in 0..heads {
-                            max.fill(f32::NEG_INFINITY);
-                            sum.fill(0.0);
-                            acc.fill(0.0);
-                            for k0 in (0..keys).step_by(TILE_K) {
-                                let cols = TILE_K.min(keys - k0);
-                                let tile = &mut scores[..rows * cols];
-                                product(
-                                    (rows, cols, dim),
-                                    tile,
-                                    cols,
-                                    (q.at(bi, h, q0), q.row_stride(), q.col_stride()),
-                                    // k^T: rows are k's columns.
-                                    (k.at(bi, h, k0), k.col_stride(), k.row_stride()),
-                                    self.scale,
-                                    false,
-                                );
-                                let tile_mask = match &mask {
-                                    Some(MaskRows::F32(m)) => {
-                                        Some((&m[mask_base + q0 * len_k + k0..], len_k))
-                                    }
-                                    Some(MaskRows::Half(m)) => {
-                                        for (r, row) in tile.chunks_exact_mut(cols).enumerate() {
-                                            m.add_to(row, mask_base + (q0 + r) * len_k + k0);
-                                        }
-                                        None
-                                    }
-                                    None => None,
-                                };
-                                online_softmax_tile(
-                                    tile,
-                                    cols,
-                                    tile_mask,
-                                    &mut max,
-                                    &mut sum,
-                                    &mut rescale,
-                                );
-                                for (row, &f) in acc.chunks_exact_mut(dim_v).zip(&rescale) {
-                                    if f != 1.0 {
-                                        row.iter_mut().for_each(|x| *x *= f);
-                                    }
-                                }
-                                product(
-                                    (rows, dim_v, cols),
-                                    &mut acc,
-                                    dim_v,
-                                    (tile.as_ptr(), cols as isize, 1),
-                                    (v.at(bi, h, k0), v.row_stride(), v.col_stride()),
-                                    1.0,
-                                    true,
-                                );
-                            }
-                            for (r, row) in acc.chunks_exact(dim_v).enumerate() {
-                                let dst = &mut tile_out[r * out_row + h * dim_v..][..dim_v];
-                                dst.iter_mut().zip(row).for_each(|(d, x)| *d = x / sum[r]);
-                            }
-                        }
+                        TILE_SCRATCH.with_borrow_mut(|scratch| {
+                            call.attend_tile(bi, t * tile_q, tile_out, scratch)
+                        })
                     });
             });
         Ok((CpuStorage::F32(out), Shape::from((b, len_q, out_row))))
+    }
+}
+
+/// One call's inputs, read by every work item.
+struct Call<'a> {
+    q: Heads<'a>,
+    k: Heads<'a>,
+    v: Heads<'a>,
+    mask: Option<Mask<'a>>,
+    scale: f32,
+}
+
+impl Call<'_> {
+    /// The output rows of queries `q0..` of image `bi`, all heads: `out` holds whole rows of
+    /// (heads * dim_v).
+    fn attend_tile(&self, bi: usize, q0: usize, out: &mut [f32], scratch: &mut TileScratch) {
+        let (q, k, v) = (&self.q, &self.k, &self.v);
+        let [_, heads, _, dim] = q.dims;
+        let [_, _, len_k, dim_v] = v.dims;
+        let out_row = heads * dim_v;
+        let rows = out.len() / out_row;
+        // Query lanes: the softmax runs whole registers; lanes past `rows` are never read out.
+        let stride = rows.next_multiple_of(16);
+        let queries = (q0, rows);
+        let keys = self
+            .mask
+            .as_ref()
+            .map_or(len_k, |m| m.open_keys(bi, queries, len_k));
+        let mask_keys = if self.mask.is_some() { keys } else { 0 };
+        let TileView {
+            scores,
+            mask,
+            acc,
+            max,
+            sum,
+            rescale,
+        } = scratch.sized(stride, TILE_K.min(len_k), mask_keys, dim_v);
+        // Once for every head.
+        let mask = self
+            .mask
+            .as_ref()
+            .map(|m| m.tile(bi, queries, (keys, stride), mask));
+        if keys == 0 {
+            // No key open to any of these queries: 0 / 0 as the plain computation gives.
+            acc.fill(0.0);
+        }
+        let column_major = (1, stride);
+        for h in 0..heads {
+            max.fill(f32::NEG_INFINITY);
+            sum.fill(0.0);
+            for k0 in (0..keys).step_by(TILE_K) {
+                let cols = TILE_K.min(keys - k0);
+                let tile = &mut scores[..stride * cols];
+                product(
+                    (rows, cols, dim),
+                    tile,
+                    column_major,
+                    (q.at(bi, h, q0), q.row_stride(), q.col_stride()),
+                    // k^T: rows are k's columns.
+                    (k.at(bi, h, k0), k.col_stride(), k.row_stride()),
+                    self.scale,
+                    false,
+                );
+                let tile_mask = mask.map(|(m, key_stride)| (&m[k0 * key_stride..], key_stride));
+                online_softmax_columns(tile, stride, tile_mask, max, sum, rescale);
+                if k0 > 0 {
+                    for column in acc.chunks_exact_mut(stride) {
+                        column.iter_mut().zip(&*rescale).for_each(|(x, f)| *x *= f);
+                    }
+                }
+                product(
+                    (rows, dim_v, cols),
+                    acc,
+                    column_major,
+                    (tile.as_ptr(), 1, stride as isize),
+                    (v.at(bi, h, k0), v.row_stride(), v.col_stride()),
+                    1.0,
+                    k0 > 0,
+                );
+            }
+            for (r, row) in out.chunks_exact_mut(out_row).enumerate() {
+                let dst = &mut row[h * dim_v..][..dim_v];
+                for (d, column) in dst.iter_mut().zip(acc.chunks_exact(stride)) {
+                    *d = column[r] / sum[r];
+                }
+            }
+        }
     }
 }
 
@@ -341,7 +473,7 @@ impl CustomOp2 for FusedTextProbs {
                     product(
                         (rows, len_k, dim),
                         tile,
-                        len_k,
+                        (len_k, 1),
                         (q.at(bi, h, t * TILE_Q), q.row_stride(), q.col_stride()),
                         (k.at(bi, h, 0), k.col_stride(), k.row_stride()),
                         1.0,
@@ -352,6 +484,12 @@ impl CustomOp2 for FusedTextProbs {
             });
         Ok((CpuStorage::F32(out), Shape::from((b, heads, len_q, len_k))))
     }
+}
+
+/// Whether [`FusedAttention`] reads `mask` as it is laid out: one of its last two dimensions
+/// contiguous. Others are made contiguous first.
+pub fn mask_is_readable(mask: &Tensor) -> bool {
+    matches!(mask.stride(), [_, _, 1, _] | [_, _, _, 1])
 }
 
 /// Whether the fused CPU kernels take tensors of this dtype (widened to f32 on the way in).

@@ -55,32 +55,6 @@ fn row_max(row: &[f32]) -> f32 {
         .fold(f32::NEG_INFINITY, f32::max)
 }
 
-/// Adds `mask` to `row` in place and returns the row's maximum: the additive attention mask
-/// and the softmax's first pass over a score row in one.
-#[inline(always)]
-fn masked_row_max(row: &mut [f32], mask: &[f32]) -> f32 {
-    let mask = &mask[..row.len()];
-    let mut lanes = [f32::NEG_INFINITY; LANES];
-    let mut chunks = row.chunks_exact_mut(LANES);
-    let mut mask_chunks = mask.chunks_exact(LANES);
-    for (c, m) in (&mut chunks).zip(&mut mask_chunks) {
-        for ((l, x), &m) in lanes.iter_mut().zip(c).zip(m) {
-            *x += m;
-            *l = if *x > *l { *x } else { *l };
-        }
-    }
-    let mut rest = f32::NEG_INFINITY;
-    for (x, &m) in chunks
-        .into_remainder()
-        .iter_mut()
-        .zip(mask_chunks.remainder())
-    {
-        *x += m;
-        rest = rest.max(*x);
-    }
-    lanes.into_iter().fold(rest, f32::max)
-}
-
 /// Replaces each x of `row` by e^(x - max) and returns their sum.
 #[inline(always)]
 fn exp_shifted_sum(row: &mut [f32], max: f32) -> f32 {
@@ -100,34 +74,90 @@ fn exp_shifted_sum(row: &mut [f32], max: f32) -> f32 {
     lanes.iter().sum::<f32>() + rest
 }
 
-/// The online-softmax step of one score tile (`rows` x `row_len`, row-major) for the running
-/// maxima `max` and sums `sum` of its rows, after adding `mask` (its rows `mask.1` apart) when
-/// there is one: the tile becomes e^(s - new max) and `rescale` gets the factor
-/// e^(old max - new max) the rows' accumulated outputs must be multiplied by. A row whose keys are
-/// all masked so far stays at weight 0.
+/// The online-softmax step of one score tile held column-major (key j's scores of the tile's
+/// queries at `tile[j * stride..]`; `stride`, a multiple of 16, is at least the query count
+/// and the length of `max`, `sum` and `rescale`) for the running maxima `max` and sums `sum` of
+/// its queries, after adding `mask` when there is one (key j's entries at `mask.0[j * mask.1..]`): the tile becomes
+/// e^(s - new max) and `rescale` gets the factor e^(old max - new max) the queries' accumulated
+/// outputs must be multiplied by. A query whose keys are all masked so far stays at weight 0.
+/// Queries are the lanes: every reduction runs down a column of keys, none across a register.
 #[inline(always)]
-fn online_tile(
+fn online_columns(
     tile: &mut [f32],
-    row_len: usize,
+    stride: usize,
     mask: Option<(&[f32], usize)>,
     max: &mut [f32],
     sum: &mut [f32],
     rescale: &mut [f32],
 ) {
-    for (r, row) in tile.chunks_exact_mut(row_len).enumerate() {
-        let row_max = match mask {
-            Some((mask, stride)) => masked_row_max(row, &mask[r * stride..]),
-            None => row_max(row),
+    let cols = tile.len() / stride;
+    let mut r0 = 0;
+    while r0 < stride {
+        // Four registers of queries at a time keep four independent chains of maxima in flight.
+        let lanes = if stride - r0 >= 4 * LANES {
+            4 * LANES
+        } else {
+            LANES
         };
-        let new_max = max[r].max(row_max);
-        if new_max == f32::NEG_INFINITY {
-            row.fill(0.0);
-            rescale[r] = 1.0;
-            continue;
+        let block = r0..r0 + lanes;
+        let (max, sum, rescale) = (
+            &mut max[block.clone()],
+            &mut sum[block.clone()],
+            &mut rescale[block],
+        );
+        if lanes == 4 * LANES {
+            column_block::<{ 4 * LANES }>(tile, stride, cols, r0, mask, max, sum, rescale);
+        } else {
+            column_block::<LANES>(tile, stride, cols, r0, mask, max, sum, rescale);
         }
-        rescale[r] = exp(max[r] - new_max);
-        sum[r] = sum[r] * rescale[r] + exp_shifted_sum(row, new_max);
-        max[r] = new_max;
+        r0 += lanes;
+    }
+}
+
+/// [`online_columns`] for the `N` queries from `r0`.
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+fn column_block<const N: usize>(
+    tile: &mut [f32],
+    stride: usize,
+    cols: usize,
+    r0: usize,
+    mask: Option<(&[f32], usize)>,
+    max: &mut [f32],
+    sum: &mut [f32],
+    rescale: &mut [f32],
+) {
+    let mut tile_max = [f32::NEG_INFINITY; N];
+    for j in 0..cols {
+        let col: &mut [f32; N] = (&mut tile[j * stride + r0..][..N]).try_into().unwrap();
+        if let Some((mask, mask_stride)) = mask {
+            let m: &[f32; N] = mask[j * mask_stride + r0..][..N].try_into().unwrap();
+            col.iter_mut().zip(m).for_each(|(x, m)| *x += m);
+        }
+        for (l, &x) in tile_max.iter_mut().zip(col.iter()) {
+            *l = if x > *l { x } else { *l };
+        }
+    }
+    let mut shift = [0f32; N];
+    for l in 0..N {
+        let new_max = max[l].max(tile_max[l]);
+        // All keys masked so far: every score is -inf and weighs e^-inf = 0 under a shift of 0.
+        (shift[l], rescale[l]) = match new_max == f32::NEG_INFINITY {
+            true => (0.0, 1.0),
+            false => (new_max, exp(max[l] - new_max)),
+        };
+        max[l] = new_max;
+    }
+    let mut tile_sum = [0f32; N];
+    for j in 0..cols {
+        let col: &mut [f32; N] = (&mut tile[j * stride + r0..][..N]).try_into().unwrap();
+        for ((x, s), &shift) in col.iter_mut().zip(&mut tile_sum).zip(&shift) {
+            *x = exp(*x - shift);
+            *s += *x;
+        }
+    }
+    for l in 0..N {
+        sum[l] = sum[l] * rescale[l] + tile_sum[l];
     }
 }
 
@@ -154,15 +184,15 @@ fn gelu(xs: &[f32], out: &mut [f32]) {
 }
 
 dispatched! {
-    /// See [`online_tile`].
-    pub fn online_softmax_tile(
+    /// See [`online_columns`].
+    pub fn online_softmax_columns(
         tile: &mut [f32],
-        row_len: usize,
+        stride: usize,
         mask: Option<(&[f32], usize)>,
         max: &mut [f32],
         sum: &mut [f32],
         rescale: &mut [f32]
-    ) => online_tile
+    ) => online_columns
 }
 
 dispatched! {
