@@ -12,8 +12,8 @@ use std::sync::OnceLock;
 /// tiny storyboard at two threads took 0.95x the wall time and 0.91x the CPU time.
 const ELEMENTWISE_SPIN_LIMIT: &str = "1000";
 
-/// Sets the process-wide threading defaults a user has not set, and gemm's packing threshold. Call first thing in `main`,
-/// while the process has one thread: it sets environment variables.
+/// Sets the process-wide threading defaults a user has not set, and gemm's packing threshold.
+/// Call first thing in `main`, while the process has one thread: it sets environment variables.
 pub fn set_defaults() {
     const SPIN: &str = "CANDLE_BARRIER_POOL_SPIN_LIMIT";
     if std::env::var_os(SPIN).is_none() {

@@ -406,17 +406,19 @@ pub fn borrowed_key_mask(
         .collect();
     let lq = txt_len + img_len;
     let width = lq + k_class.len();
-    let class_of = |q: usize| match q.checked_sub(txt_len) {
-        Some(i) => owners.get(i).map_or(0, |&o| usize::from(o)),
-        None => usize::MAX,
-    };
+    let q_class: Vec<usize> = (0..lq)
+        .map(|q| match q.checked_sub(txt_len) {
+            Some(i) => owners.get(i).map_or(0, |&o| usize::from(o)),
+            None => usize::MAX,
+        })
+        .collect();
     // Written key by key in one pass (the joint keys open, the borrowed ones to their class
     // only), so that key j's entries for consecutive queries lie side by side: the CPU kernel's
     // score tiles read them so, in place. Other devices take it query-major.
     let mut by_key = vec![0f32; width * lq];
     for (column, &k) in by_key[lq * lq..].chunks_exact_mut(lq).zip(&k_class) {
-        for (q, m) in column.iter_mut().enumerate() {
-            if class_of(q) != k {
+        for (m, &class) in column.iter_mut().zip(&q_class) {
+            if class != k {
                 *m = f32::NEG_INFINITY;
             }
         }

@@ -194,36 +194,56 @@ impl<'a> Mask<'a> {
     /// Keys `0..keys` of queries `q0..q0 + rows` of image `b` as a score tile reads them: key
     /// j's entries from `j * stride`, `stride` apart. Read in place where the mask is f32,
     /// key-major and the tile's lanes are all queries; otherwise copied (and widened) into
-    /// `scratch`.
+    /// `scratch`, grown as needed.
     fn tile<'s>(
         &'s self,
         b: usize,
         (q0, rows): (usize, usize),
         (keys, stride): (usize, usize),
-        scratch: &'s mut [f32],
+        scratch: &'s mut Vec<f32>,
     ) -> (&'s [f32], usize) {
+        let first = b * self.batch + q0 * self.query;
         if let (MaskValues::F32(m), 1, true) = (&self.values, self.query, rows == stride) {
-            return (&m[b * self.batch + q0..], self.key);
+            return (&m[first..], self.key);
         }
-        if self.query == 1 {
-            for (j, column) in scratch.chunks_exact_mut(stride).take(keys).enumerate() {
-                for (r, x) in column[..rows].iter_mut().enumerate() {
-                    *x = self.at(b, q0 + r, j);
-                }
+        if scratch.len() < keys * stride {
+            scratch.resize(keys * stride, 0.0);
+        }
+        let out = &mut scratch[..keys * stride];
+        let at = (first, rows, keys, stride);
+        match self.values {
+            MaskValues::F32(m) => self.copy_tile(m, |x| x, out, at),
+            MaskValues::Bf16(m) => self.copy_tile(m, half::bf16::to_f32, out, at),
+            MaskValues::F16(m) => self.copy_tile(m, half::f16::to_f32, out, at),
+        }
+        (out, stride)
+    }
+
+    /// [`Self::tile`]'s copy, from entry `first`, in the order the mask is stored.
+    fn copy_tile<T: Copy>(
+        &self,
+        values: &[T],
+        widen: impl Fn(T) -> f32,
+        out: &mut [f32],
+        (first, rows, keys, stride): (usize, usize, usize, usize),
+    ) {
+        let (qs, ks) = (self.query, self.key);
+        if qs == 1 {
+            for (j, column) in out.chunks_exact_mut(stride).enumerate() {
+                let from = &values[first + j * ks..][..rows];
+                column[..rows]
+                    .iter_mut()
+                    .zip(from)
+                    .for_each(|(x, &m)| *x = widen(m));
             }
         } else {
             for r in 0..rows {
-                for (j, x) in scratch[r..]
-                    .iter_mut()
-                    .step_by(stride)
-                    .take(keys)
-                    .enumerate()
-                {
-                    *x = self.at(b, q0 + r, j);
+                let row = first + r * qs;
+                for (j, x) in out[r..].iter_mut().step_by(stride).take(keys).enumerate() {
+                    *x = widen(values[row + j * ks]);
                 }
             }
         }
-        (scratch, stride)
     }
 }
 
@@ -243,15 +263,10 @@ struct TileScratch {
 }
 
 impl TileScratch {
-    /// The buffers cut to `stride` query lanes, `cols` keys per score tile, `mask_keys` keys of
-    /// mask and `dim_v` values; each item initialises what it reads.
-    fn sized(
-        &mut self,
-        stride: usize,
-        cols: usize,
-        mask_keys: usize,
-        dim_v: usize,
-    ) -> TileView<'_> {
+    /// The buffers cut to `stride` query lanes, `cols` keys per score tile and `dim_v` values
+    /// (the mask's, only used for a mask not read in place, as [`Mask::tile`] needs it); each
+    /// item initialises what it reads.
+    fn sized(&mut self, stride: usize, cols: usize, dim_v: usize) -> TileView<'_> {
         fn cut(buf: &mut Vec<f32>, len: usize) -> &mut [f32] {
             if buf.len() < len {
                 buf.resize(len, 0.0);
@@ -260,7 +275,7 @@ impl TileScratch {
         }
         TileView {
             scores: cut(&mut self.scores, stride * cols),
-            mask: cut(&mut self.mask, stride * mask_keys),
+            mask: &mut self.mask,
             acc: cut(&mut self.acc, stride * dim_v),
             max: cut(&mut self.max, stride),
             sum: cut(&mut self.sum, stride),
@@ -271,7 +286,7 @@ impl TileScratch {
 
 struct TileView<'a> {
     scores: &'a mut [f32],
-    mask: &'a mut [f32],
+    mask: &'a mut Vec<f32>,
     acc: &'a mut [f32],
     max: &'a mut [f32],
     sum: &'a mut [f32],
@@ -376,7 +391,6 @@ impl Call<'_> {
             .mask
             .as_ref()
             .map_or(len_k, |m| m.open_keys(bi, queries, len_k));
-        let mask_keys = if self.mask.is_some() { keys } else { 0 };
         let TileView {
             scores,
             mask,
@@ -384,7 +398,7 @@ impl Call<'_> {
             max,
             sum,
             rescale,
-        } = scratch.sized(stride, TILE_K.min(len_k), mask_keys, dim_v);
+        } = scratch.sized(stride, TILE_K.min(len_k), dim_v);
         // Once for every head.
         let mask = self
             .mask

@@ -76,10 +76,10 @@ fn exp_shifted_sum(row: &mut [f32], max: f32) -> f32 {
 
 /// The online-softmax step of one score tile held column-major (key j's scores of the tile's
 /// queries at `tile[j * stride..]`; `stride`, a multiple of 16, is at least the query count
-/// and the length of `max`, `sum` and `rescale`) for the running maxima `max` and sums `sum` of
-/// its queries, after adding `mask` when there is one (key j's entries at `mask.0[j * mask.1..]`): the tile becomes
-/// e^(s - new max) and `rescale` gets the factor e^(old max - new max) the queries' accumulated
-/// outputs must be multiplied by. A query whose keys are all masked so far stays at weight 0.
+/// and the length of `max`, `sum` and `rescale`) for the running maxima `max` and sums `sum`
+/// of its queries, after adding `mask` when there is one (key j's entries at
+/// `mask.0[j * mask.1..]`): the tile becomes e^(s - new max) and `rescale` gets the factor
+/// e^(old max - new max) the queries' accumulated outputs must be multiplied by. A query whose keys are all masked so far stays at weight 0.
 /// Queries are the lanes: every reduction runs down a column of keys, none across a register.
 #[inline(always)]
 fn online_columns(
