@@ -62,6 +62,23 @@ fn clip_tokenizer_built_from_repository_vocab_and_merges_matches_the_shipped_one
 }
 
 #[test]
+fn a_repository_vocabulary_without_clip_special_tokens_is_refused() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    tiny::write_repo(dir.path(), 0, false)?;
+    let layout = RepoLayout::open(dir.path())?;
+    let vocab_path = layout.tokenizer.join("vocab.json");
+    let mut vocab: serde_json::Map<String, serde_json::Value> =
+        serde_json::from_slice(&std::fs::read(&vocab_path)?)?;
+    vocab.remove("<|startoftext|>");
+    std::fs::write(&vocab_path, serde_json::to_vec(&vocab)?)?;
+    let err = PromptTokenizers::from_repo(&layout, T5_LEN_DEV)
+        .err()
+        .expect("a vocabulary without the start token is refused");
+    assert!(err.to_string().contains("<|startoftext|>"), "{err}");
+    Ok(())
+}
+
+#[test]
 fn dev_schedule_matches_the_reference_sigmas_at_1024() {
     let sigmas = SchedulerConfig::dev().sigmas(50, 4096);
     assert_eq!(sigmas.len(), 51);

@@ -173,10 +173,20 @@ impl<'a> Mask<'a> {
     fn open_keys(&self, b: usize, (q0, rows): (usize, usize), len_k: usize) -> usize {
         let queries = q0..q0 + rows;
         if self.query == 1 {
-            // Key-major: scan whole keys from the last.
+            // Key-major: a key's entries for the tile's queries are side by side; scan whole
+            // keys from the last, each in one vectorised pass.
+            let first = b * self.batch + q0;
+            let open = |j: usize| {
+                let at = first + j * self.key;
+                match self.values {
+                    MaskValues::F32(m) => any_open(&m[at..][..rows], |x| x),
+                    MaskValues::Bf16(m) => any_open(&m[at..][..rows], half::bf16::to_f32),
+                    MaskValues::F16(m) => any_open(&m[at..][..rows], half::f16::to_f32),
+                }
+            };
             return (0..len_k)
                 .rev()
-                .find(|&j| queries.clone().any(|q| self.is_open(b, q, j)))
+                .find(|&j| open(j))
                 .map_or(0, |last| last + 1);
         }
         let mut keys = 0;
@@ -245,6 +255,13 @@ impl<'a> Mask<'a> {
             }
         }
     }
+}
+
+/// Whether any of `values` is not -inf; no early exit, so that the pass vectorises.
+fn any_open<T: Copy>(values: &[T], widen: impl Fn(T) -> f32) -> bool {
+    values
+        .iter()
+        .fold(false, |open, &m| open | (widen(m) != f32::NEG_INFINITY))
 }
 
 /// A work item's buffers, kept by each thread from one attention call to the next (a fresh

@@ -1,13 +1,43 @@
 //! The tanh-approximated GELU of the MLPs: on the CPU in f32 one vectorised pass (candle's runs
-//! libm's `tanhf` per element, a tenth of a CPU forward); elsewhere candle's own.
+//! libm's `tanhf` per element, a tenth of a CPU forward); elsewhere candle's own. The single
+//! blocks' `[attention | GELU(mlp)]` is made in the same pass, without a concatenation's copy.
 
-use candle_core::{bail, CpuStorage, CustomOp1, DType, Device, Layout, Result, Shape, Tensor};
+use candle_core::{
+    bail, CpuStorage, CustomOp1, CustomOp2, DType, Device, Layout, Result, Shape, Tensor, D,
+};
 use rayon::prelude::*;
 
 use super::vexp::gelu_tanh;
 
 /// Elements per parallel work item.
 const CHUNK: usize = 1 << 14;
+
+/// Rows of contiguous f32 elements at one stride, read through a layout.
+struct Rows<'a> {
+    data: &'a [f32],
+    stride: usize,
+    width: usize,
+}
+
+impl<'a> Rows<'a> {
+    fn new(storage: &'a CpuStorage, layout: &Layout, what: &str) -> Result<Self> {
+        let CpuStorage::F32(data) = storage else {
+            bail!("{what}: the fused GELU reads f32 only");
+        };
+        let Some((start, stride, width)) = rows(layout) else {
+            bail!("{what}: the fused GELU reads rows of contiguous elements");
+        };
+        Ok(Self {
+            data: &data[start..],
+            stride,
+            width,
+        })
+    }
+
+    fn row(&self, i: usize) -> &'a [f32] {
+        &self.data[i * self.stride..][..self.width]
+    }
+}
 
 struct Gelu;
 
@@ -17,25 +47,66 @@ impl CustomOp1 for Gelu {
     }
 
     fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
-        let CpuStorage::F32(data) = storage else {
-            bail!("the fused GELU reads f32 only");
-        };
-        let Some((start, row_stride, width)) = rows(layout) else {
-            bail!("the fused GELU reads rows of contiguous elements");
-        };
+        let xs = Rows::new(storage, layout, "GELU")?;
         let len = layout.shape().elem_count();
         let mut out = vec![0f32; len];
-        match row_stride == width {
+        match xs.stride == xs.width {
             true => out
                 .par_chunks_mut(CHUNK)
-                .zip(data[start..start + len].par_chunks(CHUNK))
+                .zip(xs.data[..len].par_chunks(CHUNK))
                 .for_each(|(o, x)| gelu_tanh(x, o)),
             false => out
-                .par_chunks_mut(width)
+                .par_chunks_mut(xs.width)
                 .enumerate()
-                .for_each(|(i, o)| gelu_tanh(&data[start + i * row_stride..][..width], o)),
+                .for_each(|(i, o)| gelu_tanh(xs.row(i), o)),
         }
         Ok((CpuStorage::F32(out), layout.shape().clone()))
+    }
+}
+
+/// `[prefix | GELU(xs)]` along the last dimension, row by row.
+struct GeluAfter;
+
+impl CustomOp2 for GeluAfter {
+    fn name(&self) -> &'static str {
+        "gelu-tanh-after"
+    }
+
+    fn cpu_fwd(
+        &self,
+        prefix: &CpuStorage,
+        prefix_l: &Layout,
+        xs: &CpuStorage,
+        xs_l: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (prefix, xs) = (
+            Rows::new(prefix, prefix_l, "GELU's prefix")?,
+            Rows::new(xs, xs_l, "GELU")?,
+        );
+        let (mut dims, row_count) = (xs_l.dims().to_vec(), xs_l.shape().elem_count() / xs.width);
+        if prefix_l.dims().split_last().map(|d| d.1) != dims.split_last().map(|d| d.1) {
+            bail!(
+                "GELU's prefix {:?} and input {:?} differ in their rows",
+                prefix_l.dims(),
+                dims
+            );
+        }
+        let width = prefix.width + xs.width;
+        *dims.last_mut().expect("rows have a last dimension") = width;
+        let mut out = vec![0f32; row_count * width];
+        // Work items of whole rows, about CHUNK elements each.
+        let rows_per_item = (CHUNK / width).max(1);
+        out.par_chunks_mut(rows_per_item * width)
+            .enumerate()
+            .for_each(|(item, o)| {
+                for (r, o) in o.chunks_exact_mut(width).enumerate() {
+                    let i = item * rows_per_item + r;
+                    let (head, tail) = o.split_at_mut(prefix.width);
+                    head.copy_from_slice(prefix.row(i));
+                    gelu_tanh(xs.row(i), tail);
+                }
+            });
+        Ok((CpuStorage::F32(out), Shape::from(dims)))
     }
 }
 
@@ -52,13 +123,61 @@ fn rows(layout: &Layout) -> Option<(usize, usize, usize)> {
     uniform.then_some((layout.start_offset(), row_stride, dims[n - 1]))
 }
 
+/// The tensor itself where the fused kernels can read it, else a contiguous copy.
+fn readable(xs: &Tensor) -> Result<Tensor> {
+    match rows(xs.layout()) {
+        Some(_) => Ok(xs.clone()),
+        None => xs.contiguous(),
+    }
+}
+
+fn fused(xs: &Tensor) -> bool {
+    matches!((xs.device(), xs.dtype()), (Device::Cpu, DType::F32)) && xs.elem_count() > 0
+}
+
 /// GELU, tanh approximation (candle's `Tensor::gelu`), of a tensor in any layout; contiguous out.
 pub fn gelu(xs: &Tensor) -> Result<Tensor> {
-    match (xs.device(), xs.dtype()) {
-        (Device::Cpu, DType::F32) if xs.elem_count() > 0 => match rows(xs.layout()) {
-            Some(_) => xs.apply_op1_no_bwd(&Gelu),
-            None => xs.contiguous()?.apply_op1_no_bwd(&Gelu),
-        },
-        _ => xs.gelu(),
+    match fused(xs) {
+        true => readable(xs)?.apply_op1_no_bwd(&Gelu),
+        false => xs.gelu(),
+    }
+}
+
+/// `Tensor::cat(&[prefix, &gelu(xs)?], D::Minus1)` (the same values) in one pass where the GELU
+/// is fused; contiguous out.
+pub fn gelu_after(prefix: &Tensor, xs: &Tensor) -> Result<Tensor> {
+    match fused(xs) && fused(prefix) {
+        true => readable(prefix)?.apply_op2_no_bwd(&readable(xs)?, &GeluAfter),
+        false => Tensor::cat(&[prefix, &gelu(xs)?], D::Minus1),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn gelu_after_a_prefix_is_the_concatenation() -> Result<()> {
+        let dev = Device::Cpu;
+        let x = Tensor::randn(0f32, 2.0, (2, 37, 60), &dev)?;
+        let prefix = Tensor::randn(0f32, 1.0, (2, 37, 12), &dev)?;
+        // The input narrowed as the single blocks narrow theirs: rows at a stride.
+        let xs = x.narrow(2, 20, 40)?;
+        let want = Tensor::cat(&[&prefix, &gelu(&xs)?], 2)?;
+        let got = gelu_after(&prefix, &xs)?;
+        assert_eq!(got.dims(), &[2, 37, 52]);
+        let (got, want) = (
+            got.flatten_all()?.to_vec1::<f32>()?,
+            want.flatten_all()?.to_vec1::<f32>()?,
+        );
+        assert_eq!(got, want);
+        // And against candle's GELU, to its rounding.
+        let theirs = Tensor::cat(&[&prefix, &xs.gelu()?], 2)?;
+        let diff = (theirs.flatten_all()?.to_vec1::<f32>()?.iter())
+            .zip(&got)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0f32, f32::max);
+        assert!(diff < 1e-5, "{diff}");
+        Ok(())
     }
 }

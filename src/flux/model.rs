@@ -6,7 +6,7 @@ use candle_nn::VarBuilder;
 use candle_transformers::models::flux::model::EmbedNd;
 
 use super::attention::{block_attention, Queries};
-use super::gelu::gelu;
+use super::gelu::{gelu, gelu_after};
 use super::heads::{split_heads, QkNorm};
 use super::hook::{reborrow, AttentionHook, BlockCtx, BlockKind};
 use super::linear::Linear;
@@ -238,7 +238,7 @@ impl SingleStreamBlock {
             3 * self.hidden,
             x.dim(D::Minus1)? - 3 * self.hidden,
         )?;
-        let out = Tensor::cat(&[attn, gelu(&mlp)?], 2)?.apply(&self.linear2)?;
+        let out = gelu_after(&attn, &mlp)?.apply(&self.linear2)?;
         m.gated_add(&rows(xs)?, &out)
     }
 }
