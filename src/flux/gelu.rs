@@ -8,6 +8,7 @@ use candle_core::{
 use rayon::prelude::*;
 
 use super::vexp::gelu_tanh;
+use crate::cpu_slices::written_in_full;
 
 /// Elements per parallel work item.
 const CHUNK: usize = 1 << 14;
@@ -49,17 +50,19 @@ impl CustomOp1 for Gelu {
     fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
         let xs = Rows::new(storage, layout, "GELU")?;
         let len = layout.shape().elem_count();
-        let mut out = vec![0f32; len];
-        match xs.stride == xs.width {
-            true => out
-                .par_chunks_mut(CHUNK)
-                .zip(xs.data[..len].par_chunks(CHUNK))
-                .for_each(|(o, x)| gelu_tanh(x, o)),
-            false => out
-                .par_chunks_mut(xs.width)
-                .enumerate()
-                .for_each(|(i, o)| gelu_tanh(xs.row(i), o)),
-        }
+        // SAFETY: the chunks cover the output and gelu_tanh writes each in full.
+        let out = unsafe {
+            written_in_full(len, |out| match xs.stride == xs.width {
+                true => out
+                    .par_chunks_mut(CHUNK)
+                    .zip(xs.data[..len].par_chunks(CHUNK))
+                    .for_each(|(o, x)| gelu_tanh(x, o)),
+                false => out
+                    .par_chunks_mut(xs.width)
+                    .enumerate()
+                    .for_each(|(i, o)| gelu_tanh(xs.row(i), o)),
+            })
+        };
         Ok((CpuStorage::F32(out), layout.shape().clone()))
     }
 }
@@ -93,19 +96,24 @@ impl CustomOp2 for GeluAfter {
         }
         let width = prefix.width + xs.width;
         *dims.last_mut().expect("rows have a last dimension") = width;
-        let mut out = vec![0f32; row_count * width];
         // Work items of whole rows, about CHUNK elements each.
         let rows_per_item = (CHUNK / width).max(1);
-        out.par_chunks_mut(rows_per_item * width)
-            .enumerate()
-            .for_each(|(item, o)| {
-                for (r, o) in o.chunks_exact_mut(width).enumerate() {
-                    let i = item * rows_per_item + r;
-                    let (head, tail) = o.split_at_mut(prefix.width);
-                    head.copy_from_slice(prefix.row(i));
-                    gelu_tanh(xs.row(i), tail);
-                }
-            });
+        // SAFETY: the items cover the output's rows, and each row is written in full: the
+        // prefix's part by the copy, the rest by gelu_tanh.
+        let out = unsafe {
+            written_in_full(row_count * width, |out| {
+                out.par_chunks_mut(rows_per_item * width)
+                    .enumerate()
+                    .for_each(|(item, o)| {
+                        for (r, o) in o.chunks_exact_mut(width).enumerate() {
+                            let i = item * rows_per_item + r;
+                            let (head, tail) = o.split_at_mut(prefix.width);
+                            head.write_copy_of_slice(prefix.row(i));
+                            gelu_tanh(xs.row(i), tail);
+                        }
+                    })
+            })
+        };
         Ok((CpuStorage::F32(out), Shape::from(dims)))
     }
 }

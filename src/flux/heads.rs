@@ -3,6 +3,8 @@
 //! joined along the sequence (text first). On the CPU in f32 one pass writes all three; elsewhere
 //! candle's operations.
 
+use std::mem::MaybeUninit;
+
 use candle_core::{
     bail, CpuStorage, CustomOp1, CustomOp2, DType, Device, Layout, Result, Shape, Tensor,
 };
@@ -10,6 +12,7 @@ use candle_nn::{Module, RmsNorm};
 use rayon::prelude::*;
 
 use super::row_sums::{ordered_sums, ROWS};
+use crate::cpu_slices::written_in_full;
 
 /// The RMSNorms of q and k of one stream's heads.
 pub struct QkNorm {
@@ -110,50 +113,62 @@ impl<'a> SplitHeads<'a> {
         }
         let dim = hidden / heads;
         let total: usize = rows.iter().map(|r| r.2).sum();
-        let mut out = vec![0f32; 3 * b * heads * total * dim];
-        if !out.is_empty() {
-            // One item per (part, batch, head): a contiguous (total, dim) block of the output.
-            out.par_chunks_mut(total * dim)
-                .enumerate()
-                .for_each(|(item, dst)| {
-                    let (part, bi, h) = (item / (b * heads), item / heads % b, item % heads);
-                    let mut dst = dst.chunks_exact_mut(dim);
-                    for ((data, _, len, sb, sl, _), (q_scale, k_scale)) in
-                        rows.iter().zip(&self.scales)
-                    {
-                        let scale = match part {
-                            0 => Some(q_scale),
-                            1 => Some(k_scale),
-                            _ => None,
-                        };
-                        let col = part * hidden + h * dim;
-                        let src = |r: usize| &data[bi * sb + r * sl + col..][..dim];
-                        for start in (0..*len).step_by(ROWS) {
-                            let n = ROWS.min(len - start);
-                            // A short last group repeats its last row; the copies are not written.
-                            let rows: [&[f32]; ROWS] =
-                                std::array::from_fn(|j| src(start + j.min(n - 1)));
-                            let sums = scale.map(|_| ordered_sums(rows, |_, v| v * v));
-                            for (j, row) in rows.into_iter().enumerate().take(n) {
-                                let d = dst.next().expect("the block holds every row");
-                                match (scale, sums) {
-                                    (Some(alpha), Some(sums)) => rms_row(row, sums[j], alpha, d),
-                                    _ => d.copy_from_slice(row),
+        // SAFETY: one item per (part, batch, head) block of (total, dim), and each block gets
+        // every stream's rows, `total` in all, each written in full.
+        let out = unsafe {
+            written_in_full(3 * b * heads * total * dim, |out| {
+                if out.is_empty() {
+                    return;
+                }
+                // One item per (part, batch, head): a contiguous (total, dim) block of the output.
+                out.par_chunks_mut(total * dim)
+                    .enumerate()
+                    .for_each(|(item, dst)| {
+                        let (part, bi, h) = (item / (b * heads), item / heads % b, item % heads);
+                        let mut dst = dst.chunks_exact_mut(dim);
+                        for ((data, _, len, sb, sl, _), (q_scale, k_scale)) in
+                            rows.iter().zip(&self.scales)
+                        {
+                            let scale = match part {
+                                0 => Some(q_scale),
+                                1 => Some(k_scale),
+                                _ => None,
+                            };
+                            let col = part * hidden + h * dim;
+                            let src = |r: usize| &data[bi * sb + r * sl + col..][..dim];
+                            for start in (0..*len).step_by(ROWS) {
+                                let n = ROWS.min(len - start);
+                                // A short last group repeats its last row; the copies are not written.
+                                let rows: [&[f32]; ROWS] =
+                                    std::array::from_fn(|j| src(start + j.min(n - 1)));
+                                let sums = scale.map(|_| ordered_sums(rows, |_, v| v * v));
+                                for (j, row) in rows.into_iter().enumerate().take(n) {
+                                    let d = dst.next().expect("the block holds every row");
+                                    match (scale, sums) {
+                                        (Some(alpha), Some(sums)) => {
+                                            rms_row(row, sums[j], alpha, d)
+                                        }
+                                        _ => {
+                                            d.write_copy_of_slice(row);
+                                        }
+                                    }
                                 }
                             }
                         }
-                    }
-                });
-        }
+                    });
+            })
+        };
         Ok((CpuStorage::F32(out), Shape::from((3, b, heads, total, dim))))
     }
 }
 
 /// candle's `rms_norm` of one row whose sum of squares is `sum2`, in its order of operations.
-fn rms_row(src: &[f32], sum2: f32, alpha: &[f32], dst: &mut [f32]) {
+/// `dst` may start uninitialised; it is written in full (its length is `src`'s).
+fn rms_row(src: &[f32], sum2: f32, alpha: &[f32], dst: &mut [MaybeUninit<f32>]) {
     let m = (sum2 / src.len() as f32 + EPS).sqrt();
+    assert!(dst.len() == src.len() && alpha.len() == src.len());
     for ((d, &s), &a) in dst.iter_mut().zip(src).zip(alpha) {
-        *d = s / m * a;
+        d.write(s / m * a);
     }
 }
 

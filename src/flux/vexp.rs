@@ -2,6 +2,8 @@
 //! baseline and chosen at run time: the scalar `expf` behind candle's softmax was the largest
 //! single cost of a CPU forward.
 
+use std::mem::MaybeUninit;
+
 use super::dispatch::dispatched;
 
 /// Lanes of the running reductions: wide enough for one AVX-512 register, plain arrays so the
@@ -174,12 +176,14 @@ fn softmax(rows: &mut [f32], row_len: usize) {
 
 /// The tanh approximation of GELU, 0.5 x (1 + tanh(u)) with u = sqrt(2/pi) (x + 0.044715 x^3),
 /// written as x / (1 + e^(-2u)), the same function with one exp.
+/// Every element of `out` is written (it may start uninitialised).
 #[inline(always)]
-fn gelu(xs: &[f32], out: &mut [f32]) {
+fn gelu(xs: &[f32], out: &mut [MaybeUninit<f32>]) {
     const SQRT_TWO_OVER_PI: f32 = 0.797_884_6;
+    assert_eq!(xs.len(), out.len());
     for (o, &x) in out.iter_mut().zip(xs) {
         let u = SQRT_TWO_OVER_PI * x * (1.0 + 0.044_715 * x * x);
-        *o = x / (1.0 + exp(-2.0 * u));
+        o.write(x / (1.0 + exp(-2.0 * u)));
     }
 }
 
@@ -201,8 +205,9 @@ dispatched! {
 }
 
 dispatched! {
-    /// `out` = GELU (tanh approximation) of `xs`, element by element.
-    pub fn gelu_tanh(xs: &[f32], out: &mut [f32]) => gelu
+    /// `out` = GELU (tanh approximation) of `xs`, element by element; `out` may start
+    /// uninitialised and is written in full (its length must be `xs`'s).
+    pub fn gelu_tanh(xs: &[f32], out: &mut [MaybeUninit<f32>]) => gelu
 }
 
 #[cfg(test)]
@@ -226,8 +231,7 @@ mod tests {
     #[test]
     fn gelu_matches_the_tanh_formula() {
         let xs: Vec<f32> = (-4000..4000).map(|i| i as f32 * 3e-3).collect();
-        let mut out = vec![0f32; xs.len()];
-        gelu_tanh(&xs, &mut out);
+        let out = unsafe { crate::cpu_slices::written_in_full(xs.len(), |o| gelu_tanh(&xs, o)) };
         for (&x, &y) in xs.iter().zip(&out) {
             let want = 0.5 * x * (1.0 + (0.797_884_6 * x * (1.0 + 0.044_715 * x * x)).tanh());
             assert!(

@@ -12,6 +12,8 @@ use candle_core::{bail, CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
 use gemm::{gemm, Parallelism};
 use rayon::prelude::*;
 
+use crate::cpu_slices::written_in_full;
+
 /// Output pixels per product: candle's `TILE_SIZE`, which fixes the products' shapes and so
 /// their rounding.
 const TILE: usize = 512;
@@ -28,6 +30,11 @@ struct TiledConv {
     geometry: Geometry,
     /// One value per output channel, added to its outputs.
     bias: Option<Vec<f32>>,
+}
+
+thread_local! {
+    /// Each thread's im2col tile, kept from one tile and one convolution to the next.
+    static IM2COL: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
 /// The output pointer shared by the tiles, which write disjoint pixel ranges.
@@ -96,14 +103,15 @@ impl CustomOp2 for TiledConv {
             }
         }
         let k_size = c_in * k_h * k_w;
-        let mut out = vec![0f32; b * c_out * pixels];
-        let dst = Dst(out.as_mut_ptr());
         let tiles = pixels.div_ceil(TILE);
-        (0..b * tiles).into_par_iter().for_each(|item| {
+        let tile = |dst: Dst, item: usize, col: &mut Vec<f32>| {
             let (bi, first) = (item / tiles, (item % tiles) * TILE);
             let len = TILE.min(pixels - first);
             let image = &inp[bi * c_in * i_h * i_w..][..c_in * i_h * i_w];
-            let mut col = vec![0f32; k_size * len];
+            if col.len() < k_size * len {
+                col.resize(k_size * len, 0.0);
+            }
+            let col = &mut col[..k_size * len];
             for (r, row) in col.chunks_exact_mut(len).enumerate() {
                 let (c, ky, kx) = (r % c_in, r / c_in / k_w, r / c_in % k_w);
                 let plane = &image[c * i_h * i_w..][..i_h * i_w];
@@ -148,13 +156,24 @@ impl CustomOp2 for TiledConv {
                     row.iter_mut().for_each(|y| *y += b);
                 }
             }
-        });
+        };
+        // SAFETY: the tiles' products write every pixel of every output channel of every image
+        // (gemm does not read a destination it is not told to accumulate into).
+        let out = unsafe {
+            written_in_full(b * c_out * pixels, |out| {
+                let dst = Dst(out.as_mut_ptr().cast());
+                (0..b * tiles)
+                    .into_par_iter()
+                    .for_each(|item| IM2COL.with_borrow_mut(|col| tile(dst, item, col)))
+            })
+        };
         Ok((CpuStorage::F32(out), Shape::from((b, c_out, o_h, o_w))))
     }
 }
 
 /// One im2col row: the input value under kernel tap (ky, kx) of channel `plane` for each output
 /// pixel `first..first + row.len()` (row-major over an `o_w`-wide output), zero in the padding.
+/// Every element is written: the row comes from a buffer kept from tile to tile.
 fn im2col_row(
     row: &mut [f32],
     plane: &[f32],
@@ -174,6 +193,7 @@ fn im2col_row(
             .checked_sub(g.padding)
             .filter(|&y| y < i_h)
         else {
+            seg.fill(0.0);
             continue;
         };
         let line = &plane[iy * i_w..][..i_w];
@@ -183,18 +203,25 @@ fn im2col_row(
             // The output columns whose tap lands inside the line are one run of the line.
             let lo = (-shift).max(ox0 as isize);
             let hi = (i_w as isize - shift).min((ox0 + n) as isize);
-            if lo < hi {
-                let (lo, hi) = (lo as usize, hi as usize);
+            // Columns ox0..lo fall in the left padding, lo..hi inside the line, hi.. right.
+            let lo = lo.min((ox0 + n) as isize) as usize;
+            let hi = (hi.max(lo as isize)) as usize;
+            let (left, rest) = seg.split_at_mut(lo - ox0);
+            let (inside, right) = rest.split_at_mut(hi - lo);
+            left.fill(0.0);
+            right.fill(0.0);
+            if !inside.is_empty() {
                 let x0 = (lo as isize + shift) as usize;
-                seg[lo - ox0..hi - ox0].copy_from_slice(&line[x0..x0 + (hi - lo)]);
+                inside.copy_from_slice(&line[x0..x0 + (hi - lo)]);
             }
             continue;
         }
         for (t, v) in seg.iter_mut().enumerate() {
             let x = ((ox0 + t) * g.stride) as isize + shift;
-            if (0..i_w as isize).contains(&x) {
-                *v = line[x as usize];
-            }
+            *v = match (0..i_w as isize).contains(&x) {
+                true => line[x as usize],
+                false => 0.0,
+            };
         }
     }
 }
@@ -237,6 +264,8 @@ mod tests {
     #[test]
     fn equals_candles_convolution_to_the_bit() -> Result<()> {
         let dev = Device::Cpu;
+        // The kept im2col tiles start as NaN: a padding entry left unwritten would show.
+        rayon::broadcast(|_| IM2COL.with_borrow_mut(|col| *col = vec![f32::NAN; 1 << 16]));
         for (c_in, c_out, (h, w), k, g) in [
             (5, 7, (23, 37), 3, (1, 1, 1)),
             (3, 4, (19, 30), 3, (0, 2, 1)),
