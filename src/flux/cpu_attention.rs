@@ -8,8 +8,10 @@ use candle_core::{
 };
 use gemm::{gemm, Parallelism};
 use rayon::prelude::*;
+use std::mem::MaybeUninit;
 
 use super::vexp::{online_softmax_columns, softmax_rows};
+use crate::cpu_slices::written_in_full;
 
 /// Query rows per work item: large enough to reuse each key and value tile many times.
 const TILE_Q: usize = 128;
@@ -366,19 +368,26 @@ impl CustomOp3 for FusedAttention {
         };
         let out_row = heads * dim_v;
         let tile_q = query_tile(b, len_q);
-        let mut out = vec![0f32; b * len_q * out_row];
-        out.par_chunks_mut(len_q * out_row)
-            .enumerate()
-            .for_each(|(bi, batch_out)| {
-                batch_out
-                    .par_chunks_mut(tile_q * out_row)
+        // SAFETY: the items cover the output's rows; each writes every head of its rows.
+        let out = unsafe {
+            written_in_full(b * len_q * out_row, |out| {
+                if out.is_empty() {
+                    return;
+                }
+                out.par_chunks_mut(len_q * out_row)
                     .enumerate()
-                    .for_each(|(t, tile_out)| {
-                        TILE_SCRATCH.with_borrow_mut(|scratch| {
-                            call.attend_tile(bi, t * tile_q, tile_out, scratch)
-                        })
-                    });
-            });
+                    .for_each(|(bi, batch_out)| {
+                        batch_out
+                            .par_chunks_mut(tile_q * out_row)
+                            .enumerate()
+                            .for_each(|(t, tile_out)| {
+                                TILE_SCRATCH.with_borrow_mut(|scratch| {
+                                    call.attend_tile(bi, t * tile_q, tile_out, scratch)
+                                })
+                            });
+                    })
+            })
+        };
         Ok((CpuStorage::F32(out), Shape::from((b, len_q, out_row))))
     }
 }
@@ -394,8 +403,14 @@ struct Call<'a> {
 
 impl Call<'_> {
     /// The output rows of queries `q0..` of image `bi`, all heads: `out` holds whole rows of
-    /// (heads * dim_v).
-    fn attend_tile(&self, bi: usize, q0: usize, out: &mut [f32], scratch: &mut TileScratch) {
+    /// (heads * dim_v), all written (they may start uninitialised).
+    fn attend_tile(
+        &self,
+        bi: usize,
+        q0: usize,
+        out: &mut [MaybeUninit<f32>],
+        scratch: &mut TileScratch,
+    ) {
         let (q, k, v) = (&self.q, &self.k, &self.v);
         let [_, heads, _, dim] = q.dims;
         let [_, _, len_k, dim_v] = v.dims;
@@ -462,7 +477,7 @@ impl Call<'_> {
             for (r, row) in out.chunks_exact_mut(out_row).enumerate() {
                 let dst = &mut row[h * dim_v..][..dim_v];
                 for (d, column) in dst.iter_mut().zip(acc.chunks_exact(stride)) {
-                    *d = column[r] / sum[r];
+                    d.write(column[r] / sum[r]);
                 }
             }
         }

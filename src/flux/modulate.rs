@@ -8,7 +8,7 @@ use candle_nn::{LayerNorm, Module};
 use rayon::prelude::*;
 
 use super::row_sums::{group_sums, ROWS};
-use crate::cpu_slices::contiguous_f32;
+use crate::cpu_slices::{contiguous_f32, written_in_full};
 
 const EPS: f64 = 1e-6;
 
@@ -43,28 +43,32 @@ impl CustomOp3 for NormModulate {
                 scale1.len()
             );
         }
-        let mut out = vec![0f32; x_data.len()];
         let n = hidden as f32;
-        out.par_chunks_mut(ROWS * hidden)
-            .zip(x_data.par_chunks(ROWS * hidden))
-            .enumerate()
-            .for_each(|(g, (ys, xs))| {
-                // The two-pass variance of candle's LayerNorm, in its order of operations.
-                let mean = group_sums(xs, hidden, |_, v| v).map(|s| s / n);
-                let var = group_sums(xs, hidden, |j, v| (v - mean[j]) * (v - mean[j]));
-                let rows = ys.chunks_exact_mut(hidden).zip(xs.chunks_exact(hidden));
-                for (j, (y, x)) in rows.enumerate() {
-                    let bi = (g * ROWS + j) / len;
-                    let (scale1, shift) = (
-                        &scale1[bi * hidden..][..hidden],
-                        &shift[bi * hidden..][..hidden],
-                    );
-                    let (mean, std) = (mean[j], (var[j] / n + EPS as f32).sqrt());
-                    for (((y, &x), &s), &t) in y.iter_mut().zip(x).zip(scale1).zip(shift) {
-                        *y = (x - mean) / std * s + t;
-                    }
-                }
-            });
+        // SAFETY: the groups of rows cover the output, every row is written in full.
+        let out = unsafe {
+            written_in_full(x_data.len(), |out| {
+                out.par_chunks_mut(ROWS * hidden)
+                    .zip(x_data.par_chunks(ROWS * hidden))
+                    .enumerate()
+                    .for_each(|(g, (ys, xs))| {
+                        // The two-pass variance of candle's LayerNorm, in its order of operations.
+                        let mean = group_sums(xs, hidden, |_, v| v).map(|s| s / n);
+                        let var = group_sums(xs, hidden, |j, v| (v - mean[j]) * (v - mean[j]));
+                        let rows = ys.chunks_exact_mut(hidden).zip(xs.chunks_exact(hidden));
+                        for (j, (y, x)) in rows.enumerate() {
+                            let bi = (g * ROWS + j) / len;
+                            let (scale1, shift) = (
+                                &scale1[bi * hidden..][..hidden],
+                                &shift[bi * hidden..][..hidden],
+                            );
+                            let (mean, std) = (mean[j], (var[j] / n + EPS as f32).sqrt());
+                            for (((y, &x), &s), &t) in y.iter_mut().zip(x).zip(scale1).zip(shift) {
+                                y.write((x - mean) / std * s + t);
+                            }
+                        }
+                    })
+            })
+        };
         Ok((CpuStorage::F32(out), x_l.shape().clone()))
     }
 }
@@ -110,16 +114,20 @@ impl CustomOp3 for GatedResidual {
         if y.len() != x_data.len() || gate.len() != b * hidden {
             bail!("gated-residual: shapes differ");
         }
-        let mut out = vec![0f32; x_data.len()];
-        out.par_chunks_mut(hidden)
-            .zip(x_data.par_chunks(hidden).zip(y.par_chunks(hidden)))
-            .enumerate()
-            .for_each(|(row, (o, (x, y)))| {
-                let g = &gate[(row / len) * hidden..][..hidden];
-                for (((o, &x), &y), &g) in o.iter_mut().zip(x).zip(y).zip(g) {
-                    *o = x + g * y;
-                }
-            });
+        // SAFETY: the rows cover the output, each written in full.
+        let out = unsafe {
+            written_in_full(x_data.len(), |out| {
+                out.par_chunks_mut(hidden)
+                    .zip(x_data.par_chunks(hidden).zip(y.par_chunks(hidden)))
+                    .enumerate()
+                    .for_each(|(row, (o, (x, y)))| {
+                        let g = &gate[(row / len) * hidden..][..hidden];
+                        for (((o, &x), &y), &g) in o.iter_mut().zip(x).zip(y).zip(g) {
+                            o.write(x + g * y);
+                        }
+                    })
+            })
+        };
         Ok((CpuStorage::F32(out), x_l.shape().clone()))
     }
 }

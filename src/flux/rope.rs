@@ -2,11 +2,13 @@
 //! features are rotated by per-position angles, whose cosines and sines are taken once per run
 //! from the table candle's own `EmbedNd` builds from (b, seq, 3) ids.
 
+use std::mem::MaybeUninit;
+
 use candle_core::{bail, CpuStorage, CustomOp3, DType, Device, Layout, Result, Shape, Tensor, D};
 use rayon::prelude::*;
 
 use super::dispatch::dispatched;
-use crate::cpu_slices::contiguous_f32;
+use crate::cpu_slices::{contiguous_f32, written_in_full};
 
 /// The rotation of every position of a sequence: cosines and sines (1 or b, seq, head_dim/2),
 /// contiguous, in the model's dtype.
@@ -114,38 +116,44 @@ impl CustomOp3 for RotatePairs {
         if dim % 2 != 0 || sin.len() != cos.len() || !(angle_batches == 1 || angle_batches == b) {
             bail!("rope: x {:?} against angles {:?}", x_l.dims(), cos_l.dims());
         }
-        let mut out = vec![0f32; src.len()];
-        if per_batch > 0 {
-            out.par_chunks_mut(seq * dim)
-                .zip(src.par_chunks(seq * dim))
-                .enumerate()
-                .for_each(|(bh, (dst, src))| {
-                    let at = (bh / heads % angle_batches) * per_batch;
-                    let angles = at..at + per_batch;
-                    rotate_pairs(src, &cos[angles.clone()], &sin[angles], dst);
-                });
-        }
+        // SAFETY: one item per (batch, head) block, each rotated in full.
+        let out = unsafe {
+            written_in_full(src.len(), |out| {
+                if per_batch == 0 {
+                    return;
+                }
+                out.par_chunks_mut(seq * dim)
+                    .zip(src.par_chunks(seq * dim))
+                    .enumerate()
+                    .for_each(|(bh, (dst, src))| {
+                        let at = (bh / heads % angle_batches) * per_batch;
+                        let angles = at..at + per_batch;
+                        rotate_pairs(src, &cos[angles.clone()], &sin[angles], dst);
+                    })
+            })
+        };
         Ok((CpuStorage::F32(out), x_l.shape().clone()))
     }
 }
 
 #[inline(always)]
-fn rotate(src: &[f32], cos: &[f32], sin: &[f32], dst: &mut [f32]) {
+fn rotate(src: &[f32], cos: &[f32], sin: &[f32], dst: &mut [MaybeUninit<f32>]) {
+    assert!(dst.len() == src.len() && cos.len() * 2 == src.len() && sin.len() == cos.len());
     for (((d, s), &c), &sn) in dst
         .chunks_exact_mut(2)
         .zip(src.chunks_exact(2))
         .zip(cos)
         .zip(sin)
     {
-        d[0] = s[0] * c - s[1] * sn;
-        d[1] = s[0] * sn + s[1] * c;
+        d[0].write(s[0] * c - s[1] * sn);
+        d[1].write(s[0] * sn + s[1] * c);
     }
 }
 
 dispatched! {
     /// `dst` = the pairs of `src` rotated by the angles whose cosines and sines are given, one
-    /// angle per pair.
-    pub fn rotate_pairs(src: &[f32], cos: &[f32], sin: &[f32], dst: &mut [f32]) => rotate
+    /// angle per pair; `dst` may start uninitialised and is written in full.
+    pub fn rotate_pairs(src: &[f32], cos: &[f32], sin: &[f32], dst: &mut [MaybeUninit<f32>]) => rotate
 }
 
 /// Position ids (0, row, col) of an `h` x `w` token grid in row-major order, shape (1, h*w, 3).

@@ -7,13 +7,15 @@
 //! the pass from vectorising), so it differs from candle's at rounding level. Other dtypes and
 //! devices run candle's layers themselves.
 
+use std::mem::MaybeUninit;
+
 use candle_core::{
     bail, CpuStorage, CustomOp2, CustomOp3, DType, Device, Layout, Module, Result, Shape, Tensor, D,
 };
 use candle_nn::{Activation, GroupNorm, VarBuilder};
 use rayon::prelude::*;
 
-use crate::cpu_slices::contiguous_f32;
+use crate::cpu_slices::{contiguous_f32, written_in_full};
 use crate::flux::dispatch::dispatched;
 use crate::flux::vexp::exp;
 
@@ -106,16 +108,23 @@ impl CustomOp2 for SquaredDeviations {
             contiguous_f32(mean, mean_l, "group norm", "mean")?,
         );
         let n = xs.len() / mean.len().max(1);
-        let mut out = vec![0f32; xs.len()];
-        out.par_chunks_mut(n)
-            .zip(xs.par_chunks(n))
-            .zip(mean.par_iter())
-            .for_each(|((out, xs), &m)| {
-                for (o, &x) in out.iter_mut().zip(xs) {
-                    let d = x - m;
-                    *o = d * d;
-                }
-            });
+        if n * mean.len() != xs.len() || n == 0 {
+            bail!("group norm: {} means for {} values", mean.len(), xs.len());
+        }
+        // SAFETY: one chunk of n values per mean, covering the output, each written in full.
+        let out = unsafe {
+            written_in_full(xs.len(), |out| {
+                out.par_chunks_mut(n)
+                    .zip(xs.par_chunks(n))
+                    .zip(mean.par_iter())
+                    .for_each(|((out, xs), &m)| {
+                        for (o, &x) in out.iter_mut().zip(xs) {
+                            let d = x - m;
+                            o.write(d * d);
+                        }
+                    })
+            })
+        };
         Ok((CpuStorage::F32(out), xs_l.shape().clone()))
     }
 }
@@ -154,35 +163,54 @@ impl CustomOp3 for Normalize {
             bail!("group norm: stats or affine do not fit {dims:?}");
         }
         let (weight, bias) = affine.split_at(channels);
-        let mut out = vec![0f32; xs_data.len()];
-        out.par_chunks_mut(plane)
-            .zip(xs_data.par_chunks(plane))
-            .enumerate()
-            .for_each(|(bc, (out, xs))| {
-                let (bi, c) = (bc / channels, bc % channels);
-                let g = bi * self.groups + c / per_group;
-                let (mean, std) = (stats[2 * g], stats[2 * g + 1]);
-                normalize_plane(xs, out, [mean, std, weight[c], bias[c]], self.swish);
-            });
+        // SAFETY: one item per (image, channel) plane, covering the output (b * channels
+        // planes of `plane` values), each normalised in full.
+        let out = unsafe {
+            written_in_full(xs_data.len(), |out| {
+                if plane == 0 {
+                    return;
+                }
+                out.par_chunks_mut(plane)
+                    .zip(xs_data.par_chunks(plane))
+                    .enumerate()
+                    .for_each(|(bc, (out, xs))| {
+                        let (bi, c) = (bc / channels, bc % channels);
+                        let g = bi * self.groups + c / per_group;
+                        let (mean, std) = (stats[2 * g], stats[2 * g + 1]);
+                        normalize_plane(xs, out, [mean, std, weight[c], bias[c]], self.swish);
+                    })
+            })
+        };
         Ok((CpuStorage::F32(out), xs_l.shape().clone()))
     }
 }
 
 #[inline(always)]
-fn normalize(xs: &[f32], out: &mut [f32], [mean, std, w, bias]: [f32; 4], swish: bool) {
+fn normalize(
+    xs: &[f32],
+    out: &mut [MaybeUninit<f32>],
+    [mean, std, w, bias]: [f32; 4],
+    swish: bool,
+) {
+    assert_eq!(xs.len(), out.len());
     for (o, &x) in out.iter_mut().zip(xs) {
         let y = (x - mean) / std * w + bias;
-        *o = match swish {
+        o.write(match swish {
             true => y * (exp(-y) + 1.0).recip(),
             false => y,
-        };
+        });
     }
 }
 
 dispatched! {
     /// One channel's plane normalised by its group's (mean, std) and its (weight, bias), then
-    /// swished if asked.
-    pub fn normalize_plane(xs: &[f32], out: &mut [f32], stats: [f32; 4], swish: bool) => normalize
+    /// swished if asked; `out` may start uninitialised and is written in full.
+    pub fn normalize_plane(
+        xs: &[f32],
+        out: &mut [MaybeUninit<f32>],
+        stats: [f32; 4],
+        swish: bool
+    ) => normalize
 }
 
 #[cfg(test)]
