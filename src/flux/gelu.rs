@@ -49,21 +49,11 @@ impl CustomOp1 for Gelu {
 
     fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
         let xs = Rows::new(storage, layout, "GELU")?;
-        let len = layout.shape().elem_count();
-        // SAFETY: the chunks cover the output and gelu_tanh writes each in full.
-        let out = unsafe {
-            written_in_full(len, |out| match xs.stride == xs.width {
-                true => out
-                    .par_chunks_mut(CHUNK)
-                    .zip(xs.data[..len].par_chunks(CHUNK))
-                    .for_each(|(o, x)| gelu_tanh(x, o)),
-                false => out
-                    .par_chunks_mut(xs.width)
-                    .enumerate()
-                    .for_each(|(i, o)| gelu_tanh(xs.row(i), o)),
-            })
-        };
-        Ok((CpuStorage::F32(out), layout.shape().clone()))
+        let row_count = layout.shape().elem_count() / xs.width;
+        Ok((
+            CpuStorage::F32(gelu_rows(None, &xs, row_count)),
+            layout.shape().clone(),
+        ))
     }
 }
 
@@ -94,27 +84,47 @@ impl CustomOp2 for GeluAfter {
                 dims
             );
         }
-        let width = prefix.width + xs.width;
-        *dims.last_mut().expect("rows have a last dimension") = width;
-        // Work items of whole rows, about CHUNK elements each.
-        let rows_per_item = (CHUNK / width).max(1);
-        // SAFETY: the items cover the output's rows, and each row is written in full: the
-        // prefix's part by the copy, the rest by gelu_tanh.
-        let out = unsafe {
-            written_in_full(row_count * width, |out| {
-                out.par_chunks_mut(rows_per_item * width)
-                    .enumerate()
-                    .for_each(|(item, o)| {
-                        for (r, o) in o.chunks_exact_mut(width).enumerate() {
-                            let i = item * rows_per_item + r;
-                            let (head, tail) = o.split_at_mut(prefix.width);
-                            head.write_copy_of_slice(prefix.row(i));
-                            gelu_tanh(xs.row(i), tail);
-                        }
-                    })
+        *dims.last_mut().expect("rows have a last dimension") = prefix.width + xs.width;
+        let out = gelu_rows(Some(&prefix), &xs, row_count);
+        Ok((CpuStorage::F32(out), Shape::from(dims)))
+    }
+}
+
+/// `[prefix | GELU(xs)]` (or `GELU(xs)` alone) for `row_count` rows, contiguous.
+fn gelu_rows(prefix: Option<&Rows>, xs: &Rows, row_count: usize) -> Vec<f32> {
+    let prefix_width = prefix.map_or(0, |p| p.width);
+    let width = prefix_width + xs.width;
+    let len = row_count * width;
+    if prefix.is_none() && xs.stride == xs.width {
+        // Rows end to end: the input and output are one run each.
+        // SAFETY: the chunks cover the output and gelu_tanh writes each in full.
+        return unsafe {
+            written_in_full(len, |out| {
+                out.par_chunks_mut(CHUNK)
+                    .zip(xs.data[..len].par_chunks(CHUNK))
+                    .for_each(|(o, x)| gelu_tanh(x, o))
             })
         };
-        Ok((CpuStorage::F32(out), Shape::from(dims)))
+    }
+    // Work items of whole rows, about CHUNK elements each.
+    let rows_per_item = (CHUNK / width).max(1);
+    // SAFETY: the items cover the output's rows, and each row is written in full: the prefix's
+    // part by the copy, the rest by gelu_tanh.
+    unsafe {
+        written_in_full(len, |out| {
+            out.par_chunks_mut(rows_per_item * width)
+                .enumerate()
+                .for_each(|(item, o)| {
+                    for (r, o) in o.chunks_exact_mut(width).enumerate() {
+                        let i = item * rows_per_item + r;
+                        let (head, tail) = o.split_at_mut(prefix_width);
+                        if let Some(prefix) = prefix {
+                            head.write_copy_of_slice(prefix.row(i));
+                        }
+                        gelu_tanh(xs.row(i), tail);
+                    }
+                })
+        })
     }
 }
 

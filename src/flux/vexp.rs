@@ -81,8 +81,9 @@ fn exp_shifted_sum(row: &mut [f32], max: f32) -> f32 {
 /// and the length of `max`, `sum` and `rescale`) for the running maxima `max` and sums `sum`
 /// of its queries, after adding `mask` when there is one (key j's entries at
 /// `mask.0[j * mask.1..]`): the tile becomes e^(s - new max) and `rescale` gets the factor
-/// e^(old max - new max) the queries' accumulated outputs must be multiplied by. A query whose keys are all masked so far stays at weight 0.
-/// Queries are the lanes: every reduction runs down a column of keys, none across a register.
+/// e^(old max - new max) the queries' accumulated outputs must be multiplied by. A query whose
+/// keys are all masked so far stays at weight 0. Queries are the lanes: every reduction runs
+/// down a column of keys, none across a register.
 #[inline(always)]
 fn online_columns(
     tile: &mut [f32],
@@ -231,6 +232,7 @@ mod tests {
     #[test]
     fn gelu_matches_the_tanh_formula() {
         let xs: Vec<f32> = (-4000..4000).map(|i| i as f32 * 3e-3).collect();
+        // SAFETY: gelu_tanh writes the whole output.
         let out = unsafe { crate::cpu_slices::written_in_full(xs.len(), |o| gelu_tanh(&xs, o)) };
         for (&x, &y) in xs.iter().zip(&out) {
             let want = 0.5 * x * (1.0 + (0.797_884_6 * x * (1.0 + 0.044_715 * x * x)).tanh());
