@@ -19,10 +19,14 @@ pub fn set_defaults() {
     if std::env::var_os(SPIN).is_none() {
         std::env::set_var(SPIN, ELEMENTWISE_SPIN_LIMIT);
     }
-    // gemm repacks a column-major left operand when the product is wider than 8 x 6 columns;
-    // the attention's score and value tiles are already laid out as its kernels read them, and
-    // repacking them took 1-3 % of a tiny storyboard. Packing or not, the sums are the same.
-    gemm::set_lhs_packing_threshold_single_thread(256);
+    // gemm copies a column-major left operand into panels when the product is wider than this
+    // many times 6 columns (8 by default). The attention's score tiles meet value tiles of one
+    // head (up to 128 columns) and are already laid out as its kernels read them: repacking
+    // them took 1-3 % of a tiny storyboard. The dense layers' transposed weights meet hundreds
+    // of tokens, and reading them unpacked ran their products 4-5 % slower than packed (at
+    // 768 tokens, 256-1792 features). 32 x 6 = 192 columns divides the two; packing or not,
+    // the sums are the same.
+    gemm::set_lhs_packing_threshold_single_thread(32);
 }
 
 use rayon::{ThreadPool, ThreadPoolBuilder};

@@ -11,8 +11,22 @@ use gemm::{gemm, Parallelism};
 
 use crate::cpu_slices::contiguous_f32;
 
-/// `x (.., k) W^T + b` for f32 `x` contiguous, `W` (n, k) contiguous and `b` (n).
+/// `x (.., k) W^T + b` for f32 `x` contiguous, `W^T` (k, n) with contiguous rows (a narrowed
+/// view of wider rows takes some of a layer's outputs) and `b` (n) contiguous.
 pub struct BiasedProduct;
+
+/// The elements of `W^T` (k, n) whose rows are contiguous, and their row stride.
+fn weight_rows<'a>(storage: &'a CpuStorage, layout: &Layout) -> Result<(&'a [f32], usize)> {
+    let (k, n) = layout.shape().dims2()?;
+    match (storage, layout.stride()) {
+        (CpuStorage::F32(data), &[row_stride, 1]) if row_stride >= n => {
+            let start = layout.start_offset();
+            let len = k.checked_sub(1).map_or(0, |last| last * row_stride + n);
+            Ok((&data[start..start + len], row_stride))
+        }
+        _ => bail!("linear: the transposed weight must be an f32 tensor with contiguous rows"),
+    }
+}
 
 impl CustomOp3 for BiasedProduct {
     fn name(&self) -> &'static str {
@@ -23,20 +37,20 @@ impl CustomOp3 for BiasedProduct {
         &self,
         xs: &CpuStorage,
         xs_l: &Layout,
-        weight: &CpuStorage,
-        weight_l: &Layout,
+        weight_t: &CpuStorage,
+        weight_t_l: &Layout,
         bias: &CpuStorage,
         bias_l: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
         let xs = contiguous_f32(xs, xs_l, "linear", "x")?;
-        let weight = contiguous_f32(weight, weight_l, "linear", "weight")?;
+        let (weight_t, row_stride) = weight_rows(weight_t, weight_t_l)?;
         let bias = contiguous_f32(bias, bias_l, "linear", "bias")?;
-        let (n, k) = weight_l.shape().dims2()?;
+        let (k, n) = weight_t_l.shape().dims2()?;
         let dims = xs_l.dims();
         if dims.last() != Some(&k) || bias.len() != n {
             bail!(
-                "linear: input {dims:?}, weight {:?}, bias {}",
-                weight_l.dims(),
+                "linear: input {dims:?}, transposed weight {:?}, bias {}",
+                weight_t_l.dims(),
                 bias.len()
             );
         }
@@ -51,8 +65,8 @@ impl CustomOp3 for BiasedProduct {
             false => Parallelism::None,
         };
         if m > 0 && n > 0 && k > 0 {
-            // SAFETY: out is m x n (row stride n), xs m x k (row stride k), and W^T's element
-            // (i, j) is weight[j * k + i]: all inside the slices above.
+            // SAFETY: out is m x n (row stride n), xs m x k (row stride k) and W^T k x n (row
+            // stride row_stride >= n): all inside the slices above.
             unsafe {
                 gemm(
                     m,
@@ -65,9 +79,9 @@ impl CustomOp3 for BiasedProduct {
                     xs.as_ptr(),
                     1,
                     k as isize,
-                    weight.as_ptr(),
-                    k as isize,
+                    weight_t.as_ptr(),
                     1,
+                    row_stride as isize,
                     1.0,
                     1.0,
                     false,
@@ -98,7 +112,7 @@ mod tests {
 
     fn fused(layer: &candle_nn::Linear, xs: &Tensor) -> Result<Tensor> {
         let bias = layer.bias().expect("a biased layer");
-        xs.apply_op3_no_bwd(layer.weight(), bias, &BiasedProduct)
+        xs.apply_op3_no_bwd(&layer.weight().t()?.contiguous()?, bias, &BiasedProduct)
     }
 
     /// At the tiny and test models' widths the products are summed in one block: candle's bits.

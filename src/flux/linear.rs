@@ -1,27 +1,81 @@
 //! One linear layer type for dense and GGUF-quantized weights, so that the hookable transformer
 //! is written once and runs either kind of checkpoint.
 
-use candle_core::{DType, Device, Module, Result, Tensor};
+use candle_core::{DType, Device, Module, Result, Tensor, D};
 
 use super::cpu_linear::BiasedProduct;
 
-/// A dense `candle_nn::Linear`, or a quantized one whose matmul runs on GGML blocks.
+/// A dense `candle_nn::Linear`, a dense f32 layer on the CPU with its weight stored transposed,
+/// or a quantized one whose matmul runs on GGML blocks.
 #[derive(Debug, Clone)]
 pub enum Linear {
     Dense(candle_nn::Linear),
+    Cpu(CpuLinear),
     Quantized(candle_transformers::quantized_nn::Linear),
+}
+
+/// A dense f32 layer on the CPU whose weight is kept as `W^T` (in, out), row-major. `gemm`
+/// copies a layer's weight into panels for its kernels at every product; from `W` (out, in)
+/// that copy gathers one element per row and took 6 % of a head-128 storyboard, from `W^T` it
+/// copies contiguous runs. The sums, and so the outputs, are the same.
+#[derive(Debug, Clone)]
+pub struct CpuLinear {
+    weight_t: Tensor,
+    bias: Option<Tensor>,
+}
+
+impl CpuLinear {
+    /// The layer `x W^T + b` from `weight` (out, in) and `bias` (out).
+    pub fn new(weight: &Tensor, bias: Option<Tensor>) -> Result<Self> {
+        Ok(Self {
+            weight_t: weight.t()?.contiguous()?,
+            bias,
+        })
+    }
+}
+
+impl Module for CpuLinear {
+    fn forward(&self, xs: &Tensor) -> Result<Tensor> {
+        match &self.bias {
+            Some(bias) if fused(xs) => {
+                xs.contiguous()?
+                    .apply_op3_no_bwd(&self.weight_t, bias, &BiasedProduct)
+            }
+            bias => {
+                let ys = xs.broadcast_matmul(&self.weight_t)?;
+                match bias {
+                    Some(bias) => ys.broadcast_add(bias),
+                    None => Ok(ys),
+                }
+            }
+        }
+    }
+}
+
+impl Linear {
+    /// Outputs `start..start + len` of the layer: on the CPU only those are computed (their
+    /// sums are the same as in the whole product's).
+    pub fn forward_columns(&self, xs: &Tensor, start: usize, len: usize) -> Result<Tensor> {
+        match self {
+            Linear::Cpu(l) => CpuLinear {
+                weight_t: l.weight_t.narrow(1, start, len)?,
+                bias: l
+                    .bias
+                    .as_ref()
+                    .map(|b| b.narrow(0, start, len))
+                    .transpose()?,
+            }
+            .forward(xs),
+            _ => self.forward(xs)?.narrow(D::Minus1, start, len),
+        }
+    }
 }
 
 impl Module for Linear {
     fn forward(&self, xs: &Tensor) -> Result<Tensor> {
         match self {
-            Linear::Dense(l) => match l.bias() {
-                Some(bias) if fused(xs, l.weight()) => {
-                    xs.contiguous()?
-                        .apply_op3_no_bwd(l.weight(), bias, &BiasedProduct)
-                }
-                _ => l.forward(xs),
-            },
+            Linear::Dense(l) => l.forward(xs),
+            Linear::Cpu(l) => l.forward(xs),
             Linear::Quantized(l) => {
                 // Quantized matmuls read f32 (and contiguous) activations only; the result goes
                 // back to the run's dtype so the rest of the model does not see the difference.
@@ -33,11 +87,55 @@ impl Module for Linear {
     }
 }
 
-/// Whether the one-pass CPU product takes this layer: f32 on the CPU, the weight as loaded.
-fn fused(xs: &Tensor, weight: &Tensor) -> bool {
-    matches!(xs.device(), Device::Cpu)
-        && xs.dtype() == DType::F32
-        && weight.dtype() == DType::F32
-        && weight.is_contiguous()
-        && xs.rank() >= 2
+/// Whether the one-pass CPU product takes these activations.
+fn fused(xs: &Tensor) -> bool {
+    matches!(xs.device(), Device::Cpu) && xs.dtype() == DType::F32 && xs.rank() >= 2
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn layer(k: usize, n: usize) -> Result<(candle_nn::Linear, CpuLinear, Tensor)> {
+        let dev = Device::Cpu;
+        let weight = Tensor::randn(0f32, 1., (n, k), &dev)?;
+        let bias = Tensor::randn(0f32, 1., n, &dev)?;
+        let xs = Tensor::randn(0f32, 1., (2, 300, k), &dev)?;
+        let cpu = CpuLinear::new(&weight, Some(bias.clone()))?;
+        Ok((candle_nn::Linear::new(weight, Some(bias)), cpu, xs))
+    }
+
+    fn max_diff(a: &Tensor, b: &Tensor) -> Result<f32> {
+        assert_eq!(a.dims(), b.dims());
+        (a - b)?.abs()?.max_all()?.to_scalar::<f32>()
+    }
+
+    /// With the weight transposed the products are candle's to the bit (hundreds of rows, so
+    /// gemm copies the weight into panels, where before it read it in place).
+    #[test]
+    fn the_transposed_layer_is_candles_linear() -> Result<()> {
+        let (candle, cpu, xs) = layer(256, 192)?;
+        assert_eq!(max_diff(&cpu.forward(&xs)?, &candle.forward(&xs)?)?, 0.0);
+        Ok(())
+    }
+
+    /// Some outputs alone are the same numbers as in the whole layer, with a bias or without.
+    #[test]
+    fn some_columns_are_the_whole_layers_columns() -> Result<()> {
+        let (candle, cpu, xs) = layer(64, 96)?;
+        let unbiased = CpuLinear::new(candle.weight(), None)?;
+        let candle_unbiased = candle_nn::Linear::new(candle.weight().clone(), None);
+        for (layer, whole) in [
+            (cpu.clone(), cpu.forward(&xs)?),
+            (unbiased, candle_unbiased.forward(&xs)?),
+        ] {
+            let layer = Linear::Cpu(layer);
+            assert_eq!(max_diff(&layer.forward(&xs)?, &whole)?, 0.0);
+            for (start, len) in [(0, 96), (0, 48), (17, 30), (95, 1)] {
+                let part = layer.forward_columns(&xs, start, len)?;
+                assert_eq!(max_diff(&part, &whole.narrow(D::Minus1, start, len)?)?, 0.0);
+            }
+        }
+        Ok(())
+    }
 }

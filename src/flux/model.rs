@@ -224,22 +224,36 @@ impl SingleStreamBlock {
         hook: Option<&mut dyn AttentionHook>,
     ) -> Result<Tensor> {
         let m = modulations(&self.modulation, vec_, 1)?.remove(0);
-        let x = m.norm_scale_shift(xs)?.apply(&self.linear1)?;
-        let qkv = x.narrow(D::Minus1, 0, 3 * self.hidden)?;
-        let (q, k, v) = split_heads(&[(&qkv, &self.qk_norm)], self.heads)?;
-        let attn = block_attention(&q, &k, &v, rope, ctx, queries, hook)?;
-        // The rows whose outputs are made: all, or the image tokens after the text.
-        let rows = |t: &Tensor| match queries {
-            Queries::Joint => Ok(t.clone()),
-            Queries::Image => t.narrow(1, ctx.txt_len, ctx.img_len()),
+        let normed = m.norm_scale_shift(xs)?;
+        let qkv_width = 3 * self.hidden;
+        // `linear1` of the rows whose outputs are made (all, or the image tokens after the
+        // text), and q, k, v of every row.
+        let (x, (q, k, v)) = match queries {
+            Queries::Joint => {
+                let x = normed.apply(&self.linear1)?;
+                let qkv = x.narrow(D::Minus1, 0, qkv_width)?;
+                (x, split_heads(&[(&qkv, &self.qk_norm)], self.heads)?)
+            }
+            // The text tokens are only keys and values here: their MLP inputs, 4/7 of the
+            // layer's outputs, are not made.
+            Queries::Image => {
+                let txt = normed.narrow(1, 0, ctx.txt_len)?;
+                let txt_qkv = self.linear1.forward_columns(&txt, 0, qkv_width)?;
+                let img = normed.narrow(1, ctx.txt_len, ctx.img_len())?;
+                let x = img.apply(&self.linear1)?;
+                let img_qkv = x.narrow(D::Minus1, 0, qkv_width)?;
+                let streams = [(&txt_qkv, &self.qk_norm), (&img_qkv, &self.qk_norm)];
+                (x, split_heads(&streams, self.heads)?)
+            }
         };
-        let mlp = rows(&x)?.narrow(
-            D::Minus1,
-            3 * self.hidden,
-            x.dim(D::Minus1)? - 3 * self.hidden,
-        )?;
+        let attn = block_attention(&q, &k, &v, rope, ctx, queries, hook)?;
+        let mlp = x.narrow(D::Minus1, qkv_width, x.dim(D::Minus1)? - qkv_width)?;
         let out = gelu_after(&attn, &mlp)?.apply(&self.linear2)?;
-        m.gated_add(&rows(xs)?, &out)
+        let residual = match queries {
+            Queries::Joint => xs.clone(),
+            Queries::Image => xs.narrow(1, ctx.txt_len, ctx.img_len())?,
+        };
+        m.gated_add(&residual, &out)
     }
 }
 

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
-use super::linear::Linear;
+use super::linear::{CpuLinear, Linear};
 
 /// The bytes of the tensors a loader has handed to a model, counted as they are loaded: candle's
 /// models do not expose their tensors, so this is how a component's memory is known.
@@ -142,7 +142,11 @@ impl Weights<'_> {
     pub fn linear(&self, in_dim: usize, out_dim: usize, bias: bool, name: &str) -> Result<Linear> {
         match self {
             Weights::Dense(vb) => {
-                candle_nn::linear_b(in_dim, out_dim, bias, vb.pp(name)).map(Linear::Dense)
+                let layer = candle_nn::linear_b(in_dim, out_dim, bias, vb.pp(name))?;
+                match vb.device().is_cpu() && vb.dtype() == DType::F32 {
+                    true => CpuLinear::new(layer.weight(), layer.bias().cloned()).map(Linear::Cpu),
+                    false => Ok(Linear::Dense(layer)),
+                }
             }
             Weights::Gguf(g) => {
                 let g = g.pp(name);
