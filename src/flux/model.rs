@@ -39,8 +39,8 @@ struct MlpEmbedder {
 impl MlpEmbedder {
     fn new(in_sz: usize, h_sz: usize, vb: Weights) -> Result<Self> {
         Ok(Self {
-            in_layer: vb.linear(in_sz, h_sz, true, "in_layer")?,
-            out_layer: vb.linear(h_sz, h_sz, true, "out_layer")?,
+            in_layer: vb.vector_linear(in_sz, h_sz, true, "in_layer")?,
+            out_layer: vb.vector_linear(h_sz, h_sz, true, "out_layer")?,
         })
     }
 
@@ -126,7 +126,7 @@ impl Stream {
         let mlp_sz = (h as f64 * cfg.mlp_ratio) as usize;
         let attn = vb.pp(format!("{name}_attn"));
         Ok(Self {
-            modulation: vb.linear(h, 6 * h, true, &format!("{name}_mod.lin"))?,
+            modulation: vb.vector_linear(h, 6 * h, true, &format!("{name}_mod.lin"))?,
             qkv: attn.linear(h, 3 * h, cfg.qkv_bias, "qkv")?,
             qk_norm: qk_norm(h / cfg.num_heads, attn.pp("norm"))?,
             proj: attn.linear(h, h, true, "proj")?,
@@ -206,7 +206,7 @@ impl SingleStreamBlock {
             linear1: vb.linear(h, 3 * h + mlp_sz, true, "linear1")?,
             linear2: vb.linear(h + mlp_sz, h, true, "linear2")?,
             qk_norm: qk_norm(h / cfg.num_heads, vb.pp("norm"))?,
-            modulation: vb.linear(h, 3 * h, true, "modulation.lin")?,
+            modulation: vb.vector_linear(h, 3 * h, true, "modulation.lin")?,
             hidden: h,
             heads: cfg.num_heads,
         })
@@ -267,7 +267,7 @@ impl LastLayer {
         let h = cfg.hidden_size;
         Ok(Self {
             linear: vb.linear(h, cfg.in_channels, true, "linear")?,
-            ada_ln_modulation: vb.linear(h, 2 * h, true, "adaLN_modulation.1")?,
+            ada_ln_modulation: vb.vector_linear(h, 2 * h, true, "adaLN_modulation.1")?,
         })
     }
 

@@ -137,13 +137,39 @@ impl Weights<'_> {
         }
     }
 
-    /// The linear layer `name` (`name.weight` of shape (out, in), `name.bias` if `bias`).
-    /// GGUF biases are kept in f32: the quantized matmul adds them before casting back.
+    /// The linear layer `name` (`name.weight` of shape (out, in), `name.bias` if `bias`) applied
+    /// to the tokens. GGUF biases are kept in f32: the quantized matmul adds them before casting
+    /// back.
     pub fn linear(&self, in_dim: usize, out_dim: usize, bias: bool, name: &str) -> Result<Linear> {
+        self.layer(in_dim, out_dim, bias, name, true)
+    }
+
+    /// A linear layer applied to one vector per image (the modulations, the embedders of the
+    /// timestep, guidance and pooled text). Its weight stays as stored, (out, in), so gemm's
+    /// matrix-vector kernel adds in candle's order, where the transposed weight of a token
+    /// layer would take its column-major kernel, which adds in another.
+    pub fn vector_linear(
+        &self,
+        in_dim: usize,
+        out_dim: usize,
+        bias: bool,
+        name: &str,
+    ) -> Result<Linear> {
+        self.layer(in_dim, out_dim, bias, name, false)
+    }
+
+    fn layer(
+        &self,
+        in_dim: usize,
+        out_dim: usize,
+        bias: bool,
+        name: &str,
+        tokens: bool,
+    ) -> Result<Linear> {
         match self {
             Weights::Dense(vb) => {
                 let layer = candle_nn::linear_b(in_dim, out_dim, bias, vb.pp(name))?;
-                match vb.device().is_cpu() && vb.dtype() == DType::F32 {
+                match tokens && vb.device().is_cpu() && vb.dtype() == DType::F32 {
                     true => CpuLinear::new(layer.weight(), layer.bias().cloned()).map(Linear::Cpu),
                     false => Ok(Linear::Dense(layer)),
                 }
