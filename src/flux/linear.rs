@@ -1,9 +1,10 @@
 //! One linear layer type for dense and GGUF-quantized weights, so that the hookable transformer
 //! is written once and runs either kind of checkpoint.
 
-use candle_core::{DType, Device, Module, Result, Tensor, D};
+use candle_core::{bail, DType, Device, Module, Result, Storage, Tensor, D};
 
 use super::cpu_linear::BiasedProduct;
+use crate::cpu_slices::{contiguous_f32, transposed};
 
 /// A dense `candle_nn::Linear`, a dense f32 layer on the CPU with its weight stored transposed,
 /// or a quantized one whose matmul runs on GGML blocks.
@@ -25,10 +26,19 @@ pub struct CpuLinear {
 }
 
 impl CpuLinear {
-    /// The layer `x W^T + b` from `weight` (out, in) and `bias` (out).
+    /// The layer `x W^T + b` from `weight` (out, in) and `bias` (out), on the CPU in f32.
     pub fn new(weight: &Tensor, bias: Option<Tensor>) -> Result<Self> {
+        let (out_dim, in_dim) = weight.dims2()?;
+        let weight_t = {
+            let (storage, layout) = weight.storage_and_layout();
+            let data = match &*storage {
+                Storage::Cpu(cpu) => contiguous_f32(cpu, layout, "linear", "weight")?,
+                _ => bail!("linear: a transposed layer's weight must be on the CPU"),
+            };
+            transposed(data, out_dim, in_dim)
+        };
         Ok(Self {
-            weight_t: weight.t()?.contiguous()?,
+            weight_t: Tensor::from_vec(weight_t, (in_dim, out_dim), weight.device())?,
             bias,
         })
     }
