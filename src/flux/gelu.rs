@@ -7,6 +7,7 @@ use candle_core::{
 };
 use rayon::prelude::*;
 
+use super::linear::Unbiased;
 use super::vexp::gelu_tanh;
 use crate::cpu_slices::written_in_full;
 
@@ -40,7 +41,10 @@ impl<'a> Rows<'a> {
     }
 }
 
-struct Gelu;
+/// GELU of `xs + bias` (the bias along the rows), or of `xs`.
+struct Gelu {
+    bias: Option<Vec<f32>>,
+}
 
 impl CustomOp1 for Gelu {
     fn name(&self) -> &'static str {
@@ -50,15 +54,15 @@ impl CustomOp1 for Gelu {
     fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
         let xs = Rows::new(storage, layout, "GELU")?;
         let row_count = layout.shape().elem_count() / xs.width;
-        Ok((
-            CpuStorage::F32(gelu_rows(None, &xs, row_count)),
-            layout.shape().clone(),
-        ))
+        let out = gelu_rows(None, &xs, self.bias.as_deref(), row_count)?;
+        Ok((CpuStorage::F32(out), layout.shape().clone()))
     }
 }
 
-/// `[prefix | GELU(xs)]` along the last dimension, row by row.
-struct GeluAfter;
+/// `[prefix | GELU(xs + bias)]` along the last dimension, row by row.
+struct GeluAfter {
+    bias: Option<Vec<f32>>,
+}
 
 impl CustomOp2 for GeluAfter {
     fn name(&self) -> &'static str {
@@ -85,47 +89,70 @@ impl CustomOp2 for GeluAfter {
             );
         }
         *dims.last_mut().expect("rows have a last dimension") = prefix.width + xs.width;
-        let out = gelu_rows(Some(&prefix), &xs, row_count);
+        let out = gelu_rows(Some(&prefix), &xs, self.bias.as_deref(), row_count)?;
         Ok((CpuStorage::F32(out), Shape::from(dims)))
     }
 }
 
-/// `[prefix | GELU(xs)]` (or `GELU(xs)` alone) for `row_count` rows, contiguous.
-fn gelu_rows(prefix: Option<&Rows>, xs: &Rows, row_count: usize) -> Vec<f32> {
+/// `[prefix | GELU(xs + bias)]` (or without the prefix, or the bias) for `row_count` rows,
+/// contiguous.
+fn gelu_rows(
+    prefix: Option<&Rows>,
+    xs: &Rows,
+    bias: Option<&[f32]>,
+    row_count: usize,
+) -> Result<Vec<f32>> {
+    if bias.is_some_and(|b| b.len() != xs.width) {
+        bail!(
+            "GELU: a bias of {:?} for rows of {}",
+            bias.map(<[f32]>::len),
+            xs.width
+        );
+    }
     let prefix_width = prefix.map_or(0, |p| p.width);
     let width = prefix_width + xs.width;
     let len = row_count * width;
-    if prefix.is_none() && xs.stride == xs.width {
+    if prefix.is_none() && bias.is_none() && xs.stride == xs.width {
         // Rows end to end: the input and output are one run each.
         // SAFETY: the chunks cover the output and gelu_tanh writes each in full.
-        return unsafe {
+        return Ok(unsafe {
             written_in_full(len, |out| {
                 out.par_chunks_mut(CHUNK)
                     .zip(xs.data[..len].par_chunks(CHUNK))
                     .for_each(|(o, x)| gelu_tanh(x, o))
             })
-        };
+        });
     }
     // Work items of whole rows, about CHUNK elements each.
     let rows_per_item = (CHUNK / width).max(1);
     // SAFETY: the items cover the output's rows, and each row is written in full: the prefix's
     // part by the copy, the rest by gelu_tanh.
-    unsafe {
+    Ok(unsafe {
         written_in_full(len, |out| {
             out.par_chunks_mut(rows_per_item * width)
                 .enumerate()
                 .for_each(|(item, o)| {
+                    // A row with its bias added, in cache for the GELU's pass.
+                    let mut biased = vec![0f32; bias.map_or(0, <[f32]>::len)];
                     for (r, o) in o.chunks_exact_mut(width).enumerate() {
                         let i = item * rows_per_item + r;
                         let (head, tail) = o.split_at_mut(prefix_width);
                         if let Some(prefix) = prefix {
                             head.write_copy_of_slice(prefix.row(i));
                         }
-                        gelu_tanh(xs.row(i), tail);
+                        let row = match bias {
+                            Some(bias) => {
+                                let sums = biased.iter_mut().zip(xs.row(i)).zip(bias);
+                                sums.for_each(|((d, &x), &b)| *d = x + b);
+                                &biased[..]
+                            }
+                            None => xs.row(i),
+                        };
+                        gelu_tanh(row, tail);
                     }
                 })
         })
-    }
+    })
 }
 
 /// (start, row stride, row length) when `layout` is rows of contiguous elements at one stride, as
@@ -153,19 +180,27 @@ fn fused(xs: &Tensor) -> bool {
     matches!((xs.device(), xs.dtype()), (Device::Cpu, DType::F32)) && xs.elem_count() > 0
 }
 
-/// GELU, tanh approximation (candle's `Tensor::gelu`), of a tensor in any layout; contiguous out.
-pub fn gelu(xs: &Tensor) -> Result<Tensor> {
-    match fused(xs) {
-        true => readable(xs)?.apply_op1_no_bwd(&Gelu),
-        false => xs.gelu(),
+/// GELU, tanh approximation (candle's `Tensor::gelu`), of a layer's outputs in any layout, its
+/// bias added in the same pass; contiguous out.
+pub fn gelu(xs: &Unbiased) -> Result<Tensor> {
+    match fused(&xs.product) {
+        true => readable(&xs.product)?.apply_op1_no_bwd(&Gelu {
+            bias: xs.bias_values()?,
+        }),
+        false => xs.with_bias()?.gelu(),
     }
 }
 
 /// `Tensor::cat(&[prefix, &gelu(xs)?], D::Minus1)` (the same values) in one pass where the GELU
 /// is fused; contiguous out.
-pub fn gelu_after(prefix: &Tensor, xs: &Tensor) -> Result<Tensor> {
-    match fused(xs) && fused(prefix) {
-        true => readable(prefix)?.apply_op2_no_bwd(&readable(xs)?, &GeluAfter),
+pub fn gelu_after(prefix: &Tensor, xs: &Unbiased) -> Result<Tensor> {
+    match fused(&xs.product) && fused(prefix) {
+        true => readable(prefix)?.apply_op2_no_bwd(
+            &readable(&xs.product)?,
+            &GeluAfter {
+                bias: xs.bias_values()?,
+            },
+        ),
         false => Tensor::cat(&[prefix, &gelu(xs)?], D::Minus1),
     }
 }
@@ -181,8 +216,9 @@ mod tests {
         let prefix = Tensor::randn(0f32, 1.0, (2, 37, 12), &dev)?;
         // The input narrowed as the single blocks narrow theirs: rows at a stride.
         let xs = x.narrow(2, 20, 40)?;
-        let want = Tensor::cat(&[&prefix, &gelu(&xs)?], 2)?;
-        let got = gelu_after(&prefix, &xs)?;
+        let unbiased = Unbiased::already_biased(xs.clone());
+        let want = Tensor::cat(&[&prefix, &gelu(&unbiased)?], 2)?;
+        let got = gelu_after(&prefix, &unbiased)?;
         assert_eq!(got.dims(), &[2, 37, 52]);
         let (got, want) = (
             got.flatten_all()?.to_vec1::<f32>()?,
@@ -196,6 +232,29 @@ mod tests {
             .map(|(a, b)| (a - b).abs())
             .fold(0f32, f32::max);
         assert!(diff < 1e-5, "{diff}");
+        Ok(())
+    }
+
+    /// A bias left to the GELU gives the GELU of the biased outputs, bit for bit, alone and
+    /// after a prefix.
+    #[test]
+    fn a_bias_added_in_the_gelu_pass_is_the_biased_gelu() -> Result<()> {
+        let dev = Device::Cpu;
+        let x = Tensor::randn(0f32, 2.0, (2, 37, 60), &dev)?;
+        let bias = Tensor::randn(0f32, 1.0, 40, &dev)?;
+        let prefix = Tensor::randn(0f32, 1.0, (2, 37, 12), &dev)?;
+        let xs = x.narrow(2, 20, 40)?;
+        let unbiased = Unbiased {
+            product: xs.clone(),
+            bias: Some(bias.clone()),
+        };
+        let biased = Unbiased::already_biased(xs.broadcast_add(&bias)?);
+        let values = |t: Tensor| t.flatten_all()?.to_vec1::<f32>();
+        assert_eq!(values(gelu(&unbiased)?)?, values(gelu(&biased)?)?);
+        assert_eq!(
+            values(gelu_after(&prefix, &unbiased)?)?,
+            values(gelu_after(&prefix, &biased)?)?
+        );
         Ok(())
     }
 }

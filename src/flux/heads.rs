@@ -11,6 +11,7 @@ use candle_core::{
 use candle_nn::{Module, RmsNorm};
 use rayon::prelude::*;
 
+use super::linear::Unbiased;
 use super::row_sums::{ordered_sums, ROWS};
 use crate::cpu_slices::written_in_full;
 
@@ -44,24 +45,37 @@ impl QkNorm {
 /// (b, heads, total len, head_dim), contiguous. A projection may be a narrowed view of a wider
 /// row (a single block's `linear1`).
 pub fn split_heads(
-    streams: &[(&Tensor, &QkNorm)],
+    streams: &[(&Unbiased, &QkNorm)],
     heads: usize,
 ) -> Result<(Tensor, Tensor, Tensor)> {
     let fast = streams.iter().all(|(x, n)| {
+        let x = &x.product;
         n.cpu_scales.is_some() && matches!(x.device(), Device::Cpu) && x.dtype() == DType::F32
     });
-    let joint = match (fast, streams) {
-        (true, [(x, n)]) => Some(x.apply_op1_no_bwd(&SplitHeads::new(heads, &[n]))?),
-        (true, [(a, na), (b, nb)]) => {
-            Some(a.apply_op2_no_bwd(b, &SplitHeads::new(heads, &[na, nb]))?)
+    if fast {
+        let split = SplitHeads {
+            heads,
+            scales: streams
+                .iter()
+                .filter_map(|(_, n)| n.cpu_scales.as_ref())
+                .collect(),
+            biases: streams
+                .iter()
+                .map(|(x, _)| x.bias_values())
+                .collect::<Result<_>>()?,
+        };
+        let joint = match streams {
+            [(x, _)] => Some(x.product.apply_op1_no_bwd(&split)?),
+            [(a, _), (b, _)] => Some(a.product.apply_op2_no_bwd(&b.product, &split)?),
+            _ => None,
+        };
+        if let Some(joint) = joint {
+            return Ok((joint.get(0)?, joint.get(1)?, joint.get(2)?));
         }
-        _ => None,
-    };
-    if let Some(joint) = joint {
-        return Ok((joint.get(0)?, joint.get(1)?, joint.get(2)?));
     }
     let mut parts = (Vec::new(), Vec::new(), Vec::new());
     for (x, norm) in streams {
+        let x = x.with_bias()?;
         let (b, l, _) = x.dims3()?;
         let qkv = x.reshape((b, l, 3, heads, ()))?;
         let part = |i: usize| qkv.get_on_dim(2, i)?.transpose(1, 2)?.contiguous();
@@ -81,16 +95,11 @@ struct SplitHeads<'a> {
     heads: usize,
     /// Per stream, the q and k scales.
     scales: Vec<&'a (Vec<f32>, Vec<f32>)>,
+    /// Per stream, the projection's bias where it is left to the split (3 * hidden).
+    biases: Vec<Option<Vec<f32>>>,
 }
 
-impl<'a> SplitHeads<'a> {
-    fn new(heads: usize, norms: &[&'a QkNorm]) -> Self {
-        Self {
-            heads,
-            scales: norms.iter().filter_map(|n| n.cpu_scales.as_ref()).collect(),
-        }
-    }
-
+impl SplitHeads<'_> {
     /// The split of the streams, each its data (from its layout's start), (b, len) and row
     /// stride, rows of unit column stride.
     fn split(&self, streams: &[(&[f32], &Layout)]) -> Result<(CpuStorage, Shape)> {
@@ -108,8 +117,16 @@ impl<'a> SplitHeads<'a> {
             rows.push((&data[layout.start_offset()..], b, len, sb, sl, width / 3));
         }
         let (b, hidden) = (rows[0].1, rows[0].5);
-        if rows.iter().any(|r| r.1 != b || r.5 != hidden) || self.scales.len() != rows.len() {
-            bail!("split heads: the streams' batches or widths differ");
+        if rows.iter().any(|r| r.1 != b || r.5 != hidden)
+            || self.scales.len() != rows.len()
+            || self.biases.len() != rows.len()
+            || self
+                .biases
+                .iter()
+                .flatten()
+                .any(|bias| bias.len() != 3 * hidden)
+        {
+            bail!("split heads: the streams' batches, widths or biases differ");
         }
         let dim = hidden / heads;
         let total: usize = rows.iter().map(|r| r.2).sum();
@@ -126,8 +143,10 @@ impl<'a> SplitHeads<'a> {
                     .for_each(|(item, dst)| {
                         let (part, bi, h) = (item / (b * heads), item / heads % b, item % heads);
                         let mut dst = dst.chunks_exact_mut(dim);
-                        for ((data, _, len, sb, sl, _), (q_scale, k_scale)) in
-                            rows.iter().zip(&self.scales)
+                        // A group of rows with their bias added, in cache for the norm's passes.
+                        let mut biased = vec![0f32; ROWS * dim];
+                        for (((data, _, len, sb, sl, _), (q_scale, k_scale)), bias) in
+                            rows.iter().zip(&self.scales).zip(&self.biases)
                         {
                             let scale = match part {
                                 0 => Some(q_scale),
@@ -136,11 +155,21 @@ impl<'a> SplitHeads<'a> {
                             };
                             let col = part * hidden + h * dim;
                             let src = |r: usize| &data[bi * sb + r * sl + col..][..dim];
+                            let bias = bias.as_ref().map(|bias| &bias[col..][..dim]);
                             for start in (0..*len).step_by(ROWS) {
                                 let n = ROWS.min(len - start);
                                 // A short last group repeats its last row; the copies are not written.
-                                let rows: [&[f32]; ROWS] =
-                                    std::array::from_fn(|j| src(start + j.min(n - 1)));
+                                let row = |j: usize| src(start + j.min(n - 1));
+                                let rows: [&[f32]; ROWS] = match bias {
+                                    Some(bias) => {
+                                        for (j, d) in biased.chunks_exact_mut(dim).enumerate() {
+                                            let sums = d.iter_mut().zip(row(j)).zip(bias);
+                                            sums.for_each(|((d, &x), &b)| *d = x + b);
+                                        }
+                                        std::array::from_fn(|j| &biased[j * dim..][..dim])
+                                    }
+                                    None => std::array::from_fn(row),
+                                };
                                 let sums = scale.map(|_| ordered_sums(rows, |_, v| v * v));
                                 for (j, row) in rows.into_iter().enumerate().take(n) {
                                     let d = dst.next().expect("the block holds every row");
@@ -233,8 +262,8 @@ mod tests {
         // A single block's view: the first 3 * hidden columns of wider rows; 13 rows make a
         // group summed side by side and a short one.
         let wide = Tensor::randn(0f32, 1., (2, 13, 3 * hidden + 7), &dev)?;
-        let qkv = wide.narrow(2, 0, 3 * hidden)?;
-        let txt = Tensor::randn(0f32, 1., (2, 4, 3 * hidden), &dev)?;
+        let qkv = Unbiased::already_biased(wide.narrow(2, 0, 3 * hidden)?);
+        let txt = Unbiased::already_biased(Tensor::randn(0f32, 1., (2, 4, 3 * hidden), &dev)?);
         let (fast_a, fast_b) = (norm(dim, 1.0)?, norm(dim, -2.0)?);
         // The same weights without their f32 copies take candle's operations.
         let slow = |n: &QkNorm| QkNorm {
@@ -260,6 +289,7 @@ mod tests {
         }
         // And the norm is applied: q's rows are not the projection's.
         let (q, _, v) = split_heads(&[(&qkv, &fast_a)], heads)?;
+        let qkv = &qkv.product;
         let plain_q = qkv
             .reshape((2, 13, 3, heads, dim))?
             .get_on_dim(2, 0)?
@@ -273,10 +303,41 @@ mod tests {
         Ok(())
     }
 
+    /// A projection's bias left to the split gives the split of the biased projection, bit for
+    /// bit, in one stream and two.
+    #[test]
+    fn a_bias_added_in_the_split_is_the_biased_projections_split() -> Result<()> {
+        let dev = Device::Cpu;
+        let (heads, dim) = (2, 8);
+        let hidden = heads * dim;
+        let wide = Tensor::randn(0f32, 1., (2, 11, 3 * hidden + 5), &dev)?;
+        let bias = Tensor::randn(0f32, 1., 3 * hidden, &dev)?;
+        let unbiased = Unbiased {
+            product: wide.narrow(2, 0, 3 * hidden)?,
+            bias: Some(bias.clone()),
+        };
+        let biased = Unbiased::already_biased(unbiased.with_bias()?);
+        let txt = Unbiased::already_biased(Tensor::randn(0f32, 1., (2, 3, 3 * hidden), &dev)?);
+        let norm = norm(dim, 0.5)?;
+        for (got, want) in [
+            (vec![(&unbiased, &norm)], vec![(&biased, &norm)]),
+            (
+                vec![(&txt, &norm), (&unbiased, &norm)],
+                vec![(&txt, &norm), (&biased, &norm)],
+            ),
+        ] {
+            let (got, want) = (split_heads(&got, heads)?, split_heads(&want, heads)?);
+            for (g, w) in [(&got.0, &want.0), (&got.1, &want.1), (&got.2, &want.2)] {
+                assert_eq!(max_diff(g, w)?, 0.0);
+            }
+        }
+        Ok(())
+    }
+
     #[test]
     fn rows_that_do_not_split_into_the_heads_are_refused() -> Result<()> {
         let dev = Device::Cpu;
-        let x = Tensor::zeros((1, 2, 20), DType::F32, &dev)?;
+        let x = Unbiased::already_biased(Tensor::zeros((1, 2, 20), DType::F32, &dev)?);
         let err = split_heads(&[(&x, &norm(4, 1.0)?)], 3)
             .unwrap_err()
             .to_string();

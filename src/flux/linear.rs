@@ -3,7 +3,7 @@
 
 use candle_core::{bail, DType, Device, Module, Result, Storage, Tensor, D};
 
-use super::cpu_linear::BiasedProduct;
+use super::cpu_linear::{BiasedProduct, Product};
 use crate::cpu_slices::{contiguous_f32, transposed};
 
 /// A dense `candle_nn::Linear`, a dense f32 layer on the CPU with its weight stored transposed,
@@ -62,21 +62,101 @@ impl Module for CpuLinear {
     }
 }
 
+impl CpuLinear {
+    /// The layer of outputs `start..start + len`.
+    fn columns(&self, start: usize, len: usize) -> Result<Self> {
+        Ok(Self {
+            weight_t: self.weight_t.narrow(1, start, len)?,
+            bias: self
+                .bias
+                .as_ref()
+                .map(|b| b.narrow(0, start, len))
+                .transpose()?,
+        })
+    }
+}
+
+/// A layer's outputs whose bias is still to be added, by the pass that reads them next (the
+/// heads' split, the GELU): the product then skips the pass that wrote the bias rows it
+/// accumulated into (3.1 % of a head-128 storyboard). Added there, the bias meets the product's
+/// sum as it met it in the output: the same numbers. `bias` is None where it is already in.
+#[derive(Debug, Clone)]
+pub struct Unbiased {
+    pub product: Tensor,
+    pub bias: Option<Tensor>,
+}
+
+impl Unbiased {
+    /// Outputs whose bias is already added.
+    pub fn already_biased(product: Tensor) -> Self {
+        Self {
+            product,
+            bias: None,
+        }
+    }
+
+    /// Outputs `start..start + len`.
+    pub fn narrow(&self, start: usize, len: usize) -> Result<Self> {
+        Ok(Self {
+            product: self.product.narrow(D::Minus1, start, len)?,
+            bias: self
+                .bias
+                .as_ref()
+                .map(|b| b.narrow(0, start, len))
+                .transpose()?,
+        })
+    }
+
+    /// The outputs with their bias, as the layer's `forward` gives them.
+    pub fn with_bias(&self) -> Result<Tensor> {
+        match &self.bias {
+            Some(bias) => self.product.broadcast_add(bias),
+            None => Ok(self.product.clone()),
+        }
+    }
+
+    /// The bias's values, for a CPU kernel that adds them.
+    pub fn bias_values(&self) -> Result<Option<Vec<f32>>> {
+        self.bias.as_ref().map(|b| b.to_vec1::<f32>()).transpose()
+    }
+}
+
 impl Linear {
-    /// Outputs `start..start + len` of the layer: on the CPU only those are computed (their
-    /// sums are the same as in the whole product's).
-    pub fn forward_columns(&self, xs: &Tensor, start: usize, len: usize) -> Result<Tensor> {
+    /// The layer's outputs with the bias left to their consumer ([`Unbiased`]).
+    pub fn forward_unbiased(&self, xs: &Tensor) -> Result<Unbiased> {
+        self.unbiased(xs, None)
+    }
+
+    /// Outputs `start..start + len` of the layer, the bias left to their consumer: on the CPU
+    /// only those are computed (their sums are the same as in the whole product's).
+    pub fn forward_unbiased_columns(
+        &self,
+        xs: &Tensor,
+        start: usize,
+        len: usize,
+    ) -> Result<Unbiased> {
+        self.unbiased(xs, Some((start, len)))
+    }
+
+    fn unbiased(&self, xs: &Tensor, columns: Option<(usize, usize)>) -> Result<Unbiased> {
         match self {
-            Linear::Cpu(l) => CpuLinear {
-                weight_t: l.weight_t.narrow(1, start, len)?,
-                bias: l
-                    .bias
-                    .as_ref()
-                    .map(|b| b.narrow(0, start, len))
-                    .transpose()?,
+            Linear::Cpu(l) if fused(xs) => {
+                let l = match columns {
+                    Some((start, len)) => l.columns(start, len)?,
+                    None => l.clone(),
+                };
+                Ok(Unbiased {
+                    product: xs.contiguous()?.apply_op2_no_bwd(&l.weight_t, &Product)?,
+                    bias: l.bias,
+                })
             }
-            .forward(xs),
-            _ => self.forward(xs)?.narrow(D::Minus1, start, len),
+            _ => {
+                let ys = self.forward(xs)?;
+                Ok(Unbiased::already_biased(match columns {
+                    Some((start, len)) => ys.narrow(D::Minus1, start, len)?,
+                    None => ys,
+                }))
+            }
         }
     }
 }
@@ -129,7 +209,8 @@ mod tests {
         Ok(())
     }
 
-    /// Some outputs alone are the same numbers as in the whole layer, with a bias or without.
+    /// Some outputs alone, and the outputs with their bias added afterwards, are the same numbers
+    /// as the whole layer's, with a bias or without.
     #[test]
     fn some_columns_are_the_whole_layers_columns() -> Result<()> {
         let (candle, cpu, xs) = layer(64, 96)?;
@@ -141,9 +222,14 @@ mod tests {
         ] {
             let layer = Linear::Cpu(layer);
             assert_eq!(max_diff(&layer.forward(&xs)?, &whole)?, 0.0);
+            let unbiased = layer.forward_unbiased(&xs)?;
+            assert_eq!(max_diff(&unbiased.with_bias()?, &whole)?, 0.0);
             for (start, len) in [(0, 96), (0, 48), (17, 30), (95, 1)] {
-                let part = layer.forward_columns(&xs, start, len)?;
-                assert_eq!(max_diff(&part, &whole.narrow(D::Minus1, start, len)?)?, 0.0);
+                let want = whole.narrow(D::Minus1, start, len)?;
+                let part = layer.forward_unbiased_columns(&xs, start, len)?;
+                assert_eq!(max_diff(&part.with_bias()?, &want)?, 0.0);
+                let narrowed = unbiased.narrow(start, len)?;
+                assert_eq!(max_diff(&narrowed.with_bias()?, &want)?, 0.0);
             }
         }
         Ok(())

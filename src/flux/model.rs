@@ -9,7 +9,7 @@ use super::attention::{block_attention, Queries};
 use super::gelu::{gelu, gelu_after};
 use super::heads::{split_heads, QkNorm};
 use super::hook::{reborrow, AttentionHook, BlockCtx, BlockKind};
-use super::linear::Linear;
+use super::linear::{Linear, Unbiased};
 use super::modulate::{gated_residual, norm_modulate};
 use super::rope::Rope;
 use super::weights::Weights;
@@ -107,7 +107,7 @@ impl Mlp {
     }
 
     fn forward(&self, xs: &Tensor) -> Result<Tensor> {
-        gelu(&xs.apply(&self.lin1)?)?.apply(&self.lin2)
+        gelu(&self.lin1.forward_unbiased(xs)?)?.apply(&self.lin2)
     }
 }
 
@@ -135,9 +135,9 @@ impl Stream {
     }
 
     /// Modulations and the fused qkv projection (b, l, 3 * hidden) of this stream's tokens.
-    fn pre_attention(&self, xs: &Tensor, vec_: &Tensor) -> Result<(Vec<Modulation>, Tensor)> {
+    fn pre_attention(&self, xs: &Tensor, vec_: &Tensor) -> Result<(Vec<Modulation>, Unbiased)> {
         let mods = modulations(&self.modulation, vec_, 2)?;
-        let qkv = mods[0].norm_scale_shift(xs)?.apply(&self.qkv)?;
+        let qkv = self.qkv.forward_unbiased(&mods[0].norm_scale_shift(xs)?)?;
         Ok((mods, qkv))
     }
 
@@ -230,24 +230,24 @@ impl SingleStreamBlock {
         // text), and q, k, v of every row.
         let (x, (q, k, v)) = match queries {
             Queries::Joint => {
-                let x = normed.apply(&self.linear1)?;
-                let qkv = x.narrow(D::Minus1, 0, qkv_width)?;
+                let x = self.linear1.forward_unbiased(&normed)?;
+                let qkv = x.narrow(0, qkv_width)?;
                 (x, split_heads(&[(&qkv, &self.qk_norm)], self.heads)?)
             }
             // The text tokens are only keys and values here: their MLP inputs, 4/7 of the
             // layer's outputs, are not made.
             Queries::Image => {
                 let txt = normed.narrow(1, 0, ctx.txt_len)?;
-                let txt_qkv = self.linear1.forward_columns(&txt, 0, qkv_width)?;
+                let txt_qkv = self.linear1.forward_unbiased_columns(&txt, 0, qkv_width)?;
                 let img = normed.narrow(1, ctx.txt_len, ctx.img_len())?;
-                let x = img.apply(&self.linear1)?;
-                let img_qkv = x.narrow(D::Minus1, 0, qkv_width)?;
+                let x = self.linear1.forward_unbiased(&img)?;
+                let img_qkv = x.narrow(0, qkv_width)?;
                 let streams = [(&txt_qkv, &self.qk_norm), (&img_qkv, &self.qk_norm)];
                 (x, split_heads(&streams, self.heads)?)
             }
         };
         let attn = block_attention(&q, &k, &v, rope, ctx, queries, hook)?;
-        let mlp = x.narrow(D::Minus1, qkv_width, x.dim(D::Minus1)? - qkv_width)?;
+        let mlp = x.narrow(qkv_width, x.product.dim(D::Minus1)? - qkv_width)?;
         let out = gelu_after(&attn, &mlp)?.apply(&self.linear2)?;
         let residual = match queries {
             Queries::Joint => xs.clone(),
