@@ -42,6 +42,18 @@ impl CpuLinear {
             bias,
         })
     }
+
+    /// The layer of outputs `start..start + len`.
+    fn columns(&self, start: usize, len: usize) -> Result<Self> {
+        Ok(Self {
+            weight_t: self.weight_t.narrow(1, start, len)?,
+            bias: self
+                .bias
+                .as_ref()
+                .map(|b| b.narrow(0, start, len))
+                .transpose()?,
+        })
+    }
 }
 
 impl Module for CpuLinear {
@@ -59,20 +71,6 @@ impl Module for CpuLinear {
                 }
             }
         }
-    }
-}
-
-impl CpuLinear {
-    /// The layer of outputs `start..start + len`.
-    fn columns(&self, start: usize, len: usize) -> Result<Self> {
-        Ok(Self {
-            weight_t: self.weight_t.narrow(1, start, len)?,
-            bias: self
-                .bias
-                .as_ref()
-                .map(|b| b.narrow(0, start, len))
-                .transpose()?,
-        })
     }
 }
 
