@@ -34,6 +34,15 @@ pub unsafe fn written_in_full(len: usize, fill: impl FnOnce(&mut [MaybeUninit<f3
     out
 }
 
+/// `dst = xs + bias`, element by element: a layer's output row with the bias its product was
+/// made without ([`crate::flux::linear::Unbiased`]), for the pass that reads it next.
+pub fn add_bias(dst: &mut [f32], xs: &[f32], bias: &[f32]) {
+    assert!(dst.len() == xs.len() && xs.len() == bias.len());
+    for ((d, &x), &b) in dst.iter_mut().zip(xs).zip(bias) {
+        *d = x + b;
+    }
+}
+
 /// Rows of the output a work item of [`transposed`] writes, and the side of the square tiles it
 /// turns in a local buffer.
 const TRANSPOSE_TILE: usize = 32;

@@ -9,7 +9,7 @@ use rayon::prelude::*;
 
 use super::linear::Unbiased;
 use super::vexp::gelu_tanh;
-use crate::cpu_slices::written_in_full;
+use crate::cpu_slices::{add_bias, written_in_full};
 
 /// Elements per parallel work item.
 const CHUNK: usize = 1 << 14;
@@ -142,8 +142,7 @@ fn gelu_rows(
                         }
                         let row = match bias {
                             Some(bias) => {
-                                let sums = biased.iter_mut().zip(xs.row(i)).zip(bias);
-                                sums.for_each(|((d, &x), &b)| *d = x + b);
+                                add_bias(&mut biased, xs.row(i), bias);
                                 &biased[..]
                             }
                             None => xs.row(i),

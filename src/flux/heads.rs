@@ -13,7 +13,7 @@ use rayon::prelude::*;
 
 use super::linear::Unbiased;
 use super::row_sums::{ordered_sums, ROWS};
-use crate::cpu_slices::written_in_full;
+use crate::cpu_slices::{add_bias, written_in_full};
 
 /// The RMSNorms of q and k of one stream's heads.
 pub struct QkNorm {
@@ -42,16 +42,18 @@ impl QkNorm {
 }
 
 /// q, k and v of the streams' projections `(qkv, norm)` joined along the sequence, each
-/// (b, heads, total len, head_dim), contiguous. A projection may be a narrowed view of a wider
-/// row (a single block's `linear1`).
+/// (b, heads, total len, head_dim), contiguous, a projection's pending bias added first. A
+/// projection may be a narrowed view of a wider row (a single block's `linear1`).
 pub fn split_heads(
     streams: &[(&Unbiased, &QkNorm)],
     heads: usize,
 ) -> Result<(Tensor, Tensor, Tensor)> {
-    let fast = streams.iter().all(|(x, n)| {
-        let x = &x.product;
-        n.cpu_scales.is_some() && matches!(x.device(), Device::Cpu) && x.dtype() == DType::F32
-    });
+    // The CPU kernel joins one stream or two (a double block's text and image).
+    let fast = streams.len() <= 2
+        && streams.iter().all(|(x, n)| {
+            let x = &x.product;
+            n.cpu_scales.is_some() && matches!(x.device(), Device::Cpu) && x.dtype() == DType::F32
+        });
     if fast {
         let split = SplitHeads {
             heads,
@@ -144,7 +146,8 @@ impl SplitHeads<'_> {
                         let (part, bi, h) = (item / (b * heads), item / heads % b, item % heads);
                         let mut dst = dst.chunks_exact_mut(dim);
                         // A group of rows with their bias added, in cache for the norm's passes.
-                        let mut biased = vec![0f32; ROWS * dim];
+                        let any_bias = self.biases.iter().any(Option::is_some);
+                        let mut biased = vec![0f32; if any_bias { ROWS * dim } else { 0 }];
                         for (((data, _, len, sb, sl, _), (q_scale, k_scale)), bias) in
                             rows.iter().zip(&self.scales).zip(&self.biases)
                         {
@@ -163,8 +166,7 @@ impl SplitHeads<'_> {
                                 let rows: [&[f32]; ROWS] = match bias {
                                     Some(bias) => {
                                         for (j, d) in biased.chunks_exact_mut(dim).enumerate() {
-                                            let sums = d.iter_mut().zip(row(j)).zip(bias);
-                                            sums.for_each(|((d, &x), &b)| *d = x + b);
+                                            add_bias(d, row(j), bias);
                                         }
                                         std::array::from_fn(|j| &biased[j * dim..][..dim])
                                     }
