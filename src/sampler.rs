@@ -352,7 +352,19 @@ pub fn denoise_lockstep(
     let guidance = Tensor::full(guidance as f32, 1, &dev)?;
     let first = runs.iter().map(|r| r.first).min().unwrap_or(0);
     let end = runs.iter().map(|r| r.end).max().unwrap_or(0);
-    for step in first..end {
+    crate::compute_pool::keep_awake(|| steps(model, runs, &guidance, first..end, on_step))
+}
+
+/// The steps `range` of [`denoise_lockstep`].
+fn steps(
+    model: &Flux,
+    runs: &mut [LockstepRun],
+    guidance: &Tensor,
+    range: std::ops::Range<usize>,
+    on_step: &mut dyn FnMut(usize, &StepReport) -> Result<StepControl>,
+) -> Result<Lockstep> {
+    let dev = guidance.device().clone();
+    for step in range {
         let active: Vec<usize> = (0..runs.len())
             .filter(|&i| (runs[i].first..runs[i].end).contains(&step))
             .collect();
@@ -373,7 +385,7 @@ pub fn denoise_lockstep(
                     hook: reborrow(&mut r.hook),
                 })
                 .collect();
-            model.forward_lockstep(&mut inputs, Some(&guidance))?
+            model.forward_lockstep(&mut inputs, Some(guidance))?
         };
         for (&i, velocity) in active.iter().zip(&velocities) {
             let r = &mut runs[i];
