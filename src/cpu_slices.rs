@@ -6,6 +6,8 @@ use std::mem::MaybeUninit;
 
 use candle_core::{bail, CpuStorage, Layout, Result};
 
+use crate::flux::dispatch::dispatched;
+
 /// The contiguous f32 elements of a tensor; `op` and `what` name the operation and the operand
 /// in the error.
 pub fn contiguous_f32<'a>(
@@ -34,13 +36,18 @@ pub unsafe fn written_in_full(len: usize, fill: impl FnOnce(&mut [MaybeUninit<f3
     out
 }
 
-/// `dst = xs + bias`, element by element: a layer's output row with the bias its product was
-/// made without ([`crate::flux::linear::Unbiased`]), for the pass that reads it next.
-pub fn add_bias(dst: &mut [f32], xs: &[f32], bias: &[f32]) {
+#[inline(always)]
+fn biased(dst: &mut [f32], xs: &[f32], bias: &[f32]) {
     assert!(dst.len() == xs.len() && xs.len() == bias.len());
     for ((d, &x), &b) in dst.iter_mut().zip(xs).zip(bias) {
         *d = x + b;
     }
+}
+
+dispatched! {
+    /// `dst = xs + bias`, element by element: a layer's output row with the bias its product was
+    /// made without ([`crate::flux::linear::Unbiased`]), for the pass that reads it next.
+    pub fn add_bias(dst: &mut [f32], xs: &[f32], bias: &[f32]) => biased
 }
 
 /// Rows of the output a work item of [`transposed`] writes, and the side of the square tiles it

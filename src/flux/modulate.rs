@@ -1,13 +1,16 @@
 //! The adaLN modulation of FLUX's blocks: the affine-free LayerNorm followed by
 //! `norm(x) * (1 + scale) + shift`, and the gated residual `x + gate * y`. On the CPU in f32 each
 //! is one pass over its rows (candle runs them as nine and two tensor operations, each a pass over
-//! memory, in the same order of operations); elsewhere candle's operations.
+//! memory), in candle's order of operations but for the norm's sums, added in lanes
+//! ([`super::row_sums`]); elsewhere candle's operations.
 
 use candle_core::{bail, CpuStorage, CustomOp3, DType, Device, Layout, Result, Shape, Tensor};
 use candle_nn::{LayerNorm, Module};
 use rayon::prelude::*;
+use std::mem::MaybeUninit;
 
-use super::row_sums::{group_sums, ROWS};
+use super::dispatch::dispatched;
+use super::row_sums::lane_sum;
 use crate::cpu_slices::{contiguous_f32, written_in_full};
 
 const EPS: f64 = 1e-6;
@@ -43,34 +46,63 @@ impl CustomOp3 for NormModulate {
                 scale1.len()
             );
         }
-        let n = hidden as f32;
-        // SAFETY: the groups of rows cover the output, every row is written in full.
+        // SAFETY: the rows cover the output, each written in full.
         let out = unsafe {
             written_in_full(x_data.len(), |out| {
-                out.par_chunks_mut(ROWS * hidden)
-                    .zip(x_data.par_chunks(ROWS * hidden))
+                out.par_chunks_mut(hidden)
+                    .zip(x_data.par_chunks(hidden))
                     .enumerate()
-                    .for_each(|(g, (ys, xs))| {
-                        // The two-pass variance of candle's LayerNorm, in its order of operations.
-                        let mean = group_sums(xs, hidden, |_, v| v).map(|s| s / n);
-                        let var = group_sums(xs, hidden, |j, v| (v - mean[j]) * (v - mean[j]));
-                        let rows = ys.chunks_exact_mut(hidden).zip(xs.chunks_exact(hidden));
-                        for (j, (y, x)) in rows.enumerate() {
-                            let bi = (g * ROWS + j) / len;
-                            let (scale1, shift) = (
-                                &scale1[bi * hidden..][..hidden],
-                                &shift[bi * hidden..][..hidden],
-                            );
-                            let (mean, std) = (mean[j], (var[j] / n + EPS as f32).sqrt());
-                            for (((y, &x), &s), &t) in y.iter_mut().zip(x).zip(scale1).zip(shift) {
-                                y.write((x - mean) / std * s + t);
-                            }
-                        }
+                    .for_each(|(row, (y, x))| {
+                        let bi = row / len;
+                        let (scale1, shift) = (
+                            &scale1[bi * hidden..][..hidden],
+                            &shift[bi * hidden..][..hidden],
+                        );
+                        modulate_row(x, scale1, shift, y);
                     })
             })
         };
         Ok((CpuStorage::F32(out), x_l.shape().clone()))
     }
+}
+
+/// The two-pass variance of candle's LayerNorm (its sums in lanes, [`lane_sum`]), then
+/// `(x - mean) / std * scale1 + shift` in candle's order of operations. `y` may start
+/// uninitialised and is written in full.
+#[inline(always)]
+fn modulate(x: &[f32], scale1: &[f32], shift: &[f32], y: &mut [MaybeUninit<f32>]) {
+    assert!(x.len() == y.len() && scale1.len() == x.len() && shift.len() == x.len());
+    let n = x.len() as f32;
+    let mean = lane_sum(x, |v| v) / n;
+    let var = lane_sum(x, |v| (v - mean) * (v - mean));
+    let std = (var / n + EPS as f32).sqrt();
+    for (((y, &x), &s), &t) in y.iter_mut().zip(x).zip(scale1).zip(shift) {
+        y.write((x - mean) / std * s + t);
+    }
+}
+
+dispatched! {
+    /// One row of [`NormModulate`]: see [`modulate`].
+    pub fn modulate_row(
+        x: &[f32],
+        scale1: &[f32],
+        shift: &[f32],
+        y: &mut [MaybeUninit<f32>]
+    ) => modulate
+}
+
+#[inline(always)]
+fn gated(x: &[f32], gate: &[f32], y: &[f32], out: &mut [MaybeUninit<f32>]) {
+    assert!(x.len() == out.len() && gate.len() == x.len() && y.len() == x.len());
+    for (((o, &x), &y), &g) in out.iter_mut().zip(x).zip(y).zip(gate) {
+        o.write(x + g * y);
+    }
+}
+
+dispatched! {
+    /// `out = x + gate * y`, element by element (a product, then a sum, as candle's two
+    /// operations round them); `out` may start uninitialised and is written in full.
+    pub fn gated_row(x: &[f32], gate: &[f32], y: &[f32], out: &mut [MaybeUninit<f32>]) => gated
 }
 
 /// LayerNorm (no weight, no bias, eps 1e-6) of `xs` (b, len, hidden), times `1 + scale` plus
@@ -121,10 +153,7 @@ impl CustomOp3 for GatedResidual {
                     .zip(x_data.par_chunks(hidden).zip(y.par_chunks(hidden)))
                     .enumerate()
                     .for_each(|(row, (o, (x, y)))| {
-                        let g = &gate[(row / len) * hidden..][..hidden];
-                        for (((o, &x), &y), &g) in o.iter_mut().zip(x).zip(y).zip(g) {
-                            o.write(x + g * y);
-                        }
+                        gated_row(x, &gate[(row / len) * hidden..][..hidden], y, o);
                     })
             })
         };
