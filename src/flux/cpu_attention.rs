@@ -10,7 +10,7 @@ use gemm::{gemm, Parallelism};
 use rayon::prelude::*;
 use std::mem::MaybeUninit;
 
-use super::vexp::{online_softmax_columns, softmax_rows};
+use super::vexp::{divide_columns, online_softmax_columns, softmax_rows};
 use crate::cpu_slices::written_in_full;
 
 /// Query rows per work item: large enough to reuse each key and value tile many times.
@@ -477,10 +477,13 @@ impl Call<'_> {
                     k0 > 0,
                 );
             }
+            // Divided down the columns, whole registers of queries at a time, then turned into
+            // the output's rows (a division per element in the row-major order ran scalar).
+            divide_columns(acc, sum);
             for (r, row) in out.chunks_exact_mut(out_row).enumerate() {
                 let dst = &mut row[h * dim_v..][..dim_v];
                 for (d, column) in dst.iter_mut().zip(acc.chunks_exact(stride)) {
-                    d.write(column[r] / sum[r]);
+                    d.write(column[r]);
                 }
             }
         }

@@ -164,6 +164,17 @@ fn column_block<const N: usize>(
     }
 }
 
+/// Each column of `columns` (column-major, `sums.len()` tall) divided by `sums`, element by
+/// element.
+#[inline(always)]
+fn divide(columns: &mut [f32], sums: &[f32]) {
+    for column in columns.chunks_exact_mut(sums.len()) {
+        for (x, &s) in column.iter_mut().zip(sums) {
+            *x /= s;
+        }
+    }
+}
+
 /// Each row of `rows` (row-major, `row_len` wide) replaced by its softmax.
 #[inline(always)]
 fn softmax(rows: &mut [f32], row_len: usize) {
@@ -198,6 +209,12 @@ dispatched! {
         sum: &mut [f32],
         rescale: &mut [f32]
     ) => online_columns
+}
+
+dispatched! {
+    /// The accumulated outputs of a score tile's queries (column-major, one column per value
+    /// dimension, `sums.len()` query lanes) divided by their softmax sums.
+    pub fn divide_columns(columns: &mut [f32], sums: &[f32]) => divide
 }
 
 dispatched! {
