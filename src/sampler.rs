@@ -7,6 +7,7 @@ use rand_distr::{Distribution, StandardNormal};
 use serde::Deserialize;
 use std::path::Path;
 
+use crate::compute_pool;
 use crate::flux::hook::reborrow;
 use crate::flux::rope::Rope;
 use crate::flux::{AttentionHook, Flux, LockstepInput, StepInput, TokenLayout};
@@ -352,19 +353,7 @@ pub fn denoise_lockstep(
     let guidance = Tensor::full(guidance as f32, 1, &dev)?;
     let first = runs.iter().map(|r| r.first).min().unwrap_or(0);
     let end = runs.iter().map(|r| r.end).max().unwrap_or(0);
-    crate::compute_pool::keep_awake(|| steps(model, runs, &guidance, first..end, on_step))
-}
-
-/// The steps `range` of [`denoise_lockstep`].
-fn steps(
-    model: &Flux,
-    runs: &mut [LockstepRun],
-    guidance: &Tensor,
-    range: std::ops::Range<usize>,
-    on_step: &mut dyn FnMut(usize, &StepReport) -> Result<StepControl>,
-) -> Result<Lockstep> {
-    let dev = guidance.device().clone();
-    for step in range {
+    for step in first..end {
         let active: Vec<usize> = (0..runs.len())
             .filter(|&i| (runs[i].first..runs[i].end).contains(&step))
             .collect();
@@ -385,7 +374,7 @@ fn steps(
                     hook: reborrow(&mut r.hook),
                 })
                 .collect();
-            model.forward_lockstep(&mut inputs, Some(guidance))?
+            compute_pool::keep_awake(|| model.forward_lockstep(&mut inputs, Some(&guidance)))?
         };
         for (&i, velocity) in active.iter().zip(&velocities) {
             let r = &mut runs[i];

@@ -20,10 +20,12 @@ const TILE_Q: usize = 128;
 const TILE_K: usize = 1024;
 
 /// Query rows per work item: [`TILE_Q`], or fewer so that a short sequence still gives every
-/// core a few items; a multiple of 64 where it can be, the rows of gemm's widest kernel (96
-/// rows ran a third of the products in its half-width one).
+/// core two items; a multiple of 64 where it can be, the rows of gemm's widest kernel (96
+/// rows ran a third of the products in its half-width one). Two items a core rather than four
+/// keep a 256x256 image's 768 queries in tiles of 128 on two cores as on one (0.993x the wall
+/// time of 64-row tiles, and the same latents at one thread and two).
 fn query_tile(batch: usize, len_q: usize) -> usize {
-    let items = 4 * rayon::current_num_threads();
+    let items = 2 * rayon::current_num_threads();
     let rows = (batch * len_q).div_ceil(items);
     match rows >= 64 {
         true => (rows / 64 * 64).min(TILE_Q),
