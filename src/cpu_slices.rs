@@ -36,8 +36,9 @@ pub unsafe fn written_in_full(len: usize, fill: impl FnOnce(&mut [MaybeUninit<f3
     out
 }
 
+/// [`add_bias`] for kernels compiled per target, which inline it.
 #[inline(always)]
-fn biased(dst: &mut [f32], xs: &[f32], bias: &[f32]) {
+pub fn biased_row(dst: &mut [f32], xs: &[f32], bias: &[f32]) {
     assert!(dst.len() == xs.len() && xs.len() == bias.len());
     for ((d, &x), &b) in dst.iter_mut().zip(xs).zip(bias) {
         *d = x + b;
@@ -47,7 +48,7 @@ fn biased(dst: &mut [f32], xs: &[f32], bias: &[f32]) {
 dispatched! {
     /// `dst = xs + bias`, element by element: a layer's output row with the bias its product was
     /// made without ([`crate::flux::linear::Unbiased`]), for the pass that reads it next.
-    pub fn add_bias(dst: &mut [f32], xs: &[f32], bias: &[f32]) => biased
+    pub fn add_bias(dst: &mut [f32], xs: &[f32], bias: &[f32]) => biased_row
 }
 
 /// Rows of the output a work item of [`transposed`] writes, and the side of the square tiles it

@@ -374,7 +374,13 @@ pub fn denoise_lockstep(
                     hook: reborrow(&mut r.hook),
                 })
                 .collect();
-            compute_pool::keep_awake(|| model.forward_lockstep(&mut inputs, Some(&guidance)))?
+            let mut forward = || model.forward_lockstep(&mut inputs, Some(&guidance));
+            // A CPU forward is a hundred parallel operations: the pool stays awake through them.
+            // A GPU's runs on the device, where polling cores would only burn.
+            match dev.is_cpu() {
+                true => compute_pool::keep_awake(forward)?,
+                false => forward()?,
+            }
         };
         for (&i, velocity) in active.iter().zip(&velocities) {
             let r = &mut runs[i];

@@ -14,7 +14,7 @@ use rayon::prelude::*;
 use super::dispatch::dispatched;
 use super::linear::Unbiased;
 use super::row_sums::lane_sum;
-use crate::cpu_slices::{add_bias, written_in_full};
+use crate::cpu_slices::{biased_row, written_in_full};
 
 /// The RMSNorms of q and k of one stream's heads.
 pub struct QkNorm {
@@ -145,34 +145,33 @@ impl SplitHeads<'_> {
                     .enumerate()
                     .for_each(|(item, dst)| {
                         let (part, bi, h) = (item / (b * heads), item / heads % b, item % heads);
-                        let mut dst = dst.chunks_exact_mut(dim);
                         // A row with its bias added, in cache for the norm's passes.
                         let any_bias = self.biases.iter().any(Option::is_some);
                         let mut biased = vec![0f32; if any_bias { dim } else { 0 }];
+                        let mut dst = &mut dst[..];
                         for (((data, _, len, sb, sl, _), (q_scale, k_scale)), bias) in
                             rows.iter().zip(&self.scales).zip(&self.biases)
                         {
-                            let scale = match part {
-                                0 => Some(q_scale),
-                                1 => Some(k_scale),
+                            let alpha = match part {
+                                0 => Some(&q_scale[..]),
+                                1 => Some(&k_scale[..]),
                                 _ => None,
                             };
                             let col = part * hidden + h * dim;
                             let bias = bias.as_ref().map(|bias| &bias[col..][..dim]);
-                            for r in 0..*len {
-                                let mut row = &data[bi * sb + r * sl + col..][..dim];
-                                if let Some(bias) = bias {
-                                    add_bias(&mut biased, row, bias);
-                                    row = &biased;
-                                }
-                                let d = dst.next().expect("the block holds every row");
-                                match scale {
-                                    Some(alpha) => rms_row(row, alpha, d),
-                                    None => {
-                                        d.write_copy_of_slice(row);
-                                    }
-                                }
+                            let (these, rest) = dst.split_at_mut(len * dim);
+                            if *len > 0 {
+                                let src = &data[bi * sb + col..][..(len - 1) * sl + dim];
+                                let rows = StridedRows {
+                                    src,
+                                    stride: *sl,
+                                    dim,
+                                    bias,
+                                    alpha,
+                                };
+                                split_rows(&rows, &mut biased, these);
                             }
+                            dst = rest;
                         }
                     });
             })
@@ -181,21 +180,47 @@ impl SplitHeads<'_> {
     }
 }
 
-/// candle's `rms_norm` of one row, its sum of squares in lanes ([`lane_sum`]), the rest in
-/// candle's order of operations. `dst` may start uninitialised; it is written in full (its
-/// length is `src`'s).
+/// Rows of one stream's part of one head: row r is `src[r * stride..][..dim]` (the
+/// destination's row count tells how many).
+pub struct StridedRows<'a> {
+    src: &'a [f32],
+    stride: usize,
+    dim: usize,
+    /// Added to each row first.
+    bias: Option<&'a [f32]>,
+    /// The RMSNorm's scale; without one the rows are copied (v).
+    alpha: Option<&'a [f32]>,
+}
+
+/// The rows of `rows`, their bias added (in `biased`, one row long) and RMS-normalised as
+/// candle's `rms_norm` does, their sums of squares in lanes ([`lane_sum`]), written one after
+/// another to `dst`, which may start uninitialised and is written in full.
 #[inline(always)]
-fn rms(src: &[f32], alpha: &[f32], dst: &mut [MaybeUninit<f32>]) {
-    assert!(dst.len() == src.len() && alpha.len() == src.len());
-    let m = (lane_sum(src, |v| v * v) / src.len() as f32 + EPS).sqrt();
-    for ((d, &s), &a) in dst.iter_mut().zip(src).zip(alpha) {
-        d.write(s / m * a);
+fn split(rows: &StridedRows, biased: &mut [f32], dst: &mut [MaybeUninit<f32>]) {
+    let dim = rows.dim;
+    for (r, d) in dst.chunks_exact_mut(dim).enumerate() {
+        let mut row = &rows.src[r * rows.stride..][..dim];
+        if let Some(bias) = rows.bias {
+            biased_row(biased, row, bias);
+            row = biased;
+        }
+        match rows.alpha {
+            Some(alpha) => {
+                let m = (lane_sum(row, |v| v * v) / dim as f32 + EPS).sqrt();
+                for ((d, &s), &a) in d.iter_mut().zip(row).zip(alpha) {
+                    d.write(s / m * a);
+                }
+            }
+            None => {
+                d.write_copy_of_slice(row);
+            }
+        }
     }
 }
 
 dispatched! {
-    /// See [`rms`].
-    pub fn rms_row(src: &[f32], alpha: &[f32], dst: &mut [MaybeUninit<f32>]) => rms
+    /// See [`split`].
+    pub fn split_rows(rows: &StridedRows, biased: &mut [f32], dst: &mut [MaybeUninit<f32>]) => split
 }
 
 fn f32_data<'s>(s: &'s CpuStorage, what: &str) -> Result<&'s [f32]> {

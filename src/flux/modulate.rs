@@ -46,63 +46,85 @@ impl CustomOp3 for NormModulate {
                 scale1.len()
             );
         }
-        // SAFETY: the rows cover the output, each written in full.
+        // SAFETY: the groups cover the output, every row written in full.
         let out = unsafe {
             written_in_full(x_data.len(), |out| {
-                out.par_chunks_mut(hidden)
-                    .zip(x_data.par_chunks(hidden))
-                    .enumerate()
-                    .for_each(|(row, (y, x))| {
-                        let bi = row / len;
-                        let (scale1, shift) = (
-                            &scale1[bi * hidden..][..hidden],
-                            &shift[bi * hidden..][..hidden],
-                        );
-                        modulate_row(x, scale1, shift, y);
-                    })
+                for_row_groups(out, (len, hidden), |bi, at, ys| {
+                    let m = bi * hidden..(bi + 1) * hidden;
+                    modulate_rows(&x_data[at], &scale1[m.clone()], &shift[m], ys)
+                })
             })
         };
         Ok((CpuStorage::F32(out), x_l.shape().clone()))
     }
 }
 
+/// Rows per work item of the row-wise operations: enough to spread the kernels' calls.
+const GROUP_ROWS: usize = 8;
+
+/// Runs `f(batch entry, elements, out)` in parallel over groups of up to [`GROUP_ROWS`] rows of
+/// `out` (`len` rows of `hidden` per batch entry; a group never spans two entries), `elements`
+/// the group's range in `out` and in the inputs of its shape.
+fn for_row_groups(
+    out: &mut [MaybeUninit<f32>],
+    (len, hidden): (usize, usize),
+    f: impl Fn(usize, std::ops::Range<usize>, &mut [MaybeUninit<f32>]) + Sync,
+) {
+    let (entry, group) = ((len * hidden).max(1), (GROUP_ROWS * hidden).max(1));
+    out.par_chunks_mut(entry).enumerate().for_each(|(bi, out)| {
+        out.par_chunks_mut(group).enumerate().for_each(|(g, out)| {
+            let first = bi * entry + g * group;
+            f(bi, first..first + out.len(), out)
+        })
+    });
+}
+
 /// The two-pass variance of candle's LayerNorm (its sums in lanes, [`lane_sum`]), then
-/// `(x - mean) / std * scale1 + shift` in candle's order of operations. `y` may start
-/// uninitialised and is written in full.
+/// `(x - mean) / std * scale1 + shift` in candle's order of operations, for each row of `xs`
+/// (rows of `scale1.len()`). `ys` may start uninitialised and is written in full.
 #[inline(always)]
-fn modulate(x: &[f32], scale1: &[f32], shift: &[f32], y: &mut [MaybeUninit<f32>]) {
-    assert!(x.len() == y.len() && scale1.len() == x.len() && shift.len() == x.len());
-    let n = x.len() as f32;
-    let mean = lane_sum(x, |v| v) / n;
-    let var = lane_sum(x, |v| (v - mean) * (v - mean));
-    let std = (var / n + EPS as f32).sqrt();
-    for (((y, &x), &s), &t) in y.iter_mut().zip(x).zip(scale1).zip(shift) {
-        y.write((x - mean) / std * s + t);
+fn modulate(xs: &[f32], scale1: &[f32], shift: &[f32], ys: &mut [MaybeUninit<f32>]) {
+    let hidden = scale1.len();
+    assert!(xs.len() == ys.len() && shift.len() == hidden && xs.len().is_multiple_of(hidden));
+    let n = hidden as f32;
+    for (x, y) in xs.chunks_exact(hidden).zip(ys.chunks_exact_mut(hidden)) {
+        let mean = lane_sum(x, |v| v) / n;
+        let var = lane_sum(x, |v| (v - mean) * (v - mean));
+        let std = (var / n + EPS as f32).sqrt();
+        for (((y, &x), &s), &t) in y.iter_mut().zip(x).zip(scale1).zip(shift) {
+            y.write((x - mean) / std * s + t);
+        }
     }
 }
 
 dispatched! {
-    /// One row of [`NormModulate`]: see [`modulate`].
-    pub fn modulate_row(
-        x: &[f32],
+    /// Rows of [`NormModulate`]: see [`modulate`].
+    pub fn modulate_rows(
+        xs: &[f32],
         scale1: &[f32],
         shift: &[f32],
-        y: &mut [MaybeUninit<f32>]
+        ys: &mut [MaybeUninit<f32>]
     ) => modulate
 }
 
+/// `out = x + gate * y` for each row x of `xs` and y of `ys` (rows of `gate.len()`), a product
+/// then a sum as candle's two operations round them; `out` may start uninitialised and is
+/// written in full.
 #[inline(always)]
-fn gated(x: &[f32], gate: &[f32], y: &[f32], out: &mut [MaybeUninit<f32>]) {
-    assert!(x.len() == out.len() && gate.len() == x.len() && y.len() == x.len());
-    for (((o, &x), &y), &g) in out.iter_mut().zip(x).zip(y).zip(gate) {
-        o.write(x + g * y);
+fn gated(xs: &[f32], gate: &[f32], ys: &[f32], out: &mut [MaybeUninit<f32>]) {
+    let hidden = gate.len();
+    assert!(xs.len() == out.len() && ys.len() == xs.len() && xs.len().is_multiple_of(hidden));
+    let rows = xs.chunks_exact(hidden).zip(ys.chunks_exact(hidden));
+    for ((x, y), o) in rows.zip(out.chunks_exact_mut(hidden)) {
+        for (((o, &x), &y), &g) in o.iter_mut().zip(x).zip(y).zip(gate) {
+            o.write(x + g * y);
+        }
     }
 }
 
 dispatched! {
-    /// `out = x + gate * y`, element by element (a product, then a sum, as candle's two
-    /// operations round them); `out` may start uninitialised and is written in full.
-    pub fn gated_row(x: &[f32], gate: &[f32], y: &[f32], out: &mut [MaybeUninit<f32>]) => gated
+    /// Rows of [`GatedResidual`]: see [`gated`].
+    pub fn gated_rows(xs: &[f32], gate: &[f32], ys: &[f32], out: &mut [MaybeUninit<f32>]) => gated
 }
 
 /// LayerNorm (no weight, no bias, eps 1e-6) of `xs` (b, len, hidden), times `1 + scale` plus
@@ -146,15 +168,13 @@ impl CustomOp3 for GatedResidual {
         if y.len() != x_data.len() || gate.len() != b * hidden {
             bail!("gated-residual: shapes differ");
         }
-        // SAFETY: the rows cover the output, each written in full.
+        // SAFETY: the groups cover the output, every row written in full.
         let out = unsafe {
             written_in_full(x_data.len(), |out| {
-                out.par_chunks_mut(hidden)
-                    .zip(x_data.par_chunks(hidden).zip(y.par_chunks(hidden)))
-                    .enumerate()
-                    .for_each(|(row, (o, (x, y)))| {
-                        gated_row(x, &gate[(row / len) * hidden..][..hidden], y, o);
-                    })
+                for_row_groups(out, (len, hidden), |bi, at, o| {
+                    let gate = &gate[bi * hidden..][..hidden];
+                    gated_rows(&x_data[at.clone()], gate, &y[at], o)
+                })
             })
         };
         Ok((CpuStorage::F32(out), x_l.shape().clone()))

@@ -1,5 +1,5 @@
 //! Sums along a row in sixteen interleaved lanes (one AVX-512 register, four SSE ones), then
-//! across the lanes: the normalisations' reductions vectorise instead of adding one element at
+//! across the lanes pairwise: the normalisations' reductions vectorise instead of adding one element at
 //! a time. The order differs from `Iterator::sum`'s left-to-right one, so a sum differs from
 //! candle's in its last bits (a few units in the last place of a row's mean square; the test
 //! bounds it). Kernels that call this are compiled per target ([`super::dispatch`]).
@@ -18,7 +18,17 @@ pub fn lane_sum(row: &[f32], f: impl Fn(f32) -> f32) -> f32 {
         }
     }
     let rest: f32 = chunks.remainder().iter().map(|&x| f(x)).sum();
-    lanes.iter().sum::<f32>() + rest
+    // Across the lanes pairwise, halves onto halves: four vector steps, where adding the lanes
+    // one by one was a chain of sixteen scalar additions (as long as a short row's own work).
+    let mut width = LANES / 2;
+    while width > 0 {
+        let (low, high) = lanes.split_at_mut(width);
+        low.iter_mut()
+            .zip(&high[..width])
+            .for_each(|(l, h)| *l += h);
+        width /= 2;
+    }
+    lanes[0] + rest
 }
 
 #[cfg(test)]
