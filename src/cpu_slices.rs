@@ -6,7 +6,7 @@ use std::mem::MaybeUninit;
 
 use candle_core::{bail, CpuStorage, Layout, Result};
 
-use crate::flux::dispatch::dispatched;
+use crate::dispatch::dispatched;
 
 /// The contiguous f32 elements of a tensor; `op` and `what` name the operation and the operand
 /// in the error.

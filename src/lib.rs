@@ -12,6 +12,7 @@ pub mod consist;
 pub mod cpu_slices;
 pub mod device;
 pub mod digest;
+pub(crate) mod dispatch;
 pub mod export;
 pub mod flux;
 pub mod heap_meter;

@@ -11,10 +11,10 @@ use candle_core::{
 use candle_nn::{Module, RmsNorm};
 use rayon::prelude::*;
 
-use super::dispatch::dispatched;
 use super::linear::Unbiased;
 use super::row_sums::lane_sum;
 use crate::cpu_slices::{biased_row, written_in_full};
+use crate::dispatch::dispatched;
 
 /// The RMSNorms of q and k of one stream's heads.
 pub struct QkNorm {

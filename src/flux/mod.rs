@@ -6,7 +6,6 @@ pub mod attention;
 pub mod config;
 pub mod cpu_attention;
 mod cpu_linear;
-pub(crate) mod dispatch;
 pub mod error;
 pub mod gelu;
 pub mod heads;

@@ -9,9 +9,9 @@ use candle_nn::{LayerNorm, Module};
 use rayon::prelude::*;
 use std::mem::MaybeUninit;
 
-use super::dispatch::dispatched;
 use super::row_sums::lane_sum;
 use crate::cpu_slices::{contiguous_f32, written_in_full};
+use crate::dispatch::dispatched;
 
 const EPS: f64 = 1e-6;
 

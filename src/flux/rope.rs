@@ -7,8 +7,8 @@ use std::mem::MaybeUninit;
 use candle_core::{bail, CpuStorage, CustomOp3, DType, Device, Layout, Result, Shape, Tensor, D};
 use rayon::prelude::*;
 
-use super::dispatch::dispatched;
 use crate::cpu_slices::{contiguous_f32, written_in_full};
+use crate::dispatch::dispatched;
 
 /// The rotation of every position of a sequence: cosines and sines (1 or b, seq, head_dim/2),
 /// contiguous, in the model's dtype.

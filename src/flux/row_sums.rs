@@ -1,8 +1,8 @@
 //! Sums along a row in sixteen interleaved lanes (one AVX-512 register, four SSE ones), then
-//! across the lanes pairwise: the normalisations' reductions vectorise instead of adding one element at
-//! a time. The order differs from `Iterator::sum`'s left-to-right one, so a sum differs from
+//! across the lanes pairwise: the normalisations' reductions vectorise instead of adding one
+//! element at a time. The order differs from `Iterator::sum`'s left-to-right one, so a sum differs from
 //! candle's in its last bits (a few units in the last place of a row's mean square; the test
-//! bounds it). Kernels that call this are compiled per target ([`super::dispatch`]).
+//! bounds it). Kernels that call this are compiled per target ([`crate::dispatch`]).
 
 /// Lanes of the running sums.
 const LANES: usize = 16;

@@ -4,7 +4,7 @@
 
 use std::mem::MaybeUninit;
 
-use super::dispatch::dispatched;
+use crate::dispatch::dispatched;
 
 /// Lanes of the running reductions: wide enough for one AVX-512 register, plain arrays so the
 /// compiler vectorises them on every target.

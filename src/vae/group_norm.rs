@@ -16,7 +16,7 @@ use candle_nn::{Activation, GroupNorm, VarBuilder};
 use rayon::prelude::*;
 
 use crate::cpu_slices::{contiguous_f32, written_in_full};
-use crate::flux::dispatch::dispatched;
+use crate::dispatch::dispatched;
 use crate::flux::vexp::exp;
 
 /// The groups and epsilon of every GroupNorm in FLUX's VAE.
